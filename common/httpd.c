@@ -1,0 +1,354 @@
+/* httpd: see httpd.h. */
+#include "httpd.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "jsonx.h"
+#include "log.h"
+
+struct httpd_server {
+    struct httpd_config cfg;
+    struct MHD_Daemon *d;
+    int port;
+    int stopping;
+    pthread_mutex_t lock; /* guards the suspended list */
+    struct httpd_req *suspended;
+};
+
+static int match_route(const char *pattern, const char *path, struct httpd_req *req)
+{
+    int np = 0;
+    const char *p = pattern, *u = path;
+    while (*p) {
+        if (p[0] == '{' && p[1] == '}') {
+            const char *end = strchr(u, '/');
+            size_t n = end ? (size_t)(end - u) : strlen(u);
+            if (n == 0 || n >= sizeof req->params[0] || np >= HTTPD_MAX_PARAMS) return 0;
+            memcpy(req->params[np], u, n);
+            req->params[np++][n] = '\0';
+            u += n;
+            p += 2;
+        } else if (p[0] == '*' && p[1] == '\0') {
+            size_t n = strlen(u);
+            if (n >= sizeof req->params[0] || np >= HTTPD_MAX_PARAMS) return 0;
+            memcpy(req->params[np++], u, n + 1);
+            req->nparams = np;
+            return 1;
+        } else {
+            if (*p != *u) return 0;
+            p++;
+            u++;
+        }
+    }
+    if (*u) return 0;
+    req->nparams = np;
+    return 1;
+}
+
+/* Finds the route; sets *method_mismatch when the path exists under another method. */
+static const struct httpd_route *find_route(struct httpd_server *s, struct httpd_req *req,
+                                            int *method_mismatch)
+{
+    *method_mismatch = 0;
+    for (size_t i = 0; i < s->cfg.nroutes; i++) {
+        const struct httpd_route *r = &s->cfg.routes[i];
+        if (!match_route(r->pattern, req->url, req)) continue;
+        if (strcmp(r->method, req->method) == 0) return r;
+        *method_mismatch = 1;
+    }
+    return NULL;
+}
+
+const char *httpd_error_type(unsigned status)
+{
+    switch (status) {
+    case 400: case 413: case 422: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 402: return "insufficient_quota";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 405: return "invalid_request_error";
+    case 409: return "conflict_error";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+static void queue(struct httpd_req *req, unsigned status, struct MHD_Response *r)
+{
+    if (req->replied) {
+        log_error("second reply on one request (%s %s): a bug", req->method, req->url);
+        MHD_destroy_response(r);
+        return;
+    }
+    req->replied = 1;
+    MHD_add_response_header(r, "X-Request-Id", req->id);
+    if (status >= 400 && req->retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", req->retry_after);
+        MHD_add_response_header(r, "Retry-After", ra);
+    }
+    if (MHD_queue_response(req->conn, status, r) != MHD_YES)
+        log_warn("could not queue a %u reply for %s %s", status, req->method, req->url);
+    MHD_destroy_response(r);
+}
+
+void httpd_reply_response(struct httpd_req *req, unsigned status, struct MHD_Response *r)
+{
+    queue(req, status, r);
+}
+
+void httpd_reply_raw(struct httpd_req *req, unsigned status, const char *content_type,
+                     const void *data, size_t len)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+    if (content_type) MHD_add_response_header(r, "Content-Type", content_type);
+    queue(req, status, r);
+}
+
+void httpd_reply_json(struct httpd_req *req, unsigned status, json_t *body)
+{
+    char *s = jsonx_dump(body);
+    json_decref(body);
+    if (!s) {
+        httpd_error(req, 500, "internal_error", NULL, "could not serialize the reply");
+        return;
+    }
+    size_t n = strlen(s);
+    /* MHD frees s with free() once sent. */
+    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(n, s, free);
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    queue(req, status, r);
+}
+
+void httpd_error(struct httpd_req *req, unsigned status, const char *code, const char *param,
+                 const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (status >= 500)
+        log_error("%s %s -> %u %s", req->method, req->url, status, msg);
+    else
+        log_warn("%s %s -> %u %s", req->method, req->url, status, msg);
+    httpd_reply_json(req, status,
+                     jsonx_error_body(msg, httpd_error_type(status), param && *param ? param : NULL,
+                                      code));
+}
+
+const char *httpd_header(struct httpd_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *httpd_query(struct httpd_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+void httpd_suspend(struct httpd_req *req)
+{
+    struct httpd_server *s = req->srv;
+    pthread_mutex_lock(&s->lock);
+    req->suspended = 1;
+    req->susp_prev = NULL;
+    req->susp_next = s->suspended;
+    if (s->suspended) s->suspended->susp_prev = req;
+    s->suspended = req;
+    MHD_suspend_connection(req->conn);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void httpd_resume(struct httpd_req *req)
+{
+    struct httpd_server *s = req->srv;
+    pthread_mutex_lock(&s->lock);
+    if (req->suspended) {
+        req->suspended = 0;
+        if (req->susp_prev) req->susp_prev->susp_next = req->susp_next;
+        else s->suspended = req->susp_next;
+        if (req->susp_next) req->susp_next->susp_prev = req->susp_prev;
+        req->susp_prev = req->susp_next = NULL;
+        MHD_resume_connection(req->conn);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void run_handler(struct httpd_req *req)
+{
+    char ctx[64];
+    snprintf(ctx, sizeof ctx, "req=%s", req->id);
+    log_set_context(ctx);
+    req->route->fn(req);
+    if (!req->replied && !req->suspended) {
+        log_error("handler for %s %s neither replied nor suspended: a bug", req->method, req->url);
+        httpd_error(req, 500, "internal_error", NULL, "internal error");
+    }
+    log_set_context(NULL);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    struct httpd_server *s = cls;
+    struct httpd_req *req = *con_cls;
+    if (!req) {
+        req = calloc(1, sizeof *req);
+        if (!req) return MHD_NO;
+        req->conn = conn;
+        req->srv = s;
+        req->app = s->cfg.app;
+        req->method = method;
+        req->url = url;
+        if (util_random_hex(req->id, 8) != 0) snprintf(req->id, sizeof req->id, "unknown");
+        *con_cls = req;
+        int mismatch;
+        req->route = find_route(s, req, &mismatch);
+        if (!req->route) {
+            if (mismatch)
+                httpd_error(req, 405, "method_not_allowed", NULL, "%s is not allowed on %s",
+                            method, url);
+            else
+                httpd_error(req, 404, "not_found", NULL, "no route for %s %s", method, url);
+            return MHD_YES;
+        }
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > s->cfg.max_body) {
+            httpd_error(req, 413, "body_too_large", NULL, "request body is larger than %zu bytes",
+                        s->cfg.max_body);
+            return MHD_YES;
+        }
+        return MHD_YES;
+    }
+    if (req->replied) {
+        *upload_data_size = 0; /* discard the rest of a rejected upload */
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        /* Chunked uploads have no Content-Length: enforce the limit as data arrives and answer
+         * 413 once the body is done (MHD cannot queue a reply mid-upload). */
+        if (!req->too_large && req->body.len + *upload_data_size <= s->cfg.max_body) {
+            if (buf_append(&req->body, upload_data, *upload_data_size) != 0) return MHD_NO;
+        } else {
+            req->too_large = 1;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (req->too_large) {
+        httpd_error(req, 413, "body_too_large", NULL, "request body is larger than %zu bytes",
+                    s->cfg.max_body);
+        return MHD_YES;
+    }
+    if (!req->body.data) buf_append(&req->body, "", 0);
+    run_handler(req);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct httpd_req *req = *con_cls;
+    if (!req) return;
+    if (req->state_free) req->state_free(req->state);
+    buf_free(&req->body);
+    free(req);
+    *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    struct httpd_server *s = cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    log_warn("%s listener: libmicrohttpd: %s", s->cfg.name, msg);
+}
+
+struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size_t errlen)
+{
+    struct httpd_server *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->cfg = *cfg;
+    pthread_mutex_init(&s->lock, NULL);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)cfg->port);
+    if (inet_pton(AF_INET, cfg->host ? cfg->host : "127.0.0.1", &sa.sin_addr) != 1) {
+        snprintf(err, errlen, "%s listener: bad bind address '%s'", cfg->name, cfg->host);
+        free(s);
+        return NULL;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    if (cfg->thread_per_connection)
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
+    else
+        flags |= MHD_USE_EPOLL;
+    s->d = MHD_start_daemon(
+        flags, (uint16_t)cfg->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &sa,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+        MHD_OPTION_CONNECTION_LIMIT, cfg->conn_limit ? cfg->conn_limit : 1000u,
+        MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+        cfg->thread_per_connection ? MHD_OPTION_END : MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)(cfg->threads > 0 ? cfg->threads : 4), MHD_OPTION_END);
+    if (!s->d) {
+        snprintf(err, errlen, "%s listener: cannot listen on %s:%d (in use?)", cfg->name,
+                 cfg->host, cfg->port);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = info ? info->port : cfg->port;
+    return s;
+}
+
+int httpd_port(const struct httpd_server *s)
+{
+    return s->port;
+}
+
+int httpd_stopping(const struct httpd_server *s)
+{
+    return s->stopping;
+}
+
+void httpd_stop(struct httpd_server *s)
+{
+    if (!s) return;
+    s->stopping = 1;
+    /* MHD cannot stop with suspended connections: resume them all; their handlers see
+     * httpd_stopping() and finish. */
+    MHD_quiesce_daemon(s->d);
+    for (int round = 0; round < 100; round++) {
+        pthread_mutex_lock(&s->lock);
+        struct httpd_req *r = s->suspended;
+        pthread_mutex_unlock(&s->lock);
+        if (!r) break;
+        httpd_resume(r);
+        util_sleep_ms(10);
+    }
+    MHD_stop_daemon(s->d);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}

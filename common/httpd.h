@@ -1,0 +1,93 @@
+/* httpd: the glue between libmicrohttpd and our handlers, shared by the controller's three
+ * listeners and the runtime's server.
+ *
+ * It owns: the route table lookup (routes are data: method, pattern, handler), reading the request
+ * body under a size limit (413 past it), the per-request struct (one owner per request: created on
+ * the first MHD callback, freed in the completion callback with everything hanging off it), the
+ * one error funnel (httpd_error builds every error body in OpenAI's shape, logs 4xx as warnings
+ * and 5xx as errors), and suspend/resume bookkeeping so that stopping a server first resumes
+ * every suspended connection.
+ *
+ * A handler is called once the whole body is in. It must either queue a reply (httpd_reply_* or
+ * httpd_error) or suspend the connection (httpd_suspend); after httpd_resume() MHD calls it again
+ * with the same req, so a handler that suspends keeps its progress in req->state. */
+#ifndef ORP_HTTPD_H
+#define ORP_HTTPD_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stddef.h>
+
+#include "util.h"
+
+struct httpd_req;
+struct httpd_server;
+typedef void (*httpd_handler)(struct httpd_req *req);
+
+struct httpd_route {
+    const char *method;  /* "GET", "POST", ... */
+    const char *pattern; /* "/v1/endpoints/{}": {} is one path segment, captured in params;
+                            a trailing "*" matches any rest (captured as the last param) */
+    httpd_handler fn;
+};
+
+#define HTTPD_MAX_PARAMS 4
+
+struct httpd_req {
+    struct MHD_Connection *conn;
+    struct httpd_server *srv;
+    void *app; /* borrowed from the config */
+    const char *method, *url;
+    struct buf body;
+    int too_large;
+    const struct httpd_route *route;
+    char params[HTTPD_MAX_PARAMS][256];
+    int nparams;
+    int replied;
+    int suspended;
+    int retry_after; /* seconds; added as Retry-After to the next error reply when > 0 */
+    char id[32];     /* server-made id, in logs and the X-Request-Id header */
+    void *state;     /* the handler's, freed with state_free at completion */
+    void (*state_free)(void *state);
+    struct httpd_req *susp_prev, *susp_next;
+};
+
+struct httpd_config {
+    const char *name; /* for logs: "api", "gateway", "agent-api", "runtime" */
+    const char *host; /* bind address, IPv4 dotted quad */
+    int port;         /* 0: any free port (see httpd_port) */
+    int threads;      /* thread pool size (epoll mode) */
+    int thread_per_connection; /* 1: one thread per connection (handlers may block) */
+    unsigned conn_limit;
+    unsigned conn_timeout_s; /* idle timeout; suspended connections do not time out */
+    size_t max_body;
+    const struct httpd_route *routes;
+    size_t nroutes;
+    void *app;
+};
+
+struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size_t errlen);
+/* Resumes every suspended connection, then stops the daemon. Accepts NULL. */
+void httpd_stop(struct httpd_server *s);
+int httpd_port(const struct httpd_server *s);
+int httpd_stopping(const struct httpd_server *s);
+
+const char *httpd_header(struct httpd_req *req, const char *name); /* borrowed or NULL */
+const char *httpd_query(struct httpd_req *req, const char *name);  /* borrowed or NULL */
+
+/* Replies. Each queues exactly one response; a second reply on the same request is a bug. */
+void httpd_reply_json(struct httpd_req *req, unsigned status, json_t *body); /* steals body */
+void httpd_reply_raw(struct httpd_req *req, unsigned status, const char *content_type,
+                     const void *data, size_t len); /* copies data */
+/* Queues a response the caller built (e.g. from a content-reader callback); steals r. */
+void httpd_reply_response(struct httpd_req *req, unsigned status, struct MHD_Response *r);
+/* The error funnel: the type comes from the status; code and param may be NULL. */
+void httpd_error(struct httpd_req *req, unsigned status, const char *code, const char *param,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+const char *httpd_error_type(unsigned status);
+
+/* Suspends the connection (the handler returns; MHD stops polling it). Thread-safe resume. */
+void httpd_suspend(struct httpd_req *req);
+void httpd_resume(struct httpd_req *req);
+
+#endif

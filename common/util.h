@@ -1,0 +1,36 @@
+/* util: small helpers every program needs: clocks, secure random ids, SHA-256, growable buffers,
+ * file reading. No state. */
+#ifndef ORP_UTIL_H
+#define ORP_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+int64_t util_now_ms(void);      /* CLOCK_MONOTONIC, for timeouts */
+int64_t util_wall_ms(void);     /* CLOCK_REALTIME, for timestamps */
+void util_sleep_ms(int64_t ms);
+
+/* Fills out with 2*nbytes lowercase hex characters from a CSPRNG, plus a NUL. 0 or -1. */
+int util_random_hex(char *out, size_t nbytes);
+/* out gets 64 hex chars + NUL: SHA-256 of data. */
+void util_sha256_hex(const void *data, size_t len, char out[65]);
+/* Constant-time comparison of two NUL-terminated strings. 1 when equal. */
+int util_ct_streq(const char *a, const char *b);
+
+/* A growable byte buffer; data is always NUL-terminated. */
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+int buf_append(struct buf *b, const void *data, size_t len); /* 0 or -1 (out of memory) */
+int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_free(struct buf *b);
+
+/* Reads a whole file; returns a new NUL-terminated buffer (caller frees) or NULL with errno. */
+char *util_read_file(const char *path, size_t *len_out);
+/* Writes data to path atomically (temp file, fsync, rename). 0 or -1. */
+int util_write_file_atomic(const char *path, const void *data, size_t len, int mode);
+/* mkdir -p. 0 or -1. */
+int util_mkdirs(const char *path, int mode);
+
+#endif
