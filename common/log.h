@@ -19,7 +19,7 @@ void log_write(enum log_level level, const char *file, int line, const char *fmt
 
 #define LOG_AT(lvl, ...)                                                                           \
     do {                                                                                           \
-        if ((lvl) >= log_min_level) log_write((lvl), __FILE__, __LINE__, __VA_ARGS__);             \
+        if ((int)(lvl) >= log_min_level) log_write((lvl), __FILE__, __LINE__, __VA_ARGS__);        \
     } while (0)
 #define log_debug(...) LOG_AT(LOG_LEVEL_DEBUG, __VA_ARGS__)
 #define log_info(...) LOG_AT(LOG_LEVEL_INFO, __VA_ARGS__)
