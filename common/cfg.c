@@ -42,7 +42,8 @@ static int set_value(const struct cfg_opt *o, void *target, const char *val, cha
 static void env_name(char *out, size_t n, const char *prefix, const char *name)
 {
     size_t i = 0;
-    for (const char *p = prefix; *p && i + 1 < n; p++) out[i++] = *p;
+    for (const char *p = prefix; *p && i + 1 < n; p++)
+        out[i++] = *p;
     if (i + 1 < n) out[i++] = '_';
     for (const char *p = name; *p && i + 1 < n; p++)
         out[i++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);

@@ -30,7 +30,8 @@ int httpc_request(const char *method, const char *url, const char *const *header
         return -1;
     }
     struct curl_slist *hl = NULL;
-    for (const char *const *h = headers; h && *h; h++) hl = curl_slist_append(hl, *h);
+    for (const char *const *h = headers; h && *h; h++)
+        hl = curl_slist_append(hl, *h);
     if (body) hl = curl_slist_append(hl, "Content-Type: application/json");
     hl = curl_slist_append(hl, "Expect:"); /* no 100-continue round trip */
     struct sink s = {&resp->body, max_resp};
@@ -47,8 +48,10 @@ int httpc_request(const char *method, const char *url, const char *const *header
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     }
     CURLcode rc = curl_easy_perform(c);
-    if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
-    else snprintf(err, errlen, "%s %s: %s", method, url, curl_easy_strerror(rc));
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
+    else
+        snprintf(err, errlen, "%s %s: %s", method, url, curl_easy_strerror(rc));
     curl_slist_free_all(hl);
     curl_easy_cleanup(c);
     if (rc != CURLE_OK) {

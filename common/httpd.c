@@ -61,7 +61,8 @@ static const struct httpd_route *find_route(struct httpd_server *s, struct httpd
         const struct httpd_route *r = &s->cfg.routes[i];
         if (!match_route(r->pattern, req->url, req)) continue;
         if (strcmp(r->method, req->method) == 0) return r;
-        *method_mismatch = 1;
+        /* A catch-all pattern (static files) does not make every path "exist". */
+        if (r->pattern[strlen(r->pattern) - 1] != '*') *method_mismatch = 1;
     }
     return NULL;
 }
@@ -69,16 +70,28 @@ static const struct httpd_route *find_route(struct httpd_server *s, struct httpd
 const char *httpd_error_type(unsigned status)
 {
     switch (status) {
-    case 400: case 413: case 422: return "invalid_request_error";
-    case 401: return "authentication_error";
-    case 402: return "insufficient_quota";
-    case 403: return "permission_error";
-    case 404: return "not_found_error";
-    case 405: return "invalid_request_error";
-    case 409: return "conflict_error";
-    case 429: return "rate_limit_error";
-    case 503: return "service_unavailable";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    case 400:
+    case 413:
+    case 422:
+        return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 402:
+        return "insufficient_quota";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 405:
+        return "invalid_request_error";
+    case 409:
+        return "conflict_error";
+    case 429:
+        return "rate_limit_error";
+    case 503:
+        return "service_unavailable";
+    default:
+        return status >= 500 ? "server_error" : "invalid_request_error";
     }
 }
 
@@ -142,9 +155,9 @@ void httpd_error(struct httpd_req *req, unsigned status, const char *code, const
         log_error("%s %s -> %u %s", req->method, req->url, status, msg);
     else
         log_warn("%s %s -> %u %s", req->method, req->url, status, msg);
-    httpd_reply_json(req, status,
-                     jsonx_error_body(msg, httpd_error_type(status), param && *param ? param : NULL,
-                                      code));
+    httpd_reply_json(
+        req, status,
+        jsonx_error_body(msg, httpd_error_type(status), param && *param ? param : NULL, code));
 }
 
 const char *httpd_header(struct httpd_req *req, const char *name)
@@ -176,8 +189,10 @@ void httpd_resume(struct httpd_req *req)
     pthread_mutex_lock(&s->lock);
     if (req->suspended) {
         req->suspended = 0;
-        if (req->susp_prev) req->susp_prev->susp_next = req->susp_next;
-        else s->suspended = req->susp_next;
+        if (req->susp_prev)
+            req->susp_prev->susp_next = req->susp_next;
+        else
+            s->suspended = req->susp_next;
         if (req->susp_next) req->susp_next->susp_prev = req->susp_prev;
         req->susp_prev = req->susp_next = NULL;
         MHD_resume_connection(req->conn);
@@ -199,9 +214,8 @@ static void run_handler(struct httpd_req *req)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     struct httpd_server *s = cls;
@@ -220,8 +234,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->route = find_route(s, req, &mismatch);
         if (!req->route) {
             if (mismatch)
-                httpd_error(req, 405, "method_not_allowed", NULL, "%s is not allowed on %s",
-                            method, url);
+                httpd_error(req, 405, "method_not_allowed", NULL, "%s is not allowed on %s", method,
+                            url);
             else
                 httpd_error(req, 404, "not_found", NULL, "no route for %s %s", method, url);
             return MHD_YES;
@@ -279,7 +293,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
     log_warn("%s listener: libmicrohttpd: %s", s->cfg.name, msg);
 }
 
@@ -297,23 +312,22 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
         free(s);
         return NULL;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (cfg->thread_per_connection)
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     else
         flags |= MHD_USE_EPOLL;
     s->d = MHD_start_daemon(
-        flags, (uint16_t)cfg->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &sa,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+        flags, (uint16_t)cfg->port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+        on_mhd_log, s, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_CONNECTION_LIMIT, cfg->conn_limit ? cfg->conn_limit : 1000u,
         MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
         cfg->thread_per_connection ? MHD_OPTION_END : MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)(cfg->threads > 0 ? cfg->threads : 4), MHD_OPTION_END);
     if (!s->d) {
-        snprintf(err, errlen, "%s listener: cannot listen on %s:%d (in use?)", cfg->name,
-                 cfg->host, cfg->port);
+        snprintf(err, errlen, "%s listener: cannot listen on %s:%d (in use?)", cfg->name, cfg->host,
+                 cfg->port);
         pthread_mutex_destroy(&s->lock);
         free(s);
         return NULL;

@@ -53,10 +53,10 @@ struct httpd_req {
 };
 
 struct httpd_config {
-    const char *name; /* for logs: "api", "gateway", "agent-api", "runtime" */
-    const char *host; /* bind address, IPv4 dotted quad */
-    int port;         /* 0: any free port (see httpd_port) */
-    int threads;      /* thread pool size (epoll mode) */
+    const char *name;          /* for logs: "api", "gateway", "agent-api", "runtime" */
+    const char *host;          /* bind address, IPv4 dotted quad */
+    int port;                  /* 0: any free port (see httpd_port) */
+    int threads;               /* thread pool size (epoll mode) */
     int thread_per_connection; /* 1: one thread per connection (handlers may block) */
     unsigned conn_limit;
     unsigned conn_timeout_s; /* idle timeout; suspended connections do not time out */

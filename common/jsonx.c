@@ -5,8 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-json_t *jsonx_error_body(const char *message, const char *type, const char *param,
-                         const char *code)
+json_t *jsonx_error_body(const char *message, const char *type, const char *param, const char *code)
 {
     json_t *e = json_object();
     json_object_set_new(e, "message", json_string(message ? message : ""));
@@ -18,9 +17,9 @@ json_t *jsonx_error_body(const char *message, const char *type, const char *para
     return root;
 }
 
-__attribute__((format(printf, 3, 0))) static void set_err(struct jsonx_err *err,
-                                                          const char *param, const char *fmt,
-                                                          const char *key, const char *extra)
+__attribute__((format(printf, 3, 0))) static void set_err(struct jsonx_err *err, const char *param,
+                                                          const char *fmt, const char *key,
+                                                          const char *extra)
 {
     if (!err) return;
 #pragma GCC diagnostic push

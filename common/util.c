@@ -38,7 +38,8 @@ int util_random_hex(char *out, size_t nbytes)
 {
     unsigned char raw[64];
     if (nbytes > sizeof raw || RAND_bytes(raw, (int)nbytes) != 1) return -1;
-    for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", raw[i]);
+    for (size_t i = 0; i < nbytes; i++)
+        sprintf(out + 2 * i, "%02x", raw[i]);
     out[2 * nbytes] = '\0';
     return 0;
 }
@@ -47,7 +48,8 @@ void util_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256(data, len, md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) sprintf(out + 2 * i, "%02x", md[i]);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+        sprintf(out + 2 * i, "%02x", md[i]);
     out[64] = '\0';
 }
 
@@ -55,7 +57,8 @@ int util_ct_streq(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
     unsigned char diff = (unsigned char)(la != lb);
-    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)(a[i] ^ b[i]);
+    for (size_t i = 0; i < la && i < lb; i++)
+        diff |= (unsigned char)(a[i] ^ b[i]);
     return diff == 0;
 }
 
@@ -63,7 +66,8 @@ int buf_append(struct buf *b, const void *data, size_t len)
 {
     if (b->len + len + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + len + 1) cap *= 2;
+        while (cap < b->len + len + 1)
+            cap *= 2;
         char *p = realloc(b->data, cap);
         if (!p) return -1;
         b->data = p;

@@ -6,8 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-int64_t util_now_ms(void);      /* CLOCK_MONOTONIC, for timeouts */
-int64_t util_wall_ms(void);     /* CLOCK_REALTIME, for timestamps */
+int64_t util_now_ms(void);  /* CLOCK_MONOTONIC, for timeouts */
+int64_t util_wall_ms(void); /* CLOCK_REALTIME, for timestamps */
 void util_sleep_ms(int64_t ms);
 
 /* Fills out with 2*nbytes lowercase hex characters from a CSPRNG, plus a NUL. 0 or -1. */

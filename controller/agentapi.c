@@ -1,0 +1,458 @@
+/* agentapi: see agentapi.h. Input from agents is validated like any client's: a malformed
+ * report gets a 400 and a warning, never a crash, and never changes state half-way (each
+ * heartbeat is one transaction). */
+#include "agentapi.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "auth.h"
+#include "ctl.h"
+#include "jsonx.h"
+#include "log.h"
+#include "replica.h"
+#include "util.h"
+
+#define AGENT_MAX_DEVICES 64   /* per host: an 8-GPU box, or CPU slots for development */
+#define AGENT_MAX_REPLICAS 128 /* reports per heartbeat */
+#define AGENT_MAX_USAGE 1000   /* usage items per heartbeat; the agent sends at most 500 */
+
+/* ---- register ---- */
+
+struct reg {
+    const char *name, *address, *version;
+    json_t *devices;
+    char key[65];
+    int64_t host_id;
+};
+
+static enum db_status reg_txn(PGconn *c, void *arg)
+{
+    struct reg *g = arg;
+    char hash[65];
+    util_sha256_hex(g->key, strlen(g->key), hash);
+    const char *p[] = {g->name, g->address, hash, g->version};
+    PGresult *r;
+    enum db_status st =
+        db_exec(c,
+                "INSERT INTO hosts (name, address, key_hash, agent_version) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET address = $2, "
+                "  key_hash = $3, agent_version = $4, state = 'ready', updated_at = now() "
+                "RETURNING id",
+                4, p, &r, NULL);
+    if (st < 0) return st;
+    g->host_id = db_int(r, 0, 0);
+    PQclear(r);
+    char hid[24];
+    snprintf(hid, sizeof hid, "%lld", (long long)g->host_id);
+    struct buf uuids = {0};
+    buf_append(&uuids, "{", 1);
+    size_t i;
+    json_t *d;
+    json_array_foreach(g->devices, i, d)
+    {
+        char idx[16], mem[24];
+        snprintf(idx, sizeof idx, "%lld",
+                 (long long)json_integer_value(json_object_get(d, "index")));
+        snprintf(mem, sizeof mem, "%lld",
+                 (long long)json_integer_value(json_object_get(d, "memory_mib")));
+        const char *uuid = json_string_value(json_object_get(d, "uuid"));
+        const char *pd[] = {hid,
+                            idx,
+                            uuid,
+                            json_string_value(json_object_get(d, "kind")),
+                            json_string_value(json_object_get(d, "model")),
+                            mem};
+        /* Inventory is written only when it changed. */
+        st = db_cmd(c,
+                    "INSERT INTO gpus (host_id, idx, uuid, kind, model, memory_mib) "
+                    "VALUES ($1::bigint, $2::int, $3, $4, $5, $6::bigint) "
+                    "ON CONFLICT (uuid) DO UPDATE SET host_id = $1::bigint, idx = $2::int, "
+                    "  kind = $4, model = $5, memory_mib = $6::bigint "
+                    "WHERE (gpus.host_id, gpus.idx, gpus.kind, gpus.model, gpus.memory_mib) "
+                    "  IS DISTINCT FROM ($1::bigint, $2::int, $4, $5, $6::bigint)",
+                    6, pd);
+        if (st < 0) {
+            buf_free(&uuids);
+            return st;
+        }
+        buf_printf(&uuids, "%s\"%s\"", i ? "," : "", uuid);
+    }
+    buf_append(&uuids, "}", 1);
+    const char *pr[] = {hid, uuids.data};
+    st = db_cmd(c, "DELETE FROM gpus WHERE host_id = $1::bigint AND NOT (uuid = ANY ($2::text[]))",
+                2, pr);
+    buf_free(&uuids);
+    if (st < 0) return st;
+    return db_cmd(c,
+                  "INSERT INTO host_seen (host_id, seen_at) VALUES ($1::bigint, now()) "
+                  "ON CONFLICT (host_id) DO UPDATE SET seen_at = now()",
+                  1, pr);
+}
+
+/* Checks one device object; 0 or -1 with a 400 sent. */
+static int check_device(struct httpd_req *req, json_t *d, size_t i)
+{
+    struct jsonx_err je = {0};
+    const char *s;
+    int64_t n;
+    char where[32];
+    snprintf(where, sizeof where, "devices[%zu]", i);
+    if (!json_is_object(d)) {
+        httpd_error(req, 400, "invalid_parameter", where, "%s must be an object", where);
+        return -1;
+    }
+    if (jsonx_get_int(d, "index", 1, 0, 1024, &n, &je) != JSONX_OK ||
+        jsonx_get_string(d, "uuid", 1, &s, 90, &je) != JSONX_OK ||
+        jsonx_get_string(d, "model", 1, &s, 200, &je) != JSONX_OK ||
+        jsonx_get_int(d, "memory_mib", 1, 0, INT64_C(1) << 40, &n, &je) != JSONX_OK ||
+        jsonx_get_string(d, "kind", 1, &s, 8, &je) != JSONX_OK) {
+        httpd_error(req, 400, "invalid_parameter", where, "%s: %s", where, je.message);
+        return -1;
+    }
+    if (strcmp(s, "gpu") && strcmp(s, "cpu")) {
+        httpd_error(req, 400, "invalid_parameter", where, "%s: kind must be gpu or cpu", where);
+        return -1;
+    }
+    return 0;
+}
+
+static void h_register(struct httpd_req *req)
+{
+    struct ctl_listener *l = req->app;
+    const char *tok = auth_bearer(req);
+    if (!tok || !l->ctl->cfg.agent_token || !util_ct_streq(tok, l->ctl->cfg.agent_token)) {
+        httpd_error(req, 401, "invalid_agent_token", NULL, "invalid or missing agent token");
+        return;
+    }
+    struct jsonx_err je = {0};
+    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
+    if (!body) {
+        httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
+        return;
+    }
+    struct reg g = {0};
+    g.version = "";
+    if (jsonx_get_string(body, "name", 1, &g.name, 120, &je) != JSONX_OK ||
+        jsonx_get_string(body, "address", 1, &g.address, 120, &je) != JSONX_OK ||
+        jsonx_get_string(body, "agent_version", 0, &g.version, 60, &je) == JSONX_BAD) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        goto out;
+    }
+    g.devices = json_object_get(body, "devices");
+    if (!json_is_array(g.devices) || json_array_size(g.devices) > AGENT_MAX_DEVICES) {
+        httpd_error(req, 400, "invalid_parameter", "devices",
+                    "field 'devices' must be an array of at most %d devices", AGENT_MAX_DEVICES);
+        goto out;
+    }
+    size_t i;
+    json_t *d;
+    json_array_foreach(g.devices, i, d) if (check_device(req, d, i) != 0) goto out;
+    if (util_random_hex(g.key, 32) != 0) {
+        httpd_error(req, 500, "internal_error", NULL, "no randomness");
+        goto out;
+    }
+    PGconn *c = ctl_db(req);
+    if (!c) goto out;
+    enum db_status st = db_txn_run(c, reg_txn, &g);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not register the host");
+        goto out;
+    }
+    log_info("host %s (id %lld, %s) registered with %zu device(s)", g.name, (long long)g.host_id,
+             g.address, json_array_size(g.devices));
+    char hid[24];
+    snprintf(hid, sizeof hid, "%lld", (long long)g.host_id);
+    httpd_reply_json(req, 200,
+                     json_pack("{s:s, s:s, s:I}", "host_id", hid, "host_key", g.key, "heartbeat_ms",
+                               (json_int_t)l->ctl->cfg.heartbeat_ms));
+out:
+    json_decref(body);
+}
+
+/* ---- heartbeat ---- */
+
+struct beat {
+    int64_t host_id;
+    json_t *replicas, *usage;
+    json_t *desired; /* new reference, built inside the transaction */
+    size_t usage_stored;
+};
+
+static const char *const report_states[] = {"starting", "ready", "failed", "stopped", NULL};
+
+static int check_reports(struct httpd_req *req, json_t *reps)
+{
+    size_t i;
+    json_t *r;
+    json_array_foreach(reps, i, r)
+    {
+        struct jsonx_err je = {0};
+        const char *s;
+        int64_t n;
+        if (!json_is_object(r) || jsonx_get_string(r, "replica_id", 1, &s, 40, &je) != JSONX_OK ||
+            !api_is_uuid(s) || jsonx_get_int(r, "epoch", 1, 1, INT64_MAX, &n, &je) != JSONX_OK ||
+            jsonx_get_int(r, "port", 0, 1, 65535, &n, &je) == JSONX_BAD ||
+            jsonx_get_int(r, "restarts", 0, 0, INT32_MAX, &n, &je) == JSONX_BAD ||
+            jsonx_get_string(r, "reason", 0, &s, 1000, &je) == JSONX_BAD ||
+            jsonx_get_string(r, "state", 1, &s, 16, &je) != JSONX_OK) {
+            httpd_error(req, 400, "invalid_parameter", "replicas", "replicas[%zu] is malformed%s%s",
+                        i, je.message[0] ? ": " : "", je.message);
+            return -1;
+        }
+        int ok = 0;
+        for (const char *const *k = report_states; *k; k++)
+            ok |= !strcmp(*k, s);
+        if (!ok) {
+            httpd_error(req, 400, "invalid_parameter", "replicas",
+                        "replicas[%zu].state '%s' is not one of starting, ready, failed, stopped",
+                        i, s);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int check_usage(struct httpd_req *req, json_t *usage)
+{
+    size_t i;
+    json_t *u;
+    json_array_foreach(usage, i, u)
+    {
+        struct jsonx_err je = {0};
+        const char *s;
+        int64_t n;
+        if (!json_is_object(u) || jsonx_get_string(u, "request_id", 1, &s, 64, &je) != JSONX_OK ||
+            jsonx_get_string(u, "replica_id", 1, &s, 40, &je) != JSONX_OK || !api_is_uuid(s) ||
+            jsonx_get_int(u, "epoch", 1, 0, INT64_MAX, &n, &je) != JSONX_OK ||
+            jsonx_get_int(u, "prompt_tokens", 1, 0, INT32_MAX, &n, &je) != JSONX_OK ||
+            jsonx_get_int(u, "completion_tokens", 1, 0, INT32_MAX, &n, &je) != JSONX_OK ||
+            jsonx_get_int(u, "at_ms", 1, 0, INT64_MAX, &n, &je) != JSONX_OK ||
+            jsonx_get_string(u, "finish_reason", 0, &s, 32, &je) == JSONX_BAD) {
+            httpd_error(req, 400, "invalid_parameter", "usage", "usage[%zu] is malformed%s%s", i,
+                        je.message[0] ? ": " : "", je.message);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static enum db_status apply_reports(PGconn *c, struct beat *b)
+{
+    size_t i;
+    json_t *r;
+    struct buf ids = {0};
+    buf_append(&ids, "{", 1);
+    json_array_foreach(b->replicas, i, r)
+    {
+        const char *id = json_string_value(json_object_get(r, "replica_id"));
+        const char *state = json_string_value(json_object_get(r, "state"));
+        const char *reason = json_string_value(json_object_get(r, "reason"));
+        int64_t epoch = json_integer_value(json_object_get(r, "epoch"));
+        json_t *port = json_object_get(r, "port"), *rs = json_object_get(r, "restarts");
+        buf_printf(&ids, "%s\"%s\"", i ? "," : "", id);
+        /* 'stopped' from the agent is reconciled by replica_reap_stopping below. */
+        if (!strcmp(state, "stopped")) continue;
+        enum db_status st = replica_transition(
+            c, id, epoch, b->host_id, state,
+            reason ? reason : (!strcmp(state, "ready") ? "" : NULL),
+            port ? (int)json_integer_value(port) : 0, rs ? (int)json_integer_value(rs) : -1);
+        if (st < 0) {
+            buf_free(&ids);
+            return st;
+        }
+    }
+    buf_append(&ids, "}", 1);
+    /* Stopped replicas are absent from the agent's list (or reported as stopped): a stopping
+     * replica the agent no longer runs has released its devices. */
+    struct buf running = {0};
+    buf_append(&running, "{", 1);
+    int n = 0;
+    json_array_foreach(b->replicas, i, r)
+    {
+        if (!strcmp(json_string_value(json_object_get(r, "state")), "stopped")) continue;
+        buf_printf(&running, "%s\"%s\"", n++ ? "," : "",
+                   json_string_value(json_object_get(r, "replica_id")));
+    }
+    buf_append(&running, "}", 1);
+    enum db_status st = replica_reap_stopping(c, b->host_id, running.data);
+    buf_free(&running);
+    buf_free(&ids);
+    return st;
+}
+
+static enum db_status store_usage(PGconn *c, struct beat *b)
+{
+    size_t i;
+    json_t *u;
+    json_array_foreach(b->usage, i, u)
+    {
+        char ep[24], pt[16], ct[16], at[24];
+        snprintf(ep, sizeof ep, "%lld", (long long)json_integer_value(json_object_get(u, "epoch")));
+        snprintf(pt, sizeof pt, "%lld",
+                 (long long)json_integer_value(json_object_get(u, "prompt_tokens")));
+        snprintf(ct, sizeof ct, "%lld",
+                 (long long)json_integer_value(json_object_get(u, "completion_tokens")));
+        snprintf(at, sizeof at, "%lld", (long long)json_integer_value(json_object_get(u, "at_ms")));
+        const char *fr = json_string_value(json_object_get(u, "finish_reason"));
+        const char *p[] = {json_string_value(json_object_get(u, "request_id")),
+                           json_string_value(json_object_get(u, "replica_id")),
+                           ep,
+                           pt,
+                           ct,
+                           fr ? fr : "",
+                           at};
+        /* ON CONFLICT: the agent resends until acknowledged; a request is stored once. */
+        enum db_status st = db_cmd(
+            c,
+            "INSERT INTO usage_events (request_id, account_id, endpoint_id, replica_id, epoch, "
+            "  prompt_tokens, completion_tokens, finish_reason, at) "
+            "SELECT $1, r.account_id, r.endpoint_id, r.id, $3::bigint, $4::int, $5::int, $6, "
+            "  to_timestamp($7::bigint / 1000.0) "
+            "FROM replicas r WHERE r.id = $2::uuid AND $3::bigint <= r.epoch "
+            "ON CONFLICT (request_id) DO NOTHING",
+            7, p);
+        if (st < 0) return st;
+    }
+    b->usage_stored = json_array_size(b->usage);
+    return DB_ROWS;
+}
+
+static enum db_status load_desired(PGconn *c, struct beat *b)
+{
+    char hid[24];
+    snprintf(hid, sizeof hid, "%lld", (long long)b->host_id);
+    const char *p[] = {hid};
+    PGresult *r;
+    enum db_status st = db_exec(
+        c,
+        "SELECT r.id, r.epoch, m.name, m.source, e.name, array_to_json(r.devices), "
+        "  e.device_kind, r.secret, e.gpus_per_replica "
+        "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
+        "JOIN models m ON m.id = e.model_id "
+        "WHERE r.host_id = $1::bigint AND r.state IN ('assigned', 'starting', 'ready', 'failed') "
+        "ORDER BY r.created_at",
+        1, p, &r, NULL);
+    if (st < 0) return st;
+    json_decref(b->desired);
+    b->desired = json_array();
+    for (int i = 0; i < PQntuples(r); i++) {
+        json_error_t je;
+        json_t *devs = json_loads(PQgetvalue(r, i, 5), 0, &je);
+        json_array_append_new(b->desired,
+                              json_pack("{s:s, s:I, s:s, s:s, s:s, s:o, s:s, s:s, s:I}",
+                                        "replica_id", PQgetvalue(r, i, 0), "epoch",
+                                        (json_int_t)db_int(r, i, 1), "model", PQgetvalue(r, i, 2),
+                                        "model_path", PQgetvalue(r, i, 3), "served_name",
+                                        PQgetvalue(r, i, 4), "devices", devs ? devs : json_array(),
+                                        "device_kind", PQgetvalue(r, i, 6), "secret",
+                                        PQgetvalue(r, i, 7), "tp", (json_int_t)db_int(r, i, 8)));
+    }
+    PQclear(r);
+    return DB_ROWS;
+}
+
+static enum db_status beat_txn(PGconn *c, void *arg)
+{
+    struct beat *b = arg;
+    char hid[24];
+    snprintf(hid, sizeof hid, "%lld", (long long)b->host_id);
+    const char *p[] = {hid};
+    enum db_status st =
+        db_cmd(c,
+               "INSERT INTO host_seen (host_id, seen_at) VALUES ($1::bigint, now()) "
+               "ON CONFLICT (host_id) DO UPDATE SET seen_at = now()",
+               1, p);
+    if (st < 0) return st;
+    /* A host that was declared lost and comes back is usable again; its old replicas were
+     * already placed elsewhere with new epochs, so its stale reports match nothing. */
+    st = db_cmd(c,
+                "UPDATE hosts SET state = 'ready', updated_at = now() "
+                "WHERE id = $1::bigint AND state = 'lost'",
+                1, p);
+    if (st < 0) return st;
+    if ((st = apply_reports(c, b)) < 0) return st;
+    if ((st = store_usage(c, b)) < 0) return st;
+    return load_desired(c, b);
+}
+
+static void h_heartbeat(struct httpd_req *req)
+{
+    struct ctl_listener *l = req->app;
+    const char *key = auth_bearer(req);
+    if (!key || strlen(key) != 64) {
+        httpd_error(req, 401, "invalid_host_key", NULL, "invalid or missing host key");
+        return;
+    }
+    struct jsonx_err je = {0};
+    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
+    if (!body) {
+        httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
+        return;
+    }
+    struct beat b = {0};
+    b.replicas = json_object_get(body, "replicas");
+    b.usage = json_object_get(body, "usage");
+    if (!b.replicas)
+        b.replicas = json_array(); /* new reference; see the decref below */
+    else
+        json_incref(b.replicas);
+    if (!b.usage)
+        b.usage = json_array();
+    else
+        json_incref(b.usage);
+    if (!json_is_array(b.replicas) || json_array_size(b.replicas) > AGENT_MAX_REPLICAS) {
+        httpd_error(req, 400, "invalid_parameter", "replicas",
+                    "field 'replicas' must be an array of at most %d reports", AGENT_MAX_REPLICAS);
+        goto out;
+    }
+    if (!json_is_array(b.usage) || json_array_size(b.usage) > AGENT_MAX_USAGE) {
+        httpd_error(req, 400, "invalid_parameter", "usage",
+                    "field 'usage' must be an array of at most %d items", AGENT_MAX_USAGE);
+        goto out;
+    }
+    if (check_reports(req, b.replicas) != 0 || check_usage(req, b.usage) != 0) goto out;
+    PGconn *c = ctl_db(req);
+    if (!c) goto out;
+    char hash[65];
+    util_sha256_hex(key, strlen(key), hash);
+    const char *p[] = {hash};
+    PGresult *r;
+    enum db_status st = db_exec(c, "SELECT id FROM hosts WHERE key_hash = $1", 1, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        ctl_db_done(req, c);
+        if (st < 0)
+            httpd_error(req, 503, "database_unavailable", NULL, "try again");
+        else
+            httpd_error(req, 401, "invalid_host_key", NULL, "unknown host key: register again");
+        goto out;
+    }
+    b.host_id = db_int(r, 0, 0);
+    PQclear(r);
+    st = db_txn_run(c, beat_txn, &b);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not record the heartbeat");
+        goto out;
+    }
+    httpd_reply_json(req, 200,
+                     json_pack("{s:o, s:I, s:I}", "desired", b.desired, "usage_acked",
+                               (json_int_t)b.usage_stored, "heartbeat_ms",
+                               (json_int_t)l->ctl->cfg.heartbeat_ms));
+    b.desired = NULL;
+out:
+    json_decref(b.desired);
+    json_decref(b.replicas);
+    json_decref(b.usage);
+    json_decref(body);
+}
+
+const struct httpd_route agentapi_routes[] = {
+    {"POST", "/agent/v1/register", h_register},
+    {"POST", "/agent/v1/heartbeat", h_heartbeat},
+};
+const size_t agentapi_nroutes = sizeof agentapi_routes / sizeof agentapi_routes[0];

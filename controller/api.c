@@ -1,0 +1,442 @@
+/* api: see api.h. The endpoint rows are read and written only here and in replica.c (replicas). */
+#include "api.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "ctl.h"
+#include "jsonx.h"
+#include "log.h"
+#include "replica.h"
+#include "util.h"
+
+int api_is_uuid(const char *s)
+{
+    static const int dash_at[] = {8, 13, 18, 23};
+    if (strlen(s) != 36) return 0;
+    for (int i = 0, k = 0; i < 36; i++) {
+        if (k < 4 && i == dash_at[k]) {
+            if (s[i] != '-') return 0;
+            k++;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void h_healthz(struct httpd_req *req)
+{
+    PGconn *c = ctl_db(req);
+    if (!c) return;
+    enum db_status st = db_cmd(c, "SELECT 1", 0, NULL);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "database check failed");
+        return;
+    }
+    json_t *o = json_pack("{s:s}", "status", "ok");
+    httpd_reply_json(req, 200, o);
+}
+
+/* ---- catalog ---- */
+
+static json_t *model_json(PGresult *r, int i)
+{
+    json_t *kinds = json_array();
+    /* device_kinds arrives as a text[] literal: {cpu,gpu} */
+    char tmp[128];
+    snprintf(tmp, sizeof tmp, "%s", PQgetvalue(r, i, 5));
+    for (char *tok = strtok(tmp, "{},"); tok; tok = strtok(NULL, "{},"))
+        json_array_append_new(kinds, json_string(tok));
+    return json_pack(
+        "{s:s, s:s, s:s, s:I, s:I, s:o, s:I, s:I}", "id", PQgetvalue(r, i, 0), "object", "model",
+        "family", PQgetvalue(r, i, 1), "context_length", (json_int_t)db_int(r, i, 2), "min_devices",
+        (json_int_t)db_int(r, i, 3), "device_kinds", kinds, "input_price_micros_per_mtok",
+        (json_int_t)db_int(r, i, 6), "output_price_micros_per_mtok", (json_int_t)db_int(r, i, 7));
+}
+
+static void h_catalog(struct httpd_req *req)
+{
+    PGconn *c = ctl_db(req);
+    if (!c) return;
+    struct auth_ctx a;
+    if (auth_require(req, c, &a) != 0) {
+        ctl_db_done(req, c);
+        return;
+    }
+    PGresult *r;
+    enum db_status st = db_exec(c,
+                                "SELECT name, family, context_length, min_devices, source, "
+                                "device_kinds, input_price_micros_per_mtok, "
+                                "output_price_micros_per_mtok FROM models ORDER BY name",
+                                0, NULL, &r, NULL);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not read the catalog");
+        return;
+    }
+    json_t *data = json_array();
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(data, model_json(r, i));
+    PQclear(r);
+    httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+}
+
+/* ---- endpoints ---- */
+
+/* Columns every endpoint query selects, in this order (see endpoint_json). The replica summary
+ * is aggregated in the same statement so a listing is one query. */
+#define ENDPOINT_COLUMNS                                                                           \
+    "e.id, e.name, m.name, e.device_kind, e.gpus_per_replica, e.replicas, e.billing_mode, "        \
+    "e.state, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "        \
+    "(SELECT COALESCE(json_agg(json_build_object('id', r.id, 'ordinal', r.ordinal, "               \
+    "   'state', r.state, 'reason', r.reason, 'epoch', r.epoch, 'host', h.name, "                  \
+    "   'devices', r.devices, 'ready_at', r.ready_at) ORDER BY r.ordinal), '[]') "                 \
+    " FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "                                      \
+    " WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')) "
+
+static json_t *endpoint_json(PGresult *r, int i)
+{
+    json_error_t je;
+    json_t *reps = json_loads(PQgetvalue(r, i, 9), 0, &je);
+    if (!reps) reps = json_array();
+    int ready = 0, failed = 0;
+    size_t k;
+    json_t *rep;
+    json_array_foreach(reps, k, rep)
+    {
+        const char *s = json_string_value(json_object_get(rep, "state"));
+        if (s && !strcmp(s, "ready")) ready++;
+        if (s && !strcmp(s, "failed")) failed++;
+    }
+    int want = (int)db_int(r, i, 5);
+    const char *state = PQgetvalue(r, i, 7);
+    /* status is derived, never stored: it cannot disagree with the replicas. */
+    const char *status = !strcmp(state, "deleted") ? "deleted"
+                         : ready == want           ? "ready"
+                         : failed > 0              ? (ready > 0 ? "degraded" : "failed")
+                                                   : "deploying";
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:i, s:s, s:o}", "id",
+                     PQgetvalue(r, i, 0), "object", "endpoint", "name", PQgetvalue(r, i, 1),
+                     "model", PQgetvalue(r, i, 2), "device_kind", PQgetvalue(r, i, 3),
+                     "gpus_per_replica", (json_int_t)db_int(r, i, 4), "replicas", (json_int_t)want,
+                     "billing_mode", PQgetvalue(r, i, 6), "status", status, "replicas_ready", ready,
+                     "created_at", PQgetvalue(r, i, 8), "replica_states", reps);
+}
+
+/* Replies with one endpoint of the caller's account, or 404. */
+static void reply_endpoint(struct httpd_req *req, PGconn *c, const char *acct, const char *id,
+                           unsigned status)
+{
+    PGresult *r;
+    const char *p[] = {id, acct};
+    enum db_status st =
+        db_exec(c,
+                "SELECT " ENDPOINT_COLUMNS "FROM endpoints e JOIN models m ON m.id = e.model_id "
+                "WHERE e.id = $1::uuid AND e.account_id = $2::bigint",
+                2, p, &r, NULL);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not read the endpoint");
+        return;
+    }
+    if (st == DB_NONE) {
+        PQclear(r);
+        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
+        return;
+    }
+    json_t *o = endpoint_json(r, 0);
+    PQclear(r);
+    httpd_reply_json(req, status, o);
+}
+
+static int valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 63 || !islower((unsigned char)s[0])) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!islower((unsigned char)s[i]) && !isdigit((unsigned char)s[i]) && s[i] != '-') return 0;
+    return s[n - 1] != '-';
+}
+
+struct create_ep {
+    const char *acct, *name, *model, *kind;
+    int64_t gpus, replicas;
+    char id[40];
+    int conflict;
+};
+
+static enum db_status create_ep_txn(PGconn *c, void *arg)
+{
+    struct create_ep *ce = arg;
+    char g[24], n[24], ss[6];
+    snprintf(g, sizeof g, "%lld", (long long)ce->gpus);
+    snprintf(n, sizeof n, "%lld", (long long)ce->replicas);
+    const char *p[] = {ce->acct, ce->name, ce->model, ce->kind, g, n};
+    PGresult *r;
+    enum db_status st = db_exec(c,
+                                "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
+                                "  gpus_per_replica, replicas) "
+                                "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int "
+                                "FROM models m WHERE m.name = $3 RETURNING id",
+                                6, p, &r, ss);
+    if (st < 0) {
+        if (!strcmp(ss, "23505")) ce->conflict = 1;
+        return st;
+    }
+    snprintf(ce->id, sizeof ce->id, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    const char *p2[] = {ce->id, ce->acct, n};
+    return db_cmd(c,
+                  "INSERT INTO replicas (endpoint_id, account_id, ordinal, reason) "
+                  "SELECT $1::uuid, $2::bigint, g, 'waiting for the scheduler' "
+                  "FROM generate_series(0, $3::int - 1) g",
+                  3, p2);
+}
+
+static const char *const create_fields[] = {"name",     "model",       "gpus_per_replica",
+                                            "replicas", "device_kind", NULL};
+
+static int reject_unknown_fields(struct httpd_req *req, json_t *body, const char *const *known)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        int ok = 0;
+        for (const char *const *k = known; *k; k++)
+            if (!strcmp(*k, key)) ok = 1;
+        if (!ok) {
+            httpd_error(req, 400, "unknown_parameter", key, "unknown field '%s'", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void h_create_endpoint(struct httpd_req *req)
+{
+    struct jsonx_err je = {0};
+    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
+    if (!body) {
+        httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
+        return;
+    }
+    struct create_ep ce = {0};
+    ce.replicas = 1;
+    int64_t gpus = 0;
+    enum jsonx_rc rc;
+    if (reject_unknown_fields(req, body, create_fields) != 0) goto out;
+    if ((rc = jsonx_get_string(body, "name", 1, &ce.name, 63, &je)) != JSONX_OK ||
+        (rc = jsonx_get_string(body, "model", 1, &ce.model, 200, &je)) != JSONX_OK ||
+        (rc = jsonx_get_int(body, "gpus_per_replica", 0, 1, 8, &gpus, &je)) == JSONX_BAD ||
+        (rc = jsonx_get_int(body, "replicas", 0, 1, 16, &ce.replicas, &je)) == JSONX_BAD ||
+        (rc = jsonx_get_string(body, "device_kind", 0, &ce.kind, 8, &je)) == JSONX_BAD) {
+        httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
+                    je.param, "%s", je.message);
+        goto out;
+    }
+    if (!valid_name(ce.name)) {
+        httpd_error(req, 400, "invalid_parameter", "name",
+                    "field 'name' must be 1-63 characters of a-z, 0-9 and '-', starting with a "
+                    "letter and not ending with '-'");
+        goto out;
+    }
+    if (ce.kind && strcmp(ce.kind, "gpu") && strcmp(ce.kind, "cpu")) {
+        httpd_error(req, 400, "invalid_parameter", "device_kind",
+                    "field 'device_kind' must be \"gpu\" or \"cpu\"");
+        goto out;
+    }
+    PGconn *c = ctl_db(req);
+    if (!c) goto out;
+    struct auth_ctx a;
+    if (auth_require(req, c, &a) != 0) goto out_db;
+    ce.acct = a.account_id_str;
+    PGresult *r;
+    enum db_status st = db_exec(c,
+                                "SELECT min_devices, device_kinds[1], "
+                                "  ($2::text IS NULL OR $2 = ANY (device_kinds)) "
+                                "FROM models WHERE name = $1",
+                                2, (const char *[]){ce.model, ce.kind}, &r, NULL);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not read the catalog");
+        goto out_db;
+    }
+    if (st == DB_NONE) {
+        PQclear(r);
+        httpd_error(req, 400, "model_not_found", "model",
+                    "model '%s' is not in the catalog (see GET /v1/catalog)", ce.model);
+        goto out_db;
+    }
+    int64_t min_dev = db_int(r, 0, 0);
+    char kind[8];
+    snprintf(kind, sizeof kind, "%s", ce.kind ? ce.kind : PQgetvalue(r, 0, 1));
+    int kind_ok = PQgetvalue(r, 0, 2)[0] == 't';
+    PQclear(r);
+    if (!kind_ok) {
+        httpd_error(req, 400, "invalid_parameter", "device_kind",
+                    "model '%s' cannot run on device kind '%s'", ce.model, ce.kind);
+        goto out_db;
+    }
+    ce.kind = kind;
+    ce.gpus = gpus ? gpus : min_dev;
+    if (ce.gpus < min_dev) {
+        httpd_error(req, 400, "invalid_parameter", "gpus_per_replica",
+                    "model '%s' needs at least %lld devices per replica", ce.model,
+                    (long long)min_dev);
+        goto out_db;
+    }
+    st = db_txn_run(c, create_ep_txn, &ce);
+    if (st < 0) {
+        if (ce.conflict)
+            httpd_error(req, 409, "name_taken", "name", "an endpoint named '%s' already exists",
+                        ce.name);
+        else
+            httpd_error(req, 500, "internal_error", NULL, "could not create the endpoint");
+        goto out_db;
+    }
+    log_info("endpoint %s (%s) created: model %s, %lld x %lld %s", ce.id, ce.name, ce.model,
+             (long long)ce.replicas, (long long)ce.gpus, ce.kind);
+    reply_endpoint(req, c, a.account_id_str, ce.id, 201);
+out_db:
+    ctl_db_done(req, c);
+out:
+    json_decref(body);
+}
+
+static void h_list_endpoints(struct httpd_req *req)
+{
+    PGconn *c = ctl_db(req);
+    if (!c) return;
+    struct auth_ctx a;
+    if (auth_require(req, c, &a) != 0) {
+        ctl_db_done(req, c);
+        return;
+    }
+    PGresult *r;
+    const char *p[] = {a.account_id_str};
+    enum db_status st =
+        db_exec(c,
+                "SELECT " ENDPOINT_COLUMNS "FROM endpoints e JOIN models m ON m.id = e.model_id "
+                "WHERE e.account_id = $1::bigint AND e.state <> 'deleted' "
+                "ORDER BY e.created_at",
+                1, p, &r, NULL);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not list endpoints");
+        return;
+    }
+    json_t *data = json_array();
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(data, endpoint_json(r, i));
+    PQclear(r);
+    httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+}
+
+static void h_get_endpoint(struct httpd_req *req)
+{
+    const char *id = req->params[0];
+    if (!api_is_uuid(id)) {
+        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
+        return;
+    }
+    PGconn *c = ctl_db(req);
+    if (!c) return;
+    struct auth_ctx a;
+    if (auth_require(req, c, &a) == 0) reply_endpoint(req, c, a.account_id_str, id, 200);
+    ctl_db_done(req, c);
+}
+
+struct delete_ep {
+    const char *id, *acct;
+    int found;
+};
+
+static enum db_status delete_ep_txn(PGconn *c, void *arg)
+{
+    struct delete_ep *de = arg;
+    const char *p[] = {de->id, de->acct};
+    enum db_status st = db_cmd(c,
+                               "UPDATE endpoints SET state = 'deleted', deleted_at = now() "
+                               "WHERE id = $1::uuid AND account_id = $2::bigint "
+                               "AND state <> 'deleted'",
+                               2, p);
+    if (st != DB_ROWS) return st;
+    de->found = 1;
+    return replica_stop_endpoint(c, de->id);
+}
+
+static void h_delete_endpoint(struct httpd_req *req)
+{
+    const char *id = req->params[0];
+    if (!api_is_uuid(id)) {
+        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
+        return;
+    }
+    PGconn *c = ctl_db(req);
+    if (!c) return;
+    struct auth_ctx a;
+    if (auth_require(req, c, &a) != 0) {
+        ctl_db_done(req, c);
+        return;
+    }
+    struct delete_ep de = {id, a.account_id_str, 0};
+    enum db_status st = db_txn_run(c, delete_ep_txn, &de);
+    if (st < 0)
+        httpd_error(req, 500, "internal_error", NULL, "could not delete the endpoint");
+    else if (!de.found)
+        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
+    else {
+        log_info("endpoint %s deleted", id);
+        reply_endpoint(req, c, a.account_id_str, id, 200);
+    }
+    ctl_db_done(req, c);
+}
+
+/* ---- the console's static files ---- */
+
+static const struct {
+    const char *ext, *type;
+} mime[] = {{".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+            {".css", "text/css; charset=utf-8"},   {".svg", "image/svg+xml"},
+            {".json", "application/json"},         {".png", "image/png"}};
+
+static void h_static(struct httpd_req *req)
+{
+    struct ctl_listener *l = req->app;
+    const char *rel = req->params[0];
+    if (!*rel) rel = "index.html";
+    /* Only plain names under web/: no "..", no hidden files, no absolute paths. */
+    if (strstr(rel, "..") || rel[0] == '/' || rel[0] == '.' || strstr(rel, "/.")) {
+        httpd_error(req, 404, "not_found", NULL, "no such file");
+        return;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", l->ctl->cfg.web_dir, rel);
+    size_t len;
+    char *data = util_read_file(path, &len);
+    if (!data) {
+        httpd_error(req, 404, "not_found", NULL, "no such file: /%s", rel);
+        return;
+    }
+    const char *type = "application/octet-stream";
+    const char *dot = strrchr(rel, '.');
+    for (size_t i = 0; dot && i < sizeof mime / sizeof mime[0]; i++)
+        if (!strcmp(dot, mime[i].ext)) type = mime[i].type;
+    httpd_reply_raw(req, 200, type, data, len);
+    free(data);
+}
+
+const struct httpd_route api_routes[] = {
+    {"GET", "/healthz", h_healthz},
+    {"GET", "/v1/catalog", h_catalog},
+    {"POST", "/v1/endpoints", h_create_endpoint},
+    {"GET", "/v1/endpoints", h_list_endpoints},
+    {"GET", "/v1/endpoints/{}", h_get_endpoint},
+    {"DELETE", "/v1/endpoints/{}", h_delete_endpoint},
+    {"GET", "/*", h_static},
+};
+const size_t api_nroutes = sizeof api_routes / sizeof api_routes[0];

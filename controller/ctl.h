@@ -1,0 +1,46 @@
+/* ctl: the controller's shared context: its configuration, its pools and what every module
+ * needs to reach. One struct ctl lives for the life of the process; each listener gets a struct
+ * ctl_listener (its own pool) as the httpd app pointer. */
+#ifndef ORP_CTL_H
+#define ORP_CTL_H
+
+#include <stdint.h>
+
+#include "db.h"
+#include "httpd.h"
+
+struct ctl_config {
+    const char *database_url;
+    const char *listen_host;
+    int64_t api_port, gateway_port, agent_port;
+    const char *only; /* all | api | gateway | agent-api | none */
+    const char *agent_token;
+    const char *web_dir, *schema_dir;
+    int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
+    int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s;
+    const char *log_level;
+    int no_leader;
+};
+
+struct ctl {
+    struct ctl_config cfg;
+};
+
+struct ctl_listener {
+    struct ctl *ctl;
+    struct db_pool *pool;
+};
+
+/* The account and key behind a request, filled by auth_require(). */
+struct auth_ctx {
+    int64_t account_id;
+    int64_t key_id;
+    char role[16]; /* admin | owner | member */
+    char account_id_str[24];
+};
+
+/* Acquires a connection from the listener's pool or answers 503 and returns NULL. */
+PGconn *ctl_db(struct httpd_req *req);
+void ctl_db_done(struct httpd_req *req, PGconn *c);
+
+#endif

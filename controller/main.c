@@ -1,0 +1,376 @@
+/* orp-controller: the control plane. Subcommands:
+ *   serve                 run the listeners (public API + console, gateway, agent API) and, when
+ *                         it holds the leader lock, the scheduler and liveness loops
+ *   migrate               apply pending schema migrations and exit
+ *   admin create --email  create an operator account and print its API key once
+ *   model add --name ...  add or update a catalog model
+ * Configuration is one table (see `orp-controller serve --help`), from the command line or
+ * ORP_* environment variables. */
+#include <curl/curl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agentapi.h"
+#include "api.h"
+#include "auth.h"
+#include "cfg.h"
+#include "ctl.h"
+#include "gateway.h"
+#include "leader.h"
+#include "log.h"
+#include "migrate.h"
+#include "util.h"
+
+#define O(f) offsetof(struct ctl_config, f)
+static const struct cfg_opt serve_opts[] = {
+    {"database-url", CFG_STRING, "postgresql:///openrunpod", "PostgreSQL connection string",
+     O(database_url)},
+    {"listen-host", CFG_STRING, "127.0.0.1", "address the listeners bind to", O(listen_host)},
+    {"api-port", CFG_INT, "8080", "public API and console port", O(api_port)},
+    {"gateway-port", CFG_INT, "8081", "OpenAI-compatible gateway port", O(gateway_port)},
+    {"agent-port", CFG_INT, "8082", "agent API port", O(agent_port)},
+    {"only", CFG_STRING, "all", "run one listener: all | api | gateway | agent-api", O(only)},
+    {"agent-token", CFG_STRING, NULL, "enrollment token agents present to register",
+     O(agent_token)},
+    {"web-dir", CFG_STRING, NULL, "console files (default: web/ of the source tree)", O(web_dir)},
+    {"schema-dir", CFG_STRING, NULL, "migrations (default: schema/ of the source tree)",
+     O(schema_dir)},
+    {"threads", CFG_INT, "4", "threads per listener", O(threads)},
+    {"db-pool-size", CFG_INT, "8", "database connections per listener", O(db_pool_size)},
+    {"db-timeout-ms", CFG_INT, "2000", "wait for a pooled connection before answering 503",
+     O(db_timeout_ms)},
+    {"max-body", CFG_INT, "1048576", "largest request body accepted (bytes)", O(max_body)},
+    {"max-connections", CFG_INT, "4000", "connections per listener", O(max_connections)},
+    {"heartbeat-ms", CFG_INT, "2000", "heartbeat interval told to agents", O(heartbeat_ms)},
+    {"liveness-timeout-ms", CFG_INT, "15000", "silence after which a host is lost",
+     O(liveness_timeout_ms)},
+    {"scheduler-interval-ms", CFG_INT, "1000", "leader loop period", O(scheduler_interval_ms)},
+    {"stream-timeout-s", CFG_INT, "600", "longest proxied inference request", O(stream_timeout_s)},
+    {"no-leader", CFG_BOOL, "false", "never run the leader loops here", O(no_leader)},
+    {"log-level", CFG_STRING, "info", "debug | info | warn | error", O(log_level)},
+};
+#define NOPTS (sizeof serve_opts / sizeof serve_opts[0])
+
+static volatile sig_atomic_t quit;
+static void on_signal(int sig)
+{
+    (void)sig;
+    quit = 1;
+}
+
+/* Default data directories: <exe>/../../<name> (the build tree), else
+ * <exe>/../share/openrunpod/<name> (an install). Returns a static string. */
+static const char *default_dir(const char *name)
+{
+    static char out[2][4096];
+    static int which;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return name;
+    exe[n] = '\0';
+    char *dir = dirname(exe);
+    char *o = out[which++ % 2];
+    snprintf(o, sizeof out[0], "%s/../../%s", dir, name);
+    if (access(o, R_OK) == 0) return o;
+    snprintf(o, sizeof out[0], "%s/../share/openrunpod/%s", dir, name);
+    return o;
+}
+
+static int parse(struct ctl_config *cfg, int argc, char **argv, int first, const char *usage)
+{
+    char err[256];
+    int rc = cfg_parse(serve_opts, NOPTS, cfg, "ORP", argc, argv, first, err, sizeof err);
+    if (rc == 1) {
+        cfg_print_help(stdout, usage, serve_opts, NOPTS, "ORP");
+        exit(0);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "orp-controller: %s\n", err);
+        return -1;
+    }
+    if (!cfg->web_dir) cfg->web_dir = default_dir("web");
+    if (!cfg->schema_dir) cfg->schema_dir = default_dir("schema");
+    log_init("controller", cfg->log_level);
+    return 0;
+}
+
+static PGconn *connect_or_die(const char *url)
+{
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "orp-controller: cannot connect to the database: %s", PQerrorMessage(c));
+        PQfinish(c);
+        exit(1);
+    }
+    db_quiet_notices(c);
+    return c;
+}
+
+static int cmd_migrate(struct ctl_config *cfg)
+{
+    PGconn *c = connect_or_die(cfg->database_url);
+    int n = migrate_run(c, cfg->schema_dir);
+    PQfinish(c);
+    if (n < 0) return 1;
+    printf("%d migration(s) applied\n", n);
+    return 0;
+}
+
+/* ---- admin create ---- */
+
+struct admin_new {
+    const char *email;
+    const char *credit;
+    char key[AUTH_KEY_LEN + 1];
+};
+
+static enum db_status admin_txn(PGconn *c, void *arg)
+{
+    struct admin_new *an = arg;
+    PGresult *r;
+    const char *pa[] = {an->email};
+    enum db_status st =
+        db_exec(c, "INSERT INTO accounts (name) VALUES ($1) RETURNING id", 1, pa, &r, NULL);
+    if (st < 0) return st;
+    char acct[24];
+    snprintf(acct, sizeof acct, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    const char *pu[] = {acct, an->email};
+    st = db_exec(c,
+                 "INSERT INTO users (account_id, email, role) VALUES ($1::bigint, $2, 'admin') "
+                 "RETURNING id",
+                 2, pu, &r, NULL);
+    if (st < 0) return st;
+    int64_t user = db_int(r, 0, 0);
+    PQclear(r);
+    if ((st = auth_create_key(c, strtoll(acct, NULL, 10), user, "admin", an->key)) < 0) return st;
+    char idem[64];
+    snprintf(idem, sizeof idem, "initial-credit:%s", acct);
+    const char *pl[] = {acct, an->credit, idem};
+    return db_cmd(c,
+                  "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, "
+                  "memo) VALUES ($1::bigint, $2::bigint, 'credit', $3, 'initial credit') "
+                  "ON CONFLICT (idempotency_key) DO NOTHING",
+                  3, pl);
+}
+
+static int cmd_admin(int argc, char **argv)
+{
+    struct {
+        const char *email, *credit, *database_url, *log_level;
+    } o;
+    static const struct cfg_opt opts[] = {
+        {"email", CFG_STRING, NULL, "the operator's e-mail", 0},
+        {"credit-micros", CFG_STRING, "100000000", "initial credit in micro-units", sizeof(char *)},
+        {"database-url", CFG_STRING, "postgresql:///openrunpod", "PostgreSQL connection string",
+         2 * sizeof(char *)},
+        {"log-level", CFG_STRING, "warn", "log level", 3 * sizeof(char *)},
+    };
+    char err[256];
+    if (argc < 3 || strcmp(argv[2], "create") != 0) {
+        fprintf(stderr, "usage: orp-controller admin create --email E [--credit-micros N]\n");
+        return 2;
+    }
+    int rc = cfg_parse(opts, 4, &o, "ORP", argc, argv, 3, err, sizeof err);
+    if (rc == 1) {
+        cfg_print_help(stdout, "orp-controller admin create --email E", opts, 4, "ORP");
+        return 0;
+    }
+    if (rc < 0 || !o.email || !strchr(o.email, '@')) {
+        fprintf(stderr, "orp-controller: %s\n", rc < 0 ? err : "--email E is required");
+        return 2;
+    }
+    char *end;
+    long long credit = strtoll(o.credit, &end, 10);
+    if (*end || credit < 0) {
+        fprintf(stderr, "orp-controller: --credit-micros must be a non-negative integer\n");
+        return 2;
+    }
+    log_init("controller", o.log_level);
+    PGconn *c = connect_or_die(o.database_url);
+    struct admin_new an = {o.email, o.credit, {0}};
+    enum db_status st = db_txn_run(c, admin_txn, &an);
+    PQfinish(c);
+    if (st < 0) {
+        fprintf(stderr, "orp-controller: could not create the admin (does %s exist already?)\n",
+                o.email);
+        return 1;
+    }
+    printf("%s\n", an.key);
+    return 0;
+}
+
+/* ---- model add ---- */
+
+static int cmd_model(int argc, char **argv)
+{
+    struct {
+        const char *name, *source, *family, *context, *min_devices, *kinds, *in_price, *out_price,
+            *database_url;
+    } o;
+    static const struct cfg_opt opts[] = {
+        {"name", CFG_STRING, NULL, "catalog name", 0},
+        {"source", CFG_STRING, NULL, "checkpoint directory on the hosts", 1 * sizeof(char *)},
+        {"family", CFG_STRING, "llama", "architecture family", 2 * sizeof(char *)},
+        {"context", CFG_STRING, "4096", "context length", 3 * sizeof(char *)},
+        {"min-devices", CFG_STRING, "1", "devices needed per replica", 4 * sizeof(char *)},
+        {"device-kinds", CFG_STRING, "gpu", "comma list: gpu,cpu", 5 * sizeof(char *)},
+        {"input-price-micros-per-mtok", CFG_STRING, "0", "price per million input tokens",
+         6 * sizeof(char *)},
+        {"output-price-micros-per-mtok", CFG_STRING, "0", "price per million output tokens",
+         7 * sizeof(char *)},
+        {"database-url", CFG_STRING, "postgresql:///openrunpod", "PostgreSQL connection string",
+         8 * sizeof(char *)},
+    };
+    char err[256];
+    if (argc < 3 || strcmp(argv[2], "add") != 0) {
+        fprintf(stderr, "usage: orp-controller model add --name N --source DIR [...]\n");
+        return 2;
+    }
+    int rc = cfg_parse(opts, 9, &o, "ORP", argc, argv, 3, err, sizeof err);
+    if (rc == 1) {
+        cfg_print_help(stdout, "orp-controller model add --name N --source DIR", opts, 9, "ORP");
+        return 0;
+    }
+    if (rc < 0 || !o.name || !o.source) {
+        fprintf(stderr, "orp-controller: %s\n", rc < 0 ? err : "--name and --source are required");
+        return 2;
+    }
+    log_init("controller", "warn");
+    char kinds[64];
+    snprintf(kinds, sizeof kinds, "{%s}", o.kinds);
+    PGconn *c = connect_or_die(o.database_url);
+    const char *p[] = {o.name,        o.family, o.source,   o.context,
+                       o.min_devices, kinds,    o.in_price, o.out_price};
+    enum db_status st = db_cmd(
+        c,
+        "INSERT INTO models (name, family, source, context_length, min_devices, device_kinds, "
+        "  input_price_micros_per_mtok, output_price_micros_per_mtok) "
+        "VALUES ($1, $2, $3, $4::int, $5::int, $6::text[], $7::bigint, $8::bigint) "
+        "ON CONFLICT (name) DO UPDATE SET family = $2, source = $3, context_length = $4::int, "
+        "  min_devices = $5::int, device_kinds = $6::text[], "
+        "  input_price_micros_per_mtok = $7::bigint, output_price_micros_per_mtok = $8::bigint",
+        8, p);
+    PQfinish(c);
+    if (st < 0) {
+        fprintf(stderr, "orp-controller: could not add model %s (bad values?)\n", o.name);
+        return 1;
+    }
+    printf("model %s added\n", o.name);
+    return 0;
+}
+
+/* ---- serve ---- */
+
+struct listener_spec {
+    const char *name;
+    const struct httpd_route *routes;
+    size_t nroutes;
+    int64_t port;
+};
+
+static int cmd_serve(struct ctl_config *cfg)
+{
+    PGconn *c = connect_or_die(cfg->database_url);
+    int n = migrate_run(c, cfg->schema_dir);
+    PQfinish(c);
+    if (n < 0) return 1;
+
+    static struct ctl ctl;
+    ctl.cfg = *cfg;
+    struct listener_spec specs[] = {
+        {"api", api_routes, api_nroutes, cfg->api_port},
+        {"gateway", gateway_routes, gateway_nroutes, cfg->gateway_port},
+        {"agent-api", agentapi_routes, agentapi_nroutes, cfg->agent_port},
+    };
+    struct ctl_listener lis[3];
+    struct httpd_server *srv[3] = {0};
+    int started = 0;
+    for (int i = 0; i < 3; i++) {
+        lis[i].ctl = &ctl;
+        lis[i].pool = NULL;
+        if (strcmp(cfg->only, "all") && strcmp(cfg->only, specs[i].name)) continue;
+        if (!strcmp(specs[i].name, "agent-api") && !cfg->agent_token)
+            log_warn("no --agent-token: agents cannot register");
+        lis[i].pool = db_pool_new(cfg->database_url, (int)cfg->db_pool_size,
+                                  (int)cfg->db_timeout_ms, specs[i].name);
+        struct httpd_config hc = {
+            .name = specs[i].name,
+            .host = cfg->listen_host,
+            .port = (int)specs[i].port,
+            .threads = (int)cfg->threads,
+            .conn_limit = (unsigned)cfg->max_connections,
+            .conn_timeout_s = 60,
+            .max_body = (size_t)cfg->max_body,
+            .routes = specs[i].routes,
+            .nroutes = specs[i].nroutes,
+            .app = &lis[i],
+        };
+        char err[256];
+        srv[i] = httpd_start(&hc, err, sizeof err);
+        if (!srv[i]) {
+            log_error("%s", err);
+            for (int j = 0; j < i; j++)
+                httpd_stop(srv[j]);
+            return 1;
+        }
+        log_info("%s listener on http://%s:%d", specs[i].name, cfg->listen_host,
+                 httpd_port(srv[i]));
+        started++;
+    }
+    if (!started) {
+        log_error("--only %s matches no listener", cfg->only);
+        return 2;
+    }
+    if (!cfg->no_leader && leader_start(&ctl) != 0) log_error("cannot start the leader loop");
+    while (!quit)
+        util_sleep_ms(200);
+    log_info("stopping");
+    leader_stop();
+    for (int i = 0; i < 3; i++) {
+        httpd_stop(srv[i]);
+        db_pool_free(lis[i].pool);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *usage = "usage: orp-controller serve|migrate [options]\n"
+                        "       orp-controller admin create --email E [--credit-micros N]\n"
+                        "       orp-controller model add --name N --source DIR [options]";
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        puts(usage);
+        return argc < 2 ? 2 : 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    struct ctl_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    int rc;
+    if (!strcmp(argv[1], "serve")) {
+        rc = parse(&cfg, argc, argv, 2, "usage: orp-controller serve [options]");
+        if (rc == 0) rc = cmd_serve(&cfg);
+    } else if (!strcmp(argv[1], "migrate")) {
+        rc = parse(&cfg, argc, argv, 2, "usage: orp-controller migrate [options]");
+        if (rc == 0) rc = cmd_migrate(&cfg);
+    } else if (!strcmp(argv[1], "admin")) {
+        rc = cmd_admin(argc, argv);
+    } else if (!strcmp(argv[1], "model")) {
+        rc = cmd_model(argc, argv);
+    } else {
+        fprintf(stderr, "orp-controller: unknown command '%s'\n%s\n", argv[1], usage);
+        rc = 2;
+    }
+    curl_global_cleanup();
+    return rc < 0 ? 2 : rc;
+}

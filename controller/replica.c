@@ -1,0 +1,131 @@
+/* replica: see replica.h. */
+#include "replica.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Legal predecessors of each state, as text[] literals for the UPDATE's WHERE clause. */
+static const struct {
+    const char *to;
+    const char *from;
+} legal[] = {
+    {"assigned", "{pending}"},
+    {"starting", "{assigned,starting,failed}"},
+    {"ready", "{assigned,starting,ready,failed}"},
+    {"failed", "{assigned,starting,ready,failed}"},
+    {"stopping", "{assigned,starting,ready,failed}"},
+    {"stopped", "{pending,stopping}"},
+    {"pending", "{assigned,starting,ready,failed}"},
+};
+
+static const char *legal_from(const char *to)
+{
+    for (size_t i = 0; i < sizeof legal / sizeof legal[0]; i++)
+        if (!strcmp(legal[i].to, to)) return legal[i].from;
+    return NULL;
+}
+
+enum db_status replica_transition(PGconn *c, const char *id, int64_t epoch, int64_t host_id,
+                                  const char *to, const char *reason, int port, int restarts)
+{
+    const char *from = legal_from(to);
+    if (!from) return DB_HARD;
+    char ep[24], hid[24], po[16], re[16];
+    snprintf(ep, sizeof ep, "%lld", (long long)epoch);
+    snprintf(hid, sizeof hid, "%lld", (long long)host_id);
+    snprintf(po, sizeof po, "%d", port);
+    snprintf(re, sizeof re, "%d", restarts);
+    const char *p[] = {id,
+                       to,
+                       from,
+                       epoch ? ep : NULL,
+                       host_id ? hid : NULL,
+                       reason,
+                       port > 0 ? po : NULL,
+                       restarts >= 0 ? re : NULL};
+    return db_cmd(c,
+                  "UPDATE replicas SET state = $2, reason = COALESCE($6, reason), "
+                  "  port = COALESCE($7::int, port), restarts = COALESCE($8::int, restarts), "
+                  "  ready_at = CASE WHEN $2 = 'ready' AND state <> 'ready' THEN now() "
+                  "                  WHEN $2 = 'ready' THEN ready_at ELSE NULL END, "
+                  "  updated_at = now() "
+                  "WHERE id = $1::uuid AND state = ANY ($3::text[]) "
+                  "  AND ($4::bigint IS NULL OR epoch = $4::bigint) "
+                  "  AND ($5::bigint IS NULL OR host_id = $5::bigint) "
+                  "  AND (state <> $2 OR reason IS DISTINCT FROM COALESCE($6, reason) "
+                  "       OR port IS DISTINCT FROM COALESCE($7::int, port) "
+                  "       OR restarts IS DISTINCT FROM COALESCE($8::int, restarts))",
+                  8, p);
+}
+
+enum db_status replica_assign(PGconn *c, const char *id, int64_t host_id, const char *devices)
+{
+    char secret[49], hid[24];
+    if (util_random_hex(secret, 24) != 0) return DB_HARD;
+    snprintf(hid, sizeof hid, "%lld", (long long)host_id);
+    const char *p[] = {id, hid, devices, secret};
+    return db_cmd(c,
+                  "UPDATE replicas SET state = 'assigned', host_id = $2::bigint, "
+                  "  devices = $3::text[], secret = $4, epoch = nextval('replica_epochs'), "
+                  "  reason = '', port = NULL, restarts = 0, ready_at = NULL, updated_at = now() "
+                  "WHERE id = $1::uuid AND state = 'pending'",
+                  4, p);
+}
+
+enum db_status replica_note_pending(PGconn *c, const char *id, const char *reason)
+{
+    const char *p[] = {id, reason};
+    return db_cmd(c,
+                  "UPDATE replicas SET reason = $2, updated_at = now() "
+                  "WHERE id = $1::uuid AND state = 'pending'",
+                  2, p);
+}
+
+enum db_status replica_stop_endpoint(PGconn *c, const char *endpoint_id)
+{
+    const char *p[] = {endpoint_id, legal_from("stopping")};
+    enum db_status st =
+        db_cmd(c,
+               "UPDATE replicas SET state = 'stopped', reason = 'endpoint deleted', "
+               "  updated_at = now() "
+               "WHERE endpoint_id = $1::uuid AND state = 'pending'",
+               1, p);
+    if (st < 0) return st;
+    return db_cmd(c,
+                  "UPDATE replicas SET state = 'stopping', reason = 'endpoint deleted', "
+                  "  ready_at = NULL, updated_at = now() "
+                  "WHERE endpoint_id = $1::uuid AND state = ANY ($2::text[])",
+                  2, p);
+}
+
+enum db_status replica_reap_stopping(PGconn *c, int64_t host_id, const char *reported)
+{
+    char hid[24];
+    snprintf(hid, sizeof hid, "%lld", (long long)host_id);
+    const char *p[] = {hid, reported};
+    return db_cmd(c,
+                  "UPDATE replicas SET state = 'stopped', updated_at = now() "
+                  "WHERE host_id = $1::bigint AND state = 'stopping' "
+                  "  AND NOT (id::text = ANY ($2::text[]))",
+                  2, p);
+}
+
+enum db_status replica_requeue_host(PGconn *c, int64_t host_id, const char *reason)
+{
+    char hid[24];
+    snprintf(hid, sizeof hid, "%lld", (long long)host_id);
+    const char *p[] = {hid, reason, legal_from("pending")};
+    enum db_status st = db_cmd(c,
+                               "UPDATE replicas SET state = 'stopped', reason = $2, "
+                               "  updated_at = now() "
+                               "WHERE host_id = $1::bigint AND state = 'stopping'",
+                               2, p);
+    if (st < 0) return st;
+    return db_cmd(c,
+                  "UPDATE replicas SET state = 'pending', reason = $2, host_id = NULL, "
+                  "  devices = '{}', port = NULL, ready_at = NULL, updated_at = now() "
+                  "WHERE host_id = $1::bigint AND state = ANY ($3::text[])",
+                  3, p);
+}

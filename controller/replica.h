@@ -1,0 +1,39 @@
+/* replica: the replica state machine, and the only code that writes replicas.state.
+ *
+ *   pending   no host yet; the scheduler looks for one (reason says what it waits for)
+ *   assigned  host, devices, a new epoch and a new secret chosen; the agent will start it
+ *   starting  the agent launched the runtime; it is loading
+ *   ready     the runtime answers /health; the gateway routes to it
+ *   failed    the runtime exited or never became healthy; the agent restarts it (reason says why)
+ *   stopping  no longer wanted (endpoint deleted); the agent stops it
+ *   stopped   gone for good; its devices are free
+ *
+ * Every transition goes through replica_transition(), which checks legality in the UPDATE's WHERE
+ * clause (so concurrent writers cannot race past it) and records the reason and time. Agent
+ * reports carry the epoch: a report for an older placement matches no row and changes nothing. */
+#ifndef ORP_REPLICA_H
+#define ORP_REPLICA_H
+
+#include <stdint.h>
+
+#include "db.h"
+
+/* Legal transition of one replica; fields other than state are optional (NULL: unchanged).
+ * epoch/host_id 0: not checked. Returns DB_ROWS when it happened, DB_NONE when not legal now. */
+enum db_status replica_transition(PGconn *c, const char *id, int64_t epoch, int64_t host_id,
+                                  const char *to, const char *reason, int port, int restarts);
+
+/* pending -> assigned on host_id with devices (a text[] literal), new epoch and secret. */
+enum db_status replica_assign(PGconn *c, const char *id, int64_t host_id, const char *devices);
+/* Updates the reason of a pending replica (what it waits for). */
+enum db_status replica_note_pending(PGconn *c, const char *id, const char *reason);
+/* Every replica of an endpoint: pending -> stopped, live -> stopping. */
+enum db_status replica_stop_endpoint(PGconn *c, const char *endpoint_id);
+/* Replicas of host_id in 'stopping' that the agent no longer reports (reported: text[] literal
+ * of replica ids) are stopped. */
+enum db_status replica_reap_stopping(PGconn *c, int64_t host_id, const char *reported);
+/* A lost host: its live replicas go back to pending (to be placed again with a new epoch); its
+ * stopping ones are stopped. */
+enum db_status replica_requeue_host(PGconn *c, int64_t host_id, const char *reason);
+
+#endif
