@@ -1,0 +1,39 @@
+/* inventory: what this host can offer the controller. Real GPUs come from NVML, loaded at run
+ * time with dlopen() so the agent has no link-time dependency on the driver and runs unchanged on
+ * machines without one. CPU slots (--cpu-slots N) are offered besides, each labelled kind "cpu" and
+ * model "CPU slot" so nobody can mistake one for a GPU. This module only describes devices; it does
+ * not hand them out (the controller places replicas, the supervisor launches them). */
+#ifndef ORP_AGENT_INVENTORY_H
+#define ORP_AGENT_INVENTORY_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* NVML's own buffer sizes (NVML_DEVICE_UUID_V2_BUFFER_SIZE, NVML_DEVICE_NAME_V2_BUFFER_SIZE). */
+#define INV_UUID_MAX 96
+#define INV_MODEL_MAX 96
+
+struct inv_device {
+    int index;               /* NVML index among GPUs; slot number among CPU slots */
+    char uuid[INV_UUID_MAX]; /* "GPU-…" from NVML, or "CPU-<name>-<i>" */
+    char kind[8];            /* "gpu" or "cpu" */
+    char model[INV_MODEL_MAX];
+    int64_t memory_mib; /* total memory; 0 for CPU slots */
+};
+
+struct inv {
+    struct inv_device *dev; /* owned */
+    size_t n;
+};
+
+/* Fills out with the host's GPUs (from the NVML library nvml_lib, or "libnvidia-ml.so.1" when
+ * NULL; absent or failing NVML means no GPUs) followed by cpu_slots CPU slots named after
+ * host_name. Returns 0, or -1 when out of memory. Free with inv_free(). */
+int inv_collect(struct inv *out, const char *host_name, int64_t cpu_slots, const char *nvml_lib);
+void inv_free(struct inv *inv);
+
+/* New reference: the "devices" array of the register request. */
+json_t *inv_to_json(const struct inv *inv);
+
+#endif

@@ -1,0 +1,296 @@
+/* main: orp-agent's configuration and its one loop. The loop is single-threaded on purpose: it
+ * heartbeats (which carries replica states and usage out, and brings the desired list back), hands
+ * the desired list to the supervisor, and ticks the supervisor a few times a second. Signal
+ * handlers only set a flag; the loop notices it, stops every runtime and exits 0. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "ctlclient.h"
+#include "inventory.h"
+#include "jsonx.h"
+#include "log.h"
+#include "supervisor.h"
+#include "usage.h"
+#include "util.h"
+
+/* The supervisor is ticked this often: reaping, stop escalation and the 1 s first backoff need
+ * sub-second resolution; health probes have their own, slower interval. */
+#define AGENT_TICK_MS 200
+/* Bounds on the heartbeat interval, whoever sets it: faster floods the controller, slower makes
+ * the host look lost (the controller's liveness timeout is a few intervals). */
+#define AGENT_HEARTBEAT_MIN_MS 100
+#define AGENT_HEARTBEAT_MAX_MS 60000
+
+struct agent_config {
+    const char *controller;
+    const char *token;
+    const char *name;
+    const char *advertise_addr;
+    const char *runtime_host;
+    const char *state_dir;
+    const char *runtime_bin;
+    const char *log_level;
+    int64_t cpu_slots;
+    int64_t heartbeat_ms;
+    int64_t port_base;
+    int64_t start_timeout_s;
+    int print_config;
+};
+
+#define OPT(n, t, d, h, f)                                                                         \
+    {                                                                                              \
+        n, t, d, h, offsetof(struct agent_config, f)                                               \
+    }
+static const struct cfg_opt options[] = {
+    OPT("controller", CFG_STRING, NULL, "agent API base URL, e.g. http://127.0.0.1:8082",
+        controller),
+    OPT("token", CFG_STRING, NULL, "enrollment token (the controller's --agent-token)", token),
+    OPT("name", CFG_STRING, NULL, "host name to register under [default: hostname]", name),
+    OPT("advertise-addr", CFG_STRING, "127.0.0.1",
+        "address the controller's gateway uses to reach this host's runtimes", advertise_addr),
+    OPT("runtime-host", CFG_STRING, "127.0.0.1", "address runtimes bind to", runtime_host),
+    OPT("state-dir", CFG_STRING, "./var/agent", "agent.json and replicas/<id>-<epoch>/ live here",
+        state_dir),
+    OPT("runtime-bin", CFG_STRING, NULL,
+        "orp-runtime to launch [default: beside orp-agent, else ../runtime/orp-runtime]",
+        runtime_bin),
+    OPT("cpu-slots", CFG_INT, "0", "CPU slots to offer besides the GPUs", cpu_slots),
+    OPT("heartbeat-ms", CFG_INT, "2000", "heartbeat interval (the controller may change it)",
+        heartbeat_ms),
+    OPT("port-base", CFG_INT, "20000", "runtimes get the first free port from here", port_base),
+    OPT("start-timeout-s", CFG_INT, "300",
+        "a runtime not ready after this long is killed and restarted", start_timeout_s),
+    OPT("log-level", CFG_STRING, "info", "debug, info, warn or error", log_level),
+    OPT("print-config", CFG_BOOL, "false", "print the effective configuration and exit",
+        print_config),
+};
+#define NOPTIONS (sizeof options / sizeof options[0])
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+/* orp-runtime beside our own binary, else ../runtime/orp-runtime (the build tree's layout). */
+static void default_runtime_bin(char *out, size_t n)
+{
+    char self[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0) {
+        snprintf(out, n, "orp-runtime");
+        return;
+    }
+    self[len] = '\0';
+    char *slash = strrchr(self, '/');
+    if (slash) *slash = '\0';
+    if (snprintf(out, n, "%s/orp-runtime", self) < (int)n && access(out, X_OK) == 0) return;
+    char alt[PATH_MAX + 32];
+    snprintf(alt, sizeof alt, "%s/../runtime/orp-runtime", self);
+    char *real = realpath(alt, NULL);
+    if (real && access(real, X_OK) == 0 && snprintf(out, n, "%s", real) < (int)n) {
+        free(real);
+        return;
+    }
+    free(real);
+    if (snprintf(out, n, "%s/orp-runtime", self) >= (int)n) snprintf(out, n, "orp-runtime");
+    log_warn("no orp-runtime beside %s or in ../runtime: replicas will fail until --runtime-bin "
+             "points at one",
+             self);
+}
+
+static int check_config(const struct agent_config *c, char *err, size_t n)
+{
+    if (!c->controller || !c->controller[0])
+        snprintf(err, n, "--controller is required");
+    else if (c->heartbeat_ms < AGENT_HEARTBEAT_MIN_MS || c->heartbeat_ms > AGENT_HEARTBEAT_MAX_MS)
+        snprintf(err, n, "--heartbeat-ms must be between %d and %d", AGENT_HEARTBEAT_MIN_MS,
+                 AGENT_HEARTBEAT_MAX_MS);
+    else if (c->port_base < 1 || c->port_base > 65535)
+        snprintf(err, n, "--port-base must be a TCP port");
+    else if (c->cpu_slots < 0 || c->cpu_slots > 1024)
+        snprintf(err, n, "--cpu-slots must be between 0 and 1024");
+    else if (c->start_timeout_s < 1)
+        snprintf(err, n, "--start-timeout-s must be positive");
+    else
+        return 0;
+    return -1;
+}
+
+static int64_t clamp_heartbeat(int64_t ms)
+{
+    return ms < AGENT_HEARTBEAT_MIN_MS   ? AGENT_HEARTBEAT_MIN_MS
+           : ms > AGENT_HEARTBEAT_MAX_MS ? AGENT_HEARTBEAT_MAX_MS
+                                         : ms;
+}
+
+/* Sleeps up to ms, returning early when a signal arrives. */
+static void nap(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* One heartbeat: report, receive the desired list, apply it, advance the usage journals. */
+static void heartbeat_once(struct ctl *ctl, struct sup *sup, const char *replicas_dir,
+                           int64_t *heartbeat_ms)
+{
+    json_t *replicas = sup_report(sup);
+    json_t *usage = json_array();
+    struct usage_batch batch;
+    usage_collect(replicas_dir, USAGE_MAX_ITEMS, usage, &batch);
+    struct ctl_reply reply;
+    enum ctl_rc rc = ctl_heartbeat(ctl, replicas, usage, &reply);
+    json_decref(replicas);
+    json_decref(usage);
+    if (rc == CTL_OK) {
+        sup_report_delivered(sup);
+        sup_apply_desired(sup, reply.desired, reply.ndesired);
+        if (reply.usage_acked == (int64_t)batch.items)
+            usage_commit(&batch);
+        else
+            log_warn("controller stored %lld of %zu usage items: sending them again",
+                     (long long)reply.usage_acked, batch.items);
+        if (reply.heartbeat_ms > 0 && clamp_heartbeat(reply.heartbeat_ms) != *heartbeat_ms) {
+            *heartbeat_ms = clamp_heartbeat(reply.heartbeat_ms);
+            log_info("heartbeat interval is now %lld ms", (long long)*heartbeat_ms);
+        }
+        ctl_reply_free(&reply);
+    }
+    usage_batch_free(&batch);
+}
+
+int main(int argc, char **argv)
+{
+    struct agent_config cfg;
+    char err[512];
+    int prc = cfg_parse(options, NOPTIONS, &cfg, "ORP_AGENT", argc, argv, 1, err, sizeof err);
+    if (prc == 1) {
+        cfg_print_help(stdout, "usage: orp-agent --controller URL --token TOKEN [options]", options,
+                       NOPTIONS, "ORP_AGENT");
+        return 0;
+    }
+    if (prc != 0) {
+        fprintf(stderr, "orp-agent: %s\n", err);
+        return 2;
+    }
+    log_init("orp-agent", cfg.log_level);
+
+    char hostname[256] = "localhost";
+    if (!cfg.name || !cfg.name[0]) {
+        if (gethostname(hostname, sizeof hostname - 1) != 0) log_warn("gethostname failed");
+        hostname[sizeof hostname - 1] = '\0';
+        cfg.name = hostname;
+    }
+    char runtime_bin[PATH_MAX];
+    if (!cfg.runtime_bin || !cfg.runtime_bin[0]) {
+        default_runtime_bin(runtime_bin, sizeof runtime_bin);
+        cfg.runtime_bin = runtime_bin;
+    }
+    if (cfg.print_config) {
+        cfg_print_effective(stdout, options, NOPTIONS, &cfg);
+        return 0;
+    }
+    if (check_config(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "orp-agent: %s\n", err);
+        return 2;
+    }
+
+    struct sigaction sa = {.sa_handler = on_stop_signal}; /* no SA_RESTART: wake the nap */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    char ctx[300];
+    snprintf(ctx, sizeof ctx, "host=%s", cfg.name);
+    log_set_context(ctx);
+
+    char replicas_dir[PATH_MAX];
+    snprintf(replicas_dir, sizeof replicas_dir, "%s/replicas", cfg.state_dir);
+    if (util_mkdirs(replicas_dir, 0755) != 0) {
+        log_error("cannot create %s: %s", replicas_dir, strerror(errno));
+        return 1;
+    }
+
+    struct inv inv;
+    if (inv_collect(&inv, cfg.name, cfg.cpu_slots, NULL) != 0) {
+        log_error("out of memory taking the inventory");
+        return 1;
+    }
+    json_t *reg = json_pack("{s:s, s:s, s:s, s:o}", "name", cfg.name, "address", cfg.advertise_addr,
+                            "agent_version", AGENT_VERSION, "devices", inv_to_json(&inv));
+    char *reg_txt = reg ? jsonx_dump(reg) : NULL;
+    if (!reg_txt) {
+        log_error("cannot build the register request (is --name valid UTF-8?)");
+        return 1;
+    }
+    char fingerprint[65];
+    util_sha256_hex(reg_txt, strlen(reg_txt), fingerprint);
+    free(reg_txt);
+
+    struct sup_config scfg;
+    sup_config_defaults(&scfg);
+    scfg.runtime_bin = cfg.runtime_bin;
+    scfg.runtime_host = cfg.runtime_host;
+    scfg.state_dir = cfg.state_dir;
+    scfg.port_base = (int)cfg.port_base;
+    scfg.start_timeout_ms = cfg.start_timeout_s * 1000;
+    struct sup *sup = sup_new(&scfg);
+    if (!sup) {
+        log_error("out of memory");
+        return 1;
+    }
+    sup_kill_leftovers(sup);
+
+    struct ctl ctl;
+    ctl_init(&ctl, cfg.controller, cfg.token, cfg.state_dir);
+    ctl_load_identity(&ctl, fingerprint);
+    if (!ctl.registered && (!cfg.token || !cfg.token[0])) {
+        log_error("not registered yet and no --token given");
+        return 2;
+    }
+    log_info("orp-agent %s: controller %s, runtime %s, state %s, runtimes on %s from port %lld",
+             AGENT_VERSION, cfg.controller, cfg.runtime_bin, cfg.state_dir, cfg.runtime_host,
+             (long long)cfg.port_base);
+
+    int64_t heartbeat_ms = cfg.heartbeat_ms;
+    int64_t next_hb = util_now_ms();
+    while (!stop_signal) {
+        int64_t now = util_now_ms();
+        if (now >= next_hb) {
+            int had_key = ctl.registered;
+            if (!ctl.registered) {
+                int64_t hb = 0;
+                if (ctl_register(&ctl, reg, fingerprint, &hb) == CTL_OK && hb > 0)
+                    heartbeat_ms = clamp_heartbeat(hb);
+            }
+            if (ctl.registered) heartbeat_once(&ctl, sup, replicas_dir, &heartbeat_ms);
+            /* A 401 just cleared our key: register again at once rather than an interval later. */
+            next_hb = had_key && !ctl.registered ? util_now_ms() : util_now_ms() + heartbeat_ms;
+        }
+        sup_tick(sup);
+        if (stop_signal) break;
+        int64_t wait = next_hb - util_now_ms();
+        nap(wait < AGENT_TICK_MS ? (wait > 0 ? wait : 0) : AGENT_TICK_MS);
+    }
+    log_info("signal %d: stopping every runtime", (int)stop_signal);
+    sup_stop_all(sup);
+    sup_free(sup);
+    json_decref(reg);
+    inv_free(&inv);
+    curl_global_cleanup();
+    log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,715 @@
+/* supervisor: see supervisor.h.
+ *
+ * Process handling, and why it is done this way:
+ *  - Each runtime is the leader of its own process group, so a stop reaches whatever it forked
+ *    too. Both parent and child call setpgid(), which closes the window in which the parent could
+ *    signal a group that does not exist yet.
+ *  - The child asks for SIGKILL when the agent dies (PR_SET_PDEATHSIG), so a killed agent leaves no
+ *    runtime holding GPUs. The agent is single-threaded: the signal follows the death of the thread
+ *    that forked, which is then the whole agent.
+ *  - Everything the child needs (argv, envp, paths) is built before fork(); between fork() and
+ *    exec() the child makes only async-signal-safe calls.
+ *  - Exits are noticed with waitid(WNOWAIT): the dead leader stays a zombie while we SIGKILL what
+ * is left of its group, so its pid (the group id) cannot have been reused by then. Only then is it
+ *    reaped.
+ *  - pid files hold "pid starttime": a leftover is killed at start only if /proc says the same
+ *    process (same start time) still lives, never a stranger that inherited the number. */
+#include "supervisor.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "httpc.h"
+#include "log.h"
+#include "util.h"
+
+extern char **environ;
+
+/* Ports are searched from port_base upwards over this many numbers: room for every replica a
+ * host can run (8 GPUs + CPU slots) many times over, while a misconfigured base fails quickly. */
+#define SUP_PORT_SPAN 1000
+/* Consecutive failed probes before a ready replica counts as not ready: one slow answer under
+ * load must not take it out of routing. */
+#define SUP_HEALTH_FAIL_LIMIT 3
+/* A runtime that ran this long before exiting was healthy: its next restart waits only the initial
+ * backoff again, instead of the doubled delay earned by a crash loop. */
+#define SUP_BACKOFF_RESET_MS 60000
+
+void sup_config_defaults(struct sup_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->runtime_bin = "orp-runtime";
+    cfg->runtime_host = "127.0.0.1";
+    cfg->state_dir = "./var/agent";
+    cfg->port_base = 20000;
+    cfg->start_timeout_ms = 300000;
+    cfg->stop_grace_ms = 5000;
+    cfg->backoff_initial_ms = 1000;
+    cfg->backoff_max_ms = 30000;
+    cfg->probe_interval_ms = 500;
+    cfg->probe_timeout_ms = 1000;
+}
+
+static const char *const state_names[] = {
+    [SUP_NEW] = "new",        [SUP_STARTING] = "starting", [SUP_READY] = "ready",
+    [SUP_BACKOFF] = "failed", [SUP_STOPPING] = "stopping", [SUP_STOPPED] = "stopped",
+};
+
+const char *sup_state_name(enum sup_state st)
+{
+    return state_names[st];
+}
+
+#define BIT(s) (1u << (s))
+/* legal[from] is the set of states one may go to from `from`. */
+static const unsigned legal[] = {
+    [SUP_NEW] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPED),
+    [SUP_STARTING] = BIT(SUP_READY) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPING),
+    [SUP_READY] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPING),
+    [SUP_BACKOFF] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPED),
+    [SUP_STOPPING] = BIT(SUP_STOPPED) | BIT(SUP_BACKOFF),
+    [SUP_STOPPED] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF),
+};
+
+/* The only writer of r->state and r->reason. Returns 0, or -1 (logged as a bug) when the
+ * transition is not legal, in which case nothing changes. */
+__attribute__((format(printf, 4, 5))) static int set_state(struct sup *s, struct sup_replica *r,
+                                                           enum sup_state to, const char *fmt, ...)
+{
+    (void)s;
+    if (!(legal[r->state] & BIT(to))) {
+        log_error("replica %s/%lld: illegal transition %s -> %s", r->spec.replica_id,
+                  (long long)r->spec.epoch, state_names[r->state], state_names[to]);
+        return -1;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->reason, sizeof r->reason, fmt, ap);
+    va_end(ap);
+    enum log_level lvl = to == SUP_BACKOFF ? LOG_LEVEL_WARN : LOG_LEVEL_INFO;
+    LOG_AT(lvl, "replica %s/%lld: %s -> %s (%s)", r->spec.replica_id, (long long)r->spec.epoch,
+           state_names[r->state], state_names[to], r->reason[0] ? r->reason : "-");
+    r->state = to;
+    r->state_since_ms = util_now_ms();
+    if (to != SUP_STOPPED) r->reported_stopped = 0;
+    return 0;
+}
+
+struct sup *sup_new(const struct sup_config *cfg)
+{
+    struct sup *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->cfg = *cfg;
+    return s;
+}
+
+void sup_free(struct sup *s)
+{
+    if (!s) return;
+    struct sup_replica *r = s->list;
+    while (r) {
+        struct sup_replica *next = r->next;
+        free(r);
+        r = next;
+    }
+    free(s);
+}
+
+struct sup_replica *sup_find(struct sup *s, const char *replica_id, int64_t epoch)
+{
+    for (struct sup_replica *r = s->list; r; r = r->next)
+        if (r->spec.epoch == epoch && !strcmp(r->spec.replica_id, replica_id)) return r;
+    return NULL;
+}
+
+/* ---- /proc and pid files ---- */
+
+/* Reads the state letter and start time (clock ticks since boot) of pid. 0, or -1 if gone. */
+static int proc_stat(pid_t pid, char *state, unsigned long long *starttime)
+{
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
+    char *txt = util_read_file(p, NULL);
+    if (!txt) return -1;
+    /* The command name is in parentheses and may itself hold spaces or ')': skip to the last. */
+    char *rp = strrchr(txt, ')');
+    int rc = -1;
+    if (rp && rp[1] == ' ') {
+        /* After ") " come fields 3 (state), 4, …; starttime is field 22. */
+        char *f = rp + 2;
+        *state = *f;
+        for (int field = 3; field < 22 && f; field++) {
+            f = strchr(f, ' ');
+            if (f) f++;
+        }
+        if (f && sscanf(f, "%llu", starttime) == 1) rc = 0;
+    }
+    free(txt);
+    return rc;
+}
+
+static void pidfile_path(char *out, size_t n, const char *dir)
+{
+    snprintf(out, n, "%s/pid", dir);
+}
+
+static void pidfile_write(struct sup_replica *r)
+{
+    char state, p[PATH_MAX + 8], txt[64];
+    unsigned long long st = 0;
+    if (proc_stat(r->pid, &state, &st) != 0) st = 0;
+    int n = snprintf(txt, sizeof txt, "%d %llu\n", (int)r->pid, st);
+    pidfile_path(p, sizeof p, r->dir);
+    if (util_write_file_atomic(p, txt, (size_t)n, 0644) != 0)
+        log_error("cannot write %s: %s (a crash of the agent now could leave this runtime behind)",
+                  p, strerror(errno));
+}
+
+static void pidfile_remove(const char *dir)
+{
+    char p[PATH_MAX + 8];
+    pidfile_path(p, sizeof p, dir);
+    if (unlink(p) != 0 && errno != ENOENT) log_warn("cannot remove %s: %s", p, strerror(errno));
+}
+
+/* ---- ports and probes ---- */
+
+/* 1 when we can bind host:port right now (the runtime binds with SO_REUSEADDR, as we do here). */
+static int port_free(const char *host, int port)
+{
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai;
+    if (getaddrinfo(host, ps, &hints, &ai) != 0) return 0;
+    int ok = 0;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        ok = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+        close(fd);
+    }
+    freeaddrinfo(ai);
+    return ok;
+}
+
+static int port_taken_by_us(struct sup *s, const struct sup_replica *self, int port)
+{
+    for (struct sup_replica *r = s->list; r; r = r->next)
+        if (r != self && r->pid > 0 && r->port == port) return 1;
+    return 0;
+}
+
+/* A free port for r: its previous one if still free (a restart keeps its address), else the
+ * first free one from port_base. 0 when none. */
+static int pick_port(struct sup *s, struct sup_replica *r)
+{
+    if (r->port > 0 && !port_taken_by_us(s, r, r->port) && port_free(s->cfg.runtime_host, r->port))
+        return r->port;
+    for (int p = s->cfg.port_base; p < s->cfg.port_base + SUP_PORT_SPAN && p < 65536; p++)
+        if (!port_taken_by_us(s, r, p) && port_free(s->cfg.runtime_host, p)) return p;
+    return 0;
+}
+
+/* The address to probe: a wildcard bind is reached through loopback. */
+static void probe_url(const struct sup *s, int port, char *out, size_t n)
+{
+    const char *h = s->cfg.runtime_host;
+    if (!strcmp(h, "0.0.0.0") || !h[0]) h = "127.0.0.1";
+    if (!strcmp(h, "::")) h = "::1";
+    if (strchr(h, ':'))
+        snprintf(out, n, "http://[%s]:%d/health", h, port);
+    else
+        snprintf(out, n, "http://%s:%d/health", h, port);
+}
+
+/* ---- spawning ---- */
+
+static void next_backoff(struct sup *s, struct sup_replica *r, int64_t *wait_ms)
+{
+    *wait_ms = r->backoff_ms > 0 ? r->backoff_ms : s->cfg.backoff_initial_ms;
+    r->next_start_ms = util_now_ms() + *wait_ms;
+    r->backoff_ms = *wait_ms * 2 > s->cfg.backoff_max_ms ? s->cfg.backoff_max_ms : *wait_ms * 2;
+}
+
+/* Moves r to BACKOFF after a failure that `why` describes, scheduling the next start. */
+static void fail(struct sup *s, struct sup_replica *r, const char *why)
+{
+    int64_t wait;
+    next_backoff(s, r, &wait);
+    set_state(s, r, SUP_BACKOFF, "%s", why);
+    log_info("replica %s/%lld: next start in %lld ms", r->spec.replica_id, (long long)r->spec.epoch,
+             (long long)wait);
+}
+
+/* Builds the child's environment: ours, minus the variables we set, plus those. New array of
+ * new strings; free with free_strv(). */
+static char **child_env(const struct sup_replica *r)
+{
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 3, sizeof *env);
+    if (!env) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!strncmp(environ[i], "ORP_REPLICA_SECRET=", 19) ||
+            !strncmp(environ[i], "CUDA_VISIBLE_DEVICES=", 21))
+            continue;
+        env[k++] = strdup(environ[i]);
+    }
+    /* The secret goes through the environment, never argv, which every user can read in ps. */
+    if (asprintf(&env[k++], "ORP_REPLICA_SECRET=%s", r->spec.secret) < 0) env[k - 1] = NULL;
+    /* GPUs by UUID (CUDA's and NVML's index orders can differ). A CPU replica sees no GPU at all,
+     * so it cannot take one that the controller gave to someone else. */
+    const char *cvd = !strcmp(r->spec.device_kind, "gpu") ? r->spec.devices : "";
+    if (asprintf(&env[k++], "CUDA_VISIBLE_DEVICES=%s", cvd) < 0) env[k - 1] = NULL;
+    for (size_t i = 0; i < k; i++) {
+        if (!env[i]) {
+            for (size_t j = 0; j < k; j++)
+                free(env[j]);
+            free(env);
+            return NULL;
+        }
+    }
+    return env;
+}
+
+static void free_strv(char **v)
+{
+    if (!v) return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+/* In the child, between fork and exec: async-signal-safe calls only. Never returns. */
+static void child_exec(const char *bin, char *const argv[], char *const envp[],
+                       const char *log_path, pid_t parent)
+{
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(126); /* the agent died before prctl took effect */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL); /* ignored dispositions survive exec; the agent ignores SIGPIPE */
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (in < 0 || out < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0) _exit(125);
+    if (close_range(3, ~0u, 0) != 0)
+        for (int fd = 3; fd < 65536; fd++)
+            close(fd); /* kernels before 5.9 */
+    execve(bin, argv, envp);
+    static const char msg[] = "orp-agent: exec of the runtime failed\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(127);
+}
+
+/* Starts r's runtime: NEW, BACKOFF or STOPPED → STARTING, or → BACKOFF when it cannot. */
+static void spawn(struct sup *s, struct sup_replica *r)
+{
+    if (util_mkdirs(r->dir, 0755) != 0) {
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot create %s: %s", r->dir, strerror(errno));
+        fail(s, r, why);
+        return;
+    }
+    int port = pick_port(s, r);
+    if (port == 0) {
+        fail(s, r, "no free port");
+        return;
+    }
+    char port_s[16], usage_log[PATH_MAX + 16], log_path[PATH_MAX + 16];
+    snprintf(port_s, sizeof port_s, "%d", port);
+    snprintf(usage_log, sizeof usage_log, "%s/usage.jsonl", r->dir);
+    snprintf(log_path, sizeof log_path, "%s/runtime.log", r->dir);
+    char *argv[] = {(char *)s->cfg.runtime_bin,
+                    "serve",
+                    "--model",
+                    r->spec.model_path,
+                    "--port",
+                    port_s,
+                    "--host",
+                    (char *)s->cfg.runtime_host,
+                    "--name",
+                    r->spec.served_name,
+                    "--usage-log",
+                    usage_log,
+                    NULL};
+    char **envp = child_env(r);
+    if (!envp) {
+        fail(s, r, "out of memory");
+        return;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) child_exec(s->cfg.runtime_bin, argv, envp, log_path, parent);
+    int fork_errno = errno;
+    free_strv(envp);
+    if (pid < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "fork failed: %s", strerror(fork_errno));
+        fail(s, r, why);
+        return;
+    }
+    setpgid(pid, pid); /* also done by the child; whichever runs first wins, both are fine */
+    int first = r->state == SUP_NEW;
+    if (!first) r->restarts++;
+    r->pid = pid;
+    r->port = port;
+    r->kill_at_ms = 0;
+    r->kill_reason[0] = '\0';
+    r->health_failures = 0;
+    r->next_probe_ms = util_now_ms() + 100;
+    pidfile_write(r);
+    if (first)
+        set_state(s, r, SUP_STARTING, "pid %d on port %d", (int)pid, port);
+    else
+        set_state(s, r, SUP_STARTING, "pid %d on port %d, restart %lld", (int)pid, port,
+                  (long long)r->restarts);
+}
+
+/* ---- stopping and reaping ---- */
+
+static void signal_group(const struct sup_replica *r, int sig)
+{
+    if (r->pid <= 0) return;
+    if (kill(-r->pid, sig) != 0 && errno == ESRCH) kill(r->pid, sig);
+}
+
+static void begin_stop(struct sup *s, struct sup_replica *r, const char *why)
+{
+    signal_group(r, SIGTERM);
+    r->kill_at_ms = util_now_ms() + s->cfg.stop_grace_ms;
+    set_state(s, r, SUP_STOPPING, "%s", why);
+}
+
+static void describe_exit(const siginfo_t *si, char *out, size_t n)
+{
+    if (si->si_code == CLD_EXITED)
+        snprintf(out, n, "exited with status %d", si->si_status);
+    else
+        snprintf(out, n, "killed by signal %d", si->si_status);
+}
+
+/* Handles r's process having exited (si from waitid). */
+static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *si)
+{
+    char why[256];
+    describe_exit(si, why, sizeof why);
+    signal_group(r, SIGKILL); /* whatever it forked: the leader is still a zombie, see top */
+    int status;
+    while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    pidfile_remove(r->dir);
+    int64_t ran_ms = util_now_ms() - r->state_since_ms;
+    r->pid = 0;
+    if (r->state == SUP_STOPPING) {
+        if (r->desired) {
+            r->next_start_ms = util_now_ms();
+            set_state(s, r, SUP_BACKOFF, "%s while stopping; desired again", why);
+        } else {
+            set_state(s, r, SUP_STOPPED, "%s", why);
+        }
+        return;
+    }
+    char full[sizeof r->kill_reason + sizeof why + 4];
+    if (r->kill_reason[0])
+        snprintf(full, sizeof full, "%s: %s", r->kill_reason, why);
+    else
+        snprintf(full, sizeof full, "%s", why);
+    if (r->state == SUP_READY && ran_ms >= SUP_BACKOFF_RESET_MS) r->backoff_ms = 0;
+    fail(s, r, full);
+}
+
+static void reap(struct sup *s)
+{
+    for (struct sup_replica *r = s->list; r; r = r->next) {
+        if (r->pid <= 0) continue;
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0) {
+            if (errno != ECHILD) continue;
+            /* Only we reap our children, so this is a bug; still, do not wait on it forever. */
+            log_error("replica %s/%lld: pid %d is not our child any more", r->spec.replica_id,
+                      (long long)r->spec.epoch, (int)r->pid);
+            r->pid = 0;
+            pidfile_remove(r->dir);
+            if (r->state == SUP_STOPPING)
+                set_state(s, r, SUP_STOPPED, "process vanished");
+            else
+                fail(s, r, "process vanished");
+            continue;
+        }
+        if (si.si_pid == 0) continue; /* still running */
+        handle_exit(s, r, &si);
+    }
+}
+
+/* ---- probes and timers ---- */
+
+static void probe(struct sup *s, struct sup_replica *r, int64_t now)
+{
+    if (now < r->next_probe_ms) return;
+    r->next_probe_ms = now + s->cfg.probe_interval_ms;
+    char url[128], err[256] = "";
+    probe_url(s, r->port, url, sizeof url);
+    struct httpc_resp resp;
+    int rc = httpc_request("GET", url, NULL, NULL, 0, s->cfg.probe_timeout_ms, 4096, &resp, err,
+                           sizeof err);
+    long status = rc == 0 ? resp.status : 0;
+    if (rc == 0) buf_free(&resp.body);
+    if (status == 200) {
+        r->health_failures = 0;
+        if (r->state == SUP_STARTING) set_state(s, r, SUP_READY, "health check passed");
+        return;
+    }
+    if (r->state != SUP_READY) return; /* still loading: the start timeout bounds this */
+    if (++r->health_failures >= SUP_HEALTH_FAIL_LIMIT) {
+        char why[300];
+        if (status)
+            snprintf(why, sizeof why, "health check failed %d times (HTTP %ld)", r->health_failures,
+                     status);
+        else
+            snprintf(why, sizeof why, "health check failed %d times (%s)", r->health_failures, err);
+        r->health_failures = 0;
+        set_state(s, r, SUP_STARTING, "%s", why);
+    }
+}
+
+void sup_tick(struct sup *s)
+{
+    reap(s);
+    for (struct sup_replica *r = s->list; r; r = r->next) {
+        int64_t now = util_now_ms();
+        switch (r->state) {
+        case SUP_NEW:
+            if (r->desired) spawn(s, r);
+            break;
+        case SUP_STARTING:
+            if (r->kill_at_ms == 0 && now - r->state_since_ms > s->cfg.start_timeout_ms) {
+                snprintf(r->kill_reason, sizeof r->kill_reason, "not ready within %.1f s",
+                         (double)s->cfg.start_timeout_ms / 1000.0);
+                log_warn("replica %s/%lld: %s: SIGKILL", r->spec.replica_id,
+                         (long long)r->spec.epoch, r->kill_reason);
+                signal_group(r, SIGKILL);
+                r->kill_at_ms = now;
+                break;
+            }
+            /* fall through */
+        case SUP_READY:
+            if (r->kill_at_ms == 0) probe(s, r, now);
+            break;
+        case SUP_BACKOFF:
+            if (!r->desired)
+                set_state(s, r, SUP_STOPPED, "no longer desired");
+            else if (now >= r->next_start_ms)
+                spawn(s, r);
+            break;
+        case SUP_STOPPING:
+            if (r->kill_at_ms && now >= r->kill_at_ms) {
+                log_warn("replica %s/%lld: still running %lld ms after SIGTERM: SIGKILL",
+                         r->spec.replica_id, (long long)r->spec.epoch,
+                         (long long)s->cfg.stop_grace_ms);
+                signal_group(r, SIGKILL);
+                r->kill_at_ms = 0;
+            }
+            break;
+        case SUP_STOPPED:
+            if (r->desired) spawn(s, r);
+            break;
+        }
+    }
+}
+
+void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
+{
+    for (struct sup_replica *r = s->list; r; r = r->next)
+        r->desired = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct sup_replica *r = sup_find(s, specs[i].replica_id, specs[i].epoch);
+        if (!r) {
+            r = calloc(1, sizeof *r);
+            if (!r) {
+                log_error("out of memory: replica %s not started", specs[i].replica_id);
+                continue;
+            }
+            r->spec = specs[i];
+            snprintf(r->dir, sizeof r->dir, "%s/replicas/%s-%lld", s->cfg.state_dir,
+                     r->spec.replica_id, (long long)r->spec.epoch);
+            r->state = SUP_NEW;
+            r->state_since_ms = util_now_ms();
+            /* Appended, so replicas keep the order the controller gave them. */
+            struct sup_replica **tail = &s->list;
+            while (*tail)
+                tail = &(*tail)->next;
+            *tail = r;
+            log_info("replica %s/%lld: desired (model %s, %s devices %s)", r->spec.replica_id,
+                     (long long)r->spec.epoch, r->spec.model, r->spec.device_kind, r->spec.devices);
+        }
+        r->desired = 1;
+    }
+    for (struct sup_replica *r = s->list; r; r = r->next) {
+        if (r->desired) {
+            if (r->state == SUP_NEW || r->state == SUP_STOPPED) spawn(s, r);
+            continue;
+        }
+        switch (r->state) {
+        case SUP_NEW:
+        case SUP_BACKOFF:
+            set_state(s, r, SUP_STOPPED, "no longer desired");
+            break;
+        case SUP_STARTING:
+        case SUP_READY:
+            begin_stop(s, r, "no longer desired");
+            break;
+        case SUP_STOPPING:
+        case SUP_STOPPED:
+            break;
+        }
+    }
+}
+
+json_t *sup_report(struct sup *s)
+{
+    json_t *a = json_array();
+    for (struct sup_replica *r = s->list; r; r = r->next) {
+        /* NEW never lasts past the call that made it; STOPPING still holds its devices, so it is
+         * reported only once it is really stopped. */
+        if (r->state == SUP_NEW || r->state == SUP_STOPPING) continue;
+        if (r->state == SUP_STOPPED) r->reported_stopped = 1;
+        json_array_append_new(a, json_pack("{s:s, s:I, s:s, s:i, s:i, s:I, s:s}", "replica_id",
+                                           r->spec.replica_id, "epoch", (json_int_t)r->spec.epoch,
+                                           "state", state_names[r->state], "port", r->port, "pid",
+                                           (int)(r->pid > 0 ? r->pid : 0), "restarts",
+                                           (json_int_t)r->restarts, "reason", r->reason));
+    }
+    return a;
+}
+
+void sup_report_delivered(struct sup *s)
+{
+    struct sup_replica **pp = &s->list;
+    while (*pp) {
+        struct sup_replica *r = *pp;
+        if (r->state == SUP_STOPPED && r->reported_stopped && !r->desired) {
+            log_debug("replica %s/%lld: stop reported, forgotten", r->spec.replica_id,
+                      (long long)r->spec.epoch);
+            *pp = r->next;
+            free(r);
+        } else {
+            pp = &r->next;
+        }
+    }
+}
+
+static int any_process(const struct sup *s)
+{
+    for (const struct sup_replica *r = s->list; r; r = r->next)
+        if (r->pid > 0) return 1;
+    return 0;
+}
+
+void sup_stop_all(struct sup *s)
+{
+    for (struct sup_replica *r = s->list; r; r = r->next) {
+        r->desired = 0;
+        if (r->state == SUP_STARTING || r->state == SUP_READY)
+            begin_stop(s, r, "agent stopping");
+        else if (r->state == SUP_NEW || r->state == SUP_BACKOFF)
+            set_state(s, r, SUP_STOPPED, "agent stopping");
+    }
+    while (any_process(s)) {
+        sup_tick(s); /* reaps, and SIGKILLs whatever outlived its grace time */
+        if (any_process(s)) util_sleep_ms(50);
+    }
+}
+
+/* ---- leftovers of a previous run ---- */
+
+struct leftover {
+    pid_t pid;
+    unsigned long long starttime;
+    char pidfile[PATH_MAX + 300];
+};
+
+static int same_process_alive(const struct leftover *l)
+{
+    char state;
+    unsigned long long st;
+    if (proc_stat(l->pid, &state, &st) != 0) return 0;
+    return state != 'Z' && state != 'X' && st == l->starttime;
+}
+
+void sup_kill_leftovers(struct sup *s)
+{
+    char rdir[PATH_MAX];
+    snprintf(rdir, sizeof rdir, "%s/replicas", s->cfg.state_dir);
+    DIR *d = opendir(rdir);
+    if (!d) return;
+    struct leftover *lo = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        struct leftover l = {0};
+        snprintf(l.pidfile, sizeof l.pidfile, "%s/%s/pid", rdir, e->d_name);
+        char *txt = util_read_file(l.pidfile, NULL);
+        if (!txt) continue;
+        int pid = 0;
+        int ok = sscanf(txt, "%d %llu", &pid, &l.starttime) == 2 && pid > 1;
+        free(txt);
+        l.pid = pid;
+        if (!ok || !same_process_alive(&l)) {
+            unlink(l.pidfile);
+            continue;
+        }
+        struct leftover *nl = realloc(lo, (n + 1) * sizeof *nl);
+        if (!nl) break;
+        lo = nl;
+        lo[n++] = l;
+        log_warn("killing runtime pid %d left by a previous run of the agent (%s)", pid, e->d_name);
+        if (kill(-l.pid, SIGTERM) != 0) kill(l.pid, SIGTERM);
+    }
+    closedir(d);
+    int64_t deadline = util_now_ms() + s->cfg.stop_grace_ms;
+    for (;;) {
+        size_t alive = 0;
+        for (size_t i = 0; i < n; i++) {
+            waitpid(lo[i].pid, NULL, WNOHANG); /* only succeeds in tests, where it is our child */
+            if (same_process_alive(&lo[i])) alive++;
+        }
+        if (!alive) break;
+        if (util_now_ms() >= deadline) {
+            for (size_t i = 0; i < n; i++)
+                if (same_process_alive(&lo[i]) && kill(-lo[i].pid, SIGKILL) != 0)
+                    kill(lo[i].pid, SIGKILL);
+            util_sleep_ms(100);
+            for (size_t i = 0; i < n; i++)
+                waitpid(lo[i].pid, NULL, WNOHANG);
+            break;
+        }
+        util_sleep_ms(50);
+    }
+    for (size_t i = 0; i < n; i++)
+        unlink(lo[i].pidfile);
+    free(lo);
+}

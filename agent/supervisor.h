@@ -1,0 +1,122 @@
+/* supervisor: the runtimes this agent runs, one process per replica, and the replica state machine.
+ *
+ * The supervisor owns every child process: it alone forks, signals and reaps them, writes their
+ * pid files, picks their ports and probes their health. The controller's desired list comes in
+ * through sup_apply_desired() (level-triggered: the whole list each time; what is missing is
+ * started, what is no longer listed is stopped), and sup_tick(), called often from the main loop,
+ * does everything time-driven: reaping (waitpid WNOHANG, no SIGCHLD handler), health probes, the
+ * start timeout, restart backoff and the SIGTERM → SIGKILL escalation. Every state change goes
+ * through one function (set_state in supervisor.c), which checks that it is legal and logs why.
+ *
+ * States (what the controller sees in brackets):
+ *   NEW       [—]        just created from the desired list; leaves it at once.
+ *   STARTING  [starting] the process runs; /health has not answered 200 yet (or stopped answering
+ *                        for a while after being ready: not routable until it answers again).
+ *   READY     [ready]    /health answered 200.
+ *   BACKOFF   [failed]   no process: it exited, was killed or could not be spawned; it is started
+ *                        again at next_start_ms (1 s doubling to 30 s).
+ *   STOPPING  [—]        no longer desired; SIGTERM sent, SIGKILL follows after the grace time.
+ *   STOPPED   [stopped]  no longer desired and its process is gone; reported in one successful
+ *                        heartbeat, then forgotten. */
+#ifndef ORP_AGENT_SUPERVISOR_H
+#define ORP_AGENT_SUPERVISOR_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Field sizes: replica ids and epochs become directory names, devices become
+ * CUDA_VISIBLE_DEVICES; ctlclient rejects any desired entry that does not fit. */
+#define SUP_ID_MAX 128
+#define SUP_NAME_MAX 256
+#define SUP_SECRET_MAX 256
+#define SUP_DEVICES_MAX 1024
+
+/* One desired replica, as the controller sent it. */
+struct sup_spec {
+    char replica_id[SUP_ID_MAX];
+    int64_t epoch;
+    char model[SUP_NAME_MAX];
+    char model_path[PATH_MAX];
+    char served_name[SUP_NAME_MAX];
+    char devices[SUP_DEVICES_MAX]; /* device uuids, comma-joined */
+    char device_kind[8];           /* "gpu" or "cpu" */
+    char secret[SUP_SECRET_MAX];
+    int64_t tp;
+};
+
+enum sup_state { SUP_NEW, SUP_STARTING, SUP_READY, SUP_BACKOFF, SUP_STOPPING, SUP_STOPPED };
+
+struct sup_replica {
+    struct sup_spec spec;
+    char dir[PATH_MAX]; /* STATE_DIR/replicas/<replica_id>-<epoch> */
+    enum sup_state state;
+    char reason[256];
+    int64_t state_since_ms; /* monotonic */
+    pid_t pid;              /* 0 when no process; also its process group id */
+    int port;
+    int64_t restarts;      /* spawns after the first */
+    int64_t backoff_ms;    /* the next backoff to wait */
+    int64_t next_start_ms; /* BACKOFF: when to spawn again */
+    int64_t kill_at_ms;    /* STOPPING, or a killed stuck start: when SIGKILL follows */
+    int64_t next_probe_ms;
+    int health_failures;   /* consecutive failed probes while READY */
+    char kill_reason[128]; /* why we killed it ourselves, reported instead of "killed by signal" */
+    int desired;
+    int reported_stopped; /* STOPPED and included in the last report */
+    struct sup_replica *next;
+};
+
+struct sup_config {
+    const char *runtime_bin;
+    const char *runtime_host; /* address runtimes bind to */
+    const char *state_dir;
+    int port_base;
+    int64_t start_timeout_ms;   /* STARTING longer than this: killed and restarted */
+    int64_t stop_grace_ms;      /* SIGTERM → SIGKILL */
+    int64_t backoff_initial_ms; /* first restart delay, doubled on each failure */
+    int64_t backoff_max_ms;
+    int64_t probe_interval_ms;
+    long probe_timeout_ms;
+};
+
+struct sup {
+    struct sup_config cfg;
+    struct sup_replica *list;
+};
+
+/* Fills cfg with the defaults (1 s → 30 s backoff, 5 s grace, 300 s start timeout). */
+void sup_config_defaults(struct sup_config *cfg);
+
+/* New supervisor; strings in cfg are borrowed and must outlive it. NULL when out of memory. */
+struct sup *sup_new(const struct sup_config *cfg);
+/* Frees the bookkeeping only; processes still running are left alone (call sup_stop_all first). */
+void sup_free(struct sup *s);
+
+/* Kills what a previous run of the agent left behind, per STATE_DIR/replicas/x/pid: a restarted
+ * agent must never leave an orphan holding devices. Adopting those runtimes instead (they still
+ * serve, and their usage is journalled) would avoid a restart of every replica after an agent
+ * upgrade; that is a later improvement, which needs the secret and spec persisted too. */
+void sup_kill_leftovers(struct sup *s);
+
+/* Applies the controller's full desired list: starts what is new, stops what is not listed. */
+void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n);
+
+/* Reaps, probes, times out, restarts and escalates. Call every few hundred milliseconds. */
+void sup_tick(struct sup *s);
+
+/* New reference: the "replicas" array of a heartbeat. Marks the STOPPED ones it includes. */
+json_t *sup_report(struct sup *s);
+/* After a successful heartbeat: forgets the STOPPED replicas that the last report included. */
+void sup_report_delivered(struct sup *s);
+
+/* Stops every runtime (SIGTERM, SIGKILL after the grace time) and reaps them. Blocks. */
+void sup_stop_all(struct sup *s);
+
+/* Looks up a replica (NULL if none). Borrowed. */
+struct sup_replica *sup_find(struct sup *s, const char *replica_id, int64_t epoch);
+const char *sup_state_name(enum sup_state st);
+
+#endif

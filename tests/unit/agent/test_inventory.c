@@ -1,0 +1,51 @@
+/* Inventory without NVML: CPU slots only, labelled as CPU, and zero devices without them. */
+#include <jansson.h>
+
+#include "check.h"
+#include "inventory.h"
+#include "log.h"
+
+int main(void)
+{
+    log_init("test_agent_inventory", "warn");
+    struct inv inv;
+    /* A library name that cannot load stands for a host without the NVIDIA driver. */
+    CHECK_INT_EQ(inv_collect(&inv, "host-a", 2, "libnvidia-ml-absent.so.1"), 0);
+    CHECK_INT_EQ(inv.n, 2);
+    CHECK_STR_EQ(inv.dev[0].uuid, "CPU-host-a-0");
+    CHECK_STR_EQ(inv.dev[1].uuid, "CPU-host-a-1");
+    CHECK_STR_EQ(inv.dev[1].kind, "cpu");
+    CHECK_STR_EQ(inv.dev[1].model, "CPU slot");
+    CHECK_INT_EQ(inv.dev[1].index, 1);
+    CHECK_INT_EQ(inv.dev[1].memory_mib, 0);
+
+    json_t *a = inv_to_json(&inv);
+    CHECK_INT_EQ(json_array_size(a), 2);
+    char *txt = json_dumps(json_array_get(a, 0), JSON_COMPACT | JSON_SORT_KEYS);
+    CHECK_STR_EQ(txt, "{\"index\":0,\"kind\":\"cpu\",\"memory_mib\":0,\"model\":\"CPU slot\","
+                      "\"uuid\":\"CPU-host-a-0\"}");
+    free(txt);
+    json_decref(a);
+    inv_free(&inv);
+
+    CHECK_INT_EQ(inv_collect(&inv, "host-a", 0, "libnvidia-ml-absent.so.1"), 0);
+    CHECK_INT_EQ(inv.n, 0);
+    a = inv_to_json(&inv);
+    CHECK_INT_EQ(json_array_size(a), 0);
+    json_decref(a);
+    inv_free(&inv);
+    inv_free(NULL);
+
+    /* On this machine, the real library if present: every GPU it lists is well formed. */
+    CHECK_INT_EQ(inv_collect(&inv, "host-a", 1, NULL), 0);
+    CHECK(inv.n >= 1);
+    for (size_t i = 0; i + 1 < inv.n; i++) {
+        CHECK_STR_EQ(inv.dev[i].kind, "gpu");
+        CHECK(inv.dev[i].uuid[0] != '\0');
+        CHECK(inv.dev[i].memory_mib > 0);
+    }
+    CHECK_STR_EQ(inv.dev[inv.n - 1].kind, "cpu");
+    inv_free(&inv);
+    printf("ok\n");
+    return 0;
+}
