@@ -1,0 +1,157 @@
+// The end-to-end harness: a throwaway PostgreSQL (ops/pg in a temp dir), the real
+// orp-controller and orp-agent binaries on free loopback ports, and a demo model made by
+// orp-runtime make-model. Everything is stopped and deleted by stop().
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const root = path.resolve(here, '../..');
+export const buildDir = process.env.ORP_BUILD_DIR || path.join(root, 'build');
+export const bin = {
+  controller: path.join(buildDir, 'controller/orp-controller'),
+  agent: path.join(buildDir, 'agent/orp-agent'),
+  runtime: path.join(buildDir, 'runtime/orp-runtime'),
+};
+
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export async function waitFor(what, fn, timeoutMs = 60000, everyMs = 200) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < end) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out waiting for ${what}; last: ${last instanceof Error ? last.stack : JSON.stringify(last)}`);
+}
+
+export class Platform {
+  constructor() {
+    this.procs = [];
+    this.tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'orp-e2e-'));
+    fs.chmodSync(this.tmp, 0o755);
+  }
+
+  run(file, args, opts = {}) {
+    return execFileSync(file, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts }).trim();
+  }
+
+  spawn(name, file, args, env = {}) {
+    const log = fs.openSync(path.join(this.tmp, `${name}.log`), 'a');
+    const p = spawn(file, args, { stdio: ['ignore', log, log], env: { ...process.env, ...env } });
+    p.name = name;
+    this.procs.push(p);
+    return p;
+  }
+
+  log(name) {
+    try {
+      return fs.readFileSync(path.join(this.tmp, `${name}.log`), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  async start({ cpuSlots = 2 } = {}) {
+    const pgPort = await freePort();
+    this.pgDir = path.join(this.tmp, 'pg');
+    this.run(path.join(root, 'ops/pg'), ['init', this.pgDir, String(pgPort)]);
+    this.run(path.join(root, 'ops/pg'), ['start', this.pgDir]);
+    this.dbUrl = this.run(path.join(root, 'ops/pg'), ['url', this.pgDir]);
+    this.db = new pg.Pool({ host: this.pgDir, port: pgPort, user: 'orp', database: 'openrunpod', max: 2 });
+
+    this.modelDir = path.join(this.tmp, 'demo-model');
+    this.run(bin.runtime, ['make-model', '--out', this.modelDir]);
+
+    const db = ['--database-url', this.dbUrl];
+    this.run(bin.controller, ['migrate', ...db]);
+    this.run(bin.controller, ['model', 'add', '--name', 'demo-tiny', '--source', this.modelDir,
+      '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu', ...db]);
+    this.adminKey = this.run(bin.controller, ['admin', 'create', '--email', 'admin@example.com', ...db]);
+
+    this.ports = { api: await freePort(), gateway: await freePort(), agent: await freePort() };
+    this.agentToken = 'e2e-agent-token';
+    this.spawn('controller', bin.controller, ['serve', ...db,
+      '--api-port', String(this.ports.api), '--gateway-port', String(this.ports.gateway),
+      '--agent-port', String(this.ports.agent), '--agent-token', this.agentToken,
+      '--heartbeat-ms', '500', '--scheduler-interval-ms', '300', '--liveness-timeout-ms', '5000',
+      '--log-level', 'debug']);
+    this.apiUrl = `http://127.0.0.1:${this.ports.api}`;
+    this.gatewayUrl = `http://127.0.0.1:${this.ports.gateway}/v1`;
+    await waitFor('controller /healthz', async () => (await fetch(`${this.apiUrl}/healthz`)).ok, 20000);
+
+    this.spawn('agent', bin.agent, ['--controller', `http://127.0.0.1:${this.ports.agent}`,
+      '--token', this.agentToken, '--name', 'e2e-host', '--cpu-slots', String(cpuSlots),
+      '--state-dir', path.join(this.tmp, 'agent'), '--heartbeat-ms', '500',
+      '--port-base', String(20000 + Math.floor(Math.random() * 20000)), '--log-level', 'debug']);
+    await waitFor('the agent to register', async () =>
+      (await this.db.query("SELECT count(*)::int AS n FROM gpus")).rows[0].n === cpuSlots, 20000);
+    return this;
+  }
+
+  // Another customer account with its own key, made the way an operator does today.
+  newAccountKey(email) {
+    return this.run(bin.controller, ['admin', 'create', '--email', email, '--database-url', this.dbUrl]);
+  }
+
+  async api(method, p, { body, key = this.adminKey, raw } = {}) {
+    const headers = {};
+    if (key) headers.Authorization = `Bearer ${key}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const res = await fetch(`${this.apiUrl}${p}`, {
+      method, headers, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json;
+    try { json = JSON.parse(text); } catch { json = undefined; }
+    return { status: res.status, json, text, headers: res.headers };
+  }
+
+  async deploy(name, extra = {}) {
+    const r = await this.api('POST', '/v1/endpoints', { body: { name, model: 'demo-tiny', ...extra } });
+    if (r.status !== 201) throw new Error(`deploy failed: ${r.status} ${r.text}`);
+    const id = r.json.id;
+    await waitFor(`endpoint ${name} to be ready`, async () => {
+      const g = await this.api('GET', `/v1/endpoints/${id}`);
+      return g.json?.status === 'ready' ? g.json : false;
+    }, 90000, 300);
+    return id;
+  }
+
+  async stop() {
+    for (const p of this.procs.reverse()) {
+      if (p.exitCode === null && p.signalCode === null) {
+        p.kill('SIGTERM');
+        await Promise.race([new Promise((r) => p.once('exit', r)), sleep(8000)]);
+        if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+      }
+    }
+    if (this.db) await this.db.end().catch(() => {});
+    if (this.pgDir) {
+      try { this.run(path.join(root, 'ops/pg'), ['stop', this.pgDir]); } catch { /* already gone */ }
+    }
+    if (!process.env.ORP_KEEP_TMP) fs.rmSync(this.tmp, { recursive: true, force: true });
+    else console.error(`kept ${this.tmp}`);
+  }
+}

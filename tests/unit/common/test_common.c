@@ -1,0 +1,202 @@
+/* Unit tests of common/: hashing and randomness, the JSON input getters and error shape, the
+ * configuration table, and httpd + httpc talking to each other over loopback (routing, 404, 405,
+ * 413, the error funnel). */
+#include <curl/curl.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "cfg.h"
+#include "check.h"
+#include "httpc.h"
+#include "httpd.h"
+#include "jsonx.h"
+#include "log.h"
+#include "util.h"
+
+static void test_util(void)
+{
+    char h[65];
+    util_sha256_hex("abc", 3, h);
+    CHECK_STR_EQ(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    char a[33], b[33];
+    CHECK(util_random_hex(a, 16) == 0 && util_random_hex(b, 16) == 0);
+    CHECK_INT_EQ(strlen(a), 32);
+    CHECK(strcmp(a, b) != 0);
+    CHECK(util_ct_streq("secret", "secret"));
+    CHECK(!util_ct_streq("secret", "secreT"));
+    CHECK(!util_ct_streq("secret", "secret2"));
+    struct buf bb = {0};
+    for (int i = 0; i < 1000; i++)
+        buf_printf(&bb, "%04d", i);
+    CHECK_INT_EQ(bb.len, 4000);
+    CHECK(!strncmp(bb.data + 3996, "0999", 4));
+    buf_free(&bb);
+}
+
+static void test_jsonx(void)
+{
+    struct jsonx_err e = {0};
+    CHECK(jsonx_parse_object("[1]", 3, &e) == NULL);
+    CHECK(strstr(e.message, "JSON object"));
+    CHECK(jsonx_parse_object("{\"a\":", 5, &e) == NULL);
+    CHECK(strstr(e.message, "not valid JSON"));
+    CHECK(jsonx_parse_object("{\"a\":1,\"a\":2}", 13, &e) == NULL); /* duplicate keys */
+    const char *doc = "{\"s\":\"x\",\"i\":5,\"f\":1.5,\"b\":true,\"n\":null}";
+    json_t *o = jsonx_parse_object(doc, strlen(doc), &e);
+    CHECK(o);
+    const char *s;
+    int64_t i;
+    double d;
+    int bo;
+    CHECK_INT_EQ(jsonx_get_string(o, "s", 1, &s, 10, &e), JSONX_OK);
+    CHECK_STR_EQ(s, "x");
+    CHECK_INT_EQ(jsonx_get_string(o, "i", 1, &s, 10, &e), JSONX_BAD);
+    CHECK_STR_EQ(e.param, "i");
+    CHECK_INT_EQ(jsonx_get_string(o, "zz", 1, &s, 10, &e), JSONX_MISSING);
+    CHECK(strstr(e.message, "missing required field 'zz'"));
+    CHECK_INT_EQ(jsonx_get_string(o, "n", 0, &s, 10, &e), JSONX_MISSING);
+    CHECK_INT_EQ(jsonx_get_int(o, "i", 1, 0, 10, &i, &e), JSONX_OK);
+    CHECK_INT_EQ(i, 5);
+    CHECK_INT_EQ(jsonx_get_int(o, "i", 1, 6, 10, &i, &e), JSONX_BAD);
+    CHECK(strstr(e.message, "out of range"));
+    CHECK_INT_EQ(jsonx_get_int(o, "f", 1, 0, 10, &i, &e), JSONX_BAD);
+    CHECK_INT_EQ(jsonx_get_number(o, "f", 1, 0, 2, &d, &e), JSONX_OK);
+    CHECK_NEAR(d, 1.5, 0);
+    CHECK_INT_EQ(jsonx_get_number(o, "i", 1, 0, 2, &d, &e), JSONX_BAD);
+    CHECK_INT_EQ(jsonx_get_bool(o, "b", 1, &bo, &e), JSONX_OK);
+    CHECK(bo);
+    CHECK_INT_EQ(jsonx_get_bool(o, "s", 1, &bo, &e), JSONX_BAD);
+    json_decref(o);
+
+    json_t *err = jsonx_error_body("bad", "invalid_request_error", "p", NULL);
+    char *txt = jsonx_dump(err);
+    CHECK_STR_EQ(txt, "{\"error\":{\"message\":\"bad\",\"type\":\"invalid_request_error\","
+                      "\"param\":\"p\",\"code\":null}}");
+    free(txt);
+    json_decref(err);
+}
+
+struct tcfg {
+    const char *name;
+    int64_t n;
+    int flag;
+};
+
+static void test_cfg(void)
+{
+    static const struct cfg_opt opts[] = {
+        {"name", CFG_STRING, "dflt", "a name", offsetof(struct tcfg, name)},
+        {"count-max", CFG_INT, "3", "a number", offsetof(struct tcfg, n)},
+        {"flag", CFG_BOOL, "false", "a flag", offsetof(struct tcfg, flag)},
+    };
+    struct tcfg c;
+    char err[256];
+    char *argv0[] = {"prog"};
+    CHECK_INT_EQ(cfg_parse(opts, 3, &c, "ORPTEST", 1, argv0, 1, err, sizeof err), 0);
+    CHECK_STR_EQ(c.name, "dflt");
+    CHECK_INT_EQ(c.n, 3);
+    CHECK_INT_EQ(c.flag, 0);
+    setenv("ORPTEST_COUNT_MAX", "7", 1);
+    char *argv1[] = {"prog", "--name", "cli", "--flag"};
+    CHECK_INT_EQ(cfg_parse(opts, 3, &c, "ORPTEST", 4, argv1, 1, err, sizeof err), 0);
+    CHECK_STR_EQ(c.name, "cli");
+    CHECK_INT_EQ(c.n, 7); /* from the environment */
+    CHECK_INT_EQ(c.flag, 1);
+    char *argv2[] = {"prog", "--count-max=9"};
+    CHECK_INT_EQ(cfg_parse(opts, 3, &c, "ORPTEST", 2, argv2, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(c.n, 9); /* command line beats environment */
+    char *argv3[] = {"prog", "--count-max", "x"};
+    CHECK_INT_EQ(cfg_parse(opts, 3, &c, "ORPTEST", 3, argv3, 1, err, sizeof err), -1);
+    CHECK(strstr(err, "not an integer"));
+    char *argv4[] = {"prog", "--nope"};
+    CHECK_INT_EQ(cfg_parse(opts, 3, &c, "ORPTEST", 2, argv4, 1, err, sizeof err), -1);
+    CHECK(strstr(err, "unknown option"));
+    char *argv5[] = {"prog", "--name"};
+    CHECK_INT_EQ(cfg_parse(opts, 3, &c, "ORPTEST", 2, argv5, 1, err, sizeof err), -1);
+    char *argv6[] = {"prog", "--help"};
+    CHECK_INT_EQ(cfg_parse(opts, 3, &c, "ORPTEST", 2, argv6, 1, err, sizeof err), 1);
+    unsetenv("ORPTEST_COUNT_MAX");
+}
+
+static void h_echo(struct httpd_req *req)
+{
+    httpd_reply_json(req, 200,
+                     json_pack("{s:s, s:s, s:i}", "id", req->params[0], "method", req->method,
+                               "len", (int)req->body.len));
+}
+
+static void h_fail(struct httpd_req *req)
+{
+    httpd_error(req, 409, "name_taken", "name", "name %s is taken", "x");
+}
+
+static void test_httpd(void)
+{
+    static const struct httpd_route routes[] = {
+        {"POST", "/things/{}", h_echo},
+        {"GET", "/things/{}/fail", h_fail},
+    };
+    struct httpd_config hc = {.name = "test",
+                              .host = "127.0.0.1",
+                              .port = 0,
+                              .threads = 2,
+                              .max_body = 64,
+                              .routes = routes,
+                              .nroutes = 2};
+    char err[256];
+    struct httpd_server *s = httpd_start(&hc, err, sizeof err);
+    CHECK(s);
+    char url[128];
+    struct httpc_resp r;
+    int port = httpd_port(s);
+    CHECK(port > 0);
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/things/abc", port);
+    CHECK(httpc_request("POST", url, NULL, "{\"x\":1}", 7, 5000, 1 << 20, &r, err, sizeof err) ==
+          0);
+    CHECK_INT_EQ(r.status, 200);
+    CHECK_STR_EQ(r.body.data, "{\"id\":\"abc\",\"method\":\"POST\",\"len\":7}");
+    buf_free(&r.body);
+
+    char big[100];
+    memset(big, 'a', sizeof big);
+    CHECK(httpc_request("POST", url, NULL, big, sizeof big, 5000, 1 << 20, &r, err, sizeof err) ==
+          0);
+    CHECK_INT_EQ(r.status, 413);
+    CHECK(strstr(r.body.data, "\"type\":\"invalid_request_error\""));
+    buf_free(&r.body);
+
+    CHECK(httpc_request("GET", url, NULL, NULL, 0, 5000, 1 << 20, &r, err, sizeof err) == 0);
+    CHECK_INT_EQ(r.status, 405);
+    buf_free(&r.body);
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/things/abc/fail", port);
+    CHECK(httpc_request("GET", url, NULL, NULL, 0, 5000, 1 << 20, &r, err, sizeof err) == 0);
+    CHECK_INT_EQ(r.status, 409);
+    CHECK_STR_EQ(r.body.data, "{\"error\":{\"message\":\"name x is taken\",\"type\":"
+                              "\"conflict_error\",\"param\":\"name\",\"code\":\"name_taken\"}}");
+    buf_free(&r.body);
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/nothing/here", port);
+    CHECK(httpc_request("GET", url, NULL, NULL, 0, 5000, 1 << 20, &r, err, sizeof err) == 0);
+    CHECK_INT_EQ(r.status, 404);
+    buf_free(&r.body);
+    httpd_stop(s);
+
+    /* A closed port is a transport error with a message, not a crash. */
+    CHECK(httpc_request("GET", url, NULL, NULL, 0, 2000, 1 << 20, &r, err, sizeof err) == -1);
+    CHECK(strlen(err) > 0);
+}
+
+int main(void)
+{
+    log_init("test", "error");
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    test_util();
+    test_jsonx();
+    test_cfg();
+    test_httpd();
+    curl_global_cleanup();
+    printf("test_common: ok\n");
+    return 0;
+}
