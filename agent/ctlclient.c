@@ -17,7 +17,10 @@
 #define CTL_HEARTBEAT_TIMEOUT_MS 5000
 /* A desired list for a full 8-GPU host with CPU slots is a few KiB; 4 MiB is generous and bounded.
  */
-#define CTL_MAX_REPLY (4 * 1024 * 1024)
+#define CTL_MAX_REPLY ((size_t)4 * 1024 * 1024)
+/* While the controller is unreachable, one warning per this many failed calls (a minute at the
+ * default 2 s interval) instead of one per heartbeat. */
+#define CTL_LOG_EVERY_FAILURES 30
 /* More desired replicas than this on one host is a controller bug, not a plan. */
 #define CTL_MAX_DESIRED 256
 
@@ -88,7 +91,7 @@ static int save_identity(const struct ctl *c, const char *fingerprint)
 
 /* POSTs body to path with a bearer credential. On a response, *status is set and the body is
  * returned in resp (caller frees with buf_free). */
-static enum ctl_rc post(const struct ctl *c, const char *path, const char *bearer, json_t *body,
+static enum ctl_rc post(struct ctl *c, const char *path, const char *bearer, json_t *body,
                         long timeout_ms, struct httpc_resp *resp)
 {
     char url[2048], auth[512], err[512];
@@ -104,8 +107,14 @@ static enum ctl_rc post(const struct ctl *c, const char *path, const char *beare
                            err, sizeof err);
     free(txt);
     if (rc != 0) {
-        log_warn("controller unreachable: %s", err);
+        if (c->failures++ % CTL_LOG_EVERY_FAILURES == 0)
+            log_warn("controller unreachable (%lld failed call(s)), replicas keep running: %s",
+                     (long long)c->failures, err);
         return CTL_UNREACHABLE;
+    }
+    if (c->failures) {
+        log_info("controller reachable again after %lld failed call(s)", (long long)c->failures);
+        c->failures = 0;
     }
     if (resp->status == 401) {
         buf_free(&resp->body);

@@ -28,7 +28,8 @@ struct ctl {
     char state_path[PATH_MAX];
     char host_id[128];
     char host_key[256];
-    int registered; /* host_id and host_key are valid */
+    int registered;   /* host_id and host_key are valid */
+    int64_t failures; /* consecutive calls without an answer, to keep the log readable */
 };
 
 struct ctl_reply {

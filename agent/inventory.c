@@ -115,7 +115,7 @@ static int collect_gpus(struct inv *inv, const char *path)
         }
         d.uuid[sizeof d.uuid - 1] = '\0';
         d.model[sizeof d.model - 1] = '\0';
-        d.memory_mib = (int64_t)(mem.total / (1024 * 1024));
+        d.memory_mib = (int64_t)(mem.total / (1024ull * 1024ull));
         if (push(inv, &d) != 0) {
             rc = -1;
             break;

@@ -86,10 +86,9 @@ static const unsigned legal[] = {
 
 /* The only writer of r->state and r->reason. Returns 0, or -1 (logged as a bug) when the
  * transition is not legal, in which case nothing changes. */
-__attribute__((format(printf, 4, 5))) static int set_state(struct sup *s, struct sup_replica *r,
-                                                           enum sup_state to, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static int set_state(struct sup_replica *r, enum sup_state to,
+                                                           const char *fmt, ...)
 {
-    (void)s;
     if (!(legal[r->state] & BIT(to))) {
         log_error("replica %s/%lld: illegal transition %s -> %s", r->spec.replica_id,
                   (long long)r->spec.epoch, state_names[r->state], state_names[to]);
@@ -253,7 +252,7 @@ static void fail(struct sup *s, struct sup_replica *r, const char *why)
 {
     int64_t wait;
     next_backoff(s, r, &wait);
-    set_state(s, r, SUP_BACKOFF, "%s", why);
+    set_state(r, SUP_BACKOFF, "%s", why);
     log_info("replica %s/%lld: next start in %lld ms", r->spec.replica_id, (long long)r->spec.epoch,
              (long long)wait);
 }
@@ -381,9 +380,9 @@ static void spawn(struct sup *s, struct sup_replica *r)
     r->next_probe_ms = util_now_ms() + 100;
     pidfile_write(r);
     if (first)
-        set_state(s, r, SUP_STARTING, "pid %d on port %d", (int)pid, port);
+        set_state(r, SUP_STARTING, "pid %d on port %d", (int)pid, port);
     else
-        set_state(s, r, SUP_STARTING, "pid %d on port %d, restart %lld", (int)pid, port,
+        set_state(r, SUP_STARTING, "pid %d on port %d, restart %lld", (int)pid, port,
                   (long long)r->restarts);
 }
 
@@ -399,7 +398,7 @@ static void begin_stop(struct sup *s, struct sup_replica *r, const char *why)
 {
     signal_group(r, SIGTERM);
     r->kill_at_ms = util_now_ms() + s->cfg.stop_grace_ms;
-    set_state(s, r, SUP_STOPPING, "%s", why);
+    set_state(r, SUP_STOPPING, "%s", why);
 }
 
 static void describe_exit(const siginfo_t *si, char *out, size_t n)
@@ -425,9 +424,9 @@ static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *s
     if (r->state == SUP_STOPPING) {
         if (r->desired) {
             r->next_start_ms = util_now_ms();
-            set_state(s, r, SUP_BACKOFF, "%s while stopping; desired again", why);
+            set_state(r, SUP_BACKOFF, "%s while stopping; desired again", why);
         } else {
-            set_state(s, r, SUP_STOPPED, "%s", why);
+            set_state(r, SUP_STOPPED, "%s", why);
         }
         return;
     }
@@ -454,7 +453,7 @@ static void reap(struct sup *s)
             r->pid = 0;
             pidfile_remove(r->dir);
             if (r->state == SUP_STOPPING)
-                set_state(s, r, SUP_STOPPED, "process vanished");
+                set_state(r, SUP_STOPPED, "process vanished");
             else
                 fail(s, r, "process vanished");
             continue;
@@ -479,7 +478,7 @@ static void probe(struct sup *s, struct sup_replica *r, int64_t now)
     if (rc == 0) buf_free(&resp.body);
     if (status == 200) {
         r->health_failures = 0;
-        if (r->state == SUP_STARTING) set_state(s, r, SUP_READY, "health check passed");
+        if (r->state == SUP_STARTING) set_state(r, SUP_READY, "health check passed");
         return;
     }
     if (r->state != SUP_READY) return; /* still loading: the start timeout bounds this */
@@ -491,7 +490,7 @@ static void probe(struct sup *s, struct sup_replica *r, int64_t now)
         else
             snprintf(why, sizeof why, "health check failed %d times (%s)", r->health_failures, err);
         r->health_failures = 0;
-        set_state(s, r, SUP_STARTING, "%s", why);
+        set_state(r, SUP_STARTING, "%s", why);
     }
 }
 
@@ -520,7 +519,7 @@ void sup_tick(struct sup *s)
             break;
         case SUP_BACKOFF:
             if (!r->desired)
-                set_state(s, r, SUP_STOPPED, "no longer desired");
+                set_state(r, SUP_STOPPED, "no longer desired");
             else if (now >= r->next_start_ms)
                 spawn(s, r);
             break;
@@ -575,7 +574,7 @@ void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
         switch (r->state) {
         case SUP_NEW:
         case SUP_BACKOFF:
-            set_state(s, r, SUP_STOPPED, "no longer desired");
+            set_state(r, SUP_STOPPED, "no longer desired");
             break;
         case SUP_STARTING:
         case SUP_READY:
@@ -635,7 +634,7 @@ void sup_stop_all(struct sup *s)
         if (r->state == SUP_STARTING || r->state == SUP_READY)
             begin_stop(s, r, "agent stopping");
         else if (r->state == SUP_NEW || r->state == SUP_BACKOFF)
-            set_state(s, r, SUP_STOPPED, "agent stopping");
+            set_state(r, SUP_STOPPED, "agent stopping");
     }
     while (any_process(s)) {
         sup_tick(s); /* reaps, and SIGKILLs whatever outlived its grace time */

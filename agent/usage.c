@@ -16,10 +16,12 @@
 /* A read stops after scanning this many bytes even if it found fewer than max_items good lines:
  * otherwise a journal full of garbage would be parsed whole on every heartbeat. The offset still
  * advances past what was scanned, so the next heartbeat continues from there. */
-#define USAGE_MAX_SCAN_BYTES (4 * 1024 * 1024)
-/* request_id is made by the gateway ("req_…") or the runtime ("rt-<hex>"); anything longer is not
- * one of ours. */
-#define USAGE_MAX_REQUEST_ID 128
+#define USAGE_MAX_SCAN_BYTES ((int64_t)4 * 1024 * 1024)
+/* request_id is made by the gateway ("req_…") or the runtime ("rt-<hex>"). The controller refuses
+ * a whole heartbeat over one longer id (or a finish_reason over 32 bytes), so such a line must be
+ * skipped here, or it would block every line after it. */
+#define USAGE_MAX_REQUEST_ID 64
+#define USAGE_MAX_FINISH_REASON 32
 
 static void path_join(char *out, size_t n, const char *dir, const char *file)
 {
@@ -63,12 +65,13 @@ static json_t *parse_line(const char *line, size_t len, const char *replica_id, 
 {
     json_t *o = jsonx_parse_object(line, len, err);
     if (!o) return NULL;
-    const char *rid;
+    const char *rid, *fr = NULL;
     int64_t pt, ct, at;
     if (jsonx_get_string(o, "request_id", 1, &rid, USAGE_MAX_REQUEST_ID, err) != JSONX_OK ||
         jsonx_get_int(o, "prompt_tokens", 1, 0, INT32_MAX, &pt, err) != JSONX_OK ||
         jsonx_get_int(o, "completion_tokens", 1, 0, INT32_MAX, &ct, err) != JSONX_OK ||
-        jsonx_get_int(o, "at_ms", 1, 0, INT64_MAX, &at, err) != JSONX_OK) {
+        jsonx_get_int(o, "at_ms", 1, 0, INT64_MAX, &at, err) != JSONX_OK ||
+        jsonx_get_string(o, "finish_reason", 0, &fr, USAGE_MAX_FINISH_REASON, err) == JSONX_BAD) {
         json_decref(o);
         return NULL;
     }
@@ -81,6 +84,8 @@ static json_t *parse_line(const char *line, size_t len, const char *replica_id, 
         json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "request_id", rid, "replica_id", replica_id,
                   "epoch", (json_int_t)epoch, "prompt_tokens", (json_int_t)pt, "completion_tokens",
                   (json_int_t)ct, "at_ms", (json_int_t)at);
+    /* Not in the contract's item, but the controller keeps it when present. */
+    if (item && fr) json_object_set_new(item, "finish_reason", json_string(fr));
     json_decref(o);
     if (!item) snprintf(err->message, sizeof err->message, "cannot build the usage item");
     return item;
