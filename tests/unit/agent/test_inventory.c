@@ -1,4 +1,6 @@
-/* Inventory without NVML: CPU slots only, labelled as CPU, and zero devices without them. */
+/* Inventory: GPUs through a fake NVML library (the dlopen path, return-code checks, a GPU whose
+ * NVML calls fail is skipped), and without NVML: CPU slots only, labelled as CPU, and zero devices
+ * without them. */
 #include <jansson.h>
 
 #include "check.h"
@@ -35,6 +37,20 @@ int main(void)
     json_decref(a);
     inv_free(&inv);
     inv_free(NULL);
+
+    /* A fake NVML: three GPUs, the second unable to report its memory. CPU slots come after. */
+    CHECK_INT_EQ(inv_collect(&inv, "host-a", 1, FAKE_NVML_PATH), 0);
+    CHECK_INT_EQ(inv.n, 3);
+    CHECK_STR_EQ(inv.dev[0].uuid, "GPU-fake-0");
+    CHECK_STR_EQ(inv.dev[0].kind, "gpu");
+    CHECK_STR_EQ(inv.dev[0].model, "NVIDIA H100 80GB HBM3");
+    CHECK_INT_EQ(inv.dev[0].memory_mib, 81559);
+    CHECK_INT_EQ(inv.dev[0].index, 0);
+    CHECK_STR_EQ(inv.dev[1].uuid, "GPU-fake-2");
+    CHECK_INT_EQ(inv.dev[1].index, 2); /* NVML's index, kept although GPU 1 was skipped */
+    CHECK_STR_EQ(inv.dev[2].uuid, "CPU-host-a-0");
+    CHECK_STR_EQ(inv.dev[2].kind, "cpu");
+    inv_free(&inv);
 
     /* On this machine, the real library if present: every GPU it lists is well formed. */
     CHECK_INT_EQ(inv_collect(&inv, "host-a", 1, NULL), 0);
