@@ -1,0 +1,129 @@
+/* gen: owns the state of one generation: its KV cache, sampler, the text produced and how much of
+ * it has been handed out (see gen.h). Text is held back only while its tail could be the start of
+ * a stop string; a stop string that completes truncates the text where it starts, so it is never
+ * emitted. Because emitted text never ends inside a possible stop string, a match can only begin
+ * at or after `emitted`, which is where each search starts. */
+#include "gen.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int gen_init(struct gen *g, const struct model *m, const struct tok *t, const int *prompt, int n,
+             const struct gen_params *p)
+{
+    memset(g, 0, sizeof *g);
+    g->m = m;
+    g->t = t;
+    g->max_new = p->max_new;
+    g->n_prompt = n;
+    g->prompt = malloc((size_t)n * sizeof *g->prompt);
+    g->ctx = model_ctx_new(m, n + p->max_new);
+    int rc = g->prompt && g->ctx ? 0 : -1;
+    if (rc == 0) memcpy(g->prompt, prompt, (size_t)n * sizeof *g->prompt);
+    if (rc == 0) rc = sampler_init(&g->smp, model_cfg(m)->vocab, p->temperature, p->top_p, p->seed);
+    for (int i = 0; i < p->nstop && rc == 0; i++) {
+        g->stop[i] = strdup(p->stop[i]);
+        if (!g->stop[i]) rc = -1;
+        g->nstop = i + 1;
+    }
+    if (rc == 0) rc = buf_append(&g->text, "", 0);
+    if (rc != 0) gen_free(g);
+    return rc;
+}
+
+void gen_free(struct gen *g)
+{
+    model_ctx_free(g->ctx);
+    sampler_free(&g->smp);
+    free(g->prompt);
+    for (int i = 0; i < g->nstop; i++)
+        free(g->stop[i]);
+    buf_free(&g->text);
+    memset(g, 0, sizeof *g);
+}
+
+int gen_prefill(struct gen *g)
+{
+    for (int i = 0; i < g->n_prompt; i++) {
+        g->logits = model_forward(g->m, g->ctx, g->prompt[i]);
+        if (!g->logits) return -1;
+    }
+    return 0;
+}
+
+/* The length of the longest tail of text[from..] that is a proper prefix of a stop string. */
+static size_t stop_holdback(const struct gen *g, size_t from)
+{
+    size_t avail = g->text.len - from, hold = 0;
+    for (int s = 0; s < g->nstop; s++) {
+        size_t sl = strlen(g->stop[s]);
+        for (size_t k = sl - 1 < avail ? sl - 1 : avail; k > hold; k--)
+            if (memcmp(g->text.data + g->text.len - k, g->stop[s], k) == 0) {
+                hold = k;
+                break;
+            }
+    }
+    return hold;
+}
+
+/* Truncates text at the earliest stop string found at or after from; 1 when one was. */
+static int cut_at_stop(struct gen *g, size_t from)
+{
+    const char *best = NULL;
+    for (int s = 0; s < g->nstop; s++) {
+        const char *p =
+            memmem(g->text.data + from, g->text.len - from, g->stop[s], strlen(g->stop[s]));
+        if (p && (!best || p < best)) best = p;
+    }
+    if (!best) return 0;
+    g->text.len = (size_t)(best - g->text.data);
+    g->text.data[g->text.len] = '\0';
+    return 1;
+}
+
+int gen_step(struct gen *g, struct buf *delta)
+{
+    if (g->finish != GEN_RUNNING || !g->logits) return 0;
+    int id = sampler_sample(&g->smp, g->logits);
+    g->produced++;
+    int eos = model_is_eos(g->m, id);
+    if (!eos && !tok_is_special(g->t, id)) {
+        size_t n;
+        const char *b = tok_bytes(g->t, id, &n);
+        if (b && tok_utf8_feed(&g->u8, b, n, &g->text) != 0) return -1;
+    }
+    int last = eos || g->produced >= g->max_new;
+    if (last && tok_utf8_flush(&g->u8, &g->text) != 0) return -1;
+    if (cut_at_stop(g, g->emitted))
+        g->finish = GEN_STOP;
+    else if (eos)
+        g->finish = GEN_STOP;
+    else if (last)
+        g->finish = GEN_LENGTH;
+    if (g->finish == GEN_RUNNING) {
+        g->logits = model_forward(g->m, g->ctx, id);
+        if (!g->logits) { /* cannot happen: the context holds n_prompt + max_new */
+            g->finish = GEN_LENGTH;
+        }
+    }
+    size_t upto = g->text.len;
+    if (g->finish == GEN_RUNNING) upto -= stop_holdback(g, g->emitted);
+    if (upto > g->emitted) {
+        if (buf_append(delta, g->text.data + g->emitted, upto - g->emitted) != 0) return -1;
+        g->emitted = upto;
+    }
+    return 0;
+}
+
+const char *gen_finish_name(enum gen_finish f)
+{
+    switch (f) {
+    case GEN_STOP:
+        return "stop";
+    case GEN_LENGTH:
+        return "length";
+    case GEN_RUNNING:
+        break;
+    }
+    return "running";
+}

@@ -1,0 +1,57 @@
+/* gen: one generation from a prompt: prefill, then token by token, with the text handed out in
+ * deltas that are always valid UTF-8 and never contain (or start) a stop string. The server drives
+ * it for both streaming and non-streaming replies; the tests drive it directly. */
+#ifndef ORP_GEN_H
+#define ORP_GEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+#include "util.h"
+
+/* OpenAI allows up to four stop strings. */
+#define GEN_MAX_STOP 4
+
+enum gen_finish { GEN_RUNNING = 0, GEN_STOP, GEN_LENGTH };
+
+struct gen_params {
+    int max_new; /* >= 1; n_prompt + max_new <= the model's context */
+    float temperature, top_p;
+    uint64_t seed;
+    const char *stop[GEN_MAX_STOP]; /* borrowed for gen_init only (copied) */
+    int nstop;
+};
+
+struct gen {
+    const struct model *m; /* borrowed */
+    const struct tok *t;   /* borrowed */
+    struct model_ctx *ctx;
+    struct sampler smp;
+    int *prompt;
+    int n_prompt;
+    const float *logits; /* of the last position run; NULL before prefill */
+    int produced;        /* tokens sampled, an eos included: the usage's completion_tokens */
+    int max_new;
+    struct tok_utf8 u8;
+    struct buf text; /* valid UTF-8 generated so far; cut at a stop string when one matched */
+    size_t emitted;  /* bytes of text already handed out */
+    char *stop[GEN_MAX_STOP];
+    int nstop;
+    enum gen_finish finish;
+};
+
+/* Copies the prompt (n >= 1) and allocates the KV cache. 0 or -1 (out of memory). */
+int gen_init(struct gen *g, const struct model *m, const struct tok *t, const int *prompt, int n,
+             const struct gen_params *p);
+void gen_free(struct gen *g);
+/* Runs the prompt through the model. 0 or -1. */
+int gen_prefill(struct gen *g);
+/* Samples one token and appends the text that became safe to hand out to delta (possibly
+ * nothing). Sets g->finish when the generation ends. 0 or -1 (out of memory). */
+int gen_step(struct gen *g, struct buf *delta);
+const char *gen_finish_name(enum gen_finish f);
+
+#endif

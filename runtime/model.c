@@ -1,0 +1,727 @@
+/* model: owns a Llama model's configuration and f32 weights, and computes its forward pass on the
+ * CPU (see model.h). This is the reference implementation: plain loops in the order of Hugging
+ * Face's LlamaForCausalLM, so the CUDA kernels can be checked against it.
+ *
+ * One layer, for the token at position pos (x is the residual stream, [dim]):
+ *   xb = rmsnorm(x) * attn_norm
+ *   q = Wq xb [heads*hd], k = Wk xb [kv*hd], v = Wv xb [kv*hd]; RoPE on q and k ("rotate_half":
+ *   element i pairs with i + hd/2); k, v stored in the cache at pos
+ *   per head h (sharing kv head h / (heads/kv)): softmax(q_h . k_t / sqrt(hd)) over t <= pos,
+ *   weighted sum of v_t
+ *   x += Wo att
+ *   xb = rmsnorm(x) * ffn_norm; x += Wdown (silu(Wgate xb) * (Wup xb))
+ * then logits = lm_head rmsnorm(x) * norm. Weights are row-major [out, in], as PyTorch's Linear
+ * stores them, so each output is a dot product over a contiguous row. */
+#include "model.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "safetensors.h"
+
+/* Matrix-vector products smaller than this many multiply-adds stay on the calling thread: waking
+ * the pool costs more than it saves. */
+#define MODEL_PAR_MIN_WORK (1 << 16)
+
+/* Upper bounds on config.json values, so a corrupt file fails here, not in malloc. */
+#define MODEL_MAX_DIM (1 << 16)
+#define MODEL_MAX_VOCAB (1 << 22)
+#define MODEL_MAX_CONTEXT (1 << 20)
+
+struct layer {
+    float *attn_norm; /* [dim] */
+    float *wq;        /* [heads*hd, dim] */
+    float *wk;        /* [kv*hd, dim] */
+    float *wv;        /* [kv*hd, dim] */
+    float *wo;        /* [dim, heads*hd] */
+    float *ffn_norm;  /* [dim] */
+    float *w_gate;    /* [ffn, dim] */
+    float *w_up;      /* [ffn, dim] */
+    float *w_down;    /* [dim, ffn] */
+};
+
+/* A fixed pool of workers for matvec: the caller takes rows [0, n/threads), worker i the i-th
+ * next slice. One job at a time (call_lock). */
+struct pool {
+    int n; /* threads including the caller */
+    pthread_t *th;
+    pthread_mutex_t call_lock, mu;
+    pthread_cond_t cv_work, cv_done;
+    uint64_t gen;
+    int pending, stop;
+    float *out;
+    const float *w, *x;
+    int rows, cols;
+};
+
+struct model {
+    struct model_config cfg;
+    float *embed; /* [vocab, dim] */
+    struct layer *layer;
+    float *norm;     /* [dim] */
+    float *lm_head;  /* [vocab, dim]; == embed when tied */
+    float *inv_freq; /* [hd/2] */
+    struct pool pool;
+};
+
+struct model_ctx {
+    int len, pos;
+    float *kcache, *vcache; /* [layers, len, kv*hd] */
+    float *x, *xb, *xb2;    /* [dim] */
+    float *q, *att_out;     /* [heads*hd] */
+    float *att;             /* [len] */
+    float *hb, *hb2;        /* [ffn] */
+    float *logits;          /* [vocab] */
+};
+
+__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
+                                                         ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- config ---- */
+
+/* An integer field in [min, max]; def used when absent and not required. */
+static int cfg_int(json_t *o, const char *key, int required, int def, int min, int max, int *out,
+                   const char *path, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        if (required) {
+            seterr(err, errlen, "%s: missing field \"%s\"", path, key);
+            return -1;
+        }
+        *out = def;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        seterr(err, errlen, "%s: field \"%s\" must be an integer in [%d, %d]", path, key, min, max);
+        return -1;
+    }
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int cfg_num(json_t *o, const char *key, int required, double def, float *out,
+                   const char *path, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        if (required) {
+            seterr(err, errlen, "%s: missing field \"%s\"", path, key);
+            return -1;
+        }
+        *out = (float)def;
+        return 0;
+    }
+    if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v))) {
+        seterr(err, errlen, "%s: field \"%s\" must be a positive number", path, key);
+        return -1;
+    }
+    *out = (float)json_number_value(v);
+    return 0;
+}
+
+/* eos_token_id: an int or a list of ints; adds those not yet in c. */
+static int add_eos(json_t *v, struct model_config *c, const char *path, char *err, size_t errlen)
+{
+    if (!v || json_is_null(v)) return 0;
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) >= c->vocab) {
+            seterr(err, errlen,
+                   "%s: field \"eos_token_id\" must be an id below vocab_size %d "
+                   "or a list of them",
+                   path, c->vocab);
+            return -1;
+        }
+        int id = (int)json_integer_value(e), seen = 0;
+        for (int k = 0; k < c->neos; k++)
+            seen |= c->eos_ids[k] == id;
+        if (!seen && c->neos < MODEL_MAX_EOS) c->eos_ids[c->neos++] = id;
+    }
+    return 0;
+}
+
+static int parse_rope_scaling(json_t *rs, struct model_config *c, const char *path, char *err,
+                              size_t errlen)
+{
+    if (!rs || json_is_null(rs)) return 0;
+    const char *type = json_string_value(json_object_get(rs, "rope_type"));
+    if (!type) type = json_string_value(json_object_get(rs, "type"));
+    if (!type || strcmp(type, "llama3") != 0) {
+        seterr(err, errlen, "%s: rope_scaling type \"%s\" is not supported (only llama3)", path,
+               type ? type : "?");
+        return -1;
+    }
+    c->rope_llama3 = 1;
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s rope_scaling", path);
+    return cfg_num(rs, "factor", 1, 0, &c->rs_factor, sub, err, errlen) ||
+                   cfg_num(rs, "low_freq_factor", 1, 0, &c->rs_low_freq, sub, err, errlen) ||
+                   cfg_num(rs, "high_freq_factor", 1, 0, &c->rs_high_freq, sub, err, errlen) ||
+                   cfg_int(rs, "original_max_position_embeddings", 1, 0, 1, MODEL_MAX_CONTEXT,
+                           &c->rs_orig_max_pos, sub, err, errlen)
+               ? -1
+               : 0;
+}
+
+static int check_arch(json_t *o, const char *path, char *err, size_t errlen)
+{
+    json_t *archs = json_object_get(o, "architectures");
+    const char *mt = json_string_value(json_object_get(o, "model_type"));
+    if (mt && strcmp(mt, "llama") != 0) {
+        seterr(err, errlen, "%s: model_type \"%s\" is not supported (llama)", path, mt);
+        return -1;
+    }
+    if (json_is_array(archs) && json_array_size(archs) > 0) {
+        const char *a = json_string_value(json_array_get(archs, 0));
+        if (!a || strcmp(a, "LlamaForCausalLM") != 0) {
+            seterr(err, errlen, "%s: architectures[0] \"%s\" is not supported (LlamaForCausalLM)",
+                   path, a ? a : "?");
+            return -1;
+        }
+    }
+    const char *act = json_string_value(json_object_get(o, "hidden_act"));
+    if (act && strcmp(act, "silu") != 0) {
+        seterr(err, errlen, "%s: hidden_act \"%s\" is not supported (silu)", path, act);
+        return -1;
+    }
+    if (json_is_true(json_object_get(o, "attention_bias")) ||
+        json_is_true(json_object_get(o, "mlp_bias"))) {
+        seterr(err, errlen, "%s: attention_bias / mlp_bias are not supported", path);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_config(json_t *o, struct model_config *c, const char *p, char *err, size_t el)
+{
+    memset(c, 0, sizeof *c);
+    if (check_arch(o, p, err, el) ||
+        cfg_int(o, "hidden_size", 1, 0, 1, MODEL_MAX_DIM, &c->dim, p, err, el) ||
+        cfg_int(o, "intermediate_size", 1, 0, 1, 16 * MODEL_MAX_DIM, &c->ffn, p, err, el) ||
+        cfg_int(o, "num_hidden_layers", 1, 0, 1, 1024, &c->layers, p, err, el) ||
+        cfg_int(o, "num_attention_heads", 1, 0, 1, MODEL_MAX_DIM, &c->heads, p, err, el) ||
+        cfg_int(o, "num_key_value_heads", 0, c->heads, 1, c->heads, &c->kv_heads, p, err, el) ||
+        cfg_int(o, "head_dim", 0, c->dim / c->heads, 2, MODEL_MAX_DIM, &c->head_dim, p, err, el) ||
+        cfg_int(o, "vocab_size", 1, 0, 1, MODEL_MAX_VOCAB, &c->vocab, p, err, el) ||
+        cfg_int(o, "max_position_embeddings", 1, 0, 1, MODEL_MAX_CONTEXT, &c->max_pos, p, err,
+                el) ||
+        cfg_num(o, "rms_norm_eps", 1, 0, &c->eps, p, err, el) ||
+        cfg_num(o, "rope_theta", 0, 10000.0, &c->rope_theta, p, err, el) ||
+        cfg_int(o, "bos_token_id", 0, -1, 0, c->vocab - 1, &c->bos_id, p, err, el) ||
+        add_eos(json_object_get(o, "eos_token_id"), c, p, err, el) ||
+        parse_rope_scaling(json_object_get(o, "rope_scaling"), c, p, err, el))
+        return -1;
+    if (c->heads % c->kv_heads != 0 || c->head_dim % 2 != 0) {
+        seterr(err, el,
+               "%s: num_attention_heads must be a multiple of num_key_value_heads, and "
+               "head_dim even",
+               p);
+        return -1;
+    }
+    json_t *tie = json_object_get(o, "tie_word_embeddings");
+    if (tie && !json_is_boolean(tie)) {
+        seterr(err, el, "%s: field \"tie_word_embeddings\" must be a boolean", p);
+        return -1;
+    }
+    c->tied = json_is_true(tie);
+    return 0;
+}
+
+int model_config_load(const char *dir, struct model_config *c, char *err, size_t errlen)
+{
+    char path[4096];
+    json_error_t je;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *o = json_load_file(path, 0, &je);
+    if (!o || !json_is_object(o)) {
+        seterr(err, errlen, "%s: %s (line %d)", path, o ? "not a JSON object" : je.text, je.line);
+        json_decref(o);
+        return -1;
+    }
+    int rc = parse_config(o, c, path, err, errlen);
+    json_decref(o);
+    if (rc) return -1;
+    /* generation_config.json may add eos ids (Llama 3 instruct lists <|eot_id|> only there). */
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    o = json_load_file(path, 0, &je);
+    if (o) {
+        rc = add_eos(json_object_get(o, "eos_token_id"), c, path, err, errlen);
+        json_decref(o);
+    }
+    return rc;
+}
+
+/* ---- weights ---- */
+
+/* Loads tensor name of shape [d0] (d1 == 0) or [d0, d1] as a new f32 array. */
+static float *load_tensor(const struct st_set *st, const char *dir, const char *name, int64_t d0,
+                          int64_t d1, char *err, size_t errlen)
+{
+    const struct st_tensor *t = st_find(st, name);
+    if (!t) {
+        seterr(err, errlen, "%s/model.safetensors: tensor '%s' is missing", dir, name);
+        return NULL;
+    }
+    int nd = d1 ? 2 : 1;
+    if (t->ndim != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
+        char got[96] = "", *g = got;
+        for (int i = 0; i < t->ndim && g < got + sizeof got - 24; i++)
+            g += sprintf(g, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        if (nd == 2)
+            seterr(err, errlen, "%s: tensor '%s' has shape [%s], config.json implies [%lld, %lld]",
+                   t->file, name, got, (long long)d0, (long long)d1);
+        else
+            seterr(err, errlen, "%s: tensor '%s' has shape [%s], config.json implies [%lld]",
+                   t->file, name, got, (long long)d0);
+        return NULL;
+    }
+    float *out = malloc((size_t)t->numel * sizeof *out + 1);
+    if (!out) {
+        seterr(err, errlen, "%s: tensor '%s': out of memory", t->file, name);
+        return NULL;
+    }
+    st_to_f32(t, out);
+    return out;
+}
+
+static int load_layer(struct model *m, const struct st_set *st, const char *dir, int l, char *err,
+                      size_t errlen)
+{
+    const struct model_config *c = &m->cfg;
+    struct layer *L = &m->layer[l];
+    int64_t qd = (int64_t)c->heads * c->head_dim, kvd = (int64_t)c->kv_heads * c->head_dim;
+    struct {
+        const char *suffix;
+        float **dst;
+        int64_t d0, d1;
+    } ws[] = {
+        {"input_layernorm.weight", &L->attn_norm, c->dim, 0},
+        {"self_attn.q_proj.weight", &L->wq, qd, c->dim},
+        {"self_attn.k_proj.weight", &L->wk, kvd, c->dim},
+        {"self_attn.v_proj.weight", &L->wv, kvd, c->dim},
+        {"self_attn.o_proj.weight", &L->wo, c->dim, qd},
+        {"post_attention_layernorm.weight", &L->ffn_norm, c->dim, 0},
+        {"mlp.gate_proj.weight", &L->w_gate, c->ffn, c->dim},
+        {"mlp.up_proj.weight", &L->w_up, c->ffn, c->dim},
+        {"mlp.down_proj.weight", &L->w_down, c->dim, c->ffn},
+    };
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+        char name[160];
+        snprintf(name, sizeof name, "model.layers.%d.%s", l, ws[i].suffix);
+        *ws[i].dst = load_tensor(st, dir, name, ws[i].d0, ws[i].d1, err, errlen);
+        if (!*ws[i].dst) return -1;
+    }
+    return 0;
+}
+
+static int load_weights(struct model *m, const char *dir, char *err, size_t errlen)
+{
+    const struct model_config *c = &m->cfg;
+    struct st_set *st = st_open(dir, err, errlen);
+    if (!st) return -1;
+    int rc = -1;
+    m->layer = calloc((size_t)c->layers, sizeof *m->layer);
+    if (!m->layer) goto out;
+    m->embed = load_tensor(st, dir, "model.embed_tokens.weight", c->vocab, c->dim, err, errlen);
+    if (!m->embed) goto out;
+    for (int l = 0; l < c->layers; l++)
+        if (load_layer(m, st, dir, l, err, errlen) != 0) goto out;
+    m->norm = load_tensor(st, dir, "model.norm.weight", c->dim, 0, err, errlen);
+    if (!m->norm) goto out;
+    if (c->tied) {
+        m->lm_head = m->embed;
+    } else {
+        m->lm_head = load_tensor(st, dir, "lm_head.weight", c->vocab, c->dim, err, errlen);
+        if (!m->lm_head) goto out;
+    }
+    rc = 0;
+out:
+    st_close(st);
+    return rc;
+}
+
+/* inv_freq[i] = theta^(-2i/hd), then Llama 3's scaling: long wavelengths are divided by factor,
+ * short ones kept, the band between interpolated. */
+static int init_rope(struct model *m)
+{
+    const struct model_config *c = &m->cfg;
+    int half = c->head_dim / 2;
+    m->inv_freq = malloc((size_t)half * sizeof *m->inv_freq);
+    if (!m->inv_freq) return -1;
+    for (int i = 0; i < half; i++) {
+        double f = 1.0 / pow(c->rope_theta, (2.0 * i) / c->head_dim);
+        if (c->rope_llama3) {
+            double old = c->rs_orig_max_pos, wl = 2 * M_PI / f;
+            double low_wl = old / c->rs_low_freq, high_wl = old / c->rs_high_freq;
+            if (wl > low_wl) {
+                f /= c->rs_factor;
+            } else if (wl >= high_wl) {
+                double s = (old / wl - c->rs_low_freq) / (c->rs_high_freq - c->rs_low_freq);
+                f = (1 - s) * f / c->rs_factor + s * f;
+            }
+        }
+        m->inv_freq[i] = (float)f;
+    }
+    return 0;
+}
+
+/* ---- the thread pool ---- */
+
+static void matvec_rows(float *out, const float *w, const float *x, int r0, int r1, int cols)
+{
+    for (int r = r0; r < r1; r++) {
+        const float *row = w + (size_t)r * cols;
+        /* Eight independent sums so the compiler can keep them in vector registers (a single
+         * running sum is a dependency chain it may not reorder). */
+        float acc[8] = {0};
+        int j = 0;
+        for (; j + 8 <= cols; j += 8)
+            for (int k = 0; k < 8; k++)
+                acc[k] += row[j + k] * x[j + k];
+        float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (; j < cols; j++)
+            s += row[j] * x[j];
+        out[r] = s;
+    }
+}
+
+static void pool_slice(const struct pool *p, int i, int *r0, int *r1)
+{
+    *r0 = (int)((int64_t)p->rows * i / p->n);
+    *r1 = (int)((int64_t)p->rows * (i + 1) / p->n);
+}
+
+struct worker_arg {
+    struct pool *p;
+    int index;
+};
+
+static void *pool_worker(void *arg)
+{
+    struct worker_arg *wa = arg;
+    struct pool *p = wa->p;
+    int index = wa->index;
+    free(wa);
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (p->gen == seen && !p->stop)
+            pthread_cond_wait(&p->cv_work, &p->mu);
+        if (p->stop) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        int r0, r1;
+        pool_slice(p, index, &r0, &r1);
+        matvec_rows(p->out, p->w, p->x, r0, r1, p->cols);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static int pool_start(struct pool *p, int n)
+{
+    p->n = 1;
+    pthread_mutex_init(&p->call_lock, NULL);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_work, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    if (n <= 1) return 0;
+    p->th = calloc((size_t)n, sizeof *p->th);
+    if (!p->th) return -1;
+    for (int i = 1; i < n; i++) {
+        struct worker_arg *wa = malloc(sizeof *wa);
+        if (!wa) return -1;
+        *wa = (struct worker_arg){p, i};
+        if (pthread_create(&p->th[i], NULL, pool_worker, wa) != 0) {
+            free(wa);
+            return -1;
+        }
+        p->n = i + 1;
+    }
+    return 0;
+}
+
+static void pool_stop(struct pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++)
+        pthread_join(p->th[i], NULL);
+    free(p->th);
+    pthread_cond_destroy(&p->cv_work);
+    pthread_cond_destroy(&p->cv_done);
+    pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->call_lock);
+}
+
+/* out[rows] = W[rows, cols] x[cols] */
+static void matvec(const struct model *m, float *out, const float *w, const float *x, int rows,
+                   int cols)
+{
+    struct pool *p = (struct pool *)&m->pool; /* the pool is the model's only mutable part */
+    if (p->n <= 1 || (int64_t)rows * cols < MODEL_PAR_MIN_WORK) {
+        matvec_rows(out, w, x, 0, rows, cols);
+        return;
+    }
+    pthread_mutex_lock(&p->call_lock);
+    pthread_mutex_lock(&p->mu);
+    p->out = out, p->w = w, p->x = x, p->rows = rows, p->cols = cols;
+    p->pending = p->n - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    int r0, r1;
+    pool_slice(p, 0, &r0, &r1);
+    matvec_rows(out, w, x, r0, r1, cols);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0)
+        pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->call_lock);
+}
+
+/* ---- load / free ---- */
+
+struct model *model_load(const char *dir, int threads, char *err, size_t errlen)
+{
+    struct model *m = calloc(1, sizeof *m);
+    if (!m) {
+        seterr(err, errlen, "%s: out of memory", dir);
+        return NULL;
+    }
+    if (model_config_load(dir, &m->cfg, err, errlen) != 0 ||
+        load_weights(m, dir, err, errlen) != 0) {
+        model_free(m);
+        return NULL;
+    }
+    if (init_rope(m) != 0 || pool_start(&m->pool, threads) != 0) {
+        seterr(err, errlen, "%s: out of memory or threads", dir);
+        model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void model_free(struct model *m)
+{
+    if (!m) return;
+    if (m->inv_freq) pool_stop(&m->pool); /* started right after inv_freq */
+    if (m->layer) {
+        for (int l = 0; l < m->cfg.layers; l++) {
+            struct layer *L = &m->layer[l];
+            float *ws[] = {L->attn_norm, L->wq,     L->wk,   L->wv,    L->wo,
+                           L->ffn_norm,  L->w_gate, L->w_up, L->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+                free(ws[i]);
+        }
+    }
+    free(m->layer);
+    if (m->lm_head != m->embed) free(m->lm_head);
+    free(m->embed);
+    free(m->norm);
+    free(m->inv_freq);
+    free(m);
+}
+
+const struct model_config *model_cfg(const struct model *m)
+{
+    return &m->cfg;
+}
+
+int model_is_eos(const struct model *m, int id)
+{
+    for (int i = 0; i < m->cfg.neos; i++)
+        if (m->cfg.eos_ids[i] == id) return 1;
+    return 0;
+}
+
+/* ---- context ---- */
+
+struct model_ctx *model_ctx_new(const struct model *m, int max_len)
+{
+    const struct model_config *c = &m->cfg;
+    if (max_len < 1 || max_len > c->max_pos) return NULL;
+    struct model_ctx *x = calloc(1, sizeof *x);
+    if (!x) return NULL;
+    size_t kv = (size_t)c->layers * max_len * c->kv_heads * c->head_dim;
+    size_t qd = (size_t)c->heads * c->head_dim;
+    x->len = max_len;
+    x->kcache = malloc(kv * sizeof(float));
+    x->vcache = malloc(kv * sizeof(float));
+    x->x = malloc((size_t)c->dim * sizeof(float));
+    x->xb = malloc((size_t)c->dim * sizeof(float));
+    x->xb2 = malloc((size_t)c->dim * sizeof(float));
+    x->q = malloc(qd * sizeof(float));
+    x->att_out = malloc(qd * sizeof(float));
+    x->att = malloc((size_t)max_len * sizeof(float));
+    x->hb = malloc((size_t)c->ffn * sizeof(float));
+    x->hb2 = malloc((size_t)c->ffn * sizeof(float));
+    x->logits = malloc((size_t)c->vocab * sizeof(float));
+    if (!x->kcache || !x->vcache || !x->x || !x->xb || !x->xb2 || !x->q || !x->att_out || !x->att ||
+        !x->hb || !x->hb2 || !x->logits) {
+        model_ctx_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+void model_ctx_free(struct model_ctx *x)
+{
+    if (!x) return;
+    free(x->kcache), free(x->vcache), free(x->x), free(x->xb), free(x->xb2);
+    free(x->q), free(x->att_out), free(x->att), free(x->hb), free(x->hb2), free(x->logits);
+    free(x);
+}
+
+int model_ctx_pos(const struct model_ctx *c)
+{
+    return c->pos;
+}
+
+int model_ctx_len(const struct model_ctx *c)
+{
+    return c->len;
+}
+
+/* ---- forward ---- */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * scale * w[i];
+}
+
+/* rotate_half RoPE on nheads vectors of hd floats at v. */
+static void rope(float *v, int nheads, int hd, const float *cosv, const float *sinv)
+{
+    int half = hd / 2;
+    for (int h = 0; h < nheads; h++) {
+        float *a = v + (size_t)h * hd;
+        for (int i = 0; i < half; i++) {
+            float x0 = a[i], x1 = a[i + half];
+            a[i] = x0 * cosv[i] - x1 * sinv[i];
+            a[i + half] = x1 * cosv[i] + x0 * sinv[i];
+        }
+    }
+}
+
+/* Attention of every query head over positions [0, pos] of layer l's cache. */
+static void attention(const struct model *m, struct model_ctx *x, int l)
+{
+    const struct model_config *c = &m->cfg;
+    int hd = c->head_dim, kvd = c->kv_heads * hd, group = c->heads / c->kv_heads;
+    const float *kc = x->kcache + (size_t)l * x->len * kvd;
+    const float *vc = x->vcache + (size_t)l * x->len * kvd;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < c->heads; h++) {
+        const float *q = x->q + (size_t)h * hd;
+        int kvh = h / group;
+        float mx = -INFINITY;
+        for (int t = 0; t <= x->pos; t++) {
+            const float *k = kc + (size_t)t * kvd + (size_t)kvh * hd;
+            float s = 0;
+            for (int i = 0; i < hd; i++)
+                s += q[i] * k[i];
+            x->att[t] = s * scale;
+            if (x->att[t] > mx) mx = x->att[t];
+        }
+        float sum = 0;
+        for (int t = 0; t <= x->pos; t++) {
+            x->att[t] = expf(x->att[t] - mx);
+            sum += x->att[t];
+        }
+        float *o = x->att_out + (size_t)h * hd;
+        memset(o, 0, (size_t)hd * sizeof *o);
+        for (int t = 0; t <= x->pos; t++) {
+            const float *v = vc + (size_t)t * kvd + (size_t)kvh * hd;
+            float a = x->att[t] / sum;
+            for (int i = 0; i < hd; i++)
+                o[i] += a * v[i];
+        }
+    }
+}
+
+static void layer_forward(const struct model *m, struct model_ctx *x, int l, const float *cosv,
+                          const float *sinv)
+{
+    const struct model_config *c = &m->cfg;
+    const struct layer *L = &m->layer[l];
+    int hd = c->head_dim, qd = c->heads * hd, kvd = c->kv_heads * hd;
+    float *k = x->kcache + ((size_t)l * x->len + x->pos) * kvd;
+    float *v = x->vcache + ((size_t)l * x->len + x->pos) * kvd;
+
+    rmsnorm(x->xb, x->x, L->attn_norm, c->dim, c->eps);
+    matvec(m, x->q, L->wq, x->xb, qd, c->dim);
+    matvec(m, k, L->wk, x->xb, kvd, c->dim);
+    matvec(m, v, L->wv, x->xb, kvd, c->dim);
+    rope(x->q, c->heads, hd, cosv, sinv);
+    rope(k, c->kv_heads, hd, cosv, sinv);
+    attention(m, x, l);
+    matvec(m, x->xb2, L->wo, x->att_out, c->dim, qd);
+    for (int i = 0; i < c->dim; i++)
+        x->x[i] += x->xb2[i];
+
+    rmsnorm(x->xb, x->x, L->ffn_norm, c->dim, c->eps);
+    matvec(m, x->hb, L->w_gate, x->xb, c->ffn, c->dim);
+    matvec(m, x->hb2, L->w_up, x->xb, c->ffn, c->dim);
+    for (int i = 0; i < c->ffn; i++) {
+        float g = x->hb[i];
+        x->hb[i] = g / (1.0f + expf(-g)) * x->hb2[i]; /* silu(gate) * up */
+    }
+    matvec(m, x->xb2, L->w_down, x->hb, c->dim, c->ffn);
+    for (int i = 0; i < c->dim; i++)
+        x->x[i] += x->xb2[i];
+}
+
+const float *model_forward(const struct model *m, struct model_ctx *x, int token)
+{
+    const struct model_config *c = &m->cfg;
+    if (x->pos >= x->len || token < 0 || token >= c->vocab) return NULL;
+    memcpy(x->x, m->embed + (size_t)token * c->dim, (size_t)c->dim * sizeof(float));
+    /* cos/sin for this position, shared by every layer and head. */
+    int half = c->head_dim / 2;
+    float cs[2 * 512], *cosv = cs, *sinv, *heap = NULL;
+    if (half > 512) {
+        heap = malloc(2 * (size_t)half * sizeof(float));
+        if (!heap) return NULL;
+        cosv = heap;
+    }
+    sinv = cosv + half;
+    for (int i = 0; i < half; i++) {
+        float ang = (float)x->pos * m->inv_freq[i];
+        cosv[i] = cosf(ang);
+        sinv[i] = sinf(ang);
+    }
+    for (int l = 0; l < c->layers; l++)
+        layer_forward(m, x, l, cosv, sinv);
+    free(heap);
+    rmsnorm(x->xb, x->x, m->norm, c->dim, c->eps);
+    matvec(m, x->logits, m->lm_head, x->xb, c->vocab, c->dim);
+    x->pos++;
+    return x->logits;
+}

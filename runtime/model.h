@@ -1,0 +1,60 @@
+/* model: the Llama architecture on the CPU in f32 (the reference the CUDA backend is checked
+ * against): config.json, weights from safetensors converted to f32 at load, and a forward pass
+ * for one token at a time over a per-request KV cache. A loaded model is immutable; all mutable
+ * state of a generation lives in its struct model_ctx, so contexts on different threads may run
+ * at once. */
+#ifndef ORP_MODEL_H
+#define ORP_MODEL_H
+
+#include <stddef.h>
+
+/* Ids config.json and generation_config.json may list as end of sequence. */
+#define MODEL_MAX_EOS 16
+
+struct model_config {
+    int dim;      /* hidden_size */
+    int ffn;      /* intermediate_size */
+    int layers;   /* num_hidden_layers */
+    int heads;    /* num_attention_heads */
+    int kv_heads; /* num_key_value_heads (default: heads) */
+    int head_dim; /* head_dim (default: dim / heads) */
+    int vocab;    /* vocab_size */
+    int max_pos;  /* max_position_embeddings: the context length */
+    float eps;    /* rms_norm_eps */
+    float rope_theta;
+    int tied;   /* tie_word_embeddings: lm_head is embed_tokens */
+    int bos_id; /* -1 when none */
+    int eos_ids[MODEL_MAX_EOS];
+    int neos;
+    /* rope_scaling of rope_type "llama3" (Llama 3.1+); rope_llama3 == 0 when none. */
+    int rope_llama3;
+    float rs_factor, rs_low_freq, rs_high_freq;
+    int rs_orig_max_pos;
+};
+
+struct model;
+struct model_ctx;
+
+/* Reads DIR/config.json (and the eos ids of DIR/generation_config.json when present). 0, or -1
+ * with err naming the file and the field. */
+int model_config_load(const char *dir, struct model_config *c, char *err, size_t errlen);
+
+/* Loads DIR (config + safetensors). threads > 1 splits the matrix-vector products across that
+ * many threads. Returns a new model (free with model_free) or NULL with err. */
+struct model *model_load(const char *dir, int threads, char *err, size_t errlen);
+void model_free(struct model *m); /* accepts NULL */
+const struct model_config *model_cfg(const struct model *m);
+int model_is_eos(const struct model *m, int id);
+
+/* A generation's KV cache and scratch for up to max_len positions (at most max_pos). NULL when
+ * max_len is out of range or memory is short. */
+struct model_ctx *model_ctx_new(const struct model *m, int max_len);
+void model_ctx_free(struct model_ctx *c);     /* accepts NULL */
+int model_ctx_pos(const struct model_ctx *c); /* positions filled so far */
+int model_ctx_len(const struct model_ctx *c); /* max_len */
+
+/* Runs token at the next position and returns the logits over the vocab (borrowed from c, valid
+ * until the next call), or NULL when the context is full or the token is out of range. */
+const float *model_forward(const struct model *m, struct model_ctx *c, int token);
+
+#endif

@@ -1,0 +1,1153 @@
+/* server: owns the runtime's HTTP surface (docs/contracts.md): the route table, the replica
+ * secret check, request ids, the validation of OpenAI chat-completion requests, the reply and
+ * SSE wire formats, the one-generation-at-a-time slot and the usage journal. It is the only
+ * writer of the usage journal. The model is loaded by a background thread so /health can say
+ * "loading" meanwhile; every other route answers 503 until it is ready.
+ *
+ * Streaming: the handler validates everything and builds a struct sse that owns the whole
+ * generation (it must not point into the httpd_req, which MHD frees on its own schedule), then
+ * queues a response whose content reader produces SSE events as MHD asks for them. With one
+ * thread per connection the reader may block (waiting for the generation slot, running the
+ * model); it never returns 0, which would make MHD poll it in a busy loop. When MHD frees the
+ * response before the stream ended, the client went away: the request is journaled as
+ * "cancelled". */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "chat.h"
+#include "gen.h"
+#include "httpd.h"
+#include "jsonx.h"
+#include "log.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "util.h"
+
+/* A stop string longer than this is refused: the held-back tail of the text is at most this
+ * long, and real stop strings are a few characters. */
+#define RT_MAX_STOP_LEN 256
+/* X-ORP-Request-Id: at most this many characters of [A-Za-z0-9_-] (the gateway's ids are
+ * shorter); it goes into logs and the journal, so it is checked, never trusted. */
+#define RT_MAX_REQUEST_ID 64
+/* /detokenize takes at most this many ids: more than any context we serve. */
+#define RT_MAX_DETOKENIZE (1 << 20)
+/* SSE bytes MHD asks for at a time; an event is usually much smaller. */
+#define RT_SSE_BLOCK 16384
+
+enum rt_state { RT_LOADING = 0, RT_READY, RT_FAILED };
+
+struct rt_config {
+    const char *model, *host, *name, *usage_log, *device, *log_level;
+    int64_t port, threads, max_body;
+};
+
+static const struct cfg_opt rt_opts[] = {
+    {"model", CFG_STRING, NULL, "model directory (config.json, model.safetensors, tokenizer.json)",
+     offsetof(struct rt_config, model)},
+    {"port", CFG_INT, "0", "TCP port to listen on (0: any free port, logged)",
+     offsetof(struct rt_config, port)},
+    {"host", CFG_STRING, "127.0.0.1", "IPv4 address to bind", offsetof(struct rt_config, host)},
+    {"name", CFG_STRING, NULL, "model id to serve (default: the model directory's base name)",
+     offsetof(struct rt_config, name)},
+    {"usage-log", CFG_STRING, NULL, "append one JSON line per generation to this file",
+     offsetof(struct rt_config, usage_log)},
+    {"threads", CFG_INT, "1", "threads for the matrix products of one forward pass",
+     offsetof(struct rt_config, threads)},
+    {"device", CFG_STRING, "cpu", "compute device (this build: cpu)",
+     offsetof(struct rt_config, device)},
+    /* 8 MiB: a full 128k-token context of text with JSON escaping fits, and nothing larger can
+     * be a valid request. */
+    {"max-body", CFG_INT, "8388608", "largest request body in bytes",
+     offsetof(struct rt_config, max_body)},
+    {"log-level", CFG_STRING, "info", "debug, info, warn or error",
+     offsetof(struct rt_config, log_level)},
+};
+
+struct rt {
+    struct rt_config cfg;
+    char name[256];
+    const char *secret; /* ORP_REPLICA_SECRET; NULL when unset or empty */
+    atomic_int state;
+    atomic_int stopping;
+    struct model *model;
+    struct tok *tok;
+    struct chat_tpl tpl;
+    int ctx_len; /* max_position_embeddings */
+    int64_t started_s;
+    /* The generation slot: one generation at a time until batching. A flag under a mutex, not
+     * the mutex itself, because a streaming request takes it in one reader call and gives it
+     * back in another, possibly on another thread (MHD's cleanup). */
+    pthread_mutex_t gen_mu;
+    pthread_cond_t gen_cv;
+    int gen_busy;
+    pthread_mutex_t usage_mu;
+    int usage_fd; /* -1: no journal */
+};
+
+/* ---- shared pieces ---- */
+
+static void gen_acquire(struct rt *rt)
+{
+    pthread_mutex_lock(&rt->gen_mu);
+    while (rt->gen_busy)
+        pthread_cond_wait(&rt->gen_cv, &rt->gen_mu);
+    rt->gen_busy = 1;
+    pthread_mutex_unlock(&rt->gen_mu);
+}
+
+static void gen_release(struct rt *rt)
+{
+    pthread_mutex_lock(&rt->gen_mu);
+    rt->gen_busy = 0;
+    pthread_cond_signal(&rt->gen_cv);
+    pthread_mutex_unlock(&rt->gen_mu);
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Appends one usage line and fsyncs it (docs/contracts.md, "Usage journal"). */
+static void journal(struct rt *rt, const char *rid, int prompt, int completion, const char *finish)
+{
+    if (rt->usage_fd < 0) return;
+    json_t *o = json_pack("{s:s,s:i,s:i,s:s,s:I}", "request_id", rid, "prompt_tokens", prompt,
+                          "completion_tokens", completion, "finish_reason", finish, "at_ms",
+                          (json_int_t)util_wall_ms());
+    char *line = o ? jsonx_dump(o) : NULL;
+    json_decref(o);
+    struct buf b = {0};
+    int rc = !line || buf_printf(&b, "%s\n", line);
+    free(line);
+    if (rc == 0) {
+        pthread_mutex_lock(&rt->usage_mu);
+        rc = write_all(rt->usage_fd, b.data, b.len) || fsync(rt->usage_fd);
+        pthread_mutex_unlock(&rt->usage_mu);
+    }
+    if (rc) log_error("usage journal %s: cannot append: %s", rt->cfg.usage_log, strerror(errno));
+    buf_free(&b);
+}
+
+/* Auth and readiness, before any handler but /health. 0: go on; else a reply is queued. */
+static int admit(struct httpd_req *req)
+{
+    struct rt *rt = req->app;
+    if (rt->secret) {
+        const char *h = httpd_header(req, "Authorization");
+        if (!h || strncmp(h, "Bearer ", 7) != 0 || !util_ct_streq(h + 7, rt->secret)) {
+            httpd_error(req, 401, "invalid_api_key", NULL,
+                        "missing or wrong bearer token for this replica");
+            return -1;
+        }
+    }
+    if (atomic_load(&rt->state) != RT_READY) {
+        req->retry_after = 1;
+        httpd_error(req, 503, "model_loading", NULL, "the model is still loading");
+        return -1;
+    }
+    return 0;
+}
+
+static int valid_request_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > RT_MAX_REQUEST_ID) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The request id: the gateway's header, else rt-<hex>. -1 (400 queued) when the header is bad. */
+static int request_id(struct httpd_req *req, char out[RT_MAX_REQUEST_ID + 8])
+{
+    const char *h = httpd_header(req, "X-ORP-Request-Id");
+    if (h) {
+        if (!valid_request_id(h)) {
+            httpd_error(req, 400, "invalid_request_id", NULL,
+                        "X-ORP-Request-Id must be 1 to %d characters of [A-Za-z0-9_-]",
+                        RT_MAX_REQUEST_ID);
+            return -1;
+        }
+        snprintf(out, RT_MAX_REQUEST_ID + 8, "%s", h);
+    } else {
+        char hex[33];
+        if (util_random_hex(hex, 16) != 0)
+            snprintf(hex, sizeof hex, "%016" PRIx64, (uint64_t)util_wall_ms());
+        snprintf(out, RT_MAX_REQUEST_ID + 8, "rt-%s", hex);
+    }
+    char ctx[RT_MAX_REQUEST_ID + 16];
+    snprintf(ctx, sizeof ctx, "req=%s", out);
+    log_set_context(ctx);
+    return 0;
+}
+
+/* Appends decoded text to out as valid UTF-8 (for JSON). */
+static int utf8_text(const char *p, size_t n, struct buf *out)
+{
+    struct tok_utf8 u = {0};
+    return tok_utf8_feed(&u, p, n, out) || tok_utf8_flush(&u, out);
+}
+
+/* ---- chat completions: parameters ---- */
+
+struct chat_req {
+    json_t *body; /* new reference */
+    char rid[RT_MAX_REQUEST_ID + 8];
+    int stream, include_usage, has_stream_options;
+    int64_t max_tokens, max_completion_tokens; /* -1: absent */
+    double temperature, top_p;
+    int has_seed;
+    int64_t seed;
+    const char *stop[GEN_MAX_STOP]; /* borrowed from body */
+    int nstop;
+};
+
+/* A parameter error: the status and code of the reply, and the message naming the param. */
+struct perr {
+    unsigned status;
+    const char *code;
+    struct jsonx_err e;
+};
+
+__attribute__((format(printf, 5, 6))) static int
+fail(struct perr *pe, unsigned status, const char *code, const char *param, const char *fmt, ...)
+{
+    pe->status = status;
+    pe->code = code;
+    snprintf(pe->e.param, sizeof pe->e.param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pe->e.message, sizeof pe->e.message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* A jsonx getter's failure becomes a 400 invalid_value. */
+static int jx(enum jsonx_rc rc, struct perr *pe)
+{
+    if (rc != JSONX_BAD) return 0;
+    pe->status = 400;
+    pe->code = "invalid_value";
+    return -1;
+}
+
+typedef int (*param_fn)(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                        struct perr *pe);
+
+static int p_model(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)cr;
+    if (!json_is_string(v))
+        return fail(pe, 400, "invalid_value", key, "'%s' must be a string", key);
+    if (strcmp(json_string_value(v), rt->name) != 0)
+        return fail(pe, 404, "model_not_found", key,
+                    "the model '%.100s' does not exist here (this replica serves '%.100s')",
+                    json_string_value(v), rt->name);
+    return 0;
+}
+
+static int p_accept(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)key, (void)v, (void)cr, (void)pe; /* validated elsewhere (messages) */
+    return 0;
+}
+
+static int p_max_tokens(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                        struct perr *pe)
+{
+    (void)v;
+    int64_t n;
+    if (jx(jsonx_get_int(cr->body, key, 0, 1, rt->ctx_len, &n, &pe->e), pe)) return -1;
+    if (strcmp(key, "max_tokens") == 0)
+        cr->max_tokens = n;
+    else
+        cr->max_completion_tokens = n;
+    return 0;
+}
+
+static int p_temperature(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                         struct perr *pe)
+{
+    (void)rt, (void)v;
+    return jx(jsonx_get_number(cr->body, key, 0, 0, 2, &cr->temperature, &pe->e), pe);
+}
+
+static int p_top_p(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)v;
+    if (jx(jsonx_get_number(cr->body, key, 0, 0, 1, &cr->top_p, &pe->e), pe)) return -1;
+    if (cr->top_p <= 0) return fail(pe, 400, "invalid_value", key, "'top_p' must be in (0, 1]");
+    return 0;
+}
+
+static int p_seed(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)v;
+    cr->has_seed = 1;
+    return jx(jsonx_get_int(cr->body, key, 0, INT64_MIN, INT64_MAX, &cr->seed, &pe->e), pe);
+}
+
+static int p_stop(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt;
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if ((!json_is_string(v) && !json_is_array(v)) || n > GEN_MAX_STOP)
+        return fail(pe, 400, "invalid_value", key,
+                    "'stop' must be a string or an array of at most %d strings", GEN_MAX_STOP);
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_string(s) || json_string_length(s) == 0 ||
+            json_string_length(s) > RT_MAX_STOP_LEN ||
+            strlen(json_string_value(s)) != json_string_length(s))
+            return fail(pe, 400, "invalid_value", key,
+                        "each stop string must be 1 to %d bytes, without NUL", RT_MAX_STOP_LEN);
+        cr->stop[cr->nstop++] = json_string_value(s);
+    }
+    return 0;
+}
+
+static int p_stream(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)v;
+    return jx(jsonx_get_bool(cr->body, key, 0, &cr->stream, &pe->e), pe);
+}
+
+static int p_stream_options(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                            struct perr *pe)
+{
+    (void)rt;
+    if (!json_is_object(v))
+        return fail(pe, 400, "invalid_value", key, "'%s' must be an object", key);
+    cr->has_stream_options = 1;
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x)
+    {
+        if (strcmp(k, "include_usage") == 0) {
+            if (jx(jsonx_get_bool(v, k, 0, &cr->include_usage, &pe->e), pe)) {
+                snprintf(pe->e.param, sizeof pe->e.param, "stream_options.include_usage");
+                return -1;
+            }
+        } else if (!json_is_null(x)) {
+            return fail(pe, 400, "unknown_parameter", "stream_options",
+                        "unknown parameter 'stream_options.%.60s'", k);
+        }
+    }
+    return 0;
+}
+
+static int p_n(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)v;
+    int64_t n;
+    if (jx(jsonx_get_int(cr->body, key, 0, 1, 128, &n, &pe->e), pe)) return -1;
+    if (n != 1) return fail(pe, 400, "unsupported_value", key, "only n=1 is supported");
+    return 0;
+}
+
+static int p_string(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)cr;
+    if (!json_is_string(v))
+        return fail(pe, 400, "invalid_value", key, "'%s' must be a string", key);
+    return 0;
+}
+
+static int p_zero(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)cr;
+    if (!json_is_number(v))
+        return fail(pe, 400, "invalid_value", key, "'%s' must be a number", key);
+    if (json_number_value(v) != 0)
+        return fail(pe, 400, "unsupported_value", key, "only %s=0 is supported", key);
+    return 0;
+}
+
+static int p_false(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)cr;
+    if (!json_is_boolean(v))
+        return fail(pe, 400, "invalid_value", key, "'%s' must be a boolean", key);
+    if (json_is_true(v))
+        return fail(pe, 400, "unsupported_value", key, "'%s' is not supported", key);
+    return 0;
+}
+
+static int p_bool(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)cr;
+    if (!json_is_boolean(v))
+        return fail(pe, 400, "invalid_value", key, "'%s' must be a boolean", key);
+    return 0;
+}
+
+static int p_response_format(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                             struct perr *pe)
+{
+    (void)rt, (void)cr;
+    const char *type = json_string_value(json_object_get(v, "type"));
+    if (!json_is_object(v) || !type)
+        return fail(pe, 400, "invalid_value", key, "'response_format' must be {\"type\": ...}");
+    if (strcmp(type, "text") != 0 || json_object_size(v) != 1)
+        return fail(pe, 400, "unsupported_value", key,
+                    "response_format type '%.40s' is not supported (only text)", type);
+    return 0;
+}
+
+static int p_empty_object(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                          struct perr *pe)
+{
+    (void)rt, (void)cr;
+    if (!json_is_object(v))
+        return fail(pe, 400, "invalid_value", key, "'%s' must be an object", key);
+    if (json_object_size(v))
+        return fail(pe, 400, "unsupported_value", key, "'%s' is not supported", key);
+    return 0;
+}
+
+static int p_tool_choice(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                         struct perr *pe)
+{
+    (void)rt, (void)cr;
+    if (json_is_string(v) && strcmp(json_string_value(v), "none") == 0) return 0;
+    return fail(pe, 400, "unsupported_parameter", key, "'%s' is not supported (no tool calling)",
+                key);
+}
+
+static int p_unsupported(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                         struct perr *pe)
+{
+    (void)rt, (void)v, (void)cr;
+    return fail(pe, 400, "unsupported_parameter", key, "'%s' is not supported", key);
+}
+
+/* Every parameter we know. A null value counts as absent; a key not listed is a 400. */
+static const struct {
+    const char *name;
+    param_fn fn;
+} chat_params[] = {
+    {"model", p_model},
+    {"messages", p_accept},
+    {"max_tokens", p_max_tokens},
+    {"max_completion_tokens", p_max_tokens},
+    {"temperature", p_temperature},
+    {"top_p", p_top_p},
+    {"seed", p_seed},
+    {"stop", p_stop},
+    {"stream", p_stream},
+    {"stream_options", p_stream_options},
+    {"n", p_n},
+    {"user", p_string},
+    {"frequency_penalty", p_zero},
+    {"presence_penalty", p_zero},
+    {"logprobs", p_false},
+    {"top_logprobs", p_unsupported},
+    {"response_format", p_response_format},
+    {"logit_bias", p_empty_object},
+    {"tools", p_unsupported},
+    {"tool_choice", p_tool_choice},
+    {"functions", p_unsupported},
+    {"function_call", p_tool_choice},
+    {"parallel_tool_calls", p_bool}, /* meaningless without tools, so harmless */
+    {"store", p_false},
+    {"metadata", p_unsupported},
+    {"modalities", p_unsupported},
+    {"audio", p_unsupported},
+    {"prediction", p_unsupported},
+    {"reasoning_effort", p_unsupported},
+    {"service_tier", p_unsupported},
+    {"web_search_options", p_unsupported},
+};
+
+static int check_params(struct rt *rt, struct chat_req *cr, struct perr *pe)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(cr->body, key, v)
+    {
+        size_t i = 0, n = sizeof chat_params / sizeof chat_params[0];
+        while (i < n && strcmp(chat_params[i].name, key) != 0)
+            i++;
+        if (i == n) {
+            char k[64];
+            snprintf(k, sizeof k, "%s", key);
+            return fail(pe, 400, "unknown_parameter", k, "unknown parameter '%.60s'", key);
+        }
+        if (json_is_null(v)) continue;
+        if (chat_params[i].fn(rt, key, v, cr, pe) != 0) return -1;
+    }
+    if (cr->has_stream_options && !cr->stream)
+        return fail(pe, 400, "invalid_value", "stream_options",
+                    "'stream_options' is only allowed when 'stream' is true");
+    return 0;
+}
+
+/* ---- chat completions: replies ---- */
+
+static json_t *usage_json(int prompt, int completion)
+{
+    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", prompt, "completion_tokens", completion,
+                     "total_tokens", prompt + completion);
+}
+
+static void reply_completion(struct httpd_req *req, struct rt *rt, const char *rid,
+                             const struct gen *g, const char *content)
+{
+    char id[RT_MAX_REQUEST_ID + 24];
+    snprintf(id, sizeof id, "chatcmpl-%s", rid);
+    json_t *msg = json_pack("{s:s,s:s,s:n}", "role", "assistant", "content", content, "refusal");
+    json_t *choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "message", msg, "logprobs",
+                               "finish_reason", gen_finish_name(g->finish));
+    json_t *body =
+        json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:n}", "id", id, "object", "chat.completion",
+                  "created", (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices",
+                  choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint");
+    if (!body) {
+        httpd_error(req, 500, "internal_error", NULL, "could not build the reply");
+        return;
+    }
+    httpd_reply_json(req, 200, body);
+}
+
+static void run_blocking(struct httpd_req *req, struct rt *rt, struct chat_req *cr, struct gen *g)
+{
+    struct buf content = {0};
+    int rc = buf_append(&content, "", 0);
+    gen_acquire(rt);
+    if (rc == 0) rc = gen_prefill(g);
+    while (rc == 0 && g->finish == GEN_RUNNING && !atomic_load(&rt->stopping))
+        rc = gen_step(g, &content);
+    gen_release(rt);
+    if (rc != 0) {
+        journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
+        httpd_error(req, 500, "internal_error", NULL, "generation failed (out of memory)");
+    } else if (g->finish == GEN_RUNNING) {
+        journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
+        httpd_error(req, 503, "shutting_down", NULL, "the runtime is shutting down");
+    } else {
+        journal(rt, cr->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
+        log_info("chat completion: %d prompt + %d completion tokens, %s", g->n_prompt, g->produced,
+                 gen_finish_name(g->finish));
+        reply_completion(req, rt, cr->rid, g, content.data);
+    }
+    buf_free(&content);
+}
+
+/* ---- chat completions: streaming ---- */
+
+enum sse_phase { SSE_ROLE = 0, SSE_PREFILL, SSE_GEN, SSE_DONE };
+
+struct sse {
+    struct rt *rt;
+    char rid[RT_MAX_REQUEST_ID + 8];
+    char id[RT_MAX_REQUEST_ID + 24];
+    json_int_t created;
+    int include_usage;
+    struct gen g;
+    enum sse_phase phase;
+    int holding;    /* holds the generation slot */
+    int ran;        /* the model ran: the request will be journaled */
+    struct buf out; /* SSE bytes not yet handed to MHD */
+    size_t out_off;
+};
+
+static int sse_event(struct sse *s, json_t *v)
+{
+    char *j = v ? jsonx_dump(v) : NULL;
+    json_decref(v);
+    if (!j) return -1;
+    int rc = buf_printf(&s->out, "data: %s\n\n", j);
+    free(j);
+    return rc;
+}
+
+/* A chunk with one choice carrying delta (stolen) and finish_reason (NULL: null). */
+static int sse_chunk(struct sse *s, json_t *delta, const char *finish)
+{
+    json_t *choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs",
+                               "finish_reason", finish ? json_string(finish) : json_null());
+    json_t *c = json_pack("{s:s,s:s,s:I,s:s,s:n,s:[o]}", "id", s->id, "object",
+                          "chat.completion.chunk", "created", s->created, "model", s->rt->name,
+                          "system_fingerprint", "choices", choice);
+    if (c && s->include_usage) json_object_set_new(c, "usage", json_null());
+    return sse_event(s, c);
+}
+
+static int sse_finish(struct sse *s)
+{
+    struct gen *g = &s->g;
+    gen_release(s->rt);
+    s->holding = 0;
+    s->phase = SSE_DONE;
+    journal(s->rt, s->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
+    log_info("chat completion (stream): %d prompt + %d completion tokens, %s", g->n_prompt,
+             g->produced, gen_finish_name(g->finish));
+    if (sse_chunk(s, json_object(), gen_finish_name(g->finish)) != 0) return -1;
+    if (s->include_usage) {
+        json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:n,s:[],s:o}", "id", s->id, "object",
+                              "chat.completion.chunk", "created", s->created, "model", s->rt->name,
+                              "system_fingerprint", "choices", "usage",
+                              usage_json(g->n_prompt, g->produced));
+        if (sse_event(s, u) != 0) return -1;
+    }
+    return buf_append(&s->out, "data: [DONE]\n\n", 14);
+}
+
+/* Produces the next event(s) into s->out. 0, or -1 to end the stream with an error. */
+static int sse_advance(struct sse *s)
+{
+    struct gen *g = &s->g;
+    switch (s->phase) {
+    case SSE_ROLE:
+        s->phase = SSE_PREFILL;
+        return sse_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL);
+    case SSE_PREFILL:
+        gen_acquire(s->rt);
+        s->holding = 1;
+        s->ran = 1;
+        s->phase = SSE_GEN;
+        return gen_prefill(g);
+    case SSE_GEN: {
+        struct buf delta = {0};
+        int rc = 0;
+        while (rc == 0 && delta.len == 0 && g->finish == GEN_RUNNING) {
+            if (atomic_load(&s->rt->stopping)) rc = -1;
+            if (rc == 0) rc = gen_step(g, &delta);
+        }
+        if (rc == 0 && delta.len)
+            rc = sse_chunk(s, json_pack("{s:s%}", "content", delta.data, delta.len), NULL);
+        buf_free(&delta);
+        if (rc == 0 && g->finish != GEN_RUNNING) rc = sse_finish(s);
+        return rc;
+    }
+    case SSE_DONE:
+        break;
+    }
+    return 0;
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    struct sse *s = cls;
+    char ctx[RT_MAX_REQUEST_ID + 16];
+    snprintf(ctx, sizeof ctx, "req=%s", s->rid);
+    log_set_context(ctx);
+    while (s->out_off == s->out.len) {
+        s->out.len = s->out_off = 0;
+        if (s->phase == SSE_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (sse_advance(s) != 0) {
+            log_warn("stream ended early (shutting down, or out of memory)");
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+    }
+    size_t n = s->out.len - s->out_off;
+    if (n > max) n = max;
+    memcpy(buf, s->out.data + s->out_off, n);
+    s->out_off += n;
+    return (ssize_t)n;
+}
+
+/* MHD's free callback: runs once the response is done with, finished or not. */
+static void sse_free(void *cls)
+{
+    struct sse *s = cls;
+    if (s->phase != SSE_DONE && s->ran) {
+        char ctx[RT_MAX_REQUEST_ID + 16];
+        snprintf(ctx, sizeof ctx, "req=%s", s->rid);
+        log_set_context(ctx);
+        log_info("client went away after %d completion tokens: cancelled", s->g.produced);
+        journal(s->rt, s->rid, s->g.n_prompt, s->g.produced, "cancelled");
+        log_set_context(NULL);
+    }
+    if (s->holding) gen_release(s->rt);
+    gen_free(&s->g);
+    buf_free(&s->out);
+    free(s);
+}
+
+/* Takes g over (moved into the stream state) and queues the streaming response. */
+static void start_stream(struct httpd_req *req, struct rt *rt, struct chat_req *cr, struct gen *g)
+{
+    struct sse *s = calloc(1, sizeof *s);
+    if (!s) {
+        gen_free(g);
+        httpd_error(req, 503, "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    s->rt = rt;
+    snprintf(s->rid, sizeof s->rid, "%s", cr->rid);
+    snprintf(s->id, sizeof s->id, "chatcmpl-%s", cr->rid);
+    s->created = (json_int_t)(util_wall_ms() / 1000);
+    s->include_usage = cr->include_usage;
+    s->g = *g;
+    memset(g, 0, sizeof *g);
+    /* From here MHD owns s: it calls sse_free exactly once, even if queueing fails. */
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, RT_SSE_BLOCK, sse_read, s, sse_free);
+    if (!r) {
+        sse_free(s);
+        httpd_error(req, 503, "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    MHD_add_response_header(r, "Content-Type", "text/event-stream");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    httpd_reply_response(req, 200, r);
+}
+
+/* ---- chat completions: the handler ---- */
+
+static uint64_t random_seed(void)
+{
+    char hex[17];
+    if (util_random_hex(hex, 8) != 0) return (uint64_t)util_now_ms();
+    return strtoull(hex, NULL, 16);
+}
+
+/* Fills the generation parameters; -1 (reply queued) when the request cannot fit the context. */
+static int plan(struct httpd_req *req, struct rt *rt, struct chat_req *cr, int n_prompt,
+                struct gen_params *gp)
+{
+    int64_t want = cr->max_completion_tokens >= 0 ? cr->max_completion_tokens : cr->max_tokens;
+    const char *param = cr->max_completion_tokens >= 0 ? "max_completion_tokens" : "max_tokens";
+    if (n_prompt >= rt->ctx_len) {
+        httpd_error(req, 400, "context_length_exceeded", "messages",
+                    "This model's maximum context length is %d tokens. However, your messages "
+                    "resulted in %d tokens.",
+                    rt->ctx_len, n_prompt);
+        return -1;
+    }
+    if (want >= 0 && n_prompt + want > rt->ctx_len) {
+        httpd_error(req, 400, "context_length_exceeded", param,
+                    "This model's maximum context length is %d tokens. However, you requested "
+                    "%" PRId64 " tokens (%d in the messages, %" PRId64 " in the completion).",
+                    rt->ctx_len, n_prompt + want, n_prompt, want);
+        return -1;
+    }
+    memset(gp, 0, sizeof *gp);
+    gp->max_new = want >= 0 ? (int)want : rt->ctx_len - n_prompt;
+    gp->temperature = (float)cr->temperature;
+    gp->top_p = (float)cr->top_p;
+    gp->seed = cr->has_seed ? (uint64_t)cr->seed : random_seed();
+    gp->nstop = cr->nstop;
+    for (int i = 0; i < cr->nstop; i++)
+        gp->stop[i] = cr->stop[i];
+    return 0;
+}
+
+static void h_chat(struct httpd_req *req)
+{
+    struct rt *rt = req->app;
+    if (admit(req) != 0) return;
+    struct chat_req cr = {
+        .max_tokens = -1, .max_completion_tokens = -1, .temperature = 1.0, .top_p = 1.0};
+    if (request_id(req, cr.rid) != 0) return;
+    struct perr pe = {0};
+    cr.body = jsonx_parse_object(req->body.data, req->body.len, &pe.e);
+    if (!cr.body) {
+        httpd_error(req, 400, "invalid_json", NULL, "%s", pe.e.message);
+        return;
+    }
+    struct tok_ids prompt = {0};
+    struct gen_params gp;
+    if (check_params(rt, &cr, &pe) != 0) {
+        httpd_error(req, pe.status, pe.code, pe.e.param, "%s", pe.e.message);
+        goto out;
+    }
+    int rc =
+        chat_encode(&rt->tpl, rt->tok, json_object_get(cr.body, "messages"), 1, &prompt, &pe.e);
+    if (rc == -1) {
+        httpd_error(req, 400, "invalid_value", pe.e.param, "%s", pe.e.message);
+        goto out;
+    }
+    if (rc != 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not tokenize the messages");
+        goto out;
+    }
+    if (plan(req, rt, &cr, (int)prompt.n, &gp) != 0) goto out;
+    struct gen g;
+    if (gen_init(&g, rt->model, rt->tok, prompt.v, (int)prompt.n, &gp) != 0) {
+        httpd_error(req, 503, "out_of_memory", NULL, "not enough memory for this request");
+        goto out;
+    }
+    if (cr.stream) {
+        start_stream(req, rt, &cr, &g);
+    } else {
+        run_blocking(req, rt, &cr, &g);
+        gen_free(&g);
+    }
+out:
+    tok_ids_free(&prompt);
+    json_decref(cr.body);
+}
+
+/* ---- other routes ---- */
+
+static void h_health(struct httpd_req *req)
+{
+    struct rt *rt = req->app;
+    if (atomic_load(&rt->state) == RT_READY)
+        httpd_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
+    else
+        httpd_reply_json(req, 503, json_pack("{s:s}", "status", "loading"));
+}
+
+static void h_models(struct httpd_req *req)
+{
+    struct rt *rt = req->app;
+    if (admit(req) != 0) return;
+    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", rt->name, "object", "model", "created",
+                          (json_int_t)rt->started_s, "owned_by", "openrunpod", "max_model_len",
+                          rt->ctx_len);
+    httpd_reply_json(req, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
+}
+
+/* Only these keys are known to /tokenize and /detokenize. */
+static int check_keys(struct httpd_req *req, json_t *body, const char *const *keys)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        int known = 0;
+        for (const char *const *k = keys; *k; k++)
+            known |= strcmp(*k, key) == 0;
+        if (!known) {
+            char k[64];
+            snprintf(k, sizeof k, "%s", key);
+            httpd_error(req, 400, "unknown_parameter", k, "unknown parameter '%.60s'", key);
+            return -1;
+        }
+    }
+    const char *name = ((struct rt *)req->app)->name;
+    json_t *model = json_object_get(body, "model");
+    if (model && !json_is_null(model) &&
+        (!json_is_string(model) || strcmp(json_string_value(model), name) != 0)) {
+        httpd_error(req, 404, "model_not_found", "model", "this replica serves '%.100s'", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* Appends the token strings of ids (each made valid UTF-8 on its own) to arr. */
+static int token_strs(struct rt *rt, const struct tok_ids *ids, json_t *arr)
+{
+    for (size_t i = 0; i < ids->n; i++) {
+        size_t n = 0;
+        const char *b = tok_bytes(rt->tok, ids->v[i], &n);
+        struct buf s = {0};
+        if (utf8_text(b ? b : "", b ? n : 0, &s) != 0) return -1;
+        json_array_append_new(arr, json_stringn(s.data, s.len));
+        buf_free(&s);
+    }
+    return 0;
+}
+
+/* vLLM's /tokenize: {"prompt"} or {"messages"}, add_special_tokens, add_generation_prompt,
+ * return_token_strs -> {"count", "max_model_len", "tokens", "token_strs"}. */
+static void h_tokenize(struct httpd_req *req)
+{
+    static const char *const keys[] = {"model",
+                                       "prompt",
+                                       "messages",
+                                       "add_special_tokens",
+                                       "add_generation_prompt",
+                                       "return_token_strs",
+                                       NULL};
+    struct rt *rt = req->app;
+    if (admit(req) != 0) return;
+    struct jsonx_err e = {0};
+    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &e);
+    if (!body) {
+        httpd_error(req, 400, "invalid_json", NULL, "%s", e.message);
+        return;
+    }
+    struct tok_ids ids = {0};
+    const char *prompt = NULL;
+    json_t *messages = json_object_get(body, "messages");
+    int has_messages = messages && !json_is_null(messages);
+    int add_special = !has_messages, add_gen = 1, strs = 0, rc = 0;
+    if (check_keys(req, body, keys) != 0) goto out;
+    if (jsonx_get_string(body, "prompt", 0, &prompt, 0, &e) == JSONX_BAD ||
+        jsonx_get_bool(body, "add_special_tokens", 0, &add_special, &e) == JSONX_BAD ||
+        jsonx_get_bool(body, "add_generation_prompt", 0, &add_gen, &e) == JSONX_BAD ||
+        jsonx_get_bool(body, "return_token_strs", 0, &strs, &e) == JSONX_BAD) {
+        httpd_error(req, 400, "invalid_value", e.param, "%s", e.message);
+        goto out;
+    }
+    if (!prompt == !has_messages) {
+        httpd_error(req, 400, "invalid_value", "prompt",
+                    "give exactly one of 'prompt' and 'messages'");
+        goto out;
+    }
+    if (prompt) {
+        char err[256];
+        const struct model_config *c = model_cfg(rt->model);
+        if (add_special && c->bos_id >= 0) rc = tok_ids_push(&ids, c->bos_id);
+        if (rc == 0) rc = tok_encode(rt->tok, prompt, strlen(prompt), 1, &ids, err, sizeof err);
+    } else {
+        rc = chat_encode(&rt->tpl, rt->tok, messages, add_gen, &ids, &e);
+        if (rc == -1) {
+            httpd_error(req, 400, "invalid_value", e.param, "%s", e.message);
+            goto out;
+        }
+    }
+    json_t *arr = json_array(), *sarr = strs ? json_array() : json_null();
+    for (size_t i = 0; i < ids.n; i++)
+        json_array_append_new(arr, json_integer(ids.v[i]));
+    if (rc == 0 && strs) rc = token_strs(rt, &ids, sarr);
+    json_t *reply = json_pack("{s:i,s:i,s:o,s:o}", "count", (int)ids.n, "max_model_len",
+                              rt->ctx_len, "tokens", arr, "token_strs", sarr);
+    if (rc != 0 || !reply) {
+        json_decref(reply);
+        httpd_error(req, 500, "internal_error", NULL, "tokenization failed");
+        goto out;
+    }
+    httpd_reply_json(req, 200, reply);
+out:
+    tok_ids_free(&ids);
+    json_decref(body);
+}
+
+/* vLLM's /detokenize: {"tokens": [ids]} -> {"prompt": text}. Special tokens are kept; bytes that
+ * are not valid UTF-8 become U+FFFD. */
+static void h_detokenize(struct httpd_req *req)
+{
+    static const char *const keys[] = {"model", "tokens", NULL};
+    struct rt *rt = req->app;
+    if (admit(req) != 0) return;
+    struct jsonx_err e = {0};
+    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &e);
+    if (!body) {
+        httpd_error(req, 400, "invalid_json", NULL, "%s", e.message);
+        return;
+    }
+    struct tok_ids ids = {0};
+    struct buf raw = {0}, text = {0};
+    if (check_keys(req, body, keys) != 0) goto out;
+    json_t *arr = json_object_get(body, "tokens");
+    if (!json_is_array(arr) || json_array_size(arr) > RT_MAX_DETOKENIZE) {
+        httpd_error(req, 400, "invalid_value", "tokens",
+                    "'tokens' must be an array of at most %d token ids", RT_MAX_DETOKENIZE);
+        goto out;
+    }
+    size_t i;
+    json_t *v;
+    size_t dummy;
+    json_array_foreach(arr, i, v)
+    {
+        json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
+        if (id < 0 || id >= tok_vocab_size(rt->tok) || !tok_bytes(rt->tok, (int)id, &dummy)) {
+            httpd_error(req, 400, "invalid_value", "tokens",
+                        "tokens[%zu] is not a token id of this model", i);
+            goto out;
+        }
+        if (tok_ids_push(&ids, (int)id) != 0) break;
+    }
+    if (ids.n != json_array_size(arr) || tok_decode(rt->tok, ids.v, ids.n, 0, &raw) != 0 ||
+        utf8_text(raw.data, raw.len, &text) != 0) {
+        httpd_error(req, 500, "internal_error", NULL, "out of memory");
+        goto out;
+    }
+    httpd_reply_json(req, 200, json_pack("{s:s%}", "prompt", text.data, text.len));
+out:
+    buf_free(&raw);
+    buf_free(&text);
+    tok_ids_free(&ids);
+    json_decref(body);
+}
+
+static const struct httpd_route routes[] = {
+    {"GET", "/health", h_health},
+    {"GET", "/v1/models", h_models},
+    {"POST", "/v1/chat/completions", h_chat},
+    {"POST", "/tokenize", h_tokenize},
+    {"POST", "/detokenize", h_detokenize},
+};
+
+/* ---- start-up ---- */
+
+/* The background loader: tokenizer, model, template. On failure it logs why and signals the
+ * main thread, which exits 1 (the agent reports the replica failed and restarts it). */
+static void *loader(void *arg)
+{
+    struct rt *rt = arg;
+    char err[5200], path[4096];
+    int64_t t0 = util_now_ms();
+    log_info("loading the model from %s", rt->cfg.model);
+    snprintf(path, sizeof path, "%s/tokenizer.json", rt->cfg.model);
+    rt->tok = tok_load(path, err, sizeof err);
+    if (rt->tok) rt->model = model_load(rt->cfg.model, (int)rt->cfg.threads, err, sizeof err);
+    if (rt->model && chat_tpl_init(&rt->tpl, rt->tok, err, sizeof err) == 0) {
+        if (tok_vocab_size(rt->tok) > model_cfg(rt->model)->vocab) {
+            snprintf(err, sizeof err,
+                     "%s: the tokenizer has %d ids but config.json's vocab_size "
+                     "is %d",
+                     path, tok_vocab_size(rt->tok), model_cfg(rt->model)->vocab);
+        } else {
+            rt->ctx_len = model_cfg(rt->model)->max_pos;
+            atomic_store(&rt->state, RT_READY);
+            const struct model_config *c = model_cfg(rt->model);
+            log_info("model '%s' ready in %lld ms: %d layers, dim %d, vocab %d, context %d",
+                     rt->name, (long long)(util_now_ms() - t0), c->layers, c->dim, c->vocab,
+                     c->max_pos);
+            return NULL;
+        }
+    }
+    log_error("cannot load the model: %s", err);
+    atomic_store(&rt->state, RT_FAILED);
+    kill(getpid(), SIGUSR1);
+    return NULL;
+}
+
+static int parse_config(struct rt *rt, int argc, char **argv, int first)
+{
+    static const char usage[] =
+        "usage: orp-runtime serve --model DIR --port N [--host ADDR] [--name NAME]\n"
+        "                         [--usage-log FILE] [--threads N] [--device cpu]\n"
+        "                         [--max-body BYTES] [--log-level L]\n"
+        "Environment: ORP_REPLICA_SECRET, when set, is the bearer token every route but\n"
+        "GET /health requires.";
+    char err[256];
+    size_t n = sizeof rt_opts / sizeof rt_opts[0];
+    int rc = cfg_parse(rt_opts, n, &rt->cfg, "ORP_RUNTIME", argc, argv, first, err, sizeof err);
+    if (rc == 1) {
+        cfg_print_help(stdout, usage, rt_opts, n, "ORP_RUNTIME");
+        return 1;
+    }
+    const struct rt_config *c = &rt->cfg;
+    if (rc == 0 && !c->model) snprintf(err, sizeof err, "--model DIR is required"), rc = -1;
+    if (rc == 0 && (c->port < 0 || c->port > 65535))
+        snprintf(err, sizeof err, "--port must be in [0, 65535]"), rc = -1;
+    if (rc == 0 && (c->threads < 1 || c->threads > 256))
+        snprintf(err, sizeof err, "--threads must be in [1, 256]"), rc = -1;
+    if (rc == 0 && (c->max_body < 1024 || c->max_body > (1 << 30)))
+        snprintf(err, sizeof err, "--max-body must be in [1024, 2^30]"), rc = -1;
+    if (rc == 0 && strcmp(c->device, "cpu") != 0)
+        snprintf(err, sizeof err, "--device %s: this build serves on the cpu only", c->device),
+            rc = -1;
+    if (rc != 0) {
+        fprintf(stderr, "orp-runtime serve: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static void set_name(struct rt *rt)
+{
+    if (rt->cfg.name && *rt->cfg.name) {
+        snprintf(rt->name, sizeof rt->name, "%s", rt->cfg.name);
+        return;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", rt->cfg.model);
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        dir[--n] = '\0';
+    const char *base = strrchr(dir, '/');
+    snprintf(rt->name, sizeof rt->name, "%s", base ? base + 1 : dir);
+}
+
+static int open_journal(struct rt *rt)
+{
+    rt->usage_fd = -1;
+    if (!rt->cfg.usage_log) return 0;
+    rt->usage_fd = open(rt->cfg.usage_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (rt->usage_fd < 0) {
+        log_error("usage journal %s: cannot open: %s", rt->cfg.usage_log, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int rt_serve(int argc, char **argv, int first)
+{
+    static struct rt rt; /* lives as long as the process: MHD threads may outlast main's frame */
+    int rc = parse_config(&rt, argc, argv, first);
+    if (rc != 0) return rc == 1 ? 0 : 2;
+    log_init("orp-runtime", rt.cfg.log_level);
+    set_name(&rt);
+    const char *secret = getenv("ORP_REPLICA_SECRET");
+    rt.secret = secret && *secret ? secret : NULL;
+    rt.started_s = util_wall_ms() / 1000;
+    pthread_mutex_init(&rt.gen_mu, NULL);
+    pthread_cond_init(&rt.gen_cv, NULL);
+    pthread_mutex_init(&rt.usage_mu, NULL);
+    if (open_journal(&rt) != 0) return 1;
+
+    /* Block the signals we wait for before any thread starts, so every thread inherits it and
+     * sigwait below is the only place they are taken. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct httpd_config hc = {
+        .name = "runtime",
+        .host = rt.cfg.host,
+        .port = (int)rt.cfg.port,
+        .thread_per_connection = 1,
+        .conn_limit = 256,
+        .conn_timeout_s = 120,
+        .max_body = (size_t)rt.cfg.max_body,
+        .routes = routes,
+        .nroutes = sizeof routes / sizeof routes[0],
+        .app = &rt,
+    };
+    char err[256];
+    struct httpd_server *srv = httpd_start(&hc, err, sizeof err);
+    if (!srv) {
+        log_error("%s", err);
+        return 1;
+    }
+    log_info("listening on %s:%d, serving '%s'%s", rt.cfg.host, httpd_port(srv), rt.name,
+             rt.secret ? " (secret required)" : "");
+    pthread_t th;
+    if (pthread_create(&th, NULL, loader, &rt) != 0) {
+        log_error("cannot start the loader thread");
+        httpd_stop(srv);
+        return 1;
+    }
+    pthread_detach(th);
+    int sig = 0;
+    sigwait(&set, &sig);
+    int failed = sig == SIGUSR1;
+    if (!failed) log_info("signal %d: stopping", sig);
+    atomic_store(&rt.stopping, 1);
+    httpd_stop(srv);
+    if (!failed && atomic_load(&rt.state) == RT_LOADING) return 0; /* the loader still runs */
+    model_free(rt.model);
+    tok_free(rt.tok);
+    if (rt.usage_fd >= 0) close(rt.usage_fd);
+    return failed ? 1 : 0;
+}
