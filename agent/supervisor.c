@@ -47,6 +47,8 @@ extern char **environ;
 /* A runtime that ran this long before exiting was healthy: its next restart waits only the initial
  * backoff again, instead of the doubled delay earned by a crash loop. */
 #define SUP_BACKOFF_RESET_MS 60000
+/* How long sup_stop_all waits past the SIGKILL for the kernel to let processes go. */
+#define SUP_STOP_ALL_EXTRA_MS 5000
 
 void sup_config_defaults(struct sup_config *cfg)
 {
@@ -322,6 +324,51 @@ static void child_exec(const char *bin, char *const argv[], char *const envp[],
     _exit(127);
 }
 
+static void spawn(struct sup *s, struct sup_replica *r);
+
+/* 1 when the comma-joined device lists a and b share a device. */
+static int devices_overlap(const char *a, const char *b)
+{
+    for (const char *p = a; *p;) {
+        size_t n = strcspn(p, ",");
+        for (const char *q = b; *q;) {
+            size_t m = strcspn(q, ",");
+            if (n == m && !strncmp(p, q, n)) return 1;
+            q += m + (q[m] == ',');
+        }
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+/* The replica still holding one of r's devices while it stops, or NULL. A new placement (often
+ * the same replica with a new epoch) waits for it: two runtimes loading a 70B model on the same
+ * GPUs at once would run out of memory. */
+static const struct sup_replica *devices_held_by(const struct sup *s, const struct sup_replica *r)
+{
+    for (const struct sup_replica *q = s->list; q; q = q->next)
+        if (q != r && q->pid > 0 && !q->desired &&
+            devices_overlap(q->spec.devices, r->spec.devices))
+            return q;
+    return NULL;
+}
+
+/* Spawns r unless its devices are still held by a stopping replica (then it waits, and the next
+ * tick tries again). */
+static void spawn_when_free(struct sup *s, struct sup_replica *r)
+{
+    const struct sup_replica *q = devices_held_by(s, r);
+    if (!q) {
+        r->waiting_logged = 0;
+        spawn(s, r);
+    } else if (!r->waiting_logged) {
+        r->waiting_logged = 1;
+        log_info("replica %s/%lld: waiting for replica %s/%lld to release its devices",
+                 r->spec.replica_id, (long long)r->spec.epoch, q->spec.replica_id,
+                 (long long)q->spec.epoch);
+    }
+}
+
 /* Starts r's runtime: NEW, BACKOFF or STOPPED → STARTING, or → BACKOFF when it cannot. */
 static void spawn(struct sup *s, struct sup_replica *r)
 {
@@ -501,7 +548,7 @@ void sup_tick(struct sup *s)
         int64_t now = util_now_ms();
         switch (r->state) {
         case SUP_NEW:
-            if (r->desired) spawn(s, r);
+            if (r->desired) spawn_when_free(s, r);
             break;
         case SUP_STARTING:
             if (r->kill_at_ms == 0 && now - r->state_since_ms > s->cfg.start_timeout_ms) {
@@ -521,7 +568,7 @@ void sup_tick(struct sup *s)
             if (!r->desired)
                 set_state(r, SUP_STOPPED, "no longer desired");
             else if (now >= r->next_start_ms)
-                spawn(s, r);
+                spawn_when_free(s, r);
             break;
         case SUP_STOPPING:
             if (r->kill_at_ms && now >= r->kill_at_ms) {
@@ -533,7 +580,7 @@ void sup_tick(struct sup *s)
             }
             break;
         case SUP_STOPPED:
-            if (r->desired) spawn(s, r);
+            if (r->desired) spawn_when_free(s, r);
             break;
         }
     }
@@ -568,7 +615,7 @@ void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
     }
     for (struct sup_replica *r = s->list; r; r = r->next) {
         if (r->desired) {
-            if (r->state == SUP_NEW || r->state == SUP_STOPPED) spawn(s, r);
+            if (r->state == SUP_NEW || r->state == SUP_STOPPED) spawn_when_free(s, r);
             continue;
         }
         switch (r->state) {
@@ -636,9 +683,20 @@ void sup_stop_all(struct sup *s)
         else if (r->state == SUP_NEW || r->state == SUP_BACKOFF)
             set_state(r, SUP_STOPPED, "agent stopping");
     }
+    /* SIGKILL follows after the grace time; past that plus SUP_STOP_ALL_EXTRA_MS, a process stuck
+     * in the kernel (D state) is given up on rather than keeping the agent from exiting. */
+    int64_t give_up = util_now_ms() + s->cfg.stop_grace_ms + SUP_STOP_ALL_EXTRA_MS;
     while (any_process(s)) {
         sup_tick(s); /* reaps, and SIGKILLs whatever outlived its grace time */
-        if (any_process(s)) util_sleep_ms(50);
+        if (!any_process(s)) break;
+        if (util_now_ms() >= give_up) {
+            for (struct sup_replica *r = s->list; r; r = r->next)
+                if (r->pid > 0)
+                    log_error("replica %s/%lld: pid %d survives SIGKILL; leaving it",
+                              r->spec.replica_id, (long long)r->spec.epoch, (int)r->pid);
+            break;
+        }
+        util_sleep_ms(50);
     }
 }
 

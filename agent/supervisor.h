@@ -9,7 +9,9 @@
  * through one function (set_state in supervisor.c), which checks that it is legal and logs why.
  *
  * States (what the controller sees in brackets):
- *   NEW       [—]        just created from the desired list; leaves it at once.
+ *   NEW       [—]        just created from the desired list; started at once, unless one of its
+ *                        devices is still held by a replica being stopped (then at the tick after
+ *                        that one is gone).
  *   STARTING  [starting] the process runs; /health has not answered 200 yet (or stopped answering
  *                        for a while after being ready: not routable until it answers again).
  *   READY     [ready]    /health answered 200.
@@ -66,6 +68,7 @@ struct sup_replica {
     char kill_reason[128]; /* why we killed it ourselves, reported instead of "killed by signal" */
     int desired;
     int reported_stopped; /* STOPPED and included in the last report */
+    int waiting_logged;   /* "waiting for devices" was logged for the current wait */
     struct sup_replica *next;
 };
 

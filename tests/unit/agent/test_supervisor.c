@@ -255,14 +255,32 @@ static void test_restart_backoff_and_kill(struct sup *s)
     CHECK(wait_state(s, r, SUP_STARTING, 3000));
     pid_t pid = r->pid;
     util_sleep_ms(300); /* let the script install its trap */
+    /* Placed again (new epoch) on the same GPUs: the new runtime waits until the old one, which
+     * needs the SIGKILL, is gone. */
+    flag("ignore_term", 0);
+    struct sup_spec b2 = spec("rep-b", 2, "gpu", "GPU-bbb");
     int64_t t0 = util_now_ms();
-    sup_apply_desired(s, NULL, 0);
+    sup_apply_desired(s, &b2, 1);
+    struct sup_replica *r2 = sup_find(s, "rep-b", 2);
+    CHECK(r2 != NULL);
+    CHECK_INT_EQ(r->state, SUP_STOPPING);
+    CHECK_INT_EQ(r2->state, SUP_NEW);
+    CHECK_INT_EQ(r2->pid, 0);
     CHECK(wait_state(s, r, SUP_STOPPED, 5000));
     int64_t took = util_now_ms() - t0;
     CHECK(took >= 450);
     CHECK_STR_EQ(r->reason, "killed by signal 9");
     CHECK(process_gone(pid));
-    flag("ignore_term", 0);
+    CHECK(wait_state(s, r2, SUP_STARTING, 1000));
+    json_t *rep2 = sup_report(s);
+    CHECK_STR_EQ(json_string_value(json_object_get(find_report(rep2, "rep-b"), "state")),
+                 "stopped");
+    json_decref(rep2);
+    sup_report_delivered(s);
+    CHECK(sup_find(s, "rep-b", 1) == NULL);
+    CHECK(sup_find(s, "rep-b", 2) == r2);
+    sup_apply_desired(s, NULL, 0);
+    CHECK(wait_state(s, r2, SUP_STOPPED, 3000));
     json_decref(sup_report(s));
     sup_report_delivered(s);
 }
