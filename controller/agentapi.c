@@ -194,7 +194,9 @@ static int check_reports(struct httpd_req *req, json_t *reps)
         const char *s;
         int64_t n;
         if (!json_is_object(r) || jsonx_get_string(r, "replica_id", 1, &s, 40, &je) != JSONX_OK ||
-            !api_is_uuid(s) || jsonx_get_int(r, "epoch", 1, 1, INT64_MAX, &n, &je) != JSONX_OK ||
+            (!api_is_uuid(s) && snprintf(je.message, sizeof je.message,
+                                         "replica_id is not a UUID") > 0) ||
+            jsonx_get_int(r, "epoch", 1, 1, INT64_MAX, &n, &je) != JSONX_OK ||
             jsonx_get_int(r, "port", 0, 1, 65535, &n, &je) == JSONX_BAD ||
             jsonx_get_int(r, "restarts", 0, 0, INT32_MAX, &n, &je) == JSONX_BAD ||
             jsonx_get_string(r, "reason", 0, &s, 1000, &je) == JSONX_BAD ||
@@ -216,28 +218,26 @@ static int check_reports(struct httpd_req *req, json_t *reps)
     return 0;
 }
 
-static int check_usage(struct httpd_req *req, json_t *usage)
+/* 1 when a usage item is well-formed. A bad item is skipped (and counted as acknowledged, since
+ * resending cannot fix it) rather than failing the whole heartbeat, which would block every good
+ * line behind it. */
+static int usage_item_ok(json_t *u, size_t i)
 {
-    size_t i;
-    json_t *u;
-    json_array_foreach(usage, i, u)
-    {
-        struct jsonx_err je = {0};
-        const char *s;
-        int64_t n;
-        if (!json_is_object(u) || jsonx_get_string(u, "request_id", 1, &s, 64, &je) != JSONX_OK ||
-            jsonx_get_string(u, "replica_id", 1, &s, 40, &je) != JSONX_OK || !api_is_uuid(s) ||
-            jsonx_get_int(u, "epoch", 1, 0, INT64_MAX, &n, &je) != JSONX_OK ||
-            jsonx_get_int(u, "prompt_tokens", 1, 0, INT32_MAX, &n, &je) != JSONX_OK ||
-            jsonx_get_int(u, "completion_tokens", 1, 0, INT32_MAX, &n, &je) != JSONX_OK ||
-            jsonx_get_int(u, "at_ms", 1, 0, INT64_MAX, &n, &je) != JSONX_OK ||
-            jsonx_get_string(u, "finish_reason", 0, &s, 32, &je) == JSONX_BAD) {
-            httpd_error(req, 400, "invalid_parameter", "usage", "usage[%zu] is malformed%s%s", i,
-                        je.message[0] ? ": " : "", je.message);
-            return -1;
-        }
+    struct jsonx_err je = {0};
+    const char *s;
+    int64_t n;
+    if (!json_is_object(u) || jsonx_get_string(u, "request_id", 1, &s, 64, &je) != JSONX_OK ||
+        jsonx_get_string(u, "replica_id", 1, &s, 40, &je) != JSONX_OK || !api_is_uuid(s) ||
+        jsonx_get_int(u, "epoch", 1, 0, INT64_MAX, &n, &je) != JSONX_OK ||
+        jsonx_get_int(u, "prompt_tokens", 1, 0, INT32_MAX, &n, &je) != JSONX_OK ||
+        jsonx_get_int(u, "completion_tokens", 1, 0, INT32_MAX, &n, &je) != JSONX_OK ||
+        jsonx_get_int(u, "at_ms", 1, 0, INT64_MAX, &n, &je) != JSONX_OK ||
+        jsonx_get_string(u, "finish_reason", 0, &s, 32, &je) == JSONX_BAD) {
+        log_warn("usage[%zu] from the agent is malformed and was dropped: %s", i,
+                 je.message[0] ? je.message : "bad replica_id");
+        return 0;
     }
-    return 0;
+    return 1;
 }
 
 static enum db_status apply_reports(PGconn *c, struct beat *b)
@@ -290,6 +290,7 @@ static enum db_status store_usage(PGconn *c, struct beat *b)
     json_t *u;
     json_array_foreach(b->usage, i, u)
     {
+        if (!usage_item_ok(u, i)) continue;
         char ep[24], pt[16], ct[16], at[24];
         snprintf(ep, sizeof ep, "%lld", (long long)json_integer_value(json_object_get(u, "epoch")));
         snprintf(pt, sizeof pt, "%lld",
@@ -414,7 +415,7 @@ static void h_heartbeat(struct httpd_req *req)
                     "field 'usage' must be an array of at most %d items", AGENT_MAX_USAGE);
         goto out;
     }
-    if (check_reports(req, b.replicas) != 0 || check_usage(req, b.usage) != 0) goto out;
+    if (check_reports(req, b.replicas) != 0) goto out;
     PGconn *c = ctl_db(req);
     if (!c) goto out;
     char hash[65];
