@@ -1,0 +1,368 @@
+/* test_server: starts the real `orp-runtime serve` on a free loopback port with a replica secret
+ * and a usage journal, and checks the wire contract: /health, the secret, /v1/models,
+ * non-streaming and streaming chat completions (the same greedy text both ways), the 4xx replies
+ * to bad requests (each naming its param), /tokenize and /detokenize, a client that goes away
+ * mid-stream (journaled as cancelled), the journal's lines, and a clean exit on SIGTERM. */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include "httpc.h"
+#include "rt_test.h"
+#include "util.h"
+
+#define SECRET "s3cret-for-tests"
+
+static char dir[256], mdir[300], logpath[300], usage[300];
+static int port;
+static pid_t child;
+
+static void start_server(void)
+{
+    child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        FILE *f = freopen(logpath, "w", stderr);
+        (void)f;
+        setenv("ORP_REPLICA_SECRET", SECRET, 1);
+        execl(ORP_RUNTIME_BIN, "orp-runtime", "serve", "--model", mdir, "--port", "0",
+              "--usage-log", usage, "--name", "tiny", (char *)NULL);
+        _exit(127);
+    }
+    /* The port is in the "listening on" log line. */
+    for (int i = 0; i < 500 && !port; i++) {
+        util_sleep_ms(10);
+        char *log = util_read_file(logpath, NULL);
+        const char *p = log ? strstr(log, "listening on 127.0.0.1:") : NULL;
+        if (p) port = atoi(p + strlen("listening on 127.0.0.1:"));
+        free(log);
+    }
+    CHECK(port > 0);
+}
+
+/* One request; returns the status, body into out (a new json or NULL when not JSON). */
+static long call(const char *method, const char *path, const char *body, const char *extra_header,
+                 int auth, struct buf *raw, json_t **out)
+{
+    char url[256], err[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    const char *headers[4] = {0};
+    int h = 0;
+    if (auth) headers[h++] = "Authorization: Bearer " SECRET;
+    if (body) headers[h++] = "Content-Type: application/json";
+    if (extra_header) headers[h++] = extra_header;
+    struct httpc_resp r = {0};
+    CHECK(httpc_request(method, url, headers, body, body ? strlen(body) : 0, 10000, 1 << 24, &r,
+                        err, sizeof err) == 0);
+    if (out) *out = r.body.data ? json_loads(r.body.data, 0, NULL) : NULL;
+    if (raw) {
+        raw->len = 0;
+        buf_append(raw, r.body.data ? r.body.data : "", r.body.len);
+    }
+    buf_free(&r.body);
+    return r.status;
+}
+
+static void wait_ready(void)
+{
+    for (int i = 0; i < 500; i++) {
+        if (call("GET", "/health", NULL, NULL, 0, NULL, NULL) == 200) return;
+        util_sleep_ms(10);
+    }
+    CHECK(!"the runtime never became ready");
+}
+
+static const char *jstr(json_t *o, const char *path)
+{
+    /* path like "choices.0.message.content" */
+    char key[64];
+    const char *p = path;
+    while (*p && o) {
+        size_t n = strcspn(p, ".");
+        snprintf(key, sizeof key, "%.*s", (int)n, p);
+        o = json_is_array(o) ? json_array_get(o, (size_t)atoi(key)) : json_object_get(o, key);
+        p += n + (p[n] == '.');
+    }
+    return o ? json_string_value(o) : NULL;
+}
+
+static void test_basics(void)
+{
+    json_t *j;
+    CHECK_INT_EQ(call("GET", "/health", NULL, NULL, 0, NULL, &j), 200);
+    CHECK_STR_EQ(jstr(j, "status"), "ok");
+    json_decref(j);
+    CHECK_INT_EQ(call("GET", "/v1/models", NULL, NULL, 0, NULL, &j), 401);
+    CHECK_STR_EQ(jstr(j, "error.code"), "invalid_api_key");
+    json_decref(j);
+    CHECK_INT_EQ(call("GET", "/v1/models", NULL, "Authorization: Bearer wrong", 0, NULL, &j), 401);
+    json_decref(j);
+    CHECK_INT_EQ(call("GET", "/v1/models", NULL, NULL, 1, NULL, &j), 200);
+    CHECK_STR_EQ(jstr(j, "data.0.id"), "tiny");
+    CHECK_STR_EQ(jstr(j, "object"), "list");
+    json_decref(j);
+}
+
+#define CHAT                                                                                       \
+    "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],"               \
+    "\"max_tokens\":12,\"temperature\":0%s}"
+
+/* Streams a chat completion; returns the concatenated content; checks the SSE framing. */
+static char *stream_text(int *completion_tokens)
+{
+    char body[512];
+    snprintf(body, sizeof body, CHAT,
+             ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+    struct buf raw = {0}, text = {0};
+    CHECK_INT_EQ(
+        call("POST", "/v1/chat/completions", body, "X-ORP-Request-Id: test-stream", 1, &raw, NULL),
+        200);
+    int events = 0, role = 0, finish = 0, usage_seen = 0, done = 0;
+    for (char *line = strtok(raw.data, "\n"); line; line = strtok(NULL, "\n")) {
+        CHECK(strncmp(line, "data: ", 6) == 0);
+        CHECK(!done); /* nothing after [DONE] */
+        if (strcmp(line + 6, "[DONE]") == 0) {
+            done = 1;
+            continue;
+        }
+        json_t *c = json_loads(line + 6, 0, NULL);
+        CHECK(c != NULL);
+        CHECK_STR_EQ(jstr(c, "object"), "chat.completion.chunk");
+        CHECK_STR_EQ(jstr(c, "id"), "chatcmpl-test-stream");
+        json_t *choices = json_object_get(c, "choices");
+        if (json_array_size(choices) == 0) {
+            usage_seen = 1;
+            *completion_tokens = (int)json_integer_value(
+                json_object_get(json_object_get(c, "usage"), "completion_tokens"));
+        } else {
+            if (jstr(c, "choices.0.delta.role")) role++;
+            const char *t = jstr(c, "choices.0.delta.content");
+            if (t) buf_append(&text, t, strlen(t));
+            if (jstr(c, "choices.0.finish_reason")) finish++;
+        }
+        events++;
+        json_decref(c);
+    }
+    CHECK(done && role == 1 && finish == 1 && usage_seen && events >= 4);
+    buf_free(&raw);
+    if (!text.data) buf_append(&text, "", 0);
+    return text.data;
+}
+
+static void test_chat(void)
+{
+    char body[512];
+    snprintf(body, sizeof body, CHAT, "");
+    json_t *j;
+    CHECK_INT_EQ(
+        call("POST", "/v1/chat/completions", body, "X-ORP-Request-Id: test-1", 1, NULL, &j), 200);
+    CHECK_STR_EQ(jstr(j, "id"), "chatcmpl-test-1");
+    CHECK_STR_EQ(jstr(j, "object"), "chat.completion");
+    CHECK_STR_EQ(jstr(j, "model"), "tiny");
+    CHECK_STR_EQ(jstr(j, "choices.0.message.role"), "assistant");
+    const char *fin = jstr(j, "choices.0.finish_reason");
+    CHECK(fin && (!strcmp(fin, "length") || !strcmp(fin, "stop")));
+    json_t *u = json_object_get(j, "usage");
+    int completion = (int)json_integer_value(json_object_get(u, "completion_tokens"));
+    CHECK(completion >= 1 && completion <= 12);
+    CHECK_INT_EQ(json_integer_value(json_object_get(u, "total_tokens")),
+                 json_integer_value(json_object_get(u, "prompt_tokens")) + completion);
+    int streamed_tokens = 0;
+    char *streamed = stream_text(&streamed_tokens);
+    CHECK_STR_EQ(streamed, jstr(j, "choices.0.message.content")); /* greedy: the same text */
+    CHECK_INT_EQ(streamed_tokens, completion);
+    free(streamed);
+    json_decref(j);
+}
+
+struct bad {
+    const char *body;
+    long status;
+    const char *param; /* NULL: JSON null */
+    const char *code;
+};
+
+static void test_bad_requests(void)
+{
+    static const struct bad cases[] = {
+        {"{\"messages\": [", 400, NULL, "invalid_json"},
+        {"[]", 400, NULL, "invalid_json"},
+        {"{\"model\":\"tiny\"}", 400, "messages", "invalid_value"},
+        {"{\"messages\":[]}", 400, "messages", "invalid_value"},
+        {"{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400, "messages[0].role", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}", 400, "n", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":3}", 400,
+         "temperature", "invalid_value"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_p\":0}", 400, "top_p", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\","
+         "\"e\"]}",
+         400, "stop", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", 400, "tools",
+         "unsupported_parameter"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}", 400,
+         "logprobs", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":"
+         "\"json_object\"}}",
+         400, "response_format", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{"
+         "\"include_usage\":true}}",
+         400, "stream_options", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"presence_penalty\":0.5}", 400,
+         "presence_penalty", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":5000}", 400,
+         "max_tokens", "context_length_exceeded"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}", 400,
+         "max_tokens", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"foo\":1}", 400, "foo",
+         "unknown_parameter"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":\"other\"}", 404, "model",
+         "model_not_found"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *j;
+        long st = call("POST", "/v1/chat/completions", cases[i].body, NULL, 1, NULL, &j);
+        if (st != cases[i].status) fprintf(stderr, "case %zu: %s\n", i, cases[i].body);
+        CHECK_INT_EQ(st, cases[i].status);
+        json_t *e = json_object_get(j, "error");
+        CHECK(json_is_string(json_object_get(e, "message")));
+        CHECK(json_is_string(json_object_get(e, "type")));
+        if (cases[i].param)
+            CHECK_STR_EQ(json_string_value(json_object_get(e, "param")), cases[i].param);
+        else
+            CHECK(json_is_null(json_object_get(e, "param")));
+        if (cases[i].code)
+            CHECK_STR_EQ(json_string_value(json_object_get(e, "code")), cases[i].code);
+        json_decref(j);
+    }
+    char body[512];
+    snprintf(body, sizeof body, CHAT, "");
+    CHECK_INT_EQ(
+        call("POST", "/v1/chat/completions", body, "X-ORP-Request-Id: bad id!", 1, NULL, NULL),
+        400);
+    CHECK_INT_EQ(call("GET", "/v1/chat/completions", NULL, NULL, 1, NULL, NULL), 405);
+    CHECK_INT_EQ(call("POST", "/v1/chat/completions", body, NULL, 0, NULL, NULL), 401);
+}
+
+static void test_tokenize(void)
+{
+    json_t *j;
+    CHECK_INT_EQ(call("POST", "/tokenize", "{\"prompt\":\"Hello there\"}", NULL, 1, NULL, &j), 200);
+    json_t *toks = json_object_get(j, "tokens");
+    CHECK(json_array_size(toks) >= 2);
+    CHECK_INT_EQ(json_integer_value(json_object_get(j, "count")), json_array_size(toks));
+    CHECK_INT_EQ(json_integer_value(json_object_get(j, "max_model_len")), 1024);
+    CHECK_INT_EQ(json_integer_value(json_array_get(toks, 0)), 556); /* <|begin_of_text|> */
+    json_array_remove(toks, 0);
+    json_t *req = json_pack("{s:O}", "tokens", toks);
+    char *body = json_dumps(req, 0);
+    json_t *d;
+    CHECK_INT_EQ(call("POST", "/detokenize", body, NULL, 1, NULL, &d), 200);
+    CHECK_STR_EQ(jstr(d, "prompt"), "Hello there");
+    free(body);
+    json_decref(req);
+    json_decref(d);
+    json_decref(j);
+    CHECK_INT_EQ(call("POST", "/detokenize", "{\"tokens\":[99999]}", NULL, 1, NULL, NULL), 400);
+    CHECK_INT_EQ(call("POST", "/tokenize", "{\"prompt\":\"x\",\"bogus\":1}", NULL, 1, NULL, NULL),
+                 400);
+    CHECK_INT_EQ(call("POST", "/tokenize",
+                      "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", NULL, 1, NULL, &j),
+                 200);
+    CHECK(json_integer_value(json_object_get(j, "count")) > 5);
+    json_decref(j);
+}
+
+/* Sends a streaming request without a token limit over a raw socket, reads the first bytes, and
+ * hangs up: the runtime must notice and journal the request as cancelled. */
+static void test_cancel(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}],"
+                       "\"stream\":true,\"temperature\":1,\"seed\":4}";
+    char req[1024], resp[512];
+    snprintf(req, sizeof req,
+             "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " SECRET
+             "\r\nX-ORP-Request-Id: test-cancel\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    CHECK(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    CHECK(read(fd, resp, sizeof resp) > 0);
+    close(fd);
+}
+
+/* Waits for the journal to hold a line for rid and returns it parsed. */
+static json_t *journal_line(const char *rid)
+{
+    char needle[96];
+    snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", rid);
+    for (int i = 0; i < 500; i++) {
+        char *all = util_read_file(usage, NULL);
+        char *p = all ? strstr(all, needle) : NULL;
+        if (p) {
+            while (p > all && p[-1] != '\n')
+                p--;
+            json_t *j = json_loadb(p, strcspn(p, "\n"), 0, NULL);
+            free(all);
+            CHECK(j != NULL);
+            return j;
+        }
+        free(all);
+        util_sleep_ms(10);
+    }
+    fprintf(stderr, "no journal line for %s\n", rid);
+    exit(1);
+}
+
+static void test_journal(void)
+{
+    json_t *j = journal_line("test-1");
+    CHECK(json_integer_value(json_object_get(j, "prompt_tokens")) > 5);
+    CHECK(json_integer_value(json_object_get(j, "completion_tokens")) >= 1);
+    CHECK(json_integer_value(json_object_get(j, "at_ms")) > 1600000000000);
+    const char *f = jstr(j, "finish_reason");
+    CHECK(f && (!strcmp(f, "length") || !strcmp(f, "stop")));
+    json_decref(j);
+    j = journal_line("test-stream");
+    json_decref(j);
+    j = journal_line("test-cancel");
+    CHECK_STR_EQ(jstr(j, "finish_reason"), "cancelled");
+    json_decref(j);
+    /* Every line is one JSON object; bad requests left no line. */
+    char *all = util_read_file(usage, NULL);
+    int lines = 0;
+    for (char *p = all; *p; p++)
+        lines += *p == '\n';
+    CHECK_INT_EQ(lines, 3);
+    free(all);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    rt_tmpdir(dir, sizeof dir);
+    snprintf(mdir, sizeof mdir, "%s/model", dir);
+    snprintf(logpath, sizeof logpath, "%s/runtime.log", dir);
+    snprintf(usage, sizeof usage, "%s/usage.jsonl", dir);
+    rt_make_model(mdir, ST_BF16);
+    start_server();
+    wait_ready();
+    test_basics();
+    test_chat();
+    test_bad_requests();
+    test_tokenize();
+    test_cancel();
+    test_journal();
+    CHECK(kill(child, SIGTERM) == 0);
+    int status = 0;
+    CHECK(waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    rt_rmtree(dir);
+    curl_global_cleanup();
+    printf("test_server: ok\n");
+    return 0;
+}
