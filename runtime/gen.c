@@ -17,8 +17,7 @@ int gen_init(struct gen *g, const struct model *m, const struct tok *t, const in
     g->max_new = p->max_new;
     g->n_prompt = n;
     g->prompt = malloc((size_t)n * sizeof *g->prompt);
-    g->ctx = model_ctx_new(m, n + p->max_new);
-    int rc = g->prompt && g->ctx ? 0 : -1;
+    int rc = g->prompt ? 0 : -1;
     if (rc == 0) memcpy(g->prompt, prompt, (size_t)n * sizeof *g->prompt);
     if (rc == 0) rc = sampler_init(&g->smp, model_cfg(m)->vocab, p->temperature, p->top_p, p->seed);
     for (int i = 0; i < p->nstop && rc == 0; i++) {
@@ -44,6 +43,10 @@ void gen_free(struct gen *g)
 
 int gen_prefill(struct gen *g)
 {
+    /* The KV cache is allocated here, not in gen_init: requests waiting for the generation slot
+     * then hold no cache, so memory is bounded by the running generation, not the queue. */
+    g->ctx = model_ctx_new(g->m, g->n_prompt + g->max_new);
+    if (!g->ctx) return -1;
     for (int i = 0; i < g->n_prompt; i++) {
         g->logits = model_forward(g->m, g->ctx, g->prompt[i]);
         if (!g->logits) return -1;
@@ -126,4 +129,9 @@ const char *gen_finish_name(enum gen_finish f)
         break;
     }
     return "running";
+}
+
+int gen_ran(const struct gen *g)
+{
+    return g->ctx && model_ctx_pos(g->ctx) > 0;
 }

@@ -43,15 +43,17 @@ struct gen {
     enum gen_finish finish;
 };
 
-/* Copies the prompt (n >= 1) and allocates the KV cache. 0 or -1 (out of memory). */
+/* Copies the prompt (n >= 1) and the stop strings. 0 or -1 (out of memory). */
 int gen_init(struct gen *g, const struct model *m, const struct tok *t, const int *prompt, int n,
              const struct gen_params *p);
 void gen_free(struct gen *g);
-/* Runs the prompt through the model. 0 or -1. */
+/* Allocates the KV cache and runs the prompt through the model. 0, or -1 when memory is short. */
 int gen_prefill(struct gen *g);
 /* Samples one token and appends the text that became safe to hand out to delta (possibly
  * nothing). Sets g->finish when the generation ends. 0 or -1 (out of memory). */
 int gen_step(struct gen *g, struct buf *delta);
 const char *gen_finish_name(enum gen_finish f);
+/* 1 once the model has run for this generation (it is then metered, even if cut short). */
+int gen_ran(const struct gen *g);
 
 #endif

@@ -293,7 +293,7 @@ static int cmp_by_offset(const void *a, const void *b)
 static int check_tiling(const char *path, struct st_tensor *ts, size_t n, const unsigned char *data,
                         size_t data_size, char *err, size_t errlen)
 {
-    qsort(ts, n, sizeof *ts, cmp_by_offset);
+    if (n) qsort(ts, n, sizeof *ts, cmp_by_offset);
     const unsigned char *at = data;
     for (size_t i = 0; i < n; i++) {
         if (ts[i].data < at) {
@@ -319,7 +319,7 @@ static int check_tiling(const char *path, struct st_tensor *ts, size_t n, const 
 
 static int add_tensors(struct st_set *s, size_t more)
 {
-    struct st_tensor *p = realloc(s->tensors, (s->ntensors + more) * sizeof *p);
+    struct st_tensor *p = realloc(s->tensors, (s->ntensors + more + 1) * sizeof *p);
     if (!p) return -1;
     s->tensors = p;
     return 0;
@@ -479,7 +479,8 @@ static int open_index(struct st_set *s, const char *dir, const char *ipath, char
                 }
             }
         }
-        if (pass == 0 && rc == 0) qsort(s->tensors, s->ntensors, sizeof *s->tensors, cmp_by_name);
+        if (pass == 0 && rc == 0 && s->ntensors)
+            qsort(s->tensors, s->ntensors, sizeof *s->tensors, cmp_by_name);
     }
     json_decref(idx);
     return rc;
@@ -504,7 +505,7 @@ struct st_set *st_open(const char *path, char *err, size_t errlen)
         rc = open_one(s, path, err, errlen);
     }
     if (rc == 0) {
-        qsort(s->tensors, s->ntensors, sizeof *s->tensors, cmp_by_name);
+        if (s->ntensors) qsort(s->tensors, s->ntensors, sizeof *s->tensors, cmp_by_name);
         for (size_t i = 1; i < s->ntensors; i++)
             if (strcmp(s->tensors[i].name, s->tensors[i - 1].name) == 0) {
                 seterr(err, errlen, "%s and %s: tensor '%s' appears twice", s->tensors[i - 1].file,
@@ -548,6 +549,7 @@ const struct st_tensor *st_at(const struct st_set *s, size_t i)
 const struct st_tensor *st_find(const struct st_set *s, const char *name)
 {
     struct st_tensor key = {.name = name};
+    if (!s->ntensors) return NULL;
     return bsearch(&key, s->tensors, s->ntensors, sizeof key, cmp_by_name);
 }
 

@@ -547,8 +547,8 @@ static void run_blocking(struct httpd_req *req, struct rt *rt, struct chat_req *
         rc = gen_step(g, &content);
     gen_release(rt);
     if (rc != 0) {
-        journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
-        httpd_error(req, 500, "internal_error", NULL, "generation failed (out of memory)");
+        if (gen_ran(g)) journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
+        httpd_error(req, 503, "out_of_memory", NULL, "not enough memory for this request");
     } else if (g->finish == GEN_RUNNING) {
         journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
         httpd_error(req, 503, "shutting_down", NULL, "the runtime is shutting down");
@@ -574,7 +574,6 @@ struct sse {
     struct gen g;
     enum sse_phase phase;
     int holding;    /* holds the generation slot */
-    int ran;        /* the model ran: the request will be journaled */
     struct buf out; /* SSE bytes not yet handed to MHD */
     size_t out_off;
 };
@@ -632,7 +631,6 @@ static int sse_advance(struct sse *s)
     case SSE_PREFILL:
         gen_acquire(s->rt);
         s->holding = 1;
-        s->ran = 1;
         s->phase = SSE_GEN;
         return gen_prefill(g);
     case SSE_GEN: {
@@ -680,7 +678,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 static void sse_free(void *cls)
 {
     struct sse *s = cls;
-    if (s->phase != SSE_DONE && s->ran) {
+    if (s->phase != SSE_DONE && gen_ran(&s->g)) {
         char ctx[RT_MAX_REQUEST_ID + 16];
         snprintf(ctx, sizeof ctx, "req=%s", s->rid);
         log_set_context(ctx);

@@ -352,7 +352,7 @@ static int load_merges(struct tok *t, json_t *merges, const char *path, char *er
             size_t la, lb;
             ra = bytelevel_to_raw(a, &la);
             rb = bytelevel_to_raw(b, &lb);
-            char *ab = ra && rb ? malloc(la + lb) : NULL;
+            char *ab = ra && rb ? malloc(la + lb + 1) : NULL;
             int ia = ra ? str_lookup(t, ra, la) : -1, ib = rb ? str_lookup(t, rb, lb) : -1;
             int iab = -1;
             if (ab) {
