@@ -14,6 +14,7 @@
  * stores them, so each output is a dot product over a contiguous row. */
 #include "model.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -248,6 +249,10 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
     json_error_t je;
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_t *o = json_load_file(path, 0, &je);
+    if (!o && json_error_code(&je) == json_error_cannot_open_file) {
+        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
     if (!o || !json_is_object(o)) {
         seterr(err, errlen, "%s: %s (line %d)", path, o ? "not a JSON object" : je.text, je.line);
         json_decref(o);

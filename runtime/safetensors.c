@@ -437,7 +437,10 @@ static int open_index(struct st_set *s, const char *dir, const char *ipath, char
     json_error_t je;
     json_t *idx = json_load_file(ipath, JSON_REJECT_DUPLICATES, &je);
     if (!idx) {
-        seterr(err, errlen, "%s: not valid JSON: %s (line %d)", ipath, je.text, je.line);
+        if (json_error_code(&je) == json_error_cannot_open_file)
+            seterr(err, errlen, "%s: cannot open: %s", ipath, strerror(errno));
+        else
+            seterr(err, errlen, "%s: not valid JSON: %s (line %d)", ipath, je.text, je.line);
         return -1;
     }
     json_t *wm = json_object_get(idx, "weight_map");

@@ -12,6 +12,7 @@
 #include "tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <errno.h>
 #include <jansson.h>
 #include <pcre2.h>
 #include <stdarg.h>
@@ -510,7 +511,10 @@ struct tok *tok_load(const char *path, char *err, size_t errlen)
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
     if (!root) {
-        seterr(err, errlen, "%s: not valid JSON: %s (line %d)", path, je.text, je.line);
+        if (json_error_code(&je) == json_error_cannot_open_file)
+            seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        else
+            seterr(err, errlen, "%s: not valid JSON: %s (line %d)", path, je.text, je.line);
         return NULL;
     }
     struct tok *t = calloc(1, sizeof *t);
