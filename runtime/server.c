@@ -518,12 +518,15 @@ static json_t *usage_json(int prompt, int completion)
                      "total_tokens", prompt + completion);
 }
 
+/* content: content_len bytes of valid UTF-8 (a token may decode to a NUL byte, hence the length).
+ */
 static void reply_completion(struct httpd_req *req, struct rt *rt, const char *rid,
-                             const struct gen *g, const char *content)
+                             const struct gen *g, const char *content, size_t content_len)
 {
     char id[RT_MAX_REQUEST_ID + 24];
     snprintf(id, sizeof id, "chatcmpl-%s", rid);
-    json_t *msg = json_pack("{s:s,s:s,s:n}", "role", "assistant", "content", content, "refusal");
+    json_t *msg = json_pack("{s:s,s:s%,s:n}", "role", "assistant", "content", content, content_len,
+                            "refusal");
     json_t *choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "message", msg, "logprobs",
                                "finish_reason", gen_finish_name(g->finish));
     json_t *body =
@@ -556,7 +559,7 @@ static void run_blocking(struct httpd_req *req, struct rt *rt, struct chat_req *
         journal(rt, cr->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
         log_info("chat completion: %d prompt + %d completion tokens, %s", g->n_prompt, g->produced,
                  gen_finish_name(g->finish));
-        reply_completion(req, rt, cr->rid, g, content.data);
+        reply_completion(req, rt, cr->rid, g, content.data, content.len);
     }
     buf_free(&content);
 }
