@@ -13,6 +13,10 @@
 #include "jsonx.h"
 #include "log.h"
 
+/* A body over max_body is still read (and dropped) up to this size so the client can read its 413;
+ * beyond it the connection is cut: reading more would let one client make us swallow gigabytes. */
+#define HTTPD_DISCARD_LIMIT (16u * 1024 * 1024)
+
 struct httpd_server {
     struct httpd_config cfg;
     struct MHD_Daemon *d;
@@ -241,7 +245,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_YES;
         }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > s->cfg.max_body) {
+        if (cl && strtoull(cl, NULL, 10) > HTTPD_DISCARD_LIMIT) {
             httpd_error(req, 413, "body_too_large", NULL, "request body is larger than %zu bytes",
                         s->cfg.max_body);
             return MHD_YES;
@@ -253,12 +257,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
-        /* Chunked uploads have no Content-Length: enforce the limit as data arrives and answer
-         * 413 once the body is done (MHD cannot queue a reply mid-upload). */
+        /* Past the limit the body is read and thrown away, and 413 is answered once it is all in:
+         * a reply sent mid-upload makes most clients fail with a reset instead of reading it. */
         if (!req->too_large && req->body.len + *upload_data_size <= s->cfg.max_body) {
             if (buf_append(&req->body, upload_data, *upload_data_size) != 0) return MHD_NO;
         } else {
             req->too_large = 1;
+            req->discarded += *upload_data_size;
+            if (req->discarded > HTTPD_DISCARD_LIMIT) return MHD_NO; /* close the connection */
         }
         *upload_data_size = 0;
         return MHD_YES;
@@ -317,12 +323,14 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     else
         flags |= MHD_USE_EPOLL;
+    /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: on Linux it sets SO_REUSEPORT, and a second process
+     * could then bind the same port and silently take half of its connections. MHD's default
+     * (SO_REUSEADDR only) still allows a quick restart on a port in TIME_WAIT. */
     s->d = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, s, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_CONNECTION_LIMIT, cfg->conn_limit ? cfg->conn_limit : 1000u,
         MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
         cfg->thread_per_connection ? MHD_OPTION_END : MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)(cfg->threads > 0 ? cfg->threads : 4), MHD_OPTION_END);
     if (!s->d) {
