@@ -40,6 +40,7 @@ struct httpd_req {
     const char *method, *url;
     struct buf body;
     int too_large;
+    size_t discarded; /* bytes of an oversized body thrown away */
     const struct httpd_route *route;
     char params[HTTPD_MAX_PARAMS][256];
     int nparams;
