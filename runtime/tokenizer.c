@@ -769,15 +769,22 @@ static int enc_piece(void *ctx, const char *piece, size_t n)
     return bpe(c->t, (const unsigned char *)piece, n, c->out);
 }
 
+/* Encodes text between added tokens. ByteLevel's add_prefix_space puts a space before each such
+ * segment that does not start with one, as Hugging Face does. */
 static int encode_segment(const struct tok *t, const char *s, size_t n, struct tok_ids *out,
                           char *err, size_t errlen)
 {
+    if (n == 0) return 0;
     struct enc_ctx c = {t, out};
-    int rc;
-    if (!t->re)
-        rc = enc_piece(&c, s, n);
-    else
-        rc = tok_regex_split(t->re, s, n, enc_piece, &c);
+    struct buf prefixed = {0};
+    int rc = 0;
+    if (t->add_prefix_space && s[0] != ' ') {
+        rc = buf_append(&prefixed, " ", 1) || buf_append(&prefixed, s, n);
+        s = prefixed.data;
+        n = prefixed.len;
+    }
+    if (rc == 0) rc = t->re ? tok_regex_split(t->re, s, n, enc_piece, &c) : enc_piece(&c, s, n);
+    buf_free(&prefixed);
     if (rc != 0) seterr(err, errlen, "tokenizer: pre-tokenizer regex failed or out of memory");
     return rc;
 }
@@ -801,16 +808,6 @@ static int find_added(const struct tok *t, const char *s, size_t n, size_t *at)
 int tok_encode(const struct tok *t, const char *text, size_t len, int allow_special,
                struct tok_ids *out, char *err, size_t errlen)
 {
-    struct buf prefixed = {0};
-    if (t->add_prefix_space && len > 0 && text[0] != ' ') {
-        if (buf_append(&prefixed, " ", 1) || buf_append(&prefixed, text, len)) {
-            buf_free(&prefixed);
-            seterr(err, errlen, "tokenizer: out of memory");
-            return -1;
-        }
-        text = prefixed.data;
-        len = prefixed.len;
-    }
     int rc = 0;
     size_t pos = 0;
     while (pos < len && rc == 0) {
@@ -824,7 +821,6 @@ int tok_encode(const struct tok *t, const char *text, size_t len, int allow_spec
         }
         pos += seg;
     }
-    buf_free(&prefixed);
     return rc;
 }
 

@@ -119,14 +119,15 @@ static void test_llama3_split(void)
 }
 
 /* A byte-level tokenizer.json with the 256 byte tokens, then extra tokens and merges. */
-static struct tok *hand_tokenizer(const char *extra_vocab, const char *merges, int ignore_merges)
+static struct tok *hand_tokenizer(const char *extra_vocab, const char *merges, int ignore_merges,
+                                  int prefix_space)
 {
     struct buf j = {0};
     buf_printf(&j,
                "{\"added_tokens\":[{\"id\":300,\"content\":\"<s>\",\"special\":true}],"
-               "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},"
+               "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":%s},"
                "\"model\":{\"type\":\"BPE\",\"ignore_merges\":%s,\"vocab\":{",
-               ignore_merges ? "true" : "false");
+               prefix_space ? "true" : "false", ignore_merges ? "true" : "false");
     for (int b = 0; b < 256; b++) {
         unsigned cp = tok_byte_to_unicode((unsigned char)b);
         char u[8];
@@ -164,19 +165,25 @@ static void test_merge_rules(void)
 {
     /* "b c" outranks "a b": abc -> a + bc, even though "ab" is also a merge. Array form. */
     struct tok *t =
-        hand_tokenizer("\"ab\":256,\"bc\":257,\"abc\":258", "[[\"b\",\"c\"],[\"a\",\"b\"]]", 0);
+        hand_tokenizer("\"ab\":256,\"bc\":257,\"abc\":258", "[[\"b\",\"c\"],[\"a\",\"b\"]]", 0, 0);
     expect_ids(t, "abc", (int[]){'a', 257}, 2);
     expect_ids(t, "abab<s>", (int[]){256, 256, 300}, 3);
     tok_free(t);
 
     /* String form; "abc" is in the vocab but no merge makes it: without ignore_merges the merges
      * decide (ab + c), with ignore_merges a whole piece found in the vocab wins. */
-    t = hand_tokenizer("\"ab\":256,\"abc\":257", "[\"a b\"]", 0);
+    t = hand_tokenizer("\"ab\":256,\"abc\":257", "[\"a b\"]", 0, 0);
     expect_ids(t, "abc", (int[]){256, 'c'}, 2);
     tok_free(t);
-    t = hand_tokenizer("\"ab\":256,\"abc\":257", "[\"a b\"]", 1);
+    t = hand_tokenizer("\"ab\":256,\"abc\":257", "[\"a b\"]", 1, 0);
     expect_ids(t, "abc", (int[]){257}, 1);
     expect_ids(t, "abcab", (int[]){256, 'c', 256}, 3); /* not in the vocab whole: merged */
+    tok_free(t);
+
+    /* add_prefix_space: a space before each stretch of text between added tokens. */
+    t = hand_tokenizer("\"ab\":256", "[\"a b\"]", 0, 1);
+    expect_ids(t, "ab<s>ab", (int[]){' ', 256, 300, ' ', 256}, 5);
+    expect_ids(t, " ab", (int[]){' ', 256}, 2);
     tok_free(t);
 
     /* A merge whose result is not in the vocab is an error naming the file and the merge. */
