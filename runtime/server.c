@@ -1074,7 +1074,11 @@ static void set_name(struct rt *rt)
     while (n > 1 && dir[n - 1] == '/')
         dir[--n] = '\0';
     const char *base = strrchr(dir, '/');
-    snprintf(rt->name, sizeof rt->name, "%s", base ? base + 1 : dir);
+    base = base ? base + 1 : dir;
+    /* Model ids longer than the field are cut; the name only labels replies. */
+    size_t len = strnlen(base, sizeof rt->name - 1);
+    memcpy(rt->name, base, len);
+    rt->name[len] = '\0';
 }
 
 static int open_journal(struct rt *rt)
