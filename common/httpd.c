@@ -164,6 +164,33 @@ void httpd_error(struct httpd_req *req, unsigned status, const char *code, const
         jsonx_error_body(msg, httpd_error_type(status), param && *param ? param : NULL, code));
 }
 
+json_t *httpd_body_object(struct httpd_req *req)
+{
+    struct jsonx_err je = {0};
+    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
+    if (!body) httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
+    return body;
+}
+
+int httpd_reject_unknown(struct httpd_req *req, json_t *body, const char *const *known)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        int ok = 0;
+        for (const char *const *k = known; *k && !ok; k++)
+            ok = !strcmp(*k, key);
+        if (!ok) {
+            char name[64];
+            snprintf(name, sizeof name, "%s", key);
+            httpd_error(req, 400, "unknown_parameter", name, "unknown parameter '%s'", name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 const char *httpd_header(struct httpd_req *req, const char *name)
 {
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);

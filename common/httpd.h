@@ -87,6 +87,12 @@ void httpd_error(struct httpd_req *req, unsigned status, const char *code, const
                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 const char *httpd_error_type(unsigned status);
 
+/* The request body as a JSON object (new reference), or NULL after answering 400 invalid_json. */
+json_t *httpd_body_object(struct httpd_req *req);
+/* 0 when every key of body is in the NULL-terminated list known; else answers 400
+ * unknown_parameter naming the first stranger and returns -1. */
+int httpd_reject_unknown(struct httpd_req *req, json_t *body, const char *const *known);
+
 /* Suspends the connection (the handler returns; MHD stops polling it). Thread-safe resume. */
 void httpd_suspend(struct httpd_req *req);
 void httpd_resume(struct httpd_req *req);

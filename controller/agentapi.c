@@ -128,11 +128,8 @@ static void h_register(struct httpd_req *req)
         return;
     }
     struct jsonx_err je = {0};
-    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
-    if (!body) {
-        httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
-        return;
-    }
+    json_t *body = httpd_body_object(req);
+    if (!body) return;
     struct reg g = {0};
     g.version = "";
     if (jsonx_get_string(body, "name", 1, &g.name, 120, &je) != JSONX_OK ||
@@ -194,8 +191,8 @@ static int check_reports(struct httpd_req *req, json_t *reps)
         const char *s;
         int64_t n;
         if (!json_is_object(r) || jsonx_get_string(r, "replica_id", 1, &s, 40, &je) != JSONX_OK ||
-            (!api_is_uuid(s) && snprintf(je.message, sizeof je.message,
-                                         "replica_id is not a UUID") > 0) ||
+            (!api_is_uuid(s) &&
+             snprintf(je.message, sizeof je.message, "replica_id is not a UUID") > 0) ||
             jsonx_get_int(r, "epoch", 1, 1, INT64_MAX, &n, &je) != JSONX_OK ||
             jsonx_get_int(r, "port", 0, 1, 65535, &n, &je) == JSONX_BAD ||
             jsonx_get_int(r, "restarts", 0, 0, INT32_MAX, &n, &je) == JSONX_BAD ||
@@ -388,12 +385,8 @@ static void h_heartbeat(struct httpd_req *req)
         httpd_error(req, 401, "invalid_host_key", NULL, "invalid or missing host key");
         return;
     }
-    struct jsonx_err je = {0};
-    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
-    if (!body) {
-        httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
-        return;
-    }
+    json_t *body = httpd_body_object(req);
+    if (!body) return;
     struct beat b = {0};
     b.replicas = json_object_get(body, "replicas");
     b.usage = json_object_get(body, "usage");

@@ -42,6 +42,16 @@ static void h_healthz(struct httpd_req *req)
     httpd_reply_json(req, 200, o);
 }
 
+/* Answers {"object":"list","data":[row(r, i)...]} and clears r. */
+static void reply_list(struct httpd_req *req, PGresult *r, json_t *(*row)(PGresult *r, int i))
+{
+    json_t *data = json_array();
+    for (int i = 0; i < PQntuples(r); i++)
+        json_array_append_new(data, row(r, i));
+    PQclear(r);
+    httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+}
+
 /* ---- catalog ---- */
 
 static json_t *model_json(PGresult *r, int i)
@@ -61,13 +71,9 @@ static json_t *model_json(PGresult *r, int i)
 
 static void h_catalog(struct httpd_req *req)
 {
-    PGconn *c = ctl_db(req);
-    if (!c) return;
     struct auth_ctx a;
-    if (auth_require(req, c, &a) != 0) {
-        ctl_db_done(req, c);
-        return;
-    }
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
     PGresult *r;
     enum db_status st = db_exec(c,
                                 "SELECT name, family, context_length, min_devices, source, "
@@ -79,11 +85,7 @@ static void h_catalog(struct httpd_req *req)
         httpd_error(req, 500, "internal_error", NULL, "could not read the catalog");
         return;
     }
-    json_t *data = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
-        json_array_append_new(data, model_json(r, i));
-    PQclear(r);
-    httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+    reply_list(req, r, model_json);
 }
 
 /* ---- endpoints ---- */
@@ -200,36 +202,19 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
 static const char *const create_fields[] = {"name",     "model",       "gpus_per_replica",
                                             "replicas", "device_kind", NULL};
 
-static int reject_unknown_fields(struct httpd_req *req, json_t *body, const char *const *known)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        int ok = 0;
-        for (const char *const *k = known; *k; k++)
-            if (!strcmp(*k, key)) ok = 1;
-        if (!ok) {
-            httpd_error(req, 400, "unknown_parameter", key, "unknown field '%s'", key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static void h_create_endpoint(struct httpd_req *req)
 {
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a); /* who asks comes first: no key, no parsing */
+    if (!c) return;
     struct jsonx_err je = {0};
-    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
-    if (!body) {
-        httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
-        return;
-    }
+    json_t *body = httpd_body_object(req);
+    if (!body) goto out_db;
     struct create_ep ce = {0};
     ce.replicas = 1;
     int64_t gpus = 0;
     enum jsonx_rc rc;
-    if (reject_unknown_fields(req, body, create_fields) != 0) goto out;
+    if (httpd_reject_unknown(req, body, create_fields) != 0) goto out;
     if ((rc = jsonx_get_string(body, "name", 1, &ce.name, 63, &je)) != JSONX_OK ||
         (rc = jsonx_get_string(body, "model", 1, &ce.model, 200, &je)) != JSONX_OK ||
         (rc = jsonx_get_int(body, "gpus_per_replica", 0, 1, 8, &gpus, &je)) == JSONX_BAD ||
@@ -250,10 +235,6 @@ static void h_create_endpoint(struct httpd_req *req)
                     "field 'device_kind' must be \"gpu\" or \"cpu\"");
         goto out;
     }
-    PGconn *c = ctl_db(req);
-    if (!c) goto out;
-    struct auth_ctx a;
-    if (auth_require(req, c, &a) != 0) goto out_db;
     ce.acct = a.account_id_str;
     PGresult *r;
     enum db_status st = db_exec(c,
@@ -263,13 +244,13 @@ static void h_create_endpoint(struct httpd_req *req)
                                 2, (const char *[]){ce.model, ce.kind}, &r, NULL);
     if (st < 0) {
         httpd_error(req, 500, "internal_error", NULL, "could not read the catalog");
-        goto out_db;
+        goto out;
     }
     if (st == DB_NONE) {
         PQclear(r);
         httpd_error(req, 400, "model_not_found", "model",
                     "model '%s' is not in the catalog (see GET /v1/catalog)", ce.model);
-        goto out_db;
+        goto out;
     }
     int64_t min_dev = db_int(r, 0, 0);
     char kind[8];
@@ -279,7 +260,7 @@ static void h_create_endpoint(struct httpd_req *req)
     if (!kind_ok) {
         httpd_error(req, 400, "invalid_parameter", "device_kind",
                     "model '%s' cannot run on device kind '%s'", ce.model, ce.kind);
-        goto out_db;
+        goto out;
     }
     ce.kind = kind;
     ce.gpus = gpus ? gpus : min_dev;
@@ -287,7 +268,7 @@ static void h_create_endpoint(struct httpd_req *req)
         httpd_error(req, 400, "invalid_parameter", "gpus_per_replica",
                     "model '%s' needs at least %lld devices per replica", ce.model,
                     (long long)min_dev);
-        goto out_db;
+        goto out;
     }
     st = db_txn_run(c, create_ep_txn, &ce);
     if (st < 0) {
@@ -296,26 +277,22 @@ static void h_create_endpoint(struct httpd_req *req)
                         ce.name);
         else
             httpd_error(req, 500, "internal_error", NULL, "could not create the endpoint");
-        goto out_db;
+        goto out;
     }
     log_info("endpoint %s (%s) created: model %s, %lld x %lld %s", ce.id, ce.name, ce.model,
              (long long)ce.replicas, (long long)ce.gpus, ce.kind);
     reply_endpoint(req, c, a.account_id_str, ce.id, 201);
-out_db:
-    ctl_db_done(req, c);
 out:
     json_decref(body);
+out_db:
+    ctl_db_done(req, c);
 }
 
 static void h_list_endpoints(struct httpd_req *req)
 {
-    PGconn *c = ctl_db(req);
-    if (!c) return;
     struct auth_ctx a;
-    if (auth_require(req, c, &a) != 0) {
-        ctl_db_done(req, c);
-        return;
-    }
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
     PGresult *r;
     const char *p[] = {a.account_id_str};
     enum db_status st =
@@ -329,11 +306,7 @@ static void h_list_endpoints(struct httpd_req *req)
         httpd_error(req, 500, "internal_error", NULL, "could not list endpoints");
         return;
     }
-    json_t *data = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
-        json_array_append_new(data, endpoint_json(r, i));
-    PQclear(r);
-    httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+    reply_list(req, r, endpoint_json);
 }
 
 static void h_get_endpoint(struct httpd_req *req)
@@ -343,10 +316,10 @@ static void h_get_endpoint(struct httpd_req *req)
         httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
         return;
     }
-    PGconn *c = ctl_db(req);
-    if (!c) return;
     struct auth_ctx a;
-    if (auth_require(req, c, &a) == 0) reply_endpoint(req, c, a.account_id_str, id, 200);
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
+    reply_endpoint(req, c, a.account_id_str, id, 200);
     ctl_db_done(req, c);
 }
 
@@ -376,13 +349,9 @@ static void h_delete_endpoint(struct httpd_req *req)
         httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
         return;
     }
-    PGconn *c = ctl_db(req);
-    if (!c) return;
     struct auth_ctx a;
-    if (auth_require(req, c, &a) != 0) {
-        ctl_db_done(req, c);
-        return;
-    }
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
     struct delete_ep de = {id, a.account_id_str, 0};
     enum db_status st = db_txn_run(c, delete_ep_txn, &de);
     if (st < 0)

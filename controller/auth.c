@@ -84,3 +84,13 @@ int auth_require(struct httpd_req *req, PGconn *c, struct auth_ctx *out)
     log_set_context(ctx);
     return 0;
 }
+
+PGconn *auth_db(struct httpd_req *req, struct auth_ctx *a)
+{
+    PGconn *c = ctl_db(req);
+    if (c && auth_require(req, c, a) != 0) {
+        ctl_db_done(req, c);
+        return NULL;
+    }
+    return c;
+}

@@ -18,6 +18,10 @@ enum db_status auth_create_key(PGconn *c, int64_t account_id, int64_t user_id, c
  * and returns -1. */
 int auth_require(struct httpd_req *req, PGconn *c, struct auth_ctx *out);
 
+/* A pooled connection with the caller authenticated into a, or NULL after answering (401/503).
+ * Release it with ctl_db_done(). */
+PGconn *auth_db(struct httpd_req *req, struct auth_ctx *a);
+
 /* The bearer token of a request, or NULL. Borrowed. */
 const char *auth_bearer(struct httpd_req *req);
 

@@ -303,13 +303,9 @@ static void h_chat(struct httpd_req *req)
         return;
     }
     struct ctl_listener *l = req->app;
-    PGconn *c = ctl_db(req);
-    if (!c) return;
     struct auth_ctx a;
-    if (auth_require(req, c, &a) != 0) {
-        ctl_db_done(req, c);
-        return;
-    }
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
     /* The body goes to the runtime as it came; only `model` is read here. The runtime
      * validates the rest and its 400s are passed through. */
     struct jsonx_err je = {0};
@@ -379,13 +375,9 @@ static void h_chat(struct httpd_req *req)
 
 static void h_models(struct httpd_req *req)
 {
-    PGconn *c = ctl_db(req);
-    if (!c) return;
     struct auth_ctx a;
-    if (auth_require(req, c, &a) != 0) {
-        ctl_db_done(req, c);
-        return;
-    }
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
     const char *p[] = {a.account_id_str};
     PGresult *r;
     enum db_status st = db_exec(c,

@@ -834,20 +834,7 @@ static void h_models(struct httpd_req *req)
 /* Only these keys are known to /tokenize and /detokenize. */
 static int check_keys(struct httpd_req *req, json_t *body, const char *const *keys)
 {
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        int known = 0;
-        for (const char *const *k = keys; *k; k++)
-            known |= strcmp(*k, key) == 0;
-        if (!known) {
-            char k[64];
-            snprintf(k, sizeof k, "%s", key);
-            httpd_error(req, 400, "unknown_parameter", k, "unknown parameter '%.60s'", key);
-            return -1;
-        }
-    }
+    if (httpd_reject_unknown(req, body, keys) != 0) return -1;
     const char *name = ((struct rt *)req->app)->name;
     json_t *model = json_object_get(body, "model");
     if (model && !json_is_null(model) &&
@@ -886,11 +873,8 @@ static void h_tokenize(struct httpd_req *req)
     struct rt *rt = req->app;
     if (admit(req) != 0) return;
     struct jsonx_err e = {0};
-    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &e);
-    if (!body) {
-        httpd_error(req, 400, "invalid_json", NULL, "%s", e.message);
-        return;
-    }
+    json_t *body = httpd_body_object(req);
+    if (!body) return;
     struct tok_ids ids = {0};
     const char *prompt = NULL;
     json_t *messages = json_object_get(body, "messages");
@@ -945,12 +929,8 @@ static void h_detokenize(struct httpd_req *req)
     static const char *const keys[] = {"model", "tokens", NULL};
     struct rt *rt = req->app;
     if (admit(req) != 0) return;
-    struct jsonx_err e = {0};
-    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &e);
-    if (!body) {
-        httpd_error(req, 400, "invalid_json", NULL, "%s", e.message);
-        return;
-    }
+    json_t *body = httpd_body_object(req);
+    if (!body) return;
     struct tok_ids ids = {0};
     struct buf raw = {0}, text = {0};
     if (check_keys(req, body, keys) != 0) goto out;
