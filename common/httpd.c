@@ -233,7 +233,7 @@ void httpd_resume(struct httpd_req *req)
 
 static void run_handler(struct httpd_req *req)
 {
-    char ctx[64];
+    char ctx[96];
     snprintf(ctx, sizeof ctx, "req=%s", req->id);
     log_set_context(ctx);
     req->route->fn(req);

@@ -47,7 +47,8 @@ struct httpd_req {
     int replied;
     int suspended;
     int retry_after; /* seconds; added as Retry-After to the next error reply when > 0 */
-    char id[32];     /* server-made id, in logs and the X-Request-Id header */
+    char id[72]; /* in logs and the X-Request-Id header: made here, or set by the handler to the
+                    request id billing uses, so one id follows a request through every program */
     void *state;     /* the handler's, freed with state_free at completion */
     void (*state_free)(void *state);
     struct httpd_req *susp_prev, *susp_next;

@@ -79,7 +79,7 @@ int auth_require(struct httpd_req *req, PGconn *c, struct auth_ctx *out)
     snprintf(out->role, sizeof out->role, "%s", PQgetvalue(r, 0, 2));
     snprintf(out->account_id_str, sizeof out->account_id_str, "%lld", (long long)out->account_id);
     PQclear(r);
-    char ctx[96];
+    char ctx[128];
     snprintf(ctx, sizeof ctx, "req=%s acct=%lld", req->id, (long long)out->account_id);
     log_set_context(ctx);
     return 0;

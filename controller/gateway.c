@@ -233,7 +233,6 @@ static void respond(struct httpd_req *req, struct proxy *p)
             MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, p, NULL);
         MHD_add_response_header(r, "Content-Type", "text/event-stream");
         MHD_add_response_header(r, "Cache-Control", "no-cache");
-        MHD_add_response_header(r, "X-ORP-Request-Id", p->request_id);
         httpd_reply_response(req, 200, r);
         return;
     }
@@ -244,7 +243,6 @@ static void respond(struct httpd_req *req, struct proxy *p)
         p->data.len - p->data_off, p->data.data + p->data_off, MHD_RESPMEM_MUST_COPY);
     pthread_mutex_unlock(&p->lock);
     MHD_add_response_header(r, "Content-Type", ct);
-    MHD_add_response_header(r, "X-ORP-Request-Id", p->request_id);
     httpd_reply_response(req, (unsigned)status, r);
 }
 
@@ -344,6 +342,7 @@ static void h_chat(struct httpd_req *req)
     p->timeout_s = l->ctl->cfg.stream_timeout_s;
     p->last_data_ms = util_now_ms();
     snprintf(p->request_id, sizeof p->request_id, "req_%s", hex);
+    snprintf(req->id, sizeof req->id, "%s", p->request_id);
     snprintf(p->url, sizeof p->url, "%s", t.url);
     snprintf(p->auth_header, sizeof p->auth_header, "Authorization: Bearer %s", t.secret);
     snprintf(p->rid_header, sizeof p->rid_header, "X-ORP-Request-Id: %s", p->request_id);

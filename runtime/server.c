@@ -202,6 +202,7 @@ static int request_id(struct httpd_req *req, char out[RT_MAX_REQUEST_ID + 8])
             snprintf(hex, sizeof hex, "%016" PRIx64, (uint64_t)util_wall_ms());
         snprintf(out, RT_MAX_REQUEST_ID + 8, "rt-%s", hex);
     }
+    snprintf(req->id, sizeof req->id, "%s", out);
     char ctx[RT_MAX_REQUEST_ID + 16];
     snprintf(ctx, sizeof ctx, "req=%s", out);
     log_set_context(ctx);

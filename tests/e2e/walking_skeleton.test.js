@@ -54,12 +54,12 @@ test('GET /v1/models through the openai client lists the endpoint', async () => 
 });
 
 test('non-streaming chat completion, and its usage stored once', async () => {
-  const c = await client.chat.completions.create({
+  const { data: c, response } = await client.chat.completions.create({
     model: 'demo-chat',
     messages: [{ role: 'user', content: 'Hello! Say something.' }],
     max_tokens: 12,
     temperature: 0,
-  });
+  }).withResponse();
   assert.equal(c.object, 'chat.completion');
   assert.equal(c.model, 'demo-chat');
   assert.equal(c.choices.length, 1);
@@ -72,6 +72,7 @@ test('non-streaming chat completion, and its usage stored once', async () => {
 
   const rid = requestIdOf(c.id);
   assert.match(rid, /^req_[0-9a-f]{24}$/, 'the gateway made the request id');
+  assert.equal(response.headers.get('x-request-id'), rid, 'one id from gateway to runtime to billing');
   const row = await usageRow(rid);
   assert.equal(row.prompt_tokens, c.usage.prompt_tokens);
   assert.equal(row.completion_tokens, c.usage.completion_tokens);
