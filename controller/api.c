@@ -309,15 +309,25 @@ static void h_list_endpoints(struct httpd_req *req)
     reply_list(req, r, endpoint_json);
 }
 
+/* For routes on /v1/endpoints/{id}: the caller authenticated, and an id that cannot exist answered
+ * 404 before any query. NULL after answering. */
+static PGconn *endpoint_route(struct httpd_req *req, struct auth_ctx *a)
+{
+    PGconn *c = auth_db(req, a);
+    if (c && !api_is_uuid(req->params[0])) {
+        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist",
+                    req->params[0]);
+        ctl_db_done(req, c);
+        return NULL;
+    }
+    return c;
+}
+
 static void h_get_endpoint(struct httpd_req *req)
 {
     const char *id = req->params[0];
-    if (!api_is_uuid(id)) {
-        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
-        return;
-    }
     struct auth_ctx a;
-    PGconn *c = auth_db(req, &a);
+    PGconn *c = endpoint_route(req, &a);
     if (!c) return;
     reply_endpoint(req, c, a.account_id_str, id, 200);
     ctl_db_done(req, c);
@@ -345,12 +355,8 @@ static enum db_status delete_ep_txn(PGconn *c, void *arg)
 static void h_delete_endpoint(struct httpd_req *req)
 {
     const char *id = req->params[0];
-    if (!api_is_uuid(id)) {
-        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
-        return;
-    }
     struct auth_ctx a;
-    PGconn *c = auth_db(req, &a);
+    PGconn *c = endpoint_route(req, &a);
     if (!c) return;
     struct delete_ep de = {id, a.account_id_str, 0};
     enum db_status st = db_txn_run(c, delete_ep_txn, &de);

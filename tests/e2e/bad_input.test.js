@@ -70,6 +70,10 @@ test('missing or wrong API key is 401 on the API and the gateway', async () => {
   assertError(await P.api('GET', '/v1/endpoints', { key: null }), 401, 'missing_api_key');
   assertError(await P.api('GET', '/v1/endpoints', { key: 'sk-orp-' + '0'.repeat(48) }), 401, 'invalid_api_key');
   assertError(await P.api('GET', '/v1/endpoints', { key: 'garbage' }), 401, 'invalid_api_key');
+  // Who asks is checked before anything about what is asked.
+  assertError(await P.api('GET', '/v1/endpoints/not-a-uuid', { key: null }), 401, 'missing_api_key');
+  assertError(await P.api('DELETE', `/v1/endpoints/${endpointId}`, { key: null }), 401, 'missing_api_key');
+  assertError(await P.api('POST', '/v1/endpoints', { key: null, raw: '{bad json' }), 401, 'missing_api_key');
   assertError(await gateway({ model: 'mine', messages: [] }, { key: null }), 401, 'missing_api_key');
   assertError(await gateway({ model: 'mine', messages: [] }, { key: 'sk-orp-nope' }), 401, 'invalid_api_key');
   const c = new OpenAI({ apiKey: 'sk-orp-' + 'f'.repeat(48), baseURL: P.gatewayUrl, maxRetries: 0 });
