@@ -21,6 +21,7 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "gateway.h"
+#include "hosts_api.h"
 #include "leader.h"
 #include "log.h"
 #include "migrate.h"
@@ -267,12 +268,41 @@ static int cmd_model(int argc, char **argv)
 
 /* ---- serve ---- */
 
+/* A listener's routes come from several modules' tables, each owned by its module; they are
+ * joined in order at start (the API's static-file catch-all must stay last). */
+struct route_table {
+    const struct httpd_route *routes;
+    const size_t *n;
+};
+
 struct listener_spec {
     const char *name;
-    const struct httpd_route *routes;
-    size_t nroutes;
+    const struct route_table *tables;
+    size_t ntables;
     int64_t port;
 };
+
+static const struct route_table api_tables[] = {{hosts_routes, &hosts_nroutes},
+                                                {api_routes, &api_nroutes}};
+static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
+static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
+#define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
+
+/* A new array holding every route of the spec's tables (caller frees). */
+static struct httpd_route *join_routes(const struct listener_spec *spec, size_t *n_out)
+{
+    size_t n = 0;
+    for (size_t t = 0; t < spec->ntables; t++)
+        n += *spec->tables[t].n;
+    struct httpd_route *all = calloc(n, sizeof *all);
+    if (!all) return NULL;
+    size_t k = 0;
+    for (size_t t = 0; t < spec->ntables; t++)
+        for (size_t i = 0; i < *spec->tables[t].n; i++)
+            all[k++] = spec->tables[t].routes[i];
+    *n_out = n;
+    return all;
+}
 
 static int cmd_serve(struct ctl_config *cfg)
 {
@@ -284,10 +314,11 @@ static int cmd_serve(struct ctl_config *cfg)
     static struct ctl ctl;
     ctl.cfg = *cfg;
     struct listener_spec specs[] = {
-        {"api", api_routes, api_nroutes, cfg->api_port},
-        {"gateway", gateway_routes, gateway_nroutes, cfg->gateway_port},
-        {"agent-api", agentapi_routes, agentapi_nroutes, cfg->agent_port},
+        {"api", api_tables, NTABLES(api_tables), cfg->api_port},
+        {"gateway", gateway_tables, NTABLES(gateway_tables), cfg->gateway_port},
+        {"agent-api", agent_tables, NTABLES(agent_tables), cfg->agent_port},
     };
+    struct httpd_route *routes[3] = {0};
     struct ctl_listener lis[3];
     struct httpd_server *srv[3] = {0};
     int started = 0;
@@ -297,6 +328,8 @@ static int cmd_serve(struct ctl_config *cfg)
         if (strcmp(cfg->only, "all") && strcmp(cfg->only, specs[i].name)) continue;
         if (!strcmp(specs[i].name, "agent-api") && !cfg->agent_token)
             log_warn("no --agent-token: agents cannot register");
+        size_t nroutes = 0;
+        routes[i] = join_routes(&specs[i], &nroutes);
         lis[i].pool = db_pool_new(cfg->database_url, (int)cfg->db_pool_size,
                                   (int)cfg->db_timeout_ms, specs[i].name);
         struct httpd_config hc = {
@@ -307,8 +340,8 @@ static int cmd_serve(struct ctl_config *cfg)
             .conn_limit = (unsigned)cfg->max_connections,
             .conn_timeout_s = 60,
             .max_body = (size_t)cfg->max_body,
-            .routes = specs[i].routes,
-            .nroutes = specs[i].nroutes,
+            .routes = routes[i],
+            .nroutes = nroutes,
             .app = &lis[i],
         };
         char err[256];
@@ -335,6 +368,7 @@ static int cmd_serve(struct ctl_config *cfg)
     for (int i = 0; i < 3; i++) {
         httpd_stop(srv[i]);
         db_pool_free(lis[i].pool);
+        free(routes[i]);
     }
     return 0;
 }
@@ -343,7 +377,8 @@ int main(int argc, char **argv)
 {
     const char *usage = "usage: orp-controller serve|migrate [options]\n"
                         "       orp-controller admin create --email E [--credit-micros N]\n"
-                        "       orp-controller model add --name N --source DIR [options]";
+                        "       orp-controller model add --name N --source DIR [options]\n"
+                        "       orp-controller host list";
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         puts(usage);
         return argc < 2 ? 2 : 0;
@@ -367,6 +402,8 @@ int main(int argc, char **argv)
         rc = cmd_admin(argc, argv);
     } else if (!strcmp(argv[1], "model")) {
         rc = cmd_model(argc, argv);
+    } else if (!strcmp(argv[1], "host")) {
+        rc = hosts_cli(argc, argv);
     } else {
         fprintf(stderr, "orp-controller: unknown command '%s'\n%s\n", argv[1], usage);
         rc = 2;

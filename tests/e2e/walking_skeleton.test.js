@@ -47,6 +47,18 @@ test('the endpoint is listed with its replica placed on a CPU slot', async () =>
   assert.ok(ep.replica_states[0].epoch > 0);
 });
 
+test('the operator sees the host and its CPU slots', async () => {
+  const r = await P.api('GET', '/v1/admin/hosts');
+  assert.equal(r.status, 200);
+  assert.equal(r.json.data.length, 1);
+  const h = r.json.data[0];
+  assert.equal(h.name, 'e2e-host');
+  assert.equal(h.state, 'ready');
+  assert.deepEqual(h.devices.map((d) => [d.kind, d.model, d.uuid]),
+    [['cpu', 'CPU slot', 'CPU-e2e-host-0'], ['cpu', 'CPU slot', 'CPU-e2e-host-1']]);
+  assert.ok(Date.parse(h.last_seen_at) > Date.now() - 60000);
+});
+
 test('GET /v1/models through the openai client lists the endpoint', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
