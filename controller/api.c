@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "billing_api.h"
 #include "ctl.h"
 #include "jsonx.h"
 #include "log.h"
@@ -236,6 +237,16 @@ static void h_create_endpoint(struct httpd_req *req)
         goto out;
     }
     ce.acct = a.account_id_str;
+    int64_t balance = 0;
+    if (billing_balance(c, ce.acct, &balance) < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read the balance");
+        goto out;
+    }
+    if (balance <= 0) {
+        httpd_error(req, 402, "insufficient_balance", NULL,
+                    "your balance is used up; add credit before deploying");
+        goto out;
+    }
     PGresult *r;
     enum db_status st = db_exec(c,
                                 "SELECT min_devices, device_kinds[1], "

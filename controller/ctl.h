@@ -19,7 +19,9 @@ struct ctl_config {
     int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
     int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s;
     const char *log_level;
+    int64_t billing_period_s;
     int no_leader;
+    int unlocked_leader; /* tests only: run the leader loops without the election */
 };
 
 struct ctl {

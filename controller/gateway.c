@@ -261,7 +261,9 @@ static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, c
     /* Only the current epoch's state is 'ready'; a replica being moved is not routed to. */
     enum db_status st = db_exec(
         c,
-        "SELECT e.id, h.address, r.port, r.secret FROM endpoints e "
+        "SELECT e.id, h.address, r.port, r.secret, "
+        "  (SELECT COALESCE(sum(l.amount_micros), 0) FROM ledger_entries l "
+        "   WHERE l.account_id = $1::bigint) FROM endpoints e "
         "LEFT JOIN replicas r ON r.endpoint_id = e.id AND r.state = 'ready' AND r.port IS NOT NULL "
         "LEFT JOIN hosts h ON h.id = r.host_id AND h.state = 'ready' "
         "WHERE e.account_id = $1::bigint AND e.name = $2 AND e.state = 'active' "
@@ -280,6 +282,14 @@ static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, c
         return -1;
     }
     snprintf(t->endpoint_id, sizeof t->endpoint_id, "%s", PQgetvalue(r, 0, 0));
+    /* Admission: an account with nothing left is refused before any work is done. (Balance
+     * leases, which bound concurrent spending by each request's maximum cost, are next.) */
+    if (db_int(r, 0, 4) <= 0) {
+        PQclear(r);
+        httpd_error(req, 402, "insufficient_balance", NULL,
+                    "your balance is used up; add credit to continue");
+        return -1;
+    }
     if (PQgetisnull(r, 0, 1)) {
         PQclear(r);
         req->retry_after = 5;

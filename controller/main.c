@@ -18,6 +18,7 @@
 #include "agentapi.h"
 #include "api.h"
 #include "auth.h"
+#include "billing_api.h"
 #include "cfg.h"
 #include "ctl.h"
 #include "gateway.h"
@@ -35,7 +36,8 @@ static const struct cfg_opt serve_opts[] = {
     {"api-port", CFG_INT, "8080", "public API and console port", O(api_port)},
     {"gateway-port", CFG_INT, "8081", "OpenAI-compatible gateway port", O(gateway_port)},
     {"agent-port", CFG_INT, "8082", "agent API port", O(agent_port)},
-    {"only", CFG_STRING, "all", "run one listener: all | api | gateway | agent-api", O(only)},
+    {"only", CFG_STRING, "all", "run one listener: all | api | gateway | agent-api | none",
+     O(only)},
     {"agent-token", CFG_STRING, NULL, "enrollment token agents present to register",
      O(agent_token)},
     {"web-dir", CFG_STRING, NULL, "console files (default: web/ of the source tree)", O(web_dir)},
@@ -52,7 +54,12 @@ static const struct cfg_opt serve_opts[] = {
      O(liveness_timeout_ms)},
     {"scheduler-interval-ms", CFG_INT, "1000", "leader loop period", O(scheduler_interval_ms)},
     {"stream-timeout-s", CFG_INT, "600", "longest proxied inference request", O(stream_timeout_s)},
+    {"billing-period-s", CFG_INT, "60", "length of a billing period (closed and charged once)",
+     O(billing_period_s)},
     {"no-leader", CFG_BOOL, "false", "never run the leader loops here", O(no_leader)},
+    {"unlocked-leader", CFG_BOOL, "false",
+     "TESTS ONLY: run the leader loops without election (proves metering is idempotent)",
+     O(unlocked_leader)},
     {"log-level", CFG_STRING, "info", "debug | info | warn | error", O(log_level)},
 };
 #define NOPTS (sizeof serve_opts / sizeof serve_opts[0])
@@ -152,12 +159,8 @@ static enum db_status admin_txn(PGconn *c, void *arg)
     if ((st = auth_create_key(c, strtoll(acct, NULL, 10), user, "admin", an->key)) < 0) return st;
     char idem[64];
     snprintf(idem, sizeof idem, "initial-credit:%s", acct);
-    const char *pl[] = {acct, an->credit, idem};
-    return db_cmd(c,
-                  "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, "
-                  "memo) VALUES ($1::bigint, $2::bigint, 'credit', $3, 'initial credit') "
-                  "ON CONFLICT (idempotency_key) DO NOTHING",
-                  3, pl);
+    return billing_credit(c, strtoll(acct, NULL, 10), strtoll(an->credit, NULL, 10), idem,
+                          "initial credit");
 }
 
 static int cmd_admin(int argc, char **argv)
@@ -282,8 +285,8 @@ struct listener_spec {
     int64_t port;
 };
 
-static const struct route_table api_tables[] = {{hosts_routes, &hosts_nroutes},
-                                                {api_routes, &api_nroutes}};
+static const struct route_table api_tables[] = {
+    {hosts_routes, &hosts_nroutes}, {billing_routes, &billing_nroutes}, {api_routes, &api_nroutes}};
 static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
 static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
 #define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
@@ -356,7 +359,7 @@ static int cmd_serve(struct ctl_config *cfg)
                  httpd_port(srv[i]));
         started++;
     }
-    if (!started) {
+    if (!started && strcmp(cfg->only, "none") != 0) {
         log_error("--only %s matches no listener", cfg->only);
         return 2;
     }

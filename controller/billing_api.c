@@ -1,0 +1,276 @@
+/* billing_api: see billing_api.h. Read routes serve what the tables hold; nothing here computes a
+ * charge (metering.c does). */
+#include "billing_api.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "ctl.h"
+#include "jsonx.h"
+#include "log.h"
+
+#define LEDGER_PAGE_MAX 200 /* entries per page: bounds one reply and one query */
+#define USAGE_ROWS_MAX 5000 /* rows of a usage report */
+
+void billing_display(int64_t micros, char *out, size_t n)
+{
+    uint64_t a = micros < 0 ? (uint64_t)(-(micros + 1)) + 1 : (uint64_t)micros;
+    snprintf(out, n, "%s%" PRIu64 ".%06" PRIu64 " USD", micros < 0 ? "-" : "", a / 1000000,
+             a % 1000000);
+}
+
+enum db_status billing_balance(PGconn *c, const char *account_id, int64_t *out)
+{
+    const char *p[] = {account_id};
+    PGresult *r;
+    enum db_status st = db_exec(
+        c,
+        "SELECT COALESCE(sum(amount_micros), 0) FROM ledger_entries WHERE account_id = $1::bigint",
+        1, p, &r, NULL);
+    if (st < 0) return st;
+    *out = db_int(r, 0, 0);
+    PQclear(r);
+    return DB_ROWS;
+}
+
+enum db_status billing_credit(PGconn *c, int64_t account_id, int64_t amount_micros,
+                              const char *idempotency_key, const char *memo)
+{
+    char acct[24], amt[24];
+    snprintf(acct, sizeof acct, "%lld", (long long)account_id);
+    snprintf(amt, sizeof amt, "%lld", (long long)amount_micros);
+    const char *p[] = {acct, amt, idempotency_key, memo ? memo : ""};
+    return db_cmd(c,
+                  "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, "
+                  "memo) VALUES ($1::bigint, $2::bigint, 'credit', $3, $4) "
+                  "ON CONFLICT (idempotency_key) DO NOTHING",
+                  4, p);
+}
+
+static json_t *money(json_t *o, const char *key, int64_t micros)
+{
+    char k[64], d[48];
+    snprintf(k, sizeof k, "%s_micros", key);
+    json_object_set_new(o, k, json_integer(micros));
+    billing_display(micros, d, sizeof d);
+    snprintf(k, sizeof k, "%s_display", key);
+    json_object_set_new(o, k, json_string(d));
+    return o;
+}
+
+static void h_balance(struct httpd_req *req)
+{
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
+    int64_t bal = 0;
+    enum db_status st = billing_balance(c, a.account_id_str, &bal);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read the balance");
+        return;
+    }
+    json_t *o = json_pack("{s:s, s:s}", "object", "balance", "account_id", a.account_id_str);
+    httpd_reply_json(req, 200, money(o, "balance", bal));
+}
+
+/* Parses an optional positive integer query parameter; -1 after answering 400. */
+static int64_t query_int(struct httpd_req *req, const char *name, int64_t def, int64_t max)
+{
+    const char *v = httpd_query(req, name);
+    if (!v) return def;
+    char *end;
+    long long n = strtoll(v, &end, 10);
+    if (!*v || *end || n < 1 || n > max) {
+        httpd_error(req, 400, "invalid_parameter", name,
+                    "query parameter '%s' must be an integer between 1 and %lld", name,
+                    (long long)max);
+        return -1;
+    }
+    return n;
+}
+
+static void h_ledger(struct httpd_req *req)
+{
+    int64_t limit = query_int(req, "limit", 50, LEDGER_PAGE_MAX);
+    if (limit < 0) return;
+    int64_t after = query_int(req, "starting_after", INT64_MAX, INT64_MAX);
+    if (after < 0) return;
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
+    char lim[24], aft[24];
+    snprintf(lim, sizeof lim, "%lld", (long long)limit + 1); /* one more: is there a next page? */
+    snprintf(aft, sizeof aft, "%lld", (long long)after);
+    const char *p[] = {a.account_id_str, aft, lim};
+    PGresult *r;
+    /* Newest first; the cursor is the last id of the previous page. */
+    enum db_status st = db_exec(
+        c,
+        "SELECT id, amount_micros, kind, memo, endpoint_id, "
+        "  to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+        "  to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), quantity, "
+        "  unit FROM ledger_entries WHERE account_id = $1::bigint AND id < $2::bigint "
+        "ORDER BY id DESC LIMIT $3::int",
+        3, p, &r, NULL);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read the ledger");
+        return;
+    }
+    int n = PQntuples(r), more = n > limit;
+    if (more) n = (int)limit;
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *e =
+            json_pack("{s:s, s:s, s:s, s:s}", "id", PQgetvalue(r, i, 0), "object", "ledger_entry",
+                      "kind", PQgetvalue(r, i, 2), "at", PQgetvalue(r, i, 5));
+        money(e, "amount", db_int(r, i, 1));
+        json_object_set_new(e, "memo", json_string(PQgetvalue(r, i, 3)));
+        json_object_set_new(e, "endpoint_id",
+                            PQgetisnull(r, i, 4) ? json_null() : json_string(PQgetvalue(r, i, 4)));
+        json_object_set_new(e, "period_start",
+                            PQgetisnull(r, i, 6) ? json_null() : json_string(PQgetvalue(r, i, 6)));
+        json_object_set_new(e, "quantity",
+                            PQgetisnull(r, i, 7) ? json_null() : json_integer(db_int(r, i, 7)));
+        json_object_set_new(e, "unit",
+                            PQgetisnull(r, i, 8) ? json_null() : json_string(PQgetvalue(r, i, 8)));
+        json_array_append_new(data, e);
+    }
+    json_t *o = json_pack("{s:s, s:o, s:b}", "object", "list", "data", data, "has_more", more);
+    if (more) json_object_set_new(o, "next_starting_after", json_string(PQgetvalue(r, n - 1, 0)));
+    PQclear(r);
+    httpd_reply_json(req, 200, o);
+}
+
+static void h_usage(struct httpd_req *req)
+{
+    const char *gran = httpd_query(req, "granularity");
+    if (!gran) gran = "hour";
+    if (strcmp(gran, "minute") && strcmp(gran, "hour") && strcmp(gran, "day")) {
+        httpd_error(req, 400, "invalid_parameter", "granularity",
+                    "granularity must be minute, hour or day");
+        return;
+    }
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", USAGE_ROWS_MAX);
+    const char *p[] = {a.account_id_str, gran, lim};
+    PGresult *r;
+    enum db_status st =
+        db_exec(c,
+                "SELECT to_char(date_trunc($2, l.period_start) AT TIME ZONE 'UTC', "
+                "    'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), l.endpoint_id, e.name, l.kind, "
+                "  -sum(l.amount_micros)::bigint, sum(l.quantity)::bigint, min(l.unit) "
+                "FROM ledger_entries l JOIN endpoints e ON e.id = l.endpoint_id "
+                "WHERE l.account_id = $1::bigint AND l.kind IN ('usage_time', 'usage_value') "
+                "GROUP BY date_trunc($2, l.period_start), l.endpoint_id, e.name, l.kind "
+                "ORDER BY 1 DESC, 3, 4 LIMIT $3::int",
+                3, p, &r, NULL);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read usage");
+        return;
+    }
+    json_t *data = json_array();
+    for (int i = 0; i < PQntuples(r); i++) {
+        json_t *u =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "object", "usage", "period_start",
+                      PQgetvalue(r, i, 0), "endpoint_id", PQgetvalue(r, i, 1), "endpoint",
+                      PQgetvalue(r, i, 2), "kind", PQgetvalue(r, i, 3), "quantity",
+                      (json_int_t)db_int(r, i, 5), "unit", PQgetvalue(r, i, 6));
+        json_array_append_new(data, money(u, "cost", db_int(r, i, 4)));
+    }
+    PQclear(r);
+    httpd_reply_json(
+        req, 200,
+        json_pack("{s:s, s:s, s:o}", "object", "list", "granularity", gran, "data", data));
+}
+
+static const char *const credit_fields[] = {"amount_micros", "idempotency_key", "memo", NULL};
+
+static void h_credit(struct httpd_req *req)
+{
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
+    json_t *body = NULL;
+    if (strcmp(a.role, "admin") != 0) {
+        httpd_error(req, 403, "admin_only", NULL, "only the operator may credit accounts");
+        goto out;
+    }
+    char *end;
+    long long acct = strtoll(req->params[0], &end, 10);
+    if (*end || acct <= 0) {
+        httpd_error(req, 404, "account_not_found", NULL, "account %s does not exist",
+                    req->params[0]);
+        goto out;
+    }
+    body = httpd_body_object(req);
+    if (!body || httpd_reject_unknown(req, body, credit_fields) != 0) goto out;
+    struct jsonx_err je = {0};
+    int64_t amount;
+    const char *key, *memo = "";
+    enum jsonx_rc rc;
+    /* A single credit is capped at 1 000 000 USD: a typo must not mint a fortune. */
+    if ((rc = jsonx_get_int(body, "amount_micros", 1, 1, INT64_C(1000000000000), &amount, &je)) !=
+            JSONX_OK ||
+        (rc = jsonx_get_string(body, "idempotency_key", 1, &key, 100, &je)) != JSONX_OK ||
+        (rc = jsonx_get_string(body, "memo", 0, &memo, 200, &je)) == JSONX_BAD) {
+        httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
+                    je.param, "%s", je.message);
+        goto out;
+    }
+    const char *pa[] = {req->params[0]};
+    if (db_cmd(c, "SELECT 1 FROM accounts WHERE id = $1::bigint", 1, pa) != DB_ROWS) {
+        httpd_error(req, 404, "account_not_found", NULL, "account %s does not exist",
+                    req->params[0]);
+        goto out;
+    }
+    /* The key is scoped to the account so two accounts cannot collide. */
+    char scoped[160];
+    snprintf(scoped, sizeof scoped, "credit:%lld:%s", acct, key);
+    enum db_status st = billing_credit(c, acct, amount, scoped, memo);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not record the credit");
+        goto out;
+    }
+    /* Same key: the stored entry decides. Same amount → the same answer again; another → 409. */
+    const char *pk[] = {scoped};
+    PGresult *r;
+    if (db_exec(c, "SELECT id, amount_micros FROM ledger_entries WHERE idempotency_key = $1", 1, pk,
+                &r, NULL) != DB_ROWS) {
+        httpd_error(req, 500, "internal_error", NULL, "the credit vanished");
+        goto out;
+    }
+    int64_t stored = db_int(r, 0, 1);
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:s, s:b}", "object", "ledger_entry", "id", PQgetvalue(r, 0, 0),
+                  "kind", "credit", "idempotency_key", key, "replayed", st == DB_NONE);
+    PQclear(r);
+    if (stored != amount) {
+        json_decref(o);
+        httpd_error(req, 409, "idempotency_key_reused", "idempotency_key",
+                    "idempotency_key '%s' was used for another amount", key);
+        goto out;
+    }
+    if (st == DB_ROWS)
+        log_info("credited %lld micros to account %lld (%s)", (long long)amount, acct, key);
+    httpd_reply_json(req, st == DB_ROWS ? 201 : 200, money(o, "amount", amount));
+out:
+    json_decref(body);
+    ctl_db_done(req, c);
+}
+
+const struct httpd_route billing_routes[] = {
+    {"GET", "/v1/billing/balance", h_balance},
+    {"GET", "/v1/billing/ledger", h_ledger},
+    {"GET", "/v1/billing/usage", h_usage},
+    {"POST", "/v1/admin/accounts/{}/credits", h_credit},
+};
+const size_t billing_nroutes = sizeof billing_routes / sizeof billing_routes[0];
