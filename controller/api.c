@@ -166,7 +166,7 @@ static int valid_name(const char *s)
 }
 
 struct create_ep {
-    const char *acct, *name, *model, *kind;
+    const char *acct, *name, *model, *kind, *billing;
     int64_t gpus, replicas;
     char id[40];
     int conflict;
@@ -178,14 +178,14 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
     char g[24], n[24], ss[6];
     snprintf(g, sizeof g, "%lld", (long long)ce->gpus);
     snprintf(n, sizeof n, "%lld", (long long)ce->replicas);
-    const char *p[] = {ce->acct, ce->name, ce->model, ce->kind, g, n};
+    const char *p[] = {ce->acct, ce->name, ce->model, ce->kind, g, n, ce->billing};
     PGresult *r;
     enum db_status st = db_exec(c,
                                 "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
-                                "  gpus_per_replica, replicas) "
-                                "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int "
+                                "  gpus_per_replica, replicas, billing_mode) "
+                                "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7 "
                                 "FROM models m WHERE m.name = $3 RETURNING id",
-                                6, p, &r, ss);
+                                7, p, &r, ss);
     if (st < 0) {
         if (!strcmp(ss, "23505")) ce->conflict = 1;
         return st;
@@ -200,8 +200,8 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
                   3, p2);
 }
 
-static const char *const create_fields[] = {"name",     "model",       "gpus_per_replica",
-                                            "replicas", "device_kind", NULL};
+static const char *const create_fields[] = {
+    "name", "model", "gpus_per_replica", "replicas", "device_kind", "billing_mode", NULL};
 
 static void h_create_endpoint(struct httpd_req *req)
 {
@@ -213,6 +213,7 @@ static void h_create_endpoint(struct httpd_req *req)
     if (!body) goto out_db;
     struct create_ep ce = {0};
     ce.replicas = 1;
+    ce.billing = "time";
     int64_t gpus = 0;
     enum jsonx_rc rc;
     if (httpd_reject_unknown(req, body, create_fields) != 0) goto out;
@@ -220,7 +221,8 @@ static void h_create_endpoint(struct httpd_req *req)
         (rc = jsonx_get_string(body, "model", 1, &ce.model, 200, &je)) != JSONX_OK ||
         (rc = jsonx_get_int(body, "gpus_per_replica", 0, 1, 8, &gpus, &je)) == JSONX_BAD ||
         (rc = jsonx_get_int(body, "replicas", 0, 1, 16, &ce.replicas, &je)) == JSONX_BAD ||
-        (rc = jsonx_get_string(body, "device_kind", 0, &ce.kind, 8, &je)) == JSONX_BAD) {
+        (rc = jsonx_get_string(body, "device_kind", 0, &ce.kind, 8, &je)) == JSONX_BAD ||
+        (rc = jsonx_get_string(body, "billing_mode", 0, &ce.billing, 8, &je)) == JSONX_BAD) {
         httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
                     je.param, "%s", je.message);
         goto out;
@@ -229,6 +231,17 @@ static void h_create_endpoint(struct httpd_req *req)
         httpd_error(req, 400, "invalid_parameter", "name",
                     "field 'name' must be 1-63 characters of a-z, 0-9 and '-', starting with a "
                     "letter and not ending with '-'");
+        goto out;
+    }
+    if (strcmp(ce.billing, "time") && strcmp(ce.billing, "value")) {
+        httpd_error(req, 400, "invalid_parameter", "billing_mode",
+                    "field 'billing_mode' must be \"time\" or \"value\"");
+        goto out;
+    }
+    /* Per-token billing leaves idle GPUs unpaid: only the operator runs such endpoints. */
+    if (!strcmp(ce.billing, "value") && strcmp(a.role, "admin") != 0) {
+        httpd_error(req, 403, "admin_only", "billing_mode",
+                    "only the operator may create endpoints billed by value");
         goto out;
     }
     if (ce.kind && strcmp(ce.kind, "gpu") && strcmp(ce.kind, "cpu")) {

@@ -4,9 +4,29 @@
 #include "metering.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "log.h"
+
+/* Both statements end the same way: `priced` holds one row per (account, endpoint, period) with
+ * its idempotency key; `ins` writes them; a row whose key exists already is a late arrival (a
+ * ready interval or usage event committed after its period was billed, e.g. by a transaction that
+ * began before the period ended) and is written under the key suffixed ':late:<this pass's
+ * period>', so it is billed once, in the period it arrived in, and never dropped. Concurrent
+ * passes cannot both see the same rows: they are locked and marked by the first. */
+#define METERING_TAIL                                                                              \
+    "ins AS (INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, "       \
+    "          endpoint_id, period_start, quantity, unit, memo) "                                  \
+    "        SELECT account_id, amount, kind, key, endpoint_id, period_start, quantity, unit, "    \
+    "          memo FROM priced ON CONFLICT (idempotency_key) DO NOTHING "                         \
+    "        RETURNING idempotency_key), "                                                         \
+    "late AS (INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, "      \
+    "           endpoint_id, period_start, quantity, unit, memo) "                                 \
+    "         SELECT account_id, amount, kind, "                                                   \
+    "           key || ':late:' || extract(epoch FROM date_bin($1::interval, now(), "              \
+    "             timestamptz 'epoch'))::bigint, endpoint_id, period_start, quantity, unit, "      \
+    "           memo || ' (late)' FROM priced WHERE key NOT IN (SELECT idempotency_key FROM ins) " \
+    "         ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1) "                              \
+    "SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM late)"
 
 /* Ready time of closed periods. iv: the unbilled part of each interval up to the current period's
  * start (locked); moved: marks it billed; pieces: that part split by period; time-billed
@@ -28,19 +48,17 @@ static const char *const TIME_SQL =
     "                                    iv.upto, $1::interval) gs "
     "           WHERE gs < iv.upto AND iv.billing_mode = 'time'), "
     "sums AS (SELECT account_id, endpoint_id, device_kind, period_start, "
-    "           round(sum(ms))::bigint AS device_ms FROM pieces GROUP BY 1, 2, 3, 4) "
-    "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, endpoint_id, "
-    "  period_start, quantity, unit, memo) "
-    "SELECT s.account_id, -ceil(s.device_ms::numeric * p.micros_per_device_hour / 3600000), "
-    "  'usage_time', 'time:' || s.endpoint_id || ':' || extract(epoch FROM "
-    "s.period_start)::bigint, "
-    "  s.endpoint_id, s.period_start, s.device_ms, 'device_ms', "
-    "  s.device_kind || ' at ' || p.micros_per_device_hour || ' micros/device-hour' "
-    "FROM sums s CROSS JOIN LATERAL (SELECT d.micros_per_device_hour FROM device_prices d "
-    "  WHERE d.device_kind = s.device_kind AND d.effective_at <= s.period_start "
-    "  ORDER BY d.effective_at DESC LIMIT 1) p "
-    "WHERE s.device_ms > 0 "
-    "ON CONFLICT (idempotency_key) DO NOTHING";
+    "           round(sum(ms))::bigint AS device_ms FROM pieces GROUP BY 1, 2, 3, 4), "
+    "priced AS (SELECT s.account_id, "
+    "    -ceil(s.device_ms::numeric * p.micros_per_device_hour / 3600000)::bigint AS amount, "
+    "    'usage_time' AS kind, "
+    "    'time:' || s.endpoint_id || ':' || extract(epoch FROM s.period_start)::bigint AS key, "
+    "    s.endpoint_id, s.period_start, s.device_ms AS quantity, 'device_ms' AS unit, "
+    "    s.device_kind || ' at ' || p.micros_per_device_hour || ' micros/device-hour' AS memo "
+    "  FROM sums s CROSS JOIN LATERAL (SELECT d.micros_per_device_hour FROM device_prices d "
+    "    WHERE d.device_kind = s.device_kind AND d.effective_at <= s.period_start "
+    "    ORDER BY d.effective_at DESC LIMIT 1) p "
+    "  WHERE s.device_ms > 0), " METERING_TAIL;
 
 /* Usage events of closed periods (by arrival). Events of time-billed endpoints are marked as
  * covered by time billing; those of value-billed endpoints are charged at the model's prices. */
@@ -61,19 +79,18 @@ static const char *const VALUE_SQL =
     "    u.prompt_tokens, u.completion_tokens), "
     "sums AS (SELECT account_id, endpoint_id, model_id, key, period_start, "
     "           sum(prompt_tokens) AS pt, sum(completion_tokens) AS ct FROM marked "
-    "         GROUP BY 1, 2, 3, 4, 5) "
-    "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, endpoint_id, "
-    "  period_start, quantity, unit, memo) "
-    "SELECT s.account_id, -ceil((s.pt * p.input_price_micros_per_mtok "
-    "                            + s.ct * p.output_price_micros_per_mtok) / 1000000.0), "
-    "  'usage_value', s.key, s.endpoint_id, s.period_start, s.pt + s.ct, 'tokens', "
-    "  s.pt || ' in at ' || p.input_price_micros_per_mtok || ', ' || s.ct || ' out at ' || "
-    "  p.output_price_micros_per_mtok || ' micros/Mtok' "
-    "FROM sums s CROSS JOIN LATERAL (SELECT mp.input_price_micros_per_mtok, "
-    "  mp.output_price_micros_per_mtok FROM model_prices mp "
-    "  WHERE mp.model_id = s.model_id AND mp.effective_at <= s.period_start "
-    "  ORDER BY mp.effective_at DESC LIMIT 1) p "
-    "ON CONFLICT (idempotency_key) DO NOTHING";
+    "         GROUP BY 1, 2, 3, 4, 5), "
+    "priced AS (SELECT s.account_id, "
+    "    -ceil((s.pt * p.input_price_micros_per_mtok "
+    "           + s.ct * p.output_price_micros_per_mtok) / 1000000.0)::bigint AS amount, "
+    "    'usage_value' AS kind, s.key, s.endpoint_id, s.period_start, "
+    "    (s.pt + s.ct)::bigint AS quantity, 'tokens' AS unit, "
+    "    s.pt || ' in at ' || p.input_price_micros_per_mtok || ', ' || s.ct || ' out at ' || "
+    "    p.output_price_micros_per_mtok || ' micros/Mtok' AS memo "
+    "  FROM sums s CROSS JOIN LATERAL (SELECT mp.input_price_micros_per_mtok, "
+    "    mp.output_price_micros_per_mtok FROM model_prices mp "
+    "    WHERE mp.model_id = s.model_id AND mp.effective_at <= s.period_start "
+    "    ORDER BY mp.effective_at DESC LIMIT 1) p), " METERING_TAIL;
 
 struct pass {
     char period[32];
@@ -88,11 +105,11 @@ static enum db_status pass_txn(PGconn *c, void *arg)
     p->written = 0;
     enum db_status st = db_exec(c, TIME_SQL, 1, prm, &r, NULL);
     if (st < 0) return st;
-    p->written += atoi(PQcmdTuples(r));
+    p->written += (int)db_int(r, 0, 0);
     PQclear(r);
     if ((st = db_cmd(c, USAGE_TIME_SQL, 1, prm)) < 0) return st;
     if ((st = db_exec(c, VALUE_SQL, 1, prm, &r, NULL)) < 0) return st;
-    p->written += atoi(PQcmdTuples(r));
+    p->written += (int)db_int(r, 0, 0);
     PQclear(r);
     return DB_ROWS;
 }

@@ -73,7 +73,7 @@ export class Platform {
     }
   }
 
-  async start({ cpuSlots = 2 } = {}) {
+  async start({ cpuSlots = 2, controllerArgs = [] } = {}) {
     const pgPort = await freePort();
     this.pgDir = path.join(this.tmp, 'pg');
     this.run(path.join(root, 'ops/pg'), ['init', this.pgDir, String(pgPort)]);
@@ -96,7 +96,7 @@ export class Platform {
       '--api-port', String(this.ports.api), '--gateway-port', String(this.ports.gateway),
       '--agent-port', String(this.ports.agent), '--agent-token', this.agentToken,
       '--heartbeat-ms', '500', '--scheduler-interval-ms', '300', '--liveness-timeout-ms', '5000',
-      '--log-level', 'debug']);
+      '--log-level', 'debug', ...controllerArgs]);
     this.apiUrl = `http://127.0.0.1:${this.ports.api}`;
     this.gatewayUrl = `http://127.0.0.1:${this.ports.gateway}/v1`;
     await waitFor('controller /healthz', async () => (await fetch(`${this.apiUrl}/healthz`)).ok, 20000);
