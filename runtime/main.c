@@ -11,17 +11,22 @@
 
 struct mm_cli {
     const char *out, *arch, *dtype;
-    int64_t dim, layers, heads, kv_heads, ffn, merges, context, seed;
+    int64_t dim, layers, heads, kv_heads, head_dim, ffn, merges, context, seed;
 };
 
 static const struct cfg_opt mm_cli_opts[] = {
     {"out", CFG_STRING, NULL, "directory to write the model into", offsetof(struct mm_cli, out)},
-    {"arch", CFG_STRING, "llama", "architecture (llama)", offsetof(struct mm_cli, arch)},
+    {"arch", CFG_STRING, "llama",
+     "architecture, with its family's tokens and chat template: llama, qwen2 (QKV bias, "
+     "ChatML), qwen3 (q/k norm, explicit head_dim, ChatML) or mistral",
+     offsetof(struct mm_cli, arch)},
     {"dim", CFG_INT, "64", "hidden size", offsetof(struct mm_cli, dim)},
     {"layers", CFG_INT, "2", "number of layers", offsetof(struct mm_cli, layers)},
     {"heads", CFG_INT, "4", "attention heads", offsetof(struct mm_cli, heads)},
     {"kv-heads", CFG_INT, "2", "key/value heads (grouped-query attention)",
      offsetof(struct mm_cli, kv_heads)},
+    {"head-dim", CFG_INT, "0", "head size (0: dim / heads; qwen3: 2 * dim / heads)",
+     offsetof(struct mm_cli, head_dim)},
     {"ffn", CFG_INT, "176", "MLP intermediate size", offsetof(struct mm_cli, ffn)},
     {"merges", CFG_INT, "300", "BPE merges to learn from the embedded text",
      offsetof(struct mm_cli, merges)},
@@ -35,8 +40,9 @@ static const struct cfg_opt mm_cli_opts[] = {
 static int make_model(int argc, char **argv)
 {
     static const char usage[] =
-        "usage: orp-runtime make-model --out DIR [--arch llama] [--dim N] [--layers N]\n"
-        "                              [--heads N] [--kv-heads N] [--ffn N] [--merges N]\n"
+        "usage: orp-runtime make-model --out DIR [--arch llama|qwen2|qwen3|mistral] [--dim N]\n"
+        "                              [--layers N] [--heads N] [--kv-heads N] [--head-dim N]\n"
+        "                              [--ffn N] [--merges N]\n"
         "                              [--context N] [--seed N] [--dtype bf16|f16|f32]";
     struct mm_cli c;
     char err[512];
@@ -55,6 +61,7 @@ static int make_model(int argc, char **argv)
 #define CLAMP(v) ((v) < -1 ? -1 : (v) > 1000000000 ? 1000000000 : (int)(v))
         o.dim = CLAMP(c.dim), o.layers = CLAMP(c.layers), o.heads = CLAMP(c.heads);
         o.kv_heads = CLAMP(c.kv_heads), o.ffn = CLAMP(c.ffn), o.merges = CLAMP(c.merges);
+        o.head_dim = CLAMP(c.head_dim);
         o.context = CLAMP(c.context);
 #undef CLAMP
         o.seed = (uint64_t)c.seed;

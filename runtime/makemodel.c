@@ -26,15 +26,126 @@
 #define MM_MAX_MERGES 20000
 #define MM_MAX_CONTEXT 131072
 
-const char *const mm_special_tokens[5] = {"<|begin_of_text|>", "<|end_of_text|>",
-                                          "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
-
-static const char LLAMA3_CHAT_TEMPLATE[] =
+/* The chat templates make-model writes into tokenizer_config.json, one per family: Llama 3's
+ * (as Meta ships it for 3.0), ChatML as Qwen2-Instruct ships it (with its default system
+ * message), plain ChatML, and Mistral's (v0.3's, without the tool branches). chat.c recognises
+ * each; tests/unit/runtime/chat_fixtures.py renders them with jinja2. */
+const char mm_tpl_llama3[] =
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
     "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | "
     "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
     "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
     "'<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+const char mm_tpl_chatml_qwen2[] =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ "
+    "'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif "
+    "%}{{'<|im_start|>' "
+    "+ message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if "
+    "add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+const char mm_tpl_chatml[] =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<|im_start|>assistant\\n' "
+    "}}{% endif %}";
+const char mm_tpl_mistral[] =
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}"
+    "{%- endif %}{{- bos_token }}{%- for message in loop_messages %}{%- if (message['role'] == "
+    "'user') != (loop.index0 % 2 == 0) %}{{- raise_exception('After the optional system message, "
+    "conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif %}{%- if "
+    "message['role'] == 'user' %}{%- if loop.last and system_message is defined %}{{- '[INST] ' + "
+    "system_message + '\\n\\n' + message['content'] + '[/INST]' }}{%- else %}{{- '[INST] ' + "
+    "message['content'] + '[/INST]' }}{%- endif %}{%- elif message['role'] == 'assistant' %}{{- "
+    "' ' + message['content']|trim + eos_token }}{%- else %}{{- raise_exception('Only user and "
+    "assistant roles are supported, with the exception of an initial optional system message!') "
+    "}}{%- endif %}{%- endfor %}";
+
+/* What differs between the families' checkpoints, besides the architecture switches. Indexes
+ * below are into specials, whose ids follow the learned vocab in order. */
+struct family {
+    const char *arch, *hf_name;
+    const char *specials[5];
+    int nspecial;
+    int bos_token, eos_token; /* tokenizer_config.json's bos_token / eos_token; -1: null */
+    int cfg_bos, cfg_eos[2];  /* config.json's bos_token_id, eos_token_id (-1: none) */
+    int gen_eos[2];           /* generation_config.json's eos_token_id (-1: none) */
+    int bos_post;             /* the post-processor puts bos_token before every sequence */
+    const char *template;
+    double rope_theta, eps;
+    int tied;
+    int head_dim_mult; /* head_dim = mult * dim / heads unless --head-dim */
+};
+
+static const struct family families[] = {
+    {"llama",
+     "LlamaForCausalLM",
+     {"<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+      "<|eot_id|>"},
+     5,
+     0,
+     4,
+     0,
+     {1, 4},
+     {1, 4},
+     1,
+     mm_tpl_llama3,
+     500000.0,
+     1e-5,
+     0,
+     1},
+    {"qwen2",
+     "Qwen2ForCausalLM",
+     {"<|endoftext|>", "<|im_start|>", "<|im_end|>"},
+     3,
+     -1,
+     2,
+     0,
+     {2, -1},
+     {2, 0},
+     0,
+     mm_tpl_chatml_qwen2,
+     1000000.0,
+     1e-6,
+     1,
+     1},
+    {"qwen3",
+     "Qwen3ForCausalLM",
+     {"<|endoftext|>", "<|im_start|>", "<|im_end|>"},
+     3,
+     -1,
+     2,
+     0,
+     {2, -1},
+     {2, 0},
+     0,
+     mm_tpl_chatml,
+     1000000.0,
+     1e-6,
+     0,
+     2},
+    {"mistral",
+     "MistralForCausalLM",
+     {"<s>", "</s>", "[INST]", "[/INST]"},
+     4,
+     0,
+     1,
+     0,
+     {1, -1},
+     {1, -1},
+     1,
+     mm_tpl_mistral,
+     1000000.0,
+     1e-5,
+     0,
+     1},
+};
+
+static const struct family *find_family(const char *arch)
+{
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        if (arch && strcmp(families[i].arch, arch) == 0) return &families[i];
+    return NULL;
+}
 
 __attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
                                                          ...)
@@ -49,6 +160,7 @@ void mm_defaults(struct mm_opts *o)
 {
     *o = (struct mm_opts){.out = NULL,
                           .arch = "llama",
+                          .head_dim = 0,
                           .dim = 64,
                           .layers = 2,
                           .heads = 4,
@@ -298,9 +410,11 @@ static json_t *pre_tokenizer_json(void)
 }
 
 /* Llama 3's post-processor: a <|begin_of_text|> before every sequence. */
-static json_t *post_processor_json(int bos)
+static json_t *post_processor_json(const char *b, int bos)
 {
-    const char *b = mm_special_tokens[0];
+    if (!b)
+        return json_pack("{s:s,s:b,s:b,s:b}", "type", "ByteLevel", "add_prefix_space", 0,
+                         "trim_offsets", 0, "use_regex", 0);
     return json_pack(
         "{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],s:[{s:{s:s,s:i}},{s:{s:s,s:i}},{s:{s:s,s:i}},"
         "{s:{s:s,s:i}}],s:{s:{s:s,s:[i],s:[s]}}}",
@@ -310,7 +424,8 @@ static json_t *post_processor_json(int bos)
         1, "special_tokens", b, "id", b, "ids", bos, "tokens", b);
 }
 
-static int write_tokenizer(const struct trainer *tr, const char *dir, char *err, size_t errlen)
+static int write_tokenizer(const struct trainer *tr, const struct family *f, const char *dir,
+                           char *err, size_t errlen)
 {
     json_t *vocab = json_object(), *merges = json_array(), *added = json_array();
     for (int i = 0; i < tr->ntokens; i++) {
@@ -325,20 +440,22 @@ static int write_tokenizer(const struct trainer *tr, const char *dir, char *err,
         free(a);
         free(b);
     }
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < f->nspecial; i++)
         json_array_append_new(added,
                               json_pack("{s:i,s:s,s:b,s:b,s:b,s:b,s:b}", "id", tr->ntokens + i,
-                                        "content", mm_special_tokens[i], "single_word", 0, "lstrip",
-                                        0, "rstrip", 0, "normalized", 0, "special", 1));
+                                        "content", f->specials[i], "single_word", 0, "lstrip", 0,
+                                        "rstrip", 0, "normalized", 0, "special", 1));
     json_t *model =
         json_pack("{s:s,s:n,s:n,s:n,s:n,s:b,s:b,s:b,s:o,s:o}", "type", "BPE", "dropout",
                   "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", 0,
                   "byte_fallback", 0, "ignore_merges", 1, "vocab", vocab, "merges", merges);
-    json_t *root = json_pack(
-        "{s:s,s:n,s:n,s:o,s:n,s:o,s:o,s:{s:s,s:b,s:b,s:b},s:o}", "version", "1.0", "truncation",
-        "padding", "added_tokens", added, "normalizer", "pre_tokenizer", pre_tokenizer_json(),
-        "post_processor", post_processor_json(tr->ntokens), "decoder", "type", "ByteLevel",
-        "add_prefix_space", 1, "trim_offsets", 1, "use_regex", 1, "model", model);
+    json_t *root = json_pack("{s:s,s:n,s:n,s:o,s:n,s:o,s:o,s:{s:s,s:b,s:b,s:b},s:o}", "version",
+                             "1.0", "truncation", "padding", "added_tokens", added, "normalizer",
+                             "pre_tokenizer", pre_tokenizer_json(), "post_processor",
+                             post_processor_json(f->bos_post ? f->specials[f->bos_token] : NULL,
+                                                 tr->ntokens + f->bos_token),
+                             "decoder", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets",
+                             1, "use_regex", 1, "model", model);
     if (!root) {
         seterr(err, errlen, "cannot build tokenizer.json");
         return -1;
@@ -346,46 +463,70 @@ static int write_tokenizer(const struct trainer *tr, const char *dir, char *err,
     return write_json(dir, "tokenizer.json", root, err, errlen);
 }
 
-static int write_tokenizer_config(const struct trainer *tr, const struct mm_opts *o, char *err,
-                                  size_t errlen)
+static json_t *special_or_null(const struct family *f, int i)
+{
+    return i >= 0 ? json_string(f->specials[i]) : json_null();
+}
+
+static int write_tokenizer_config(const struct trainer *tr, const struct family *f,
+                                  const struct mm_opts *o, char *err, size_t errlen)
 {
     json_t *dec = json_object();
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < f->nspecial; i++) {
         char id[16];
         snprintf(id, sizeof id, "%d", tr->ntokens + i);
         json_object_set_new(dec, id,
-                            json_pack("{s:s,s:b,s:b,s:b,s:b,s:b}", "content", mm_special_tokens[i],
+                            json_pack("{s:s,s:b,s:b,s:b,s:b,s:b}", "content", f->specials[i],
                                       "lstrip", 0, "normalized", 0, "rstrip", 0, "single_word", 0,
                                       "special", 1));
     }
     json_t *root =
-        json_pack("{s:o,s:s,s:s,s:s,s:b,s:i,s:s}", "added_tokens_decoder", dec, "bos_token",
-                  mm_special_tokens[0], "eos_token", mm_special_tokens[4], "chat_template",
-                  LLAMA3_CHAT_TEMPLATE, "clean_up_tokenization_spaces", 1, "model_max_length",
-                  o->context, "tokenizer_class", "PreTrainedTokenizerFast");
+        json_pack("{s:o,s:o,s:o,s:s,s:b,s:i,s:s}", "added_tokens_decoder", dec, "bos_token",
+                  special_or_null(f, f->bos_token), "eos_token", special_or_null(f, f->eos_token),
+                  "chat_template", f->template, "clean_up_tokenization_spaces", 1,
+                  "model_max_length", o->context, "tokenizer_class", "PreTrainedTokenizerFast");
     return write_json(o->out, "tokenizer_config.json", root, err, errlen);
 }
 
-static int write_configs(const struct trainer *tr, const struct mm_opts *o, char *err,
-                         size_t errlen)
+/* An eos list of up to two special indexes (-1: unused) as ids: an int when one, else a list. */
+static json_t *eos_json(const int idx[2], int base)
 {
-    int vocab = tr->ntokens + 5, bos = tr->ntokens, eot = tr->ntokens + 4, eos = tr->ntokens + 1;
+    if (idx[1] < 0) return json_integer(base + idx[0]);
+    return json_pack("[i,i]", base + idx[0], base + idx[1]);
+}
+
+static int head_dim(const struct mm_opts *o, const struct family *f)
+{
+    return o->head_dim > 0 ? o->head_dim : f->head_dim_mult * o->dim / o->heads;
+}
+
+static int write_configs(const struct trainer *tr, const struct family *f, const struct mm_opts *o,
+                         char *err, size_t errlen)
+{
+    int base = tr->ntokens, vocab = base + f->nspecial;
     json_t *cfg = json_pack(
-        "{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:i,s:i,s:b,s:i,s:[i,i],s:s,s:b,s:b,s:n,"
+        "{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:i,s:i,s:b,s:i,s:o,s:s,s:b,s:b,s:n,"
         "s:f,s:s}",
-        "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_size", o->dim,
+        "architectures", f->hf_name, "model_type", f->arch, "hidden_size", o->dim,
         "intermediate_size", o->ffn, "num_hidden_layers", o->layers, "num_attention_heads",
-        o->heads, "num_key_value_heads", o->kv_heads, "head_dim", o->dim / o->heads, "rms_norm_eps",
-        1e-5, "rope_theta", 500000.0, "max_position_embeddings", o->context, "vocab_size", vocab,
-        "tie_word_embeddings", 0, "bos_token_id", bos, "eos_token_id", eos, eot, "hidden_act",
-        "silu", "attention_bias", 0, "mlp_bias", 0, "rope_scaling", "initializer_range", 0.02,
-        "torch_dtype",
+        o->heads, "num_key_value_heads", o->kv_heads, "head_dim", head_dim(o, f), "rms_norm_eps",
+        f->eps, "rope_theta", f->rope_theta, "max_position_embeddings", o->context, "vocab_size",
+        vocab, "tie_word_embeddings", f->tied, "bos_token_id", base + f->cfg_bos, "eos_token_id",
+        eos_json(f->cfg_eos, base), "hidden_act", "silu", "attention_bias", 0, "mlp_bias", 0,
+        "rope_scaling", "initializer_range", 0.02, "torch_dtype",
         o->dtype == ST_F32   ? "float32"
         : o->dtype == ST_F16 ? "float16"
                              : "bfloat16");
+    if (cfg && strcmp(f->arch, "llama") != 0) {
+        /* Mistral v0.3 and Qwen write these; Qwen's window is off unless use_sliding_window. */
+        int qwen = f->arch[0] == 'q';
+        json_object_set_new(cfg, "sliding_window", qwen ? json_integer(o->context) : json_null());
+        if (qwen) json_object_set_new(cfg, "use_sliding_window", json_false());
+    }
     if (write_json(o->out, "config.json", cfg, err, errlen) != 0) return -1;
-    json_t *gen = json_pack("{s:i,s:[i,i],s:b,s:f,s:f}", "bos_token_id", bos, "eos_token_id", eos,
-                            eot, "do_sample", 1, "temperature", 0.6, "top_p", 0.9);
+    json_t *gen =
+        json_pack("{s:i,s:o,s:b,s:f,s:f}", "bos_token_id", base + f->cfg_bos, "eos_token_id",
+                  eos_json(f->gen_eos, base), "do_sample", 1, "temperature", 0.6, "top_p", 0.9);
     return write_json(o->out, "generation_config.json", gen, err, errlen);
 }
 
@@ -410,70 +551,117 @@ static float rng_normal(struct rng *r) /* Box-Muller */
     return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
 
-/* Fills a new [d0, d1] (or [d0] of ones when d1 == 0, a norm) tensor. Matrices get
- * N(0, 1/in): activations keep their scale through the layers, so the random model's logits
- * are neither flat nor saturated. */
-static float *make_weight(struct rng *r, int64_t d0, int64_t d1, float stddev)
+/* How a tensor is filled: a matrix N(0, 1/in) (the embedding N(0, 1)), a norm of ones, or, for
+ * the tensors only some architectures have, values that make a missing or misapplied tensor show
+ * in the logits: biases N(0, 0.1^2) and q/k norms 1 + N(0, 0.1^2). */
+enum fill { FILL_MATRIX, FILL_ONES, FILL_BIAS, FILL_NORM_NOISY };
+
+struct wspec {
+    char name[96];
+    int64_t d0, d1; /* d1 == 0: a vector */
+    enum fill fill;
+};
+
+/* The checkpoint's tensors in the order their random values are drawn (Llama's order is fixed:
+ * golden logits depend on it). Returns the count, or -1 when out of memory. */
+static int weight_specs(const struct mm_opts *o, const struct family *f, int vocab,
+                        struct wspec **out)
 {
-    size_t n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
-    float *w = malloc(n * sizeof *w);
-    if (!w) return NULL;
-    for (size_t i = 0; i < n; i++)
-        w[i] = d1 ? rng_normal(r) * stddev : 1.0f;
-    return w;
+    int hd = head_dim(o, f), qd = o->heads * hd, kvd = o->kv_heads * hd;
+    int qkv_bias = !strcmp(f->arch, "qwen2"), qk_norm = !strcmp(f->arch, "qwen3");
+    struct {
+        const char *suffix;
+        int64_t d0, d1;
+        enum fill fill;
+        int want;
+    } per_layer[] = {
+        {"input_layernorm.weight", o->dim, 0, FILL_ONES, 1},
+        {"self_attn.q_proj.weight", qd, o->dim, FILL_MATRIX, 1},
+        {"self_attn.k_proj.weight", kvd, o->dim, FILL_MATRIX, 1},
+        {"self_attn.v_proj.weight", kvd, o->dim, FILL_MATRIX, 1},
+        {"self_attn.o_proj.weight", o->dim, qd, FILL_MATRIX, 1},
+        {"post_attention_layernorm.weight", o->dim, 0, FILL_ONES, 1},
+        {"mlp.gate_proj.weight", o->ffn, o->dim, FILL_MATRIX, 1},
+        {"mlp.up_proj.weight", o->ffn, o->dim, FILL_MATRIX, 1},
+        {"mlp.down_proj.weight", o->dim, o->ffn, FILL_MATRIX, 1},
+        {"self_attn.q_proj.bias", qd, 0, FILL_BIAS, qkv_bias},
+        {"self_attn.k_proj.bias", kvd, 0, FILL_BIAS, qkv_bias},
+        {"self_attn.v_proj.bias", kvd, 0, FILL_BIAS, qkv_bias},
+        {"self_attn.q_norm.weight", hd, 0, FILL_NORM_NOISY, qk_norm},
+        {"self_attn.k_norm.weight", hd, 0, FILL_NORM_NOISY, qk_norm},
+    };
+    size_t npl = sizeof per_layer / sizeof per_layer[0];
+    struct wspec *w = calloc(3 + npl * (size_t)o->layers, sizeof *w);
+    if (!w) return -1;
+    int n = 0;
+    w[n++] = (struct wspec){"model.embed_tokens.weight", vocab, o->dim, FILL_MATRIX};
+    for (int l = 0; l < o->layers; l++)
+        for (size_t k = 0; k < npl; k++) {
+            if (!per_layer[k].want) continue;
+            snprintf(w[n].name, sizeof w[n].name, "model.layers.%d.%s", l, per_layer[k].suffix);
+            w[n].d0 = per_layer[k].d0, w[n].d1 = per_layer[k].d1, w[n].fill = per_layer[k].fill;
+            n++;
+        }
+    w[n++] = (struct wspec){"model.norm.weight", o->dim, 0, FILL_ONES};
+    if (!f->tied) w[n++] = (struct wspec){"lm_head.weight", vocab, o->dim, FILL_MATRIX};
+    *out = w;
+    return n;
 }
 
-static int write_weights(const struct mm_opts *o, int vocab, char *err, size_t errlen)
+static float *fill_weight(struct rng *r, const struct wspec *w, int first)
 {
-    int hd = o->dim / o->heads, qd = o->heads * hd, kvd = o->kv_heads * hd;
-    static const char *const lnames[] = {
-        "input_layernorm.weight",  "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-        "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight"};
-    int64_t lshape[9][2] = {{o->dim, 0},      {qd, o->dim},     {kvd, o->dim},
-                            {kvd, o->dim},    {o->dim, qd},     {o->dim, 0},
-                            {o->ffn, o->dim}, {o->ffn, o->dim}, {o->dim, o->ffn}};
-    size_t n = 3 + 9 * (size_t)o->layers;
-    struct st_wtensor *t = calloc(n, sizeof *t);
-    char(*names)[96] = calloc(n, sizeof *names);
-    struct rng r = {o->seed};
-    int rc = t && names ? 0 : -1;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        int64_t d0, d1;
-        if (i == 0) {
-            snprintf(names[i], sizeof names[i], "model.embed_tokens.weight");
-            d0 = vocab, d1 = o->dim;
-        } else if (i == n - 2) {
-            snprintf(names[i], sizeof names[i], "model.norm.weight");
-            d0 = o->dim, d1 = 0;
-        } else if (i == n - 1) {
-            snprintf(names[i], sizeof names[i], "lm_head.weight");
-            d0 = vocab, d1 = o->dim;
-        } else {
-            size_t l = (i - 1) / 9, k = (i - 1) % 9;
-            snprintf(names[i], sizeof names[i], "model.layers.%zu.%s", l, lnames[k]);
-            d0 = lshape[k][0], d1 = lshape[k][1];
+    size_t n = (size_t)w->d0 * (size_t)(w->d1 ? w->d1 : 1);
+    float *v = malloc(n * sizeof *v);
+    if (!v) return NULL;
+    float stddev = first ? 1.0f : w->d1 ? (float)(1.0 / sqrt((double)w->d1)) : 0.1f;
+    for (size_t i = 0; i < n; i++) {
+        switch (w->fill) {
+        case FILL_MATRIX:
+        case FILL_BIAS:
+            v[i] = rng_normal(r) * stddev;
+            break;
+        case FILL_ONES:
+            v[i] = 1.0f;
+            break;
+        case FILL_NORM_NOISY:
+            v[i] = 1.0f + rng_normal(r) * 0.1f;
+            break;
         }
-        float stddev = i == 0 ? 1.0f : d1 ? (float)(1.0 / sqrt((double)d1)) : 0;
-        t[i] = (struct st_wtensor){.name = names[i],
-                                   .dtype = d1 ? o->dtype : ST_F32,
-                                   .ndim = d1 ? 2 : 1,
-                                   .shape = {d0, d1},
-                                   .data = make_weight(&r, d0, d1, stddev)};
+    }
+    return v;
+}
+
+static int write_weights(const struct mm_opts *o, const struct family *f, int vocab, char *err,
+                         size_t errlen)
+{
+    struct wspec *ws = NULL;
+    int n = weight_specs(o, f, vocab, &ws);
+    struct st_wtensor *t = n > 0 ? calloc((size_t)n, sizeof *t) : NULL;
+    struct rng r = {o->seed};
+    int rc = t ? 0 : -1;
+    for (int i = 0; i < n && rc == 0; i++) {
+        /* Norms stay F32, as real checkpoints often keep them; biases take the matrices' dtype. */
+        enum st_dtype dt =
+            ws[i].fill == FILL_ONES || ws[i].fill == FILL_NORM_NOISY ? ST_F32 : o->dtype;
+        t[i] = (struct st_wtensor){.name = ws[i].name,
+                                   .dtype = dt,
+                                   .ndim = ws[i].d1 ? 2 : 1,
+                                   .shape = {ws[i].d0, ws[i].d1},
+                                   .data = fill_weight(&r, &ws[i], i == 0)};
         if (!t[i].data) rc = -1;
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", o->out);
     json_t *meta = json_pack("{s:s}", "format", "pt");
     if (rc == 0)
-        rc = st_write(path, t, n, meta, err, errlen);
+        rc = st_write(path, t, (size_t)n, meta, err, errlen);
     else
         seterr(err, errlen, "out of memory making weights");
     json_decref(meta);
-    for (size_t i = 0; t && i < n; i++)
+    for (int i = 0; t && i < n; i++)
         free((float *)t[i].data);
     free(t);
-    free(names);
+    free(ws);
     return rc;
 }
 
@@ -483,8 +671,9 @@ static int check_opts(const struct mm_opts *o, char *err, size_t errlen)
         seterr(err, errlen, "--out DIR is required");
         return -1;
     }
-    if (!o->arch || strcmp(o->arch, "llama") != 0) {
-        seterr(err, errlen, "--arch: only \"llama\" is supported");
+    if (!find_family(o->arch)) {
+        seterr(err, errlen, "--arch %s is not supported (llama, qwen2, qwen3, mistral)",
+               o->arch ? o->arch : "(none)");
         return -1;
     }
     if (o->dim < 2 || o->dim > MM_MAX_DIM || o->layers < 1 || o->layers > MM_MAX_LAYERS ||
@@ -497,10 +686,10 @@ static int check_opts(const struct mm_opts *o, char *err, size_t errlen)
         return -1;
     }
     if (o->heads < 1 || o->kv_heads < 1 || o->dim % o->heads || o->heads % o->kv_heads ||
-        (o->dim / o->heads) % 2) {
+        head_dim(o, find_family(o->arch)) % 2 || o->head_dim < 0 || o->head_dim > MM_MAX_DIM) {
         seterr(err, errlen,
-               "--heads must divide --dim into an even head size, and --kv-heads "
-               "must divide --heads");
+               "--heads must divide --dim, the head size (--head-dim) must be even, and "
+               "--kv-heads must divide --heads");
         return -1;
     }
     return 0;
@@ -513,13 +702,14 @@ int mm_make(const struct mm_opts *o, char *err, size_t errlen)
         seterr(err, errlen, "%s: cannot create the directory", o->out);
         return -1;
     }
+    const struct family *f = find_family(o->arch);
     struct trainer tr = {0};
     int rc = train(&tr, o->merges);
     if (rc) seterr(err, errlen, "BPE training failed (out of memory)");
-    if (rc == 0) rc = write_tokenizer(&tr, o->out, err, errlen);
-    if (rc == 0) rc = write_tokenizer_config(&tr, o, err, errlen);
-    if (rc == 0) rc = write_configs(&tr, o, err, errlen);
-    if (rc == 0) rc = write_weights(o, tr.ntokens + 5, err, errlen);
+    if (rc == 0) rc = write_tokenizer(&tr, f, o->out, err, errlen);
+    if (rc == 0) rc = write_tokenizer_config(&tr, f, o, err, errlen);
+    if (rc == 0) rc = write_configs(&tr, f, o, err, errlen);
+    if (rc == 0) rc = write_weights(o, f, tr.ntokens + f->nspecial, err, errlen);
     trainer_free(&tr);
     return rc;
 }

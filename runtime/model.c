@@ -1,13 +1,15 @@
-/* model: owns a Llama model's configuration and f32 weights, and computes its forward pass on the
+/* model: owns a model's configuration and f32 weights, and computes its forward pass on the
  * CPU (see model.h). This is the reference implementation: plain loops in the order of Hugging
- * Face's LlamaForCausalLM, so the CUDA kernels can be checked against it.
+ * Face's LlamaForCausalLM (Qwen2, Qwen3 and Mistral differ only where marked), so the CUDA
+ * kernels can be checked against it.
  *
  * One layer, for the token at position pos (x is the residual stream, [dim]):
  *   xb = rmsnorm(x) * attn_norm
- *   q = Wq xb [heads*hd], k = Wk xb [kv*hd], v = Wv xb [kv*hd]; RoPE on q and k ("rotate_half":
- *   element i pairs with i + hd/2); k, v stored in the cache at pos
- *   per head h (sharing kv head h / (heads/kv)): softmax(q_h . k_t / sqrt(hd)) over t <= pos,
- *   weighted sum of v_t
+ *   q = Wq xb [heads*hd], k = Wk xb [kv*hd], v = Wv xb [kv*hd]  (+ bq, bk, bv: Qwen2)
+ *   (Qwen3: each head of q and k rmsnorm'd with q_norm / k_norm [hd])
+ *   RoPE on q and k ("rotate_half": element i pairs with i + hd/2); k, v stored in the cache at pos
+ *   per head h (sharing kv head h / (heads/kv)): softmax(q_h . k_t / sqrt(hd)) over t <= pos
+ *   (Mistral: and pos - t < sliding_window), weighted sum of v_t
  *   x += Wo att
  *   xb = rmsnorm(x) * ffn_norm; x += Wdown (silu(Wgate xb) * (Wup xb))
  * then logits = lm_head rmsnorm(x) * norm. Weights are row-major [out, in], as PyTorch's Linear
@@ -37,15 +39,17 @@
 #define MODEL_MAX_CONTEXT (1 << 20)
 
 struct layer {
-    float *attn_norm; /* [dim] */
-    float *wq;        /* [heads*hd, dim] */
-    float *wk;        /* [kv*hd, dim] */
-    float *wv;        /* [kv*hd, dim] */
-    float *wo;        /* [dim, heads*hd] */
-    float *ffn_norm;  /* [dim] */
-    float *w_gate;    /* [ffn, dim] */
-    float *w_up;      /* [ffn, dim] */
-    float *w_down;    /* [dim, ffn] */
+    float *attn_norm;       /* [dim] */
+    float *wq;              /* [heads*hd, dim] */
+    float *wk;              /* [kv*hd, dim] */
+    float *wv;              /* [kv*hd, dim] */
+    float *wo;              /* [dim, heads*hd] */
+    float *ffn_norm;        /* [dim] */
+    float *w_gate;          /* [ffn, dim] */
+    float *w_up;            /* [ffn, dim] */
+    float *w_down;          /* [dim, ffn] */
+    float *bq, *bk, *bv;    /* [heads*hd], [kv*hd], [kv*hd]; NULL unless qkv_bias */
+    float *q_norm, *k_norm; /* [hd]; NULL unless qk_norm */
 };
 
 /* A fixed pool of workers for matvec: the caller takes rows [0, n/threads), worker i the i-th
@@ -179,30 +183,88 @@ static int parse_rope_scaling(json_t *rs, struct model_config *c, const char *pa
                : 0;
 }
 
-static int check_arch(json_t *o, const char *path, char *err, size_t errlen)
+/* What each architecture switches on. Everything else (GQA, RoPE, tied embeddings, llama3 rope
+ * scaling) is read from config.json the same way for all of them. */
+static const struct arch_info {
+    const char *hf_name;    /* architectures[0] */
+    const char *model_type; /* model_type, also our short name */
+    int qkv_bias, qk_norm;
+} arch_table[MODEL_NARCH] = {
+    [MODEL_LLAMA] = {"LlamaForCausalLM", "llama", 0, 0},
+    [MODEL_QWEN2] = {"Qwen2ForCausalLM", "qwen2", 1, 0},
+    [MODEL_QWEN3] = {"Qwen3ForCausalLM", "qwen3", 0, 1},
+    [MODEL_MISTRAL] = {"MistralForCausalLM", "mistral", 0, 0},
+};
+
+const char *model_arch_name(enum model_arch a)
+{
+    return a >= 0 && a < MODEL_NARCH ? arch_table[a].model_type : "?";
+}
+
+int model_arch_find(const char *name)
+{
+    for (int i = 0; i < MODEL_NARCH; i++)
+        if (name && strcmp(arch_table[i].model_type, name) == 0) return i;
+    return -1;
+}
+
+/* Sets c->arch and its switches from architectures[0] (or model_type when that is absent), and
+ * refuses the options of those architectures we do not implement. */
+static int check_arch(json_t *o, struct model_config *c, const char *path, char *err, size_t errlen)
 {
     json_t *archs = json_object_get(o, "architectures");
     const char *mt = json_string_value(json_object_get(o, "model_type"));
-    if (mt && strcmp(mt, "llama") != 0) {
-        seterr(err, errlen, "%s: model_type \"%s\" is not supported (llama)", path, mt);
-        return -1;
-    }
+    const char *a = NULL;
+    int ai = -1;
     if (json_is_array(archs) && json_array_size(archs) > 0) {
-        const char *a = json_string_value(json_array_get(archs, 0));
-        if (!a || strcmp(a, "LlamaForCausalLM") != 0) {
-            seterr(err, errlen, "%s: architectures[0] \"%s\" is not supported (LlamaForCausalLM)",
+        a = json_string_value(json_array_get(archs, 0));
+        for (int i = 0; i < MODEL_NARCH && a; i++)
+            if (strcmp(arch_table[i].hf_name, a) == 0) ai = i;
+        if (ai < 0) {
+            seterr(err, errlen,
+                   "%s: architectures[0] \"%s\" is not supported (supported: LlamaForCausalLM, "
+                   "Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM)",
                    path, a ? a : "?");
             return -1;
         }
     }
+    if (mt && model_arch_find(mt) < 0) {
+        seterr(err, errlen,
+               "%s: model_type \"%s\" is not supported (supported: llama, qwen2, qwen3, mistral)",
+               path, mt);
+        return -1;
+    }
+    if (ai < 0 && !mt) {
+        seterr(err, errlen, "%s: neither \"architectures\" nor \"model_type\" names the model",
+               path);
+        return -1;
+    }
+    if (ai < 0) ai = model_arch_find(mt);
+    if (mt && model_arch_find(mt) != ai) {
+        seterr(err, errlen, "%s: model_type \"%s\" does not match architectures[0] \"%s\"", path,
+               mt, a);
+        return -1;
+    }
+    c->arch = (enum model_arch)ai;
+    c->qkv_bias = arch_table[ai].qkv_bias;
+    c->qk_norm = arch_table[ai].qk_norm;
     const char *act = json_string_value(json_object_get(o, "hidden_act"));
     if (act && strcmp(act, "silu") != 0) {
         seterr(err, errlen, "%s: hidden_act \"%s\" is not supported (silu)", path, act);
         return -1;
     }
-    if (json_is_true(json_object_get(o, "attention_bias")) ||
+    /* Qwen2 has its q/k/v bias built in (no config key); elsewhere a bias is an option we do
+     * not implement. */
+    if ((c->arch != MODEL_QWEN2 && json_is_true(json_object_get(o, "attention_bias"))) ||
         json_is_true(json_object_get(o, "mlp_bias"))) {
-        seterr(err, errlen, "%s: attention_bias / mlp_bias are not supported", path);
+        seterr(err, errlen, "%s: attention_bias / mlp_bias are not supported for %s", path,
+               arch_table[ai].model_type);
+        return -1;
+    }
+    /* Qwen writes sliding_window even when use_sliding_window is false, which turns it off. */
+    if (json_is_true(json_object_get(o, "use_sliding_window"))) {
+        seterr(err, errlen, "%s: use_sliding_window is not supported for %s", path,
+               arch_table[ai].model_type);
         return -1;
     }
     return 0;
@@ -211,7 +273,7 @@ static int check_arch(json_t *o, const char *path, char *err, size_t errlen)
 static int parse_config(json_t *o, struct model_config *c, const char *p, char *err, size_t el)
 {
     memset(c, 0, sizeof *c);
-    if (check_arch(o, p, err, el) ||
+    if (check_arch(o, c, p, err, el) ||
         cfg_int(o, "hidden_size", 1, 0, 1, MODEL_MAX_DIM, &c->dim, p, err, el) ||
         cfg_int(o, "intermediate_size", 1, 0, 1, 16 * MODEL_MAX_DIM, &c->ffn, p, err, el) ||
         cfg_int(o, "num_hidden_layers", 1, 0, 1, 1024, &c->layers, p, err, el) ||
@@ -240,6 +302,9 @@ static int parse_config(json_t *o, struct model_config *c, const char *p, char *
         return -1;
     }
     c->tied = json_is_true(tie);
+    if (c->arch == MODEL_MISTRAL &&
+        cfg_int(o, "sliding_window", 0, 0, 1, MODEL_MAX_CONTEXT, &c->sliding_window, p, err, el))
+        return -1;
     return 0;
 }
 
@@ -314,19 +379,26 @@ static int load_layer(struct model *m, const struct st_set *st, const char *dir,
         const char *suffix;
         float **dst;
         int64_t d0, d1;
+        int want;
     } ws[] = {
-        {"input_layernorm.weight", &L->attn_norm, c->dim, 0},
-        {"self_attn.q_proj.weight", &L->wq, qd, c->dim},
-        {"self_attn.k_proj.weight", &L->wk, kvd, c->dim},
-        {"self_attn.v_proj.weight", &L->wv, kvd, c->dim},
-        {"self_attn.o_proj.weight", &L->wo, c->dim, qd},
-        {"post_attention_layernorm.weight", &L->ffn_norm, c->dim, 0},
-        {"mlp.gate_proj.weight", &L->w_gate, c->ffn, c->dim},
-        {"mlp.up_proj.weight", &L->w_up, c->ffn, c->dim},
-        {"mlp.down_proj.weight", &L->w_down, c->dim, c->ffn},
+        {"input_layernorm.weight", &L->attn_norm, c->dim, 0, 1},
+        {"self_attn.q_proj.weight", &L->wq, qd, c->dim, 1},
+        {"self_attn.k_proj.weight", &L->wk, kvd, c->dim, 1},
+        {"self_attn.v_proj.weight", &L->wv, kvd, c->dim, 1},
+        {"self_attn.o_proj.weight", &L->wo, c->dim, qd, 1},
+        {"post_attention_layernorm.weight", &L->ffn_norm, c->dim, 0, 1},
+        {"mlp.gate_proj.weight", &L->w_gate, c->ffn, c->dim, 1},
+        {"mlp.up_proj.weight", &L->w_up, c->ffn, c->dim, 1},
+        {"mlp.down_proj.weight", &L->w_down, c->dim, c->ffn, 1},
+        {"self_attn.q_proj.bias", &L->bq, qd, 0, c->qkv_bias},
+        {"self_attn.k_proj.bias", &L->bk, kvd, 0, c->qkv_bias},
+        {"self_attn.v_proj.bias", &L->bv, kvd, 0, c->qkv_bias},
+        {"self_attn.q_norm.weight", &L->q_norm, c->head_dim, 0, c->qk_norm},
+        {"self_attn.k_norm.weight", &L->k_norm, c->head_dim, 0, c->qk_norm},
     };
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
         char name[160];
+        if (!ws[i].want) continue;
         snprintf(name, sizeof name, "model.layers.%d.%s", l, ws[i].suffix);
         *ws[i].dst = load_tensor(st, dir, name, ws[i].d0, ws[i].d1, err, errlen);
         if (!*ws[i].dst) return -1;
@@ -535,8 +607,8 @@ void model_free(struct model *m)
     if (m->layer) {
         for (int l = 0; l < m->cfg.layers; l++) {
             struct layer *L = &m->layer[l];
-            float *ws[] = {L->attn_norm, L->wq,     L->wk,   L->wv,    L->wo,
-                           L->ffn_norm,  L->w_gate, L->w_up, L->w_down};
+            float *ws[] = {L->attn_norm, L->wq,     L->wk, L->wv, L->wo, L->ffn_norm, L->w_gate,
+                           L->w_up,      L->w_down, L->bq, L->bk, L->bv, L->q_norm,   L->k_norm};
             for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
                 free(ws[i]);
         }
@@ -621,6 +693,12 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
         out[i] = x[i] * scale * w[i];
 }
 
+static void add_bias(float *v, const float *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        v[i] += b[i];
+}
+
 /* rotate_half RoPE on nheads vectors of hd floats at v. */
 static void rope(float *v, int nheads, int hd, const float *cosv, const float *sinv)
 {
@@ -643,11 +721,13 @@ static void attention(const struct model *m, struct model_ctx *x, int l)
     const float *kc = x->kcache + (size_t)l * x->len * kvd;
     const float *vc = x->vcache + (size_t)l * x->len * kvd;
     float scale = 1.0f / sqrtf((float)hd);
+    /* Mistral's sliding window: position t is seen from pos while pos - t < window. */
+    int t0 = c->sliding_window && x->pos >= c->sliding_window ? x->pos - c->sliding_window + 1 : 0;
     for (int h = 0; h < c->heads; h++) {
         const float *q = x->q + (size_t)h * hd;
         int kvh = h / group;
         float mx = -INFINITY;
-        for (int t = 0; t <= x->pos; t++) {
+        for (int t = t0; t <= x->pos; t++) {
             const float *k = kc + (size_t)t * kvd + (size_t)kvh * hd;
             float s = 0;
             for (int i = 0; i < hd; i++)
@@ -656,13 +736,13 @@ static void attention(const struct model *m, struct model_ctx *x, int l)
             if (x->att[t] > mx) mx = x->att[t];
         }
         float sum = 0;
-        for (int t = 0; t <= x->pos; t++) {
+        for (int t = t0; t <= x->pos; t++) {
             x->att[t] = expf(x->att[t] - mx);
             sum += x->att[t];
         }
         float *o = x->att_out + (size_t)h * hd;
         memset(o, 0, (size_t)hd * sizeof *o);
-        for (int t = 0; t <= x->pos; t++) {
+        for (int t = t0; t <= x->pos; t++) {
             const float *v = vc + (size_t)t * kvd + (size_t)kvh * hd;
             float a = x->att[t] / sum;
             for (int i = 0; i < hd; i++)
@@ -684,6 +764,17 @@ static void layer_forward(const struct model *m, struct model_ctx *x, int l, con
     matvec(m, x->q, L->wq, x->xb, qd, c->dim);
     matvec(m, k, L->wk, x->xb, kvd, c->dim);
     matvec(m, v, L->wv, x->xb, kvd, c->dim);
+    if (c->qkv_bias) {
+        add_bias(x->q, L->bq, qd);
+        add_bias(k, L->bk, kvd);
+        add_bias(v, L->bv, kvd);
+    }
+    if (c->qk_norm) {
+        for (int h = 0; h < c->heads; h++)
+            rmsnorm(x->q + (size_t)h * hd, x->q + (size_t)h * hd, L->q_norm, hd, c->eps);
+        for (int h = 0; h < c->kv_heads; h++)
+            rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, L->k_norm, hd, c->eps);
+    }
     rope(x->q, c->heads, hd, cosv, sinv);
     rope(k, c->kv_heads, hd, cosv, sinv);
     attention(m, x, l);

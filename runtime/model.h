@@ -1,6 +1,8 @@
-/* model: the Llama architecture on the CPU in f32 (the reference the CUDA backend is checked
- * against): config.json, weights from safetensors converted to f32 at load, and a forward pass
- * for one token at a time over a per-request KV cache. A loaded model is immutable; all mutable
+/* model: decoder-only transformers of the Llama family on the CPU in f32 (the reference the CUDA
+ * backend is checked against): config.json, weights from safetensors converted to f32 at load, and
+ * a forward pass for one token at a time over a per-request KV cache. Llama, Qwen2/2.5, Qwen3 and
+ * Mistral are configurations of one forward pass (struct model_config says what differs), not
+ * forks of it. A loaded model is immutable; all mutable
  * state of a generation lives in its struct model_ctx, so contexts on different threads may run
  * at once. */
 #ifndef ORP_MODEL_H
@@ -11,16 +13,23 @@
 /* Ids config.json and generation_config.json may list as end of sequence. */
 #define MODEL_MAX_EOS 16
 
+/* The architectures config.json may name; each is a set of switches of the one forward pass. */
+enum model_arch { MODEL_LLAMA = 0, MODEL_QWEN2, MODEL_QWEN3, MODEL_MISTRAL, MODEL_NARCH };
+
 struct model_config {
-    int dim;      /* hidden_size */
-    int ffn;      /* intermediate_size */
-    int layers;   /* num_hidden_layers */
-    int heads;    /* num_attention_heads */
-    int kv_heads; /* num_key_value_heads (default: heads) */
-    int head_dim; /* head_dim (default: dim / heads) */
-    int vocab;    /* vocab_size */
-    int max_pos;  /* max_position_embeddings: the context length */
-    float eps;    /* rms_norm_eps */
+    enum model_arch arch;
+    int qkv_bias;       /* q/k/v projections have a bias (Qwen2) */
+    int qk_norm;        /* RMSNorm over each head of q and k before RoPE (Qwen3) */
+    int sliding_window; /* attend to the last this many positions only; 0: all (Mistral) */
+    int dim;            /* hidden_size */
+    int ffn;            /* intermediate_size */
+    int layers;         /* num_hidden_layers */
+    int heads;          /* num_attention_heads */
+    int kv_heads;       /* num_key_value_heads (default: heads) */
+    int head_dim;       /* head_dim (default: dim / heads) */
+    int vocab;          /* vocab_size */
+    int max_pos;        /* max_position_embeddings: the context length */
+    float eps;          /* rms_norm_eps */
     float rope_theta;
     int tied;   /* tie_word_embeddings: lm_head is embed_tokens */
     int bos_id; /* -1 when none */
@@ -34,6 +43,11 @@ struct model_config {
 
 struct model;
 struct model_ctx;
+
+/* "llama", "qwen2", "qwen3", "mistral" (make-model's --arch and the log's words). */
+const char *model_arch_name(enum model_arch a);
+/* The arch of that short name, or -1. */
+int model_arch_find(const char *name);
 
 /* Reads DIR/config.json (and the eos ids of DIR/generation_config.json when present). 0, or -1
  * with err naming the file and the field. */

@@ -181,6 +181,11 @@ static void test_bad_configs(const char *mdir)
                         "num_key_value_heads");
     expect_config_error(mdir, "vocab_size", json_string("many"), "config.json", "\"vocab_size\"");
     expect_config_error(mdir, "model_type", json_string("gpt2"), "config.json", "gpt2");
+    /* An unknown architecture: the error lists the supported ones. */
+    expect_config_error(mdir, "architectures", json_pack("[s]", "GPT2LMHeadModel"),
+                        "GPT2LMHeadModel", "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM");
+    expect_config_error(mdir, "model_type", json_string("qwen2"), "qwen2", "does not match");
+    expect_config_error(mdir, "attention_bias", json_true(), "attention_bias", "llama");
     /* A third layer the checkpoint does not have: the error names the tensor and the file. */
     expect_config_error(mdir, "num_hidden_layers", json_integer(3), "model.safetensors",
                         "model.layers.2.input_layernorm.weight");
@@ -188,6 +193,35 @@ static void test_bad_configs(const char *mdir)
                         "model.layers.0.mlp.gate_proj.weight", "[176, 64]");
     /* And the restored config loads again. */
     model_free(load(mdir, 1));
+}
+
+/* Each architecture's own tensors are required, and make-model refuses an unknown --arch. */
+static void test_arch_tensors(void)
+{
+    char mdir[300], err[512];
+    struct mm_opts o;
+    mm_defaults(&o);
+    o.out = mdir;
+    o.arch = "qwen3";
+    snprintf(mdir, sizeof mdir, "%s/qwen3", dir);
+    CHECK(mm_make(&o, err, sizeof err) == 0);
+    struct model *m = load(mdir, 1);
+    CHECK_INT_EQ(model_cfg(m)->arch, MODEL_QWEN3);
+    CHECK_INT_EQ(model_cfg(m)->head_dim, 32); /* explicit, 2 * dim / heads */
+    CHECK(model_cfg(m)->qk_norm && !model_cfg(m)->qkv_bias);
+    model_free(m);
+    /* The same weights read as Qwen2 (architectures alone names the model) lack the q/k/v
+     * biases; the error names one. */
+    char path[400];
+    snprintf(path, sizeof path, "%s/config.json", mdir);
+    json_t *cfg = json_load_file(path, 0, NULL);
+    CHECK(cfg && json_object_del(cfg, "model_type") == 0 && json_dump_file(cfg, path, 0) == 0);
+    json_decref(cfg);
+    expect_config_error(mdir, "architectures", json_pack("[s]", "Qwen2ForCausalLM"),
+                        "model.layers.0.self_attn.q_proj.bias", "missing");
+    o.arch = "gpt2";
+    CHECK(mm_make(&o, err, sizeof err) != 0);
+    CHECK_CONTAINS(err, "llama, qwen2, qwen3, mistral");
 }
 
 int main(void)
@@ -206,6 +240,7 @@ int main(void)
         rt_make_model(mdir, others[i]);
         test_forward(mdir);
     }
+    test_arch_tensors();
     rt_rmtree(dir);
     printf("test_model: ok\n");
     return 0;
