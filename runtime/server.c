@@ -896,8 +896,8 @@ static void h_tokenize(struct httpd_req *req)
     }
     if (prompt) {
         char err[256];
-        const struct model_config *c = model_cfg(rt->model);
-        if (add_special && c->bos_id >= 0) rc = tok_ids_push(&ids, c->bos_id);
+        /* The tokenizer's bos_token, as Hugging Face adds it (none for Qwen). */
+        if (add_special && rt->tpl.bos_id >= 0) rc = tok_ids_push(&ids, rt->tpl.bos_id);
         if (rc == 0) rc = tok_encode(rt->tok, prompt, strlen(prompt), 1, &ids, err, sizeof err);
     } else {
         rc = chat_encode(&rt->tpl, rt->tok, messages, add_gen, &ids, &e);
@@ -988,7 +988,8 @@ static void *loader(void *arg)
     snprintf(path, sizeof path, "%s/tokenizer.json", rt->cfg.model);
     rt->tok = tok_load(path, err, sizeof err);
     if (rt->tok) rt->model = model_load(rt->cfg.model, (int)rt->cfg.threads, err, sizeof err);
-    if (rt->model && chat_tpl_init(&rt->tpl, rt->tok, err, sizeof err) == 0) {
+    if (rt->model && chat_tpl_load(&rt->tpl, rt->cfg.model, model_cfg(rt->model)->arch, rt->tok,
+                                   err, sizeof err) == 0) {
         if (tok_vocab_size(rt->tok) > model_cfg(rt->model)->vocab) {
             snprintf(err, sizeof err,
                      "%s: the tokenizer has %d ids but config.json's vocab_size "
@@ -998,9 +999,10 @@ static void *loader(void *arg)
             rt->ctx_len = model_cfg(rt->model)->max_pos;
             atomic_store(&rt->state, RT_READY);
             const struct model_config *c = model_cfg(rt->model);
-            log_info("model '%s' ready in %lld ms: %d layers, dim %d, vocab %d, context %d",
-                     rt->name, (long long)(util_now_ms() - t0), c->layers, c->dim, c->vocab,
-                     c->max_pos);
+            log_info("model '%s' ready in %lld ms: %s, %d layers, dim %d, vocab %d, context %d, "
+                     "%s chat format",
+                     rt->name, (long long)(util_now_ms() - t0), model_arch_name(c->arch), c->layers,
+                     c->dim, c->vocab, c->max_pos, chat_family_name(rt->tpl.family));
             return NULL;
         }
     }
@@ -1134,6 +1136,7 @@ int rt_serve(int argc, char **argv, int first)
     httpd_stop(srv);
     if (!failed && atomic_load(&rt.state) == RT_LOADING) return 0; /* the loader still runs */
     model_free(rt.model);
+    chat_tpl_free(&rt.tpl);
     tok_free(rt.tok);
     if (rt.usage_fd >= 0) close(rt.usage_fd);
     return failed ? 1 : 0;
