@@ -92,14 +92,14 @@ export class Platform {
 
     this.ports = { api: await freePort(), gateway: await freePort(), agent: await freePort() };
     this.agentToken = 'e2e-agent-token';
-    this.spawn('controller', bin.controller, ['serve', ...db,
+    this.controllerArgs = ['serve', ...db,
       '--api-port', String(this.ports.api), '--gateway-port', String(this.ports.gateway),
       '--agent-port', String(this.ports.agent), '--agent-token', this.agentToken,
       '--heartbeat-ms', '500', '--scheduler-interval-ms', '300', '--liveness-timeout-ms', '5000',
-      '--log-level', 'debug', ...controllerArgs]);
+      '--log-level', 'debug', ...controllerArgs];
     this.apiUrl = `http://127.0.0.1:${this.ports.api}`;
     this.gatewayUrl = `http://127.0.0.1:${this.ports.gateway}/v1`;
-    await waitFor('controller /healthz', async () => (await fetch(`${this.apiUrl}/healthz`)).ok, 20000);
+    await this.startController();
 
     this.spawn('agent', bin.agent, ['--controller', `http://127.0.0.1:${this.ports.agent}`,
       '--token', this.agentToken, '--name', 'e2e-host', '--cpu-slots', String(cpuSlots),
@@ -108,6 +108,19 @@ export class Platform {
     await waitFor('the agent to register', async () =>
       (await this.db.query("SELECT count(*)::int AS n FROM gpus")).rows[0].n === cpuSlots, 20000);
     return this;
+  }
+
+  async startController() {
+    this.controller = this.spawn('controller', bin.controller, this.controllerArgs);
+    await waitFor('controller /healthz', async () => (await fetch(`${this.apiUrl}/healthz`)).ok, 20000, 100);
+  }
+
+  // Kills the controller the hard way (no cleanup of any kind) and waits until it is gone.
+  async killController() {
+    const p = this.controller;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await gone;
   }
 
   // Another customer account with its own key, made the way an operator does today.
