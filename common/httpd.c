@@ -108,6 +108,20 @@ static void queue(struct httpd_req *req, unsigned status, struct MHD_Response *r
     }
     req->replied = 1;
     MHD_add_response_header(r, "X-Request-Id", req->id);
+    for (char *line = req->extra_headers; *line;) {
+        char *end = strstr(line, "\r\n");
+        char *colon = strchr(line, ':');
+        if (end) *end = '\0';
+        if (colon) {
+            *colon = '\0';
+            const char *v = colon + 1;
+            while (*v == ' ')
+                v++;
+            MHD_add_response_header(r, line, v);
+        }
+        if (!end) break;
+        line = end + 2;
+    }
     if (status >= 400 && req->retry_after > 0) {
         char ra[16];
         snprintf(ra, sizeof ra, "%d", req->retry_after);

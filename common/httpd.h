@@ -47,6 +47,7 @@ struct httpd_req {
     int replied;
     int suspended;
     int retry_after; /* seconds; added as Retry-After to the next error reply when > 0 */
+    char extra_headers[256]; /* "Name: value" lines joined by CRLF, added to the reply */
     char id[72]; /* in logs and the X-Request-Id header: made here, or set by the handler to the
                     request id billing uses, so one id follows a request through every program */
     void *state;     /* the handler's, freed with state_free at completion */

@@ -100,7 +100,8 @@ static void h_catalog(struct httpd_req *req)
     "   'state', r.state, 'reason', r.reason, 'epoch', r.epoch, 'host', h.name, "                  \
     "   'devices', r.devices, 'ready_at', r.ready_at) ORDER BY r.ordinal), '[]') "                 \
     " FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "                                      \
-    " WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')) "
+    " WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')), "             \
+    "e.state_reason "
 
 static json_t *endpoint_json(PGresult *r, int i)
 {
@@ -119,16 +120,18 @@ static json_t *endpoint_json(PGresult *r, int i)
     int want = (int)db_int(r, i, 5);
     const char *state = PQgetvalue(r, i, 7);
     /* status is derived, never stored: it cannot disagree with the replicas. */
-    const char *status = !strcmp(state, "deleted") ? "deleted"
-                         : ready == want           ? "ready"
-                         : failed > 0              ? (ready > 0 ? "degraded" : "failed")
-                                                   : "deploying";
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:i, s:s, s:o}", "id",
+    const char *status = !strcmp(state, "deleted")   ? "deleted"
+                         : !strcmp(state, "stopped") ? "stopped"
+                         : ready == want             ? "ready"
+                         : failed > 0                ? (ready > 0 ? "degraded" : "failed")
+                                                     : "deploying";
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:i, s:s, s:o}", "id",
                      PQgetvalue(r, i, 0), "object", "endpoint", "name", PQgetvalue(r, i, 1),
                      "model", PQgetvalue(r, i, 2), "device_kind", PQgetvalue(r, i, 3),
                      "gpus_per_replica", (json_int_t)db_int(r, i, 4), "replicas", (json_int_t)want,
-                     "billing_mode", PQgetvalue(r, i, 6), "status", status, "replicas_ready", ready,
-                     "created_at", PQgetvalue(r, i, 8), "replica_states", reps);
+                     "billing_mode", PQgetvalue(r, i, 6), "status", status, "status_reason",
+                     PQgetvalue(r, i, 10), "replicas_ready", ready, "created_at",
+                     PQgetvalue(r, i, 8), "replica_states", reps);
 }
 
 /* Replies with one endpoint of the caller's account, or 404. */
@@ -198,6 +201,45 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
                   "SELECT $1::uuid, $2::bigint, g, 'waiting for the scheduler' "
                   "FROM generate_series(0, $3::int - 1) g",
                   3, p2);
+}
+
+/* Deploy-time quotas (the account's row in quotas, else the defaults): devices of running
+ * endpoints plus add_devices within max_devices, endpoints plus add_endpoints within
+ * max_endpoints. 0, or -1 after answering 403 quota_exceeded (or 503). */
+static int check_quota(struct httpd_req *req, PGconn *c, const char *acct, int64_t add_devices,
+                       int add_endpoints)
+{
+    const char *p[] = {acct};
+    PGresult *r;
+    enum db_status st = db_exec(
+        c,
+        "SELECT q.max_devices, q.max_endpoints, "
+        "  (SELECT COALESCE(sum(gpus_per_replica * replicas), 0) FROM endpoints "
+        "   WHERE account_id = $1::bigint AND state = 'active'), "
+        "  (SELECT count(*) FROM endpoints WHERE account_id = $1::bigint AND state <> 'deleted') "
+        "FROM (SELECT max_devices, max_endpoints FROM quotas "
+        "      WHERE account_id = $1::bigint OR account_id IS NULL "
+        "      ORDER BY account_id NULLS LAST LIMIT 1) q",
+        1, p, &r, NULL);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read quotas");
+        return -1;
+    }
+    int rc = 0;
+    if (st == DB_ROWS && !PQgetisnull(r, 0, 0) && db_int(r, 0, 2) + add_devices > db_int(r, 0, 0)) {
+        httpd_error(req, 403, "quota_exceeded", "replicas",
+                    "this needs %lld devices and %lld are in use; your quota is %lld",
+                    (long long)add_devices, (long long)db_int(r, 0, 2), (long long)db_int(r, 0, 0));
+        rc = -1;
+    } else if (st == DB_ROWS && !PQgetisnull(r, 0, 1) &&
+               db_int(r, 0, 3) + add_endpoints > db_int(r, 0, 1)) {
+        httpd_error(req, 403, "quota_exceeded", NULL,
+                    "you have %lld endpoints; your quota is %lld: delete one first",
+                    (long long)db_int(r, 0, 3), (long long)db_int(r, 0, 1));
+        rc = -1;
+    }
+    PQclear(r);
+    return rc;
 }
 
 static const char *const create_fields[] = {
@@ -294,6 +336,7 @@ static void h_create_endpoint(struct httpd_req *req)
                     (long long)min_dev);
         goto out;
     }
+    if (check_quota(req, c, ce.acct, ce.gpus * ce.replicas, 1) != 0) goto out;
     st = db_txn_run(c, create_ep_txn, &ce);
     if (st < 0) {
         if (ce.conflict)
@@ -395,6 +438,96 @@ static void h_delete_endpoint(struct httpd_req *req)
     ctl_db_done(req, c);
 }
 
+/* ---- stop and start ---- */
+
+struct toggle_ep {
+    const char *id, *acct, *to;
+    int found;
+};
+
+static enum db_status toggle_txn(PGconn *c, void *arg)
+{
+    struct toggle_ep *t = arg;
+    const char *p[] = {t->id, t->acct, t->to};
+    PGresult *r;
+    /* Only a real change counts: stopping a stopped endpoint changes nothing. */
+    enum db_status st = db_exec(c,
+                                "UPDATE endpoints SET state = $3, "
+                                "  state_reason = CASE WHEN $3 = 'stopped' THEN 'stopped by its "
+                                "owner' ELSE '' END "
+                                "WHERE id = $1::uuid AND account_id = $2::bigint "
+                                "  AND state IN ('active', 'stopped') AND state <> $3 "
+                                "RETURNING replicas",
+                                3, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        return st;
+    }
+    char n[16];
+    snprintf(n, sizeof n, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    t->found = 1;
+    if (!strcmp(t->to, "stopped")) return replica_stop_endpoint(c, t->id);
+    /* Started again: fresh replicas, placed like new ones (the old ones are stopped or still
+     * stopping; their devices free up as they finish). */
+    const char *p2[] = {t->id, t->acct, n};
+    return db_cmd(c,
+                  "INSERT INTO replicas (endpoint_id, account_id, ordinal, reason) "
+                  "SELECT $1::uuid, $2::bigint, g, 'waiting for the scheduler' "
+                  "FROM generate_series(0, $3::int - 1) g",
+                  3, p2);
+}
+
+static void toggle_endpoint(struct httpd_req *req, const char *to)
+{
+    struct auth_ctx a;
+    PGconn *c = endpoint_route(req, &a);
+    if (!c) return;
+    const char *id = req->params[0];
+    if (!strcmp(to, "active")) {
+        int64_t balance = 0;
+        const char *p[] = {id, a.account_id_str};
+        PGresult *r;
+        if (billing_balance(c, a.account_id_str, &balance) < 0 ||
+            db_exec(c,
+                    "SELECT gpus_per_replica * replicas FROM endpoints WHERE id = $1::uuid "
+                    "AND account_id = $2::bigint AND state = 'stopped'",
+                    2, p, &r, NULL) < 0) {
+            httpd_error(req, 503, "database_unavailable", NULL, "try again");
+            goto out;
+        }
+        int64_t devices = PQntuples(r) ? db_int(r, 0, 0) : 0;
+        PQclear(r);
+        if (balance <= 0) {
+            httpd_error(req, 402, "insufficient_balance", NULL,
+                        "your balance is used up; add credit before starting");
+            goto out;
+        }
+        if (devices && check_quota(req, c, a.account_id_str, devices, 0) != 0) goto out;
+    }
+    struct toggle_ep t = {id, a.account_id_str, to, 0};
+    enum db_status st = db_txn_run(c, toggle_txn, &t);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not change the endpoint");
+        goto out;
+    }
+    if (t.found) log_info("endpoint %s %s by its owner", id, to);
+    /* Already in that state (or deleted): the endpoint as it is, or 404 when not there. */
+    reply_endpoint(req, c, a.account_id_str, id, 200);
+out:
+    ctl_db_done(req, c);
+}
+
+static void h_stop_endpoint(struct httpd_req *req)
+{
+    toggle_endpoint(req, "stopped");
+}
+
+static void h_start_endpoint(struct httpd_req *req)
+{
+    toggle_endpoint(req, "active");
+}
+
 /* ---- the console's static files ---- */
 
 static const struct {
@@ -436,6 +569,8 @@ const struct httpd_route api_routes[] = {
     {"GET", "/v1/endpoints", h_list_endpoints},
     {"GET", "/v1/endpoints/{}", h_get_endpoint},
     {"DELETE", "/v1/endpoints/{}", h_delete_endpoint},
+    {"POST", "/v1/endpoints/{}/stop", h_stop_endpoint},
+    {"POST", "/v1/endpoints/{}/start", h_start_endpoint},
     {"GET", "/*", h_static},
 };
 const size_t api_nroutes = sizeof api_routes / sizeof api_routes[0];

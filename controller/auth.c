@@ -62,7 +62,10 @@ int auth_require(struct httpd_req *req, PGconn *c, struct auth_ctx *out)
                 "  AND (k.expires_at IS NULL OR k.expires_at > now())), "
                 "upd AS (UPDATE api_keys SET last_used_at = now() WHERE id = (SELECT id FROM k) "
                 "  AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')) "
-                "SELECT id, account_id, role FROM k",
+                "SELECT k.id, k.account_id, k.role, q.requests_per_min, q.requests_burst FROM k "
+                "LEFT JOIN LATERAL (SELECT requests_per_min, requests_burst FROM quotas "
+                "  WHERE account_id = k.account_id OR account_id IS NULL "
+                "  ORDER BY account_id NULLS LAST LIMIT 1) q ON true",
                 1, p, &r, NULL);
     if (st < 0) {
         req->retry_after = 1;
@@ -77,6 +80,8 @@ int auth_require(struct httpd_req *req, PGconn *c, struct auth_ctx *out)
     out->key_id = db_int(r, 0, 0);
     out->account_id = db_int(r, 0, 1);
     snprintf(out->role, sizeof out->role, "%s", PQgetvalue(r, 0, 2));
+    out->requests_per_min = db_int(r, 0, 3);
+    out->requests_burst = db_int(r, 0, 4);
     snprintf(out->account_id_str, sizeof out->account_id_str, "%lld", (long long)out->account_id);
     PQclear(r);
     char ctx[128];

@@ -192,25 +192,37 @@ static void h_usage(struct httpd_req *req)
         json_pack("{s:s, s:s, s:o}", "object", "list", "granularity", gran, "data", data));
 }
 
+/* Checks the admin and the account id of /v1/admin/accounts/{id}/...; NULL after answering. */
+static PGconn *admin_account(struct httpd_req *req)
+{
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a);
+    if (!c) return NULL;
+    if (strcmp(a.role, "admin") != 0) {
+        httpd_error(req, 403, "admin_only", NULL, "only the operator may do this");
+    } else {
+        char *end;
+        long long id = strtoll(req->params[0], &end, 10);
+        const char *p[] = {req->params[0]};
+        if (*end || id <= 0 ||
+            db_cmd(c, "SELECT 1 FROM accounts WHERE id = $1::bigint", 1, p) != DB_ROWS)
+            httpd_error(req, 404, "account_not_found", NULL, "account %s does not exist",
+                        req->params[0]);
+        else
+            return c;
+    }
+    ctl_db_done(req, c);
+    return NULL;
+}
+
 static const char *const credit_fields[] = {"amount_micros", "idempotency_key", "memo", NULL};
 
 static void h_credit(struct httpd_req *req)
 {
-    struct auth_ctx a;
-    PGconn *c = auth_db(req, &a);
+    PGconn *c = admin_account(req);
     if (!c) return;
     json_t *body = NULL;
-    if (strcmp(a.role, "admin") != 0) {
-        httpd_error(req, 403, "admin_only", NULL, "only the operator may credit accounts");
-        goto out;
-    }
-    char *end;
-    long long acct = strtoll(req->params[0], &end, 10);
-    if (*end || acct <= 0) {
-        httpd_error(req, 404, "account_not_found", NULL, "account %s does not exist",
-                    req->params[0]);
-        goto out;
-    }
+    long long acct = strtoll(req->params[0], NULL, 10);
     body = httpd_body_object(req);
     if (!body || httpd_reject_unknown(req, body, credit_fields) != 0) goto out;
     struct jsonx_err je = {0};
@@ -224,12 +236,6 @@ static void h_credit(struct httpd_req *req)
         (rc = jsonx_get_string(body, "memo", 0, &memo, 200, &je)) == JSONX_BAD) {
         httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
                     je.param, "%s", je.message);
-        goto out;
-    }
-    const char *pa[] = {req->params[0]};
-    if (db_cmd(c, "SELECT 1 FROM accounts WHERE id = $1::bigint", 1, pa) != DB_ROWS) {
-        httpd_error(req, 404, "account_not_found", NULL, "account %s does not exist",
-                    req->params[0]);
         goto out;
     }
     /* The key is scoped to the account so two accounts cannot collide. */
@@ -267,10 +273,109 @@ out:
     ctl_db_done(req, c);
 }
 
+/* ---- quotas (admin) ---- */
+
+static const struct {
+    const char *name;
+    int64_t min, max;
+} quota_fields[] = {
+    {"max_devices", 0, 100000},
+    {"max_endpoints", 0, 100000},
+    {"requests_per_min", 1, 100000000},
+    {"requests_burst", 1, 1000000},
+    {"monthly_spend_cap_micros", 0, INT64_C(1000000000000000)},
+};
+#define NQUOTA (sizeof quota_fields / sizeof quota_fields[0])
+
+static void reply_quotas(struct httpd_req *req, PGconn *c)
+{
+    const char *p[] = {req->params[0]};
+    PGresult *r;
+    enum db_status st = db_exec(c,
+                                "SELECT max_devices, max_endpoints, requests_per_min, "
+                                "  requests_burst, monthly_spend_cap_micros, "
+                                "  account_id IS NOT NULL FROM quotas "
+                                "WHERE account_id = $1::bigint OR account_id IS NULL "
+                                "ORDER BY account_id NULLS LAST LIMIT 1",
+                                1, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read quotas");
+        return;
+    }
+    json_t *o = json_pack("{s:s, s:s, s:b}", "object", "quotas", "account_id", req->params[0],
+                          "defaults", PQgetvalue(r, 0, 5)[0] != 't');
+    for (size_t i = 0; i < NQUOTA; i++)
+        json_object_set_new(o, quota_fields[i].name,
+                            PQgetisnull(r, 0, (int)i) ? json_null()
+                                                      : json_integer(db_int(r, 0, (int)i)));
+    PQclear(r);
+    httpd_reply_json(req, 200, o);
+}
+
+static void h_get_quotas(struct httpd_req *req)
+{
+    PGconn *c = admin_account(req);
+    if (!c) return;
+    reply_quotas(req, c);
+    ctl_db_done(req, c);
+}
+
+/* PUT replaces the account's quotas whole; a missing or null field means "no limit" (except
+ * requests_burst, default 1). */
+static void h_put_quotas(struct httpd_req *req)
+{
+    PGconn *c = admin_account(req);
+    if (!c) return;
+    json_t *body = httpd_body_object(req);
+    const char *names[NQUOTA + 1];
+    for (size_t i = 0; i < NQUOTA; i++)
+        names[i] = quota_fields[i].name;
+    names[NQUOTA] = NULL;
+    if (!body || httpd_reject_unknown(req, body, names) != 0) goto out;
+    char vals[NQUOTA][24];
+    const char *prm[NQUOTA + 1];
+    prm[0] = req->params[0];
+    for (size_t i = 0; i < NQUOTA; i++) {
+        struct jsonx_err je = {0};
+        int64_t v;
+        enum jsonx_rc rc = jsonx_get_int(body, quota_fields[i].name, 0, quota_fields[i].min,
+                                         quota_fields[i].max, &v, &je);
+        if (rc == JSONX_BAD) {
+            httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+            goto out;
+        }
+        if (rc == JSONX_MISSING && !strcmp(quota_fields[i].name, "requests_burst")) {
+            v = 1;
+            rc = JSONX_OK;
+        }
+        snprintf(vals[i], sizeof vals[i], "%lld", (long long)v);
+        prm[i + 1] = rc == JSONX_OK ? vals[i] : NULL;
+    }
+    if (db_cmd(c,
+               "INSERT INTO quotas (account_id, max_devices, max_endpoints, requests_per_min, "
+               "  requests_burst, monthly_spend_cap_micros) "
+               "VALUES ($1::bigint, $2::int, $3::int, $4::int, $5::int, $6::bigint) "
+               "ON CONFLICT (COALESCE(account_id, 0)) DO UPDATE SET max_devices = $2::int, "
+               "  max_endpoints = $3::int, requests_per_min = $4::int, requests_burst = $5::int, "
+               "  monthly_spend_cap_micros = $6::bigint, updated_at = now()",
+               6, prm) < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not store quotas");
+        goto out;
+    }
+    log_info("quotas of account %s set", req->params[0]);
+    reply_quotas(req, c);
+out:
+    json_decref(body);
+    ctl_db_done(req, c);
+}
+
 const struct httpd_route billing_routes[] = {
     {"GET", "/v1/billing/balance", h_balance},
     {"GET", "/v1/billing/ledger", h_ledger},
     {"GET", "/v1/billing/usage", h_usage},
     {"POST", "/v1/admin/accounts/{}/credits", h_credit},
+    {"GET", "/v1/admin/accounts/{}/quotas", h_get_quotas},
+    {"PUT", "/v1/admin/accounts/{}/quotas", h_put_quotas},
 };
 const size_t billing_nroutes = sizeof billing_routes / sizeof billing_routes[0];

@@ -19,13 +19,16 @@ struct ctl_config {
     int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
     int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s;
     const char *log_level;
-    int64_t billing_period_s;
+    int64_t billing_period_s, credit_grace_s;
     int no_leader;
     int unlocked_leader; /* tests only: run the leader loops without the election */
 };
 
+struct rl_table;
+
 struct ctl {
     struct ctl_config cfg;
+    struct rl_table *rl; /* request rate limits of this process's gateway */
 };
 
 struct ctl_listener {
@@ -39,6 +42,8 @@ struct auth_ctx {
     int64_t key_id;
     char role[16]; /* admin | owner | member */
     char account_id_str[24];
+    int64_t requests_per_min; /* 0: no limit */
+    int64_t requests_burst;
 };
 
 /* Acquires a connection from the listener's pool or answers 503 and returns NULL. */

@@ -23,6 +23,7 @@
 #include "ctl.h"
 #include "jsonx.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "util.h"
 
 /* Bytes buffered between the runtime and the client before the proxy thread waits for the
@@ -263,10 +264,10 @@ static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, c
         c,
         "SELECT e.id, h.address, r.port, r.secret, "
         "  (SELECT COALESCE(sum(l.amount_micros), 0) FROM ledger_entries l "
-        "   WHERE l.account_id = $1::bigint) FROM endpoints e "
+        "   WHERE l.account_id = $1::bigint), e.state, e.state_reason FROM endpoints e "
         "LEFT JOIN replicas r ON r.endpoint_id = e.id AND r.state = 'ready' AND r.port IS NOT NULL "
         "LEFT JOIN hosts h ON h.id = r.host_id AND h.state = 'ready' "
-        "WHERE e.account_id = $1::bigint AND e.name = $2 AND e.state = 'active' "
+        "WHERE e.account_id = $1::bigint AND e.name = $2 AND e.state IN ('active', 'stopped') "
         "ORDER BY (h.id IS NULL), random() LIMIT 1",
         2, p, &r, NULL);
     if (st < 0) {
@@ -282,6 +283,12 @@ static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, c
         return -1;
     }
     snprintf(t->endpoint_id, sizeof t->endpoint_id, "%s", PQgetvalue(r, 0, 0));
+    if (!strcmp(PQgetvalue(r, 0, 5), "stopped")) {
+        httpd_error(req, 409, "endpoint_stopped", "model", "endpoint '%s' is stopped (%s)", model,
+                    PQgetvalue(r, 0, 6));
+        PQclear(r);
+        return -1;
+    }
     /* Admission: an account with nothing left is refused before any work is done. (Balance
      * leases, which bound concurrent spending by each request's maximum cost, are next.) */
     if (db_int(r, 0, 4) <= 0) {
@@ -304,6 +311,32 @@ static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, c
     return 0;
 }
 
+/* Adds the IETF draft RateLimit headers to every reply of this request. */
+static void rate_headers(struct httpd_req *req, const struct rl_result *r)
+{
+    snprintf(req->extra_headers, sizeof req->extra_headers,
+             "RateLimit-Limit: %lld\r\nRateLimit-Remaining: %lld\r\nRateLimit-Reset: %lld",
+             (long long)r->limit, (long long)r->remaining, (long long)r->reset_s);
+}
+
+/* The account's request rate (quotas.requests_per_min, burst requests_burst): 0, or -1 after
+ * answering 429 with Retry-After. */
+static int rate_limit(struct httpd_req *req, const struct auth_ctx *a)
+{
+    struct ctl_listener *l = req->app;
+    if (a->requests_per_min <= 0 || !l->ctl->rl) return 0;
+    struct rl_result r;
+    int ok = rl_admit(l->ctl->rl, a->account_id, util_now_ms() * 1000, a->requests_per_min,
+                      a->requests_burst, &r);
+    rate_headers(req, &r);
+    if (ok) return 0;
+    req->retry_after = (int)r.retry_after;
+    httpd_error(req, 429, "rate_limit_exceeded", NULL,
+                "rate limit of %lld requests per minute reached; retry in %lld s",
+                (long long)r.limit, (long long)r.retry_after);
+    return -1;
+}
+
 static void h_chat(struct httpd_req *req)
 {
     if (req->state) {
@@ -314,6 +347,10 @@ static void h_chat(struct httpd_req *req)
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
     if (!c) return;
+    if (rate_limit(req, &a) != 0) {
+        ctl_db_done(req, c);
+        return;
+    }
     /* The body goes to the runtime as it came; only `model` is read here. The runtime
      * validates the rest and its 400s are passed through. */
     struct jsonx_err je = {0};

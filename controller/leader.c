@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "credit.h"
 #include "liveness.h"
 #include "metering.h"
 #include "scheduler.h"
@@ -64,6 +65,7 @@ static void *leader_main(void *arg)
             liveness_pass(c, ctl->cfg.liveness_timeout_ms);
             sched_pass(c);
             metering_pass(c, ctl->cfg.billing_period_s);
+            credit_pass(c, ctl->cfg.credit_grace_s);
         }
         util_sleep_ms(ctl->cfg.scheduler_interval_ms);
     }

@@ -3,6 +3,7 @@
  *                         it holds the leader lock, the scheduler and liveness loops
  *   migrate               apply pending schema migrations and exit
  *   admin create --email  create an operator account and print its API key once
+ *   account create --email  create a customer account (its owner and a key, printed once)
  *   model add --name ...  add or update a catalog model
  * Configuration is one table (see `orp-controller serve --help`), from the command line or
  * ORP_* environment variables. */
@@ -26,6 +27,7 @@
 #include "leader.h"
 #include "log.h"
 #include "migrate.h"
+#include "ratelimit.h"
 #include "util.h"
 
 #define O(f) offsetof(struct ctl_config, f)
@@ -56,6 +58,9 @@ static const struct cfg_opt serve_opts[] = {
     {"stream-timeout-s", CFG_INT, "600", "longest proxied inference request", O(stream_timeout_s)},
     {"billing-period-s", CFG_INT, "60", "length of a billing period (closed and charged once)",
      O(billing_period_s)},
+    {"credit-grace-s", CFG_INT, "300",
+     "how long an account may stay overdrawn before its time-billed endpoints stop",
+     O(credit_grace_s)},
     {"no-leader", CFG_BOOL, "false", "never run the leader loops here", O(no_leader)},
     {"unlocked-leader", CFG_BOOL, "false",
      "TESTS ONLY: run the leader loops without election (proves metering is idempotent)",
@@ -129,9 +134,10 @@ static int cmd_migrate(struct ctl_config *cfg)
     return 0;
 }
 
-/* ---- admin create ---- */
+/* ---- admin create, account create ---- */
 
 struct admin_new {
+    const char *role; /* admin (the operator) or owner (a customer account's owner) */
     const char *email;
     const char *credit;
     char key[AUTH_KEY_LEN + 1];
@@ -148,11 +154,11 @@ static enum db_status admin_txn(PGconn *c, void *arg)
     char acct[24];
     snprintf(acct, sizeof acct, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    const char *pu[] = {acct, an->email};
+    const char *pu[] = {acct, an->email, an->role};
     st = db_exec(c,
-                 "INSERT INTO users (account_id, email, role) VALUES ($1::bigint, $2, 'admin') "
+                 "INSERT INTO users (account_id, email, role) VALUES ($1::bigint, $2, $3) "
                  "RETURNING id",
-                 2, pu, &r, NULL);
+                 3, pu, &r, NULL);
     if (st < 0) return st;
     int64_t user = db_int(r, 0, 0);
     PQclear(r);
@@ -176,13 +182,14 @@ static int cmd_admin(int argc, char **argv)
         {"log-level", CFG_STRING, "warn", "log level", 3 * sizeof(char *)},
     };
     char err[256];
+    const char *what = argv[1]; /* "admin" or "account" */
     if (argc < 3 || strcmp(argv[2], "create") != 0) {
-        fprintf(stderr, "usage: orp-controller admin create --email E [--credit-micros N]\n");
+        fprintf(stderr, "usage: orp-controller %s create --email E [--credit-micros N]\n", what);
         return 2;
     }
     int rc = cfg_parse(opts, 4, &o, "ORP", argc, argv, 3, err, sizeof err);
     if (rc == 1) {
-        cfg_print_help(stdout, "orp-controller admin create --email E", opts, 4, "ORP");
+        cfg_print_help(stdout, "orp-controller admin|account create --email E", opts, 4, "ORP");
         return 0;
     }
     if (rc < 0 || !o.email || !strchr(o.email, '@')) {
@@ -197,11 +204,11 @@ static int cmd_admin(int argc, char **argv)
     }
     log_init("controller", o.log_level);
     PGconn *c = connect_or_die(o.database_url);
-    struct admin_new an = {o.email, o.credit, {0}};
+    struct admin_new an = {!strcmp(what, "admin") ? "admin" : "owner", o.email, o.credit, {0}};
     enum db_status st = db_txn_run(c, admin_txn, &an);
     PQfinish(c);
     if (st < 0) {
-        fprintf(stderr, "orp-controller: could not create the admin (does %s exist already?)\n",
+        fprintf(stderr, "orp-controller: could not create the account (does %s exist already?)\n",
                 o.email);
         return 1;
     }
@@ -316,6 +323,7 @@ static int cmd_serve(struct ctl_config *cfg)
 
     static struct ctl ctl;
     ctl.cfg = *cfg;
+    ctl.rl = rl_new();
     struct listener_spec specs[] = {
         {"api", api_tables, NTABLES(api_tables), cfg->api_port},
         {"gateway", gateway_tables, NTABLES(gateway_tables), cfg->gateway_port},
@@ -373,13 +381,14 @@ static int cmd_serve(struct ctl_config *cfg)
         db_pool_free(lis[i].pool);
         free(routes[i]);
     }
+    rl_free(ctl.rl);
     return 0;
 }
 
 int main(int argc, char **argv)
 {
     const char *usage = "usage: orp-controller serve|migrate [options]\n"
-                        "       orp-controller admin create --email E [--credit-micros N]\n"
+                        "       orp-controller admin|account create --email E [--credit-micros N]\n"
                         "       orp-controller model add --name N --source DIR [options]\n"
                         "       orp-controller host list";
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -401,7 +410,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(argv[1], "migrate")) {
         rc = parse(&cfg, argc, argv, 2, "usage: orp-controller migrate [options]");
         if (rc == 0) rc = cmd_migrate(&cfg);
-    } else if (!strcmp(argv[1], "admin")) {
+    } else if (!strcmp(argv[1], "admin") || !strcmp(argv[1], "account")) {
         rc = cmd_admin(argc, argv);
     } else if (!strcmp(argv[1], "model")) {
         rc = cmd_model(argc, argv);

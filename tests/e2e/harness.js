@@ -123,9 +123,9 @@ export class Platform {
     await gone;
   }
 
-  // Another customer account with its own key, made the way an operator does today.
+  // Another customer account (its owner's key), made the way an operator does today.
   newAccountKey(email) {
-    return this.run(bin.controller, ['admin', 'create', '--email', email, '--database-url', this.dbUrl]);
+    return this.run(bin.controller, ['account', 'create', '--email', email, '--database-url', this.dbUrl]);
   }
 
   async api(method, p, { body, key = this.adminKey, raw } = {}) {

@@ -1,0 +1,121 @@
+// Quotas, rate limits, stop/start, and what happens when an account runs out of credit.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Platform, waitFor } from './harness.js';
+
+const P = new Platform();
+let key;
+let acct;
+let epId;
+
+before(async () => {
+  await P.start({ cpuSlots: 2, controllerArgs: ['--billing-period-s', '1', '--credit-grace-s', '1'] });
+  key = P.newAccountKey('limited@example.com');
+  acct = (await P.db.query("SELECT account_id FROM users WHERE email = 'limited@example.com'")).rows[0].account_id;
+}, { timeout: 120000 });
+
+after(async () => { await P.stop(); });
+
+const as = (method, path, o = {}) => P.api(method, path, { key, ...o });
+
+async function chat(model = 'limited') {
+  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+  });
+  const body = await res.json();
+  return { status: res.status, body, headers: res.headers };
+}
+
+test('the operator sets quotas; deploys beyond them get 403', async () => {
+  const q0 = await P.api('GET', `/v1/admin/accounts/${acct}/quotas`);
+  assert.equal(q0.status, 200);
+  assert.equal(q0.json.defaults, true);
+  const put = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, {
+    body: { max_devices: 1, max_endpoints: 2, requests_per_min: 60, requests_burst: 3 },
+  });
+  assert.equal(put.status, 200, put.text);
+  assert.equal(put.json.defaults, false);
+  assert.equal(put.json.max_devices, 1);
+  assert.equal(put.json.monthly_spend_cap_micros, null);
+  assert.equal((await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { max_devices: -1 } })).status, 400);
+  assert.equal((await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { nope: 1 } })).status, 400);
+  assert.equal((await P.api('GET', '/v1/admin/accounts/424242/quotas')).status, 404);
+  // A customer cannot read or set quotas.
+  assert.equal((await as('GET', `/v1/admin/accounts/${acct}/quotas`)).status, 403);
+
+  assert.equal((await as('POST', '/v1/endpoints', { body: { name: 'too-big', model: 'demo-tiny', replicas: 2 } })).status, 403);
+  const r = await as('POST', '/v1/endpoints', { body: { name: 'limited', model: 'demo-tiny' } });
+  assert.equal(r.status, 201, r.text);
+  epId = r.json.id;
+  const more = await as('POST', '/v1/endpoints', { body: { name: 'second', model: 'demo-tiny' } });
+  assert.equal(more.status, 403);
+  assert.equal(more.json.error.code, 'quota_exceeded');
+  await waitFor('the endpoint to be ready', async () => (await as('GET', `/v1/endpoints/${epId}`)).json.status === 'ready');
+});
+
+test('a burst passes, then 429 with Retry-After and RateLimit headers', async () => {
+  await new Promise((r) => setTimeout(r, 3100)); // a full bucket
+  const results = [];
+  for (let i = 0; i < 8; i++) results.push(await chat());
+  const ok = results.filter((r) => r.status === 200);
+  const limited = results.filter((r) => r.status === 429);
+  assert.equal(ok.length + limited.length, 8, results.map((r) => r.status).join(','));
+  assert.ok(ok.length >= 3 && ok.length <= 4, `admitted ${ok.length}`);
+  assert.equal(ok[0].headers.get('ratelimit-limit'), '60');
+  assert.equal(ok[0].headers.get('ratelimit-remaining'), '2');
+  const l = limited[0];
+  assert.equal(l.body.error.code, 'rate_limit_exceeded');
+  assert.equal(l.body.error.type, 'rate_limit_error');
+  assert.ok(Number(l.headers.get('retry-after')) >= 1);
+  assert.equal(l.headers.get('ratelimit-remaining'), '0');
+  // After Retry-After, it passes again.
+  await new Promise((r) => setTimeout(r, Number(l.headers.get('retry-after')) * 1000));
+  assert.equal((await chat()).status, 200);
+});
+
+test('the owner stops and starts an endpoint', async () => {
+  const s = await as('POST', `/v1/endpoints/${epId}/stop`);
+  assert.equal(s.status, 200);
+  assert.equal(s.json.status, 'stopped');
+  assert.equal(s.json.status_reason, 'stopped by its owner');
+  await new Promise((r) => setTimeout(r, 1100)); // past the rate limit
+  const c = await chat();
+  assert.equal(c.status, 409);
+  assert.equal(c.body.error.code, 'endpoint_stopped');
+  await waitFor('its replica to stop', async () =>
+    (await P.db.query("SELECT count(*)::int AS n FROM replicas WHERE endpoint_id = $1 AND state <> 'stopped'", [epId])).rows[0].n === 0);
+  assert.equal((await as('POST', `/v1/endpoints/${epId}/stop`)).json.status, 'stopped');
+  const g = await as('POST', `/v1/endpoints/${epId}/start`);
+  assert.equal(g.status, 200);
+  await waitFor('it to be ready again', async () => (await as('GET', `/v1/endpoints/${epId}`)).json.status === 'ready');
+  await new Promise((r) => setTimeout(r, 1100));
+  assert.equal((await chat()).status, 200);
+  // Another account cannot stop it.
+  assert.equal((await P.api('POST', `/v1/endpoints/${epId}/stop`)).status, 404);
+});
+
+test('out of credit: requests get 402, and the endpoint stops after the grace period', async () => {
+  await P.db.query(
+    "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) SELECT $1, -sum(amount_micros) - 1, 'adjustment', 'drain' FROM ledger_entries WHERE account_id = $1",
+    [acct]);
+  await new Promise((r) => setTimeout(r, 1100));
+  const c = await chat();
+  assert.equal(c.status, 402);
+  const ep = await waitFor('the endpoint to be stopped for credit', async () => {
+    const g = await as('GET', `/v1/endpoints/${epId}`);
+    return g.json.status === 'stopped' ? g.json : false;
+  }, 20000, 300);
+  assert.match(ep.status_reason, /^out of credit since /);
+  const od = await P.db.query('SELECT overdrawn_since FROM accounts WHERE id = $1', [acct]);
+  assert.ok(od.rows[0].overdrawn_since);
+  // It cannot be started until credit is added; then it can.
+  assert.equal((await as('POST', `/v1/endpoints/${epId}/start`)).status, 402);
+  const cr = await P.api('POST', `/v1/admin/accounts/${acct}/credits`, { body: { amount_micros: 10000000, idempotency_key: 'refill' } });
+  assert.equal(cr.status, 201);
+  await waitFor('overdrawn_since to clear', async () =>
+    (await P.db.query('SELECT overdrawn_since FROM accounts WHERE id = $1', [acct])).rows[0].overdrawn_since === null);
+  assert.equal((await as('POST', `/v1/endpoints/${epId}/start`)).status, 200);
+  await waitFor('ready after the refill', async () => (await as('GET', `/v1/endpoints/${epId}`)).json.status === 'ready');
+});
