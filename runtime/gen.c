@@ -19,7 +19,13 @@ int gen_init(struct gen *g, const struct model *m, const struct tok *t, const in
     g->prompt = malloc((size_t)n * sizeof *g->prompt);
     int rc = g->prompt ? 0 : -1;
     if (rc == 0) memcpy(g->prompt, prompt, (size_t)n * sizeof *g->prompt);
-    if (rc == 0) rc = sampler_init(&g->smp, model_cfg(m)->vocab, p->temperature, p->top_p, p->seed);
+    struct sampler_params sp = {.temperature = p->temperature,
+                                .top_p = p->top_p,
+                                .top_k = p->top_k,
+                                .presence_penalty = p->presence_penalty,
+                                .frequency_penalty = p->frequency_penalty,
+                                .seed = p->seed};
+    if (rc == 0) rc = sampler_init(&g->smp, model_cfg(m)->vocab, &sp);
     for (int i = 0; i < p->nstop && rc == 0; i++) {
         g->stop[i] = strdup(p->stop[i]);
         if (!g->stop[i]) rc = -1;
@@ -88,6 +94,7 @@ int gen_step(struct gen *g, struct buf *delta)
 {
     if (g->finish != GEN_RUNNING || !g->logits) return 0;
     int id = sampler_sample(&g->smp, g->logits);
+    sampler_accept(&g->smp, id);
     g->produced++;
     int eos = model_is_eos(g->m, id);
     if (!eos && !tok_is_special(g->t, id)) {

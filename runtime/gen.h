@@ -20,6 +20,8 @@ enum gen_finish { GEN_RUNNING = 0, GEN_STOP, GEN_LENGTH };
 struct gen_params {
     int max_new; /* >= 1; n_prompt + max_new <= the model's context */
     float temperature, top_p;
+    int top_k;                                 /* 0: off */
+    float presence_penalty, frequency_penalty; /* 0: off */
     uint64_t seed;
     const char *stop[GEN_MAX_STOP]; /* borrowed for gen_init only (copied) */
     int nstop;

@@ -1,4 +1,5 @@
-/* sampler: owns a request's sampling state (its random generator and scratch); see sampler.h.
+/* sampler: owns a request's sampling state (its random generator, token counts and scratch); see
+ * sampler.h.
  * Top-p follows llama2.c: tokens whose probability is below (1 - top_p) / (n - 1) cannot be in
  * the nucleus, so they are dropped before sorting, which keeps a 128k vocab cheap. */
 #include "sampler.h"
@@ -6,23 +7,26 @@
 #include <math.h>
 #include <stdlib.h>
 
-int sampler_init(struct sampler *s, int vocab, float temperature, float top_p, uint64_t seed)
+int sampler_init(struct sampler *s, int vocab, const struct sampler_params *p)
 {
     s->vocab = vocab;
-    s->temperature = temperature;
-    s->top_p = top_p;
+    s->p = *p;
+    if (s->p.top_k >= vocab) s->p.top_k = 0; /* all of them: the same as off */
     /* splitmix64 of the seed, so seeds 0, 1, 2 give unrelated streams and the state is never
      * 0 (xorshift's fixed point). */
-    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+    uint64_t z = p->seed + 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     s->rng = (z ^ (z >> 31)) | 1;
     s->probs = NULL;
     s->order = NULL;
-    if (temperature == 0) return 0;
+    s->counts = NULL;
+    int penalties = p->presence_penalty != 0 || p->frequency_penalty != 0;
+    if (p->temperature == 0 && !penalties) return 0;
     s->probs = malloc((size_t)vocab * sizeof *s->probs);
     s->order = malloc((size_t)vocab * sizeof *s->order);
-    if (!s->probs || !s->order) {
+    if (penalties) s->counts = calloc((size_t)vocab, sizeof *s->counts);
+    if (!s->probs || !s->order || (penalties && !s->counts)) {
         sampler_free(s);
         return -1;
     }
@@ -33,8 +37,15 @@ void sampler_free(struct sampler *s)
 {
     free(s->probs);
     free(s->order);
+    free(s->counts);
     s->probs = NULL;
     s->order = NULL;
+    s->counts = NULL;
+}
+
+void sampler_accept(struct sampler *s, int id)
+{
+    if (s->counts && id >= 0 && id < s->vocab) s->counts[id]++;
 }
 
 static float rand_unit(struct sampler *s) /* [0, 1) */
@@ -61,20 +72,79 @@ static int cmp_desc(const void *a, const void *b, void *ctx)
     return *(const int *)a - *(const int *)b;
 }
 
+/* Moves the k most probable of order[0..n) to its front, sorted (quickselect, then a sort of
+ * the k): O(n + k log k) instead of sorting a 128k vocab every token. */
+static void top_k_select(int *order, int n, int k, const float *probs)
+{
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int pivot = order[lo + (hi - lo) / 2], i = lo, j = hi;
+        while (i <= j) {
+            while (cmp_desc(&order[i], &pivot, (void *)probs) < 0)
+                i++;
+            while (cmp_desc(&order[j], &pivot, (void *)probs) > 0)
+                j--;
+            if (i <= j) {
+                int t = order[i];
+                order[i++] = order[j];
+                order[j--] = t;
+            }
+        }
+        if (k - 1 <= j)
+            hi = j;
+        else if (k - 1 >= i)
+            lo = i;
+        else
+            break;
+    }
+    qsort_r(order, (size_t)k, sizeof *order, cmp_desc, (void *)probs);
+}
+
 int sampler_sample(struct sampler *s, const float *logits)
 {
-    if (s->temperature == 0) return sampler_argmax(logits, s->vocab);
     int n = s->vocab;
+    if (s->counts) {
+        float pres = s->p.presence_penalty, freq = s->p.frequency_penalty;
+        for (int i = 0; i < n; i++)
+            s->probs[i] = logits[i] - (s->counts[i] ? pres + freq * (float)s->counts[i] : 0.0f);
+        logits = s->probs; /* the softmax below reads each one before writing it */
+    }
+    if (s->p.temperature == 0) return sampler_argmax(logits, n);
     float mx = logits[sampler_argmax(logits, n)];
     double sum = 0;
     for (int i = 0; i < n; i++) {
-        s->probs[i] = expf((logits[i] - mx) / s->temperature);
+        s->probs[i] = expf((logits[i] - mx) / s->p.temperature);
         sum += s->probs[i];
     }
     for (int i = 0; i < n; i++)
         s->probs[i] = (float)(s->probs[i] / sum);
     float r = rand_unit(s);
-    if (s->top_p >= 1.0f) {
+    if (s->p.top_k > 0) {
+        int k = s->p.top_k;
+        for (int i = 0; i < n; i++)
+            s->order[i] = i;
+        top_k_select(s->order, n, k, s->probs);
+        float mass = 0;
+        for (int i = 0; i < k; i++)
+            mass += s->probs[s->order[i]];
+        /* top_p of what top_k left (renormalised), as vLLM does. */
+        float cum = 0;
+        int last = k - 1;
+        for (int i = 0; i < k; i++) {
+            cum += s->probs[s->order[i]];
+            if (cum >= s->p.top_p * mass) {
+                last = i;
+                break;
+            }
+        }
+        float target = r * cum, acc = 0;
+        for (int i = 0; i <= last; i++) {
+            acc += s->probs[s->order[i]];
+            if (target < acc) return s->order[i];
+        }
+        return s->order[last];
+    }
+    if (s->p.top_p >= 1.0f) {
         float cdf = 0;
         for (int i = 0; i < n; i++) {
             cdf += s->probs[i];
@@ -82,7 +152,7 @@ int sampler_sample(struct sampler *s, const float *logits)
         }
         return n - 1;
     }
-    float cutoff = n > 1 ? (1.0f - s->top_p) / (float)(n - 1) : 0;
+    float cutoff = n > 1 ? (1.0f - s->p.top_p) / (float)(n - 1) : 0;
     int k = 0;
     for (int i = 0; i < n; i++)
         if (s->probs[i] >= cutoff) s->order[k++] = i;
@@ -91,7 +161,7 @@ int sampler_sample(struct sampler *s, const float *logits)
     int last = k - 1;
     for (int i = 0; i < k; i++) {
         cum += s->probs[s->order[i]];
-        if (cum >= s->top_p) {
+        if (cum >= s->p.top_p) {
             last = i;
             break;
         }

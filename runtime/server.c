@@ -224,6 +224,8 @@ struct chat_req {
     int stream, include_usage, has_stream_options;
     int64_t max_tokens, max_completion_tokens; /* -1: absent */
     double temperature, top_p;
+    int64_t top_k;
+    double presence_penalty, frequency_penalty;
     int has_seed;
     int64_t seed;
     const char *stop[GEN_MAX_STOP]; /* borrowed from body */
@@ -309,6 +311,25 @@ static int p_top_p(struct rt *rt, const char *key, json_t *v, struct chat_req *c
     return 0;
 }
 
+/* top_k, as vLLM takes it: -1 or 0 turn it off. */
+static int p_top_k(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)v;
+    if (jx(jsonx_get_int(cr->body, key, 0, -1, INT32_MAX, &cr->top_k, &pe->e), pe)) return -1;
+    if (cr->top_k < 0) cr->top_k = 0;
+    return 0;
+}
+
+/* presence_penalty, frequency_penalty: OpenAI's range. */
+static int p_penalty(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                     struct perr *pe)
+{
+    (void)rt, (void)v;
+    double *dst =
+        strcmp(key, "presence_penalty") == 0 ? &cr->presence_penalty : &cr->frequency_penalty;
+    return jx(jsonx_get_number(cr->body, key, 0, -2, 2, dst, &pe->e), pe);
+}
+
 static int p_seed(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
 {
     (void)rt, (void)v;
@@ -379,16 +400,6 @@ static int p_string(struct rt *rt, const char *key, json_t *v, struct chat_req *
     (void)rt, (void)cr;
     if (!json_is_string(v))
         return fail(pe, 400, "invalid_value", key, "'%s' must be a string", key);
-    return 0;
-}
-
-static int p_zero(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
-{
-    (void)rt, (void)cr;
-    if (!json_is_number(v))
-        return fail(pe, 400, "invalid_value", key, "'%s' must be a number", key);
-    if (json_number_value(v) != 0)
-        return fail(pe, 400, "unsupported_value", key, "only %s=0 is supported", key);
     return 0;
 }
 
@@ -467,8 +478,9 @@ static const struct {
     {"stream_options", p_stream_options},
     {"n", p_n},
     {"user", p_string},
-    {"frequency_penalty", p_zero},
-    {"presence_penalty", p_zero},
+    {"top_k", p_top_k},
+    {"frequency_penalty", p_penalty},
+    {"presence_penalty", p_penalty},
     {"logprobs", p_false},
     {"top_logprobs", p_unsupported},
     {"response_format", p_response_format},
@@ -758,6 +770,9 @@ static int plan(struct httpd_req *req, struct rt *rt, struct chat_req *cr, int n
     gp->max_new = want >= 0 ? (int)want : rt->ctx_len - n_prompt;
     gp->temperature = (float)cr->temperature;
     gp->top_p = (float)cr->top_p;
+    gp->top_k = (int)cr->top_k;
+    gp->presence_penalty = (float)cr->presence_penalty;
+    gp->frequency_penalty = (float)cr->frequency_penalty;
     gp->seed = cr->has_seed ? (uint64_t)cr->seed : random_seed();
     gp->nstop = cr->nstop;
     for (int i = 0; i < cr->nstop; i++)

@@ -174,6 +174,17 @@ static void test_chat(void)
     char *streamed = stream_text(&streamed_tokens);
     CHECK_STR_EQ(streamed, jstr(j, "choices.0.message.content")); /* greedy: the same text */
     CHECK_INT_EQ(streamed_tokens, completion);
+    /* top_k 1 samples the most likely token whatever the temperature and seed: greedy's text. */
+    json_t *k1;
+    snprintf(body, sizeof body,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],\"max_tokens\":12,"
+             "\"temperature\":1,\"top_k\":1,\"seed\":5,\"top_p\":0.5}");
+    CHECK_INT_EQ(call("POST", "/v1/chat/completions", body, NULL, 1, NULL, &k1), 200);
+    CHECK_STR_EQ(jstr(k1, "choices.0.message.content"), jstr(j, "choices.0.message.content"));
+    json_decref(k1);
+    /* Penalties are accepted (their effect is test_sampler's). */
+    snprintf(body, sizeof body, CHAT, ",\"presence_penalty\":1.5,\"frequency_penalty\":-0.5");
+    CHECK_INT_EQ(call("POST", "/v1/chat/completions", body, NULL, 1, NULL, NULL), 200);
     free(streamed);
     json_decref(j);
 }
@@ -210,8 +221,14 @@ static void test_bad_requests(void)
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{"
          "\"include_usage\":true}}",
          400, "stream_options", NULL},
-        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"presence_penalty\":0.5}", 400,
-         "presence_penalty", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"presence_penalty\":2.5}", 400,
+         "presence_penalty", "invalid_value"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"frequency_penalty\":\"a\"}", 400,
+         "frequency_penalty", "invalid_value"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_k\":-2}", 400, "top_k",
+         "invalid_value"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_k\":1.5}", 400, "top_k",
+         "invalid_value"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":5000}", 400,
          "max_tokens", "context_length_exceeded"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}", 400,
@@ -332,12 +349,13 @@ static void test_journal(void)
     j = journal_line("test-cancel");
     CHECK_STR_EQ(jstr(j, "finish_reason"), "cancelled");
     json_decref(j);
-    /* Every line is one JSON object; bad requests left no line. */
+    /* Every line is one JSON object; bad requests left no line (test_chat's two sampling
+     * requests did). */
     char *all = util_read_file(usage, NULL);
     int lines = 0;
     for (char *p = all; *p; p++)
         lines += *p == '\n';
-    CHECK_INT_EQ(lines, 3);
+    CHECK_INT_EQ(lines, 5);
     free(all);
 }
 
