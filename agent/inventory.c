@@ -26,6 +26,27 @@ typedef nvml_return_t (*nvml_handle_fn)(unsigned int, nvml_device_t *);
 typedef nvml_return_t (*nvml_string_fn)(nvml_device_t, char *, unsigned int);
 typedef nvml_return_t (*nvml_memory_fn)(nvml_device_t, struct nvml_memory *);
 typedef const char *(*nvml_error_string_fn)(nvml_return_t);
+struct nvml_pci_info { /* nvmlPciInfo_t (v3) */
+    char bus_id_legacy[16];
+    unsigned int domain, bus, device, pci_device_id, pci_subsystem_id;
+    char bus_id[32];
+};
+typedef nvml_return_t (*nvml_pci_fn)(nvml_device_t, struct nvml_pci_info *);
+typedef nvml_return_t (*nvml_numa_fn)(nvml_device_t, unsigned int *);
+typedef nvml_return_t (*nvml_p2p_fn)(nvml_device_t, nvml_device_t, int, int *);
+typedef nvml_return_t (*nvml_ecc_fn)(nvml_device_t, int, int, unsigned long long *);
+typedef nvml_return_t (*nvml_retired_fn)(nvml_device_t, int, unsigned int *, unsigned long long *);
+typedef nvml_return_t (*nvml_pending_fn)(nvml_device_t, int *);
+
+/* NVML constants we pass or compare (nvml.h). */
+#define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_P2P_CAPS_INDEX_NVLINK 2
+#define NVML_P2P_STATUS_OK 0
+#define NVML_MEMORY_ERROR_TYPE_UNCORRECTED 1
+#define NVML_VOLATILE_ECC 0
+#define NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR 1
+#define INV_MAX_GPUS 64 /* the width of inv_device.nvlink_peers */
 
 struct nvml {
     void *lib;
@@ -37,6 +58,13 @@ struct nvml {
     nvml_string_fn name;
     nvml_memory_fn memory;
     nvml_error_string_fn error_string; /* optional */
+    /* Optional: topology and health. Drivers that lack one report less, never fail. */
+    nvml_pci_fn pci;
+    nvml_numa_fn numa;
+    nvml_p2p_fn p2p;
+    nvml_ecc_fn ecc;
+    nvml_retired_fn retired;
+    nvml_pending_fn pending;
 };
 
 /* Checks an NVML call; logs the call text and code where it failed. */
@@ -79,6 +107,12 @@ static int nvml_open(struct nvml *n, const char *path)
     *(void **)&n->name = sym(n->lib, "nvmlDeviceGetName", &missing);
     *(void **)&n->memory = sym(n->lib, "nvmlDeviceGetMemoryInfo", &missing);
     *(void **)&n->error_string = dlsym(n->lib, "nvmlErrorString");
+    *(void **)&n->pci = dlsym(n->lib, "nvmlDeviceGetPciInfo_v3");
+    *(void **)&n->numa = dlsym(n->lib, "nvmlDeviceGetNumaNodeId");
+    *(void **)&n->p2p = dlsym(n->lib, "nvmlDeviceGetP2PStatus");
+    *(void **)&n->ecc = dlsym(n->lib, "nvmlDeviceGetTotalEccErrors");
+    *(void **)&n->retired = dlsym(n->lib, "nvmlDeviceGetRetiredPages");
+    *(void **)&n->pending = dlsym(n->lib, "nvmlDeviceGetRetiredPagesPendingStatus");
     if (missing) {
         dlclose(n->lib);
         n->lib = NULL;
@@ -94,6 +128,57 @@ static int push(struct inv *inv, const struct inv_device *d)
     inv->dev = p;
     inv->dev[inv->n++] = *d;
     return 0;
+}
+
+/* NUMA node of a PCI device from sysfs (for drivers without nvmlDeviceGetNumaNodeId); -1 when
+ * the kernel does not say (one-node machines report -1 too). */
+static int sysfs_numa(const struct nvml_pci_info *pci)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%04x:%02x:%02x.0/numa_node",
+             pci->domain & 0xffffu, pci->bus & 0xffu, pci->device & 0xffu);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int node = -1;
+    if (fscanf(f, "%d", &node) != 1 || node < -1 || node > 1023) node = -1;
+    fclose(f);
+    return node;
+}
+
+/* Where the GPU sits and how healthy it is. Every call is optional and checked: NOT_SUPPORTED
+ * (no ECC on this board, no NUMA query in this driver) is a fact, not an error. */
+static void describe_gpu(const struct nvml *n, nvml_device_t h, struct inv_device *d)
+{
+    d->numa_node = -1;
+    d->healthy = 1;
+    struct nvml_pci_info pci;
+    memset(&pci, 0, sizeof pci);
+    int have_pci = n->pci && NVML_OK(n, n->pci(h, &pci));
+    if (have_pci) {
+        pci.bus_id[sizeof pci.bus_id - 1] = '\0';
+        snprintf(d->pci_bus_id, sizeof d->pci_bus_id, "%s", pci.bus_id);
+    }
+    unsigned int node;
+    nvml_return_t rc = n->numa ? n->numa(h, &node) : NVML_ERROR_NOT_SUPPORTED;
+    if (rc == 0 && node < 1024)
+        d->numa_node = (int)node;
+    else if (have_pci)
+        d->numa_node = sysfs_numa(&pci);
+    unsigned long long ecc = 0;
+    rc = n->ecc ? n->ecc(h, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, &ecc)
+                : NVML_ERROR_NOT_SUPPORTED;
+    if (rc == 0)
+        d->ecc_errors = (int64_t)(ecc > INT64_MAX ? INT64_MAX : ecc);
+    else if (rc != NVML_ERROR_NOT_SUPPORTED)
+        NVML_OK(n, rc);
+    unsigned int pages = 0; /* 0 asks for the count only */
+    rc = n->retired ? n->retired(h, NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR, &pages, NULL)
+                    : NVML_ERROR_NOT_SUPPORTED;
+    if (rc == 0 || rc == NVML_ERROR_INSUFFICIENT_SIZE) d->retired_pages = pages;
+    int pending = 0;
+    rc = n->pending ? n->pending(h, &pending) : NVML_ERROR_NOT_SUPPORTED;
+    if (rc == 0) d->retirement_pending = pending != 0;
+    d->healthy = d->ecc_errors == 0 && !d->retirement_pending;
 }
 
 static int collect_gpus(struct inv *inv, const char *path)
@@ -116,6 +201,25 @@ static int collect_gpus(struct inv *inv, const char *path)
         d.uuid[sizeof d.uuid - 1] = '\0';
         d.model[sizeof d.model - 1] = '\0';
         d.memory_mib = (int64_t)(mem.total / (1024ull * 1024ull));
+        describe_gpu(&n, h, &d);
+        /* NVLink peers among the GPUs before this one; the pairs are filled in both ways. */
+        for (size_t j = 0; n.p2p && i < INV_MAX_GPUS && j < inv->n; j++) {
+            nvml_device_t hj;
+            int status = -1;
+            unsigned int jn = (unsigned int)inv->dev[j].index;
+            if (jn >= INV_MAX_GPUS || n.handle(jn, &hj) != 0) continue;
+            nvml_return_t prc = n.p2p(h, hj, NVML_P2P_CAPS_INDEX_NVLINK, &status);
+            if (prc != 0 && prc != NVML_ERROR_NOT_SUPPORTED) NVML_OK(&n, prc);
+            if (prc == 0 && status == NVML_P2P_STATUS_OK) {
+                d.nvlink_peers |= UINT64_C(1) << jn;
+                inv->dev[j].nvlink_peers |= UINT64_C(1) << i;
+            }
+        }
+        if (!d.healthy)
+            log_warn("GPU %u (%s) is unhealthy: %lld uncorrected ECC error(s)%s; it is offered as "
+                     "unhealthy and nothing will be placed on it",
+                     i, d.uuid, (long long)d.ecc_errors,
+                     d.retirement_pending ? ", a page retirement pending" : "");
         if (push(inv, &d) != 0) {
             rc = -1;
             break;
@@ -135,7 +239,8 @@ int inv_collect(struct inv *out, const char *host_name, int64_t cpu_slots, const
     if (collect_gpus(out, nvml_lib ? nvml_lib : "libnvidia-ml.so.1") != 0) goto oom;
     size_t gpus = out->n;
     for (int64_t i = 0; i < cpu_slots; i++) {
-        struct inv_device d = {.index = (int)i, .kind = "cpu", .model = "CPU slot"};
+        struct inv_device d = {
+            .index = (int)i, .kind = "cpu", .model = "CPU slot", .numa_node = -1, .healthy = 1};
         snprintf(d.uuid, sizeof d.uuid, "CPU-%.60s-%lld", host_name, (long long)i);
         if (push(out, &d) != 0) goto oom;
     }
@@ -163,9 +268,24 @@ json_t *inv_to_json(const struct inv *inv)
     json_t *a = json_array();
     for (size_t i = 0; i < inv->n; i++) {
         const struct inv_device *d = &inv->dev[i];
-        json_array_append_new(a, json_pack("{s:i, s:s, s:s, s:s, s:I}", "index", d->index, "uuid",
-                                           d->uuid, "kind", d->kind, "model", d->model,
-                                           "memory_mib", (json_int_t)d->memory_mib));
+        json_t *o =
+            json_pack("{s:i, s:s, s:s, s:s, s:I}", "index", d->index, "uuid", d->uuid, "kind",
+                      d->kind, "model", d->model, "memory_mib", (json_int_t)d->memory_mib);
+        if (o && !strcmp(d->kind, "gpu")) {
+            json_t *peers = json_array();
+            for (size_t j = 0; j < inv->n; j++)
+                if (j != i && !strcmp(inv->dev[j].kind, "gpu") &&
+                    inv->dev[j].index < INV_MAX_GPUS &&
+                    ((d->nvlink_peers >> inv->dev[j].index) & 1u))
+                    json_array_append_new(peers, json_string(inv->dev[j].uuid));
+            json_object_set_new(o, "numa_node", json_integer(d->numa_node));
+            json_object_set_new(o, "pci_bus_id", json_string(d->pci_bus_id));
+            json_object_set_new(o, "nvlink_peers", peers);
+            json_object_set_new(o, "ecc_errors", json_integer(d->ecc_errors));
+            json_object_set_new(o, "retired_pages", json_integer(d->retired_pages));
+            json_object_set_new(o, "healthy", json_boolean(d->healthy));
+        }
+        json_array_append_new(a, o);
     }
     return a;
 }

@@ -20,6 +20,14 @@ struct inv_device {
     char kind[8];            /* "gpu" or "cpu" */
     char model[INV_MODEL_MAX];
     int64_t memory_mib; /* total memory; 0 for CPU slots */
+    /* GPUs only (CPU slots: -1, "", 0, healthy). */
+    int numa_node;          /* from NVML, else sysfs; -1 unknown */
+    char pci_bus_id[32];    /* NVML's form, "00000000:3B:00.0" */
+    uint64_t nvlink_peers;  /* bit j: NVLink P2P with the GPU of NVML index j */
+    int64_t ecc_errors;     /* uncorrected ECC errors since the driver loaded */
+    int64_t retired_pages;  /* pages retired for double-bit ECC errors */
+    int retirement_pending; /* a page awaits retirement: the GPU needs a reset */
+    int healthy;            /* no uncorrected ECC error and no pending retirement */
 };
 
 struct inv {

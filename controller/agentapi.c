@@ -53,27 +53,53 @@ static enum db_status reg_txn(PGconn *c, void *arg)
     json_t *d;
     json_array_foreach(g->devices, i, d)
     {
-        char idx[16], mem[24];
+        char idx[16], mem[24], numa[16], ecc[24], ret[16];
         snprintf(idx, sizeof idx, "%lld",
                  (long long)json_integer_value(json_object_get(d, "index")));
         snprintf(mem, sizeof mem, "%lld",
                  (long long)json_integer_value(json_object_get(d, "memory_mib")));
+        /* Topology and health are optional (CPU slots, older agents): absent means unknown and
+         * healthy. check_device() validated every present field. */
+        json_t *jn = json_object_get(d, "numa_node"), *jh = json_object_get(d, "healthy");
+        snprintf(numa, sizeof numa, "%lld", jn ? (long long)json_integer_value(jn) : -1LL);
+        snprintf(ecc, sizeof ecc, "%lld",
+                 (long long)json_integer_value(json_object_get(d, "ecc_errors")));
+        snprintf(ret, sizeof ret, "%lld",
+                 (long long)json_integer_value(json_object_get(d, "retired_pages")));
+        const char *bus = json_string_value(json_object_get(d, "pci_bus_id"));
+        json_t *peers = json_object_get(d, "nvlink_peers");
+        char *peers_txt = peers ? jsonx_dump(peers) : NULL;
         const char *uuid = json_string_value(json_object_get(d, "uuid"));
         const char *pd[] = {hid,
                             idx,
                             uuid,
                             json_string_value(json_object_get(d, "kind")),
                             json_string_value(json_object_get(d, "model")),
-                            mem};
+                            mem,
+                            numa,
+                            bus ? bus : "",
+                            peers_txt ? peers_txt : "[]",
+                            !jh || json_is_true(jh) ? "t" : "f",
+                            ecc,
+                            ret};
         /* Inventory is written only when it changed. */
         st = db_cmd(c,
-                    "INSERT INTO gpus (host_id, idx, uuid, kind, model, memory_mib) "
-                    "VALUES ($1::bigint, $2::int, $3, $4, $5, $6::bigint) "
+                    "INSERT INTO gpus (host_id, idx, uuid, kind, model, memory_mib, numa_node, "
+                    "  pci_bus_id, nvlink_peers, healthy, ecc_errors, retired_pages) "
+                    "VALUES ($1::bigint, $2::int, $3, $4, $5, $6::bigint, $7::int, $8, "
+                    "  ARRAY(SELECT json_array_elements_text($9::json)), $10::boolean, "
+                    "  $11::bigint, $12::int) "
                     "ON CONFLICT (uuid) DO UPDATE SET host_id = $1::bigint, idx = $2::int, "
-                    "  kind = $4, model = $5, memory_mib = $6::bigint "
-                    "WHERE (gpus.host_id, gpus.idx, gpus.kind, gpus.model, gpus.memory_mib) "
-                    "  IS DISTINCT FROM ($1::bigint, $2::int, $4, $5, $6::bigint)",
-                    6, pd);
+                    "  kind = $4, model = $5, memory_mib = $6::bigint, numa_node = $7::int, "
+                    "  pci_bus_id = $8, nvlink_peers = EXCLUDED.nvlink_peers, "
+                    "  healthy = $10::boolean, ecc_errors = $11::bigint, retired_pages = $12::int "
+                    "WHERE (gpus.host_id, gpus.idx, gpus.kind, gpus.model, gpus.memory_mib, "
+                    "  gpus.numa_node, gpus.pci_bus_id, gpus.nvlink_peers, gpus.healthy, "
+                    "  gpus.ecc_errors, gpus.retired_pages) IS DISTINCT FROM "
+                    "  ($1::bigint, $2::int, $4, $5, $6::bigint, $7::int, $8, "
+                    "   EXCLUDED.nvlink_peers, $10::boolean, $11::bigint, $12::int)",
+                    12, pd);
+        free(peers_txt);
         if (st < 0) {
             buf_free(&uuids);
             return st;
@@ -115,6 +141,34 @@ static int check_device(struct httpd_req *req, json_t *d, size_t i)
     if (strcmp(s, "gpu") && strcmp(s, "cpu")) {
         httpd_error(req, 400, "invalid_parameter", where, "%s: kind must be gpu or cpu", where);
         return -1;
+    }
+    json_t *h = json_object_get(d, "healthy");
+    if (jsonx_get_int(d, "numa_node", 0, -1, 1023, &n, &je) == JSONX_BAD ||
+        jsonx_get_string(d, "pci_bus_id", 0, &s, 32, &je) == JSONX_BAD ||
+        jsonx_get_int(d, "ecc_errors", 0, 0, INT64_MAX, &n, &je) == JSONX_BAD ||
+        jsonx_get_int(d, "retired_pages", 0, 0, INT32_MAX, &n, &je) == JSONX_BAD ||
+        (h && !json_is_boolean(h) &&
+         snprintf(je.message, sizeof je.message, "field 'healthy' must be a boolean") > 0)) {
+        httpd_error(req, 400, "invalid_parameter", where, "%s: %s", where, je.message);
+        return -1;
+    }
+    json_t *peers = json_object_get(d, "nvlink_peers"), *p;
+    size_t k;
+    if (peers && (!json_is_array(peers) || json_array_size(peers) > AGENT_MAX_DEVICES)) {
+        httpd_error(req, 400, "invalid_parameter", where,
+                    "%s: nvlink_peers must be an array of at most %d GPU UUIDs", where,
+                    AGENT_MAX_DEVICES);
+        return -1;
+    }
+    json_array_foreach(peers, k, p)
+    {
+        /* UUIDs end up in a text[] the scheduler splits on commas: none allowed. */
+        const char *u = json_string_value(p);
+        if (!u || !u[0] || strlen(u) > 90 || strchr(u, ',')) {
+            httpd_error(req, 400, "invalid_parameter", where,
+                        "%s: nvlink_peers[%zu] must be a GPU UUID", where, k);
+            return -1;
+        }
     }
     return 0;
 }

@@ -13,10 +13,13 @@
 /* One row per host, its devices aggregated: one query for the whole listing. */
 #define HOSTS_QUERY                                                                                \
     "SELECT json_build_object('id', h.id::text, 'object', 'host', 'name', h.name, "                \
-    "  'address', h.address, 'pool', h.pool, 'state', h.state, "                                   \
+    "  'address', h.address, 'pool', h.pool, 'labels', h.labels, 'cordoned', h.cordoned, "         \
+    "  'state', h.state, "                                                                         \
     "  'agent_version', h.agent_version, 'last_seen_at', s.seen_at, "                              \
     "  'devices', (SELECT COALESCE(json_agg(json_build_object('index', g.idx, 'uuid', g.uuid, "    \
-    "     'kind', g.kind, 'model', g.model, 'memory_mib', g.memory_mib, 'healthy', g.healthy) "    \
+    "     'kind', g.kind, 'model', g.model, 'memory_mib', g.memory_mib, 'healthy', g.healthy, "    \
+    "     'numa_node', g.numa_node, 'pci_bus_id', g.pci_bus_id, 'nvlink_peers', g.nvlink_peers, "  \
+    "     'ecc_errors', g.ecc_errors, 'retired_pages', g.retired_pages) "                          \
     "     ORDER BY g.kind, g.idx), '[]') FROM gpus g WHERE g.host_id = h.id)) "                    \
     "FROM hosts h LEFT JOIN host_seen s ON s.host_id = h.id ORDER BY h.name"
 

@@ -10,31 +10,129 @@
 #include "replica.h"
 #include "util.h"
 
-int sched_place(struct sched_host *hosts, int nhosts, const char *kind, int n, int *chosen)
+/* A device this request may use. */
+static int usable(const struct sched_device *d, const char *kind)
 {
-    int best = -1, best_free = 0;
-    for (int h = 0; h < nhosts; h++) {
+    return d->free && d->healthy && !strcmp(d->kind, kind);
+}
+
+static int numa_match(int a, int b)
+{
+    return a < 0 || b < 0 || a == b;
+}
+
+static int is_peer(const struct sched_host *h, int a, int b)
+{
+    return (h->devices[a].peers >> b) & 1u;
+}
+
+/* One candidate set on one host. */
+struct pick {
+    int tier;   /* 0 best .. 3 */
+    int island; /* free usable peers of the seed, itself included: smaller is a tighter fit */
+    int dev[SCHED_MAX_DEVICES];
+};
+
+/* Greedy set from seed: the lowest-indexed usable devices that are NVLink peers of all taken so
+ * far (when need_peers) and on the seed's NUMA node (when same_numa). 1 when n were found. */
+static int grow(const struct sched_host *h, const char *kind, int n, int seed, int need_peers,
+                int same_numa, int *out)
+{
+    int got = 0, numa = h->devices[seed].numa;
+    out[got++] = seed;
+    while (got < n) {
+        int best = -1;
+        for (int d = 0; d < h->ndevices; d++) {
+            const struct sched_device *dv = &h->devices[d];
+            if (!usable(dv, kind)) continue;
+            int taken = 0, ok = 1;
+            for (int k = 0; k < got; k++) {
+                taken |= out[k] == d;
+                if (need_peers && !is_peer(h, out[k], d)) ok = 0;
+            }
+            if (taken || !ok) continue;
+            if (same_numa && !numa_match(numa, dv->numa)) continue;
+            if (best < 0 || dv->idx < h->devices[best].idx) best = d;
+        }
+        if (best < 0) return 0;
+        if (numa < 0) numa = h->devices[best].numa; /* the first known node fixes the set's */
+        out[got++] = best;
+    }
+    return 1;
+}
+
+/* The best set of n usable devices on host h, or 0 when fewer than n are usable. */
+static int best_on_host(const struct sched_host *h, const char *kind, int n, struct pick *best)
+{
+    static const struct {
+        int peers, numa;
+    } tiers[] = {{1, 1}, {1, 0}, {0, 1}, {0, 0}};
+    for (int t = 0; t < 4; t++) {
+        int found = 0;
+        for (int seed = 0; seed < h->ndevices; seed++) {
+            if (!usable(&h->devices[seed], kind)) continue;
+            struct pick p = {.tier = t, .island = 0};
+            if (!grow(h, kind, n, seed, tiers[t].peers, tiers[t].numa, p.dev)) continue;
+            for (int d = 0; d < h->ndevices; d++)
+                if (usable(&h->devices[d], kind) && (d == seed || is_peer(h, seed, d))) p.island++;
+            /* Fewer free in the island first, then the lower first device index. */
+            if (!found || p.island < best->island ||
+                (p.island == best->island &&
+                 h->devices[p.dev[0]].idx < h->devices[best->dev[0]].idx))
+                *best = p;
+            found = 1;
+        }
+        if (found) return 1;
+    }
+    return 0;
+}
+
+int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *req, int *chosen,
+                char *why, size_t whylen)
+{
+    int best = -1, best_free = 0, largest = 0, eligible = 0;
+    struct pick bp = {0}, p;
+    const char *pool = req->pool && req->pool[0] ? req->pool : NULL;
+    for (int h = 0; h < nhosts && req->n > 0 && req->n <= SCHED_MAX_DEVICES; h++) {
+        struct sched_host *hh = &hosts[h];
+        if (hh->cordoned || (pool && strcmp(pool, hh->pool) != 0)) continue;
+        eligible++;
         int nfree = 0;
-        for (int d = 0; d < hosts[h].ndevices; d++)
-            if (hosts[h].devices[d].free && !strcmp(hosts[h].devices[d].kind, kind)) nfree++;
-        if (nfree < n) continue;
-        if (best < 0 || nfree < best_free) {
+        for (int d = 0; d < hh->ndevices; d++)
+            nfree += usable(&hh->devices[d], req->kind);
+        if (nfree > largest) largest = nfree;
+        if (nfree < req->n || !best_on_host(hh, req->kind, req->n, &p)) continue;
+        if (best < 0 || p.tier < bp.tier || (p.tier == bp.tier && p.island < bp.island) ||
+            (p.tier == bp.tier && p.island == bp.island && nfree < best_free)) {
             best = h;
             best_free = nfree;
+            bp = p;
         }
     }
-    if (best < 0) return -1;
-    /* Lowest device indexes first: a deterministic choice an operator can predict. */
-    int got = 0;
+    if (best < 0) {
+        if (why) {
+            const char *k = !strcmp(req->kind, "cpu") ? "CPU" : "GPU";
+            if (pool && !eligible)
+                snprintf(why, whylen, "no capacity: no schedulable host in pool '%s'", pool);
+            else
+                snprintf(
+                    why, whylen,
+                    "no capacity: needs %d\u00d7%s on one host%s%s%s; largest free block is %d",
+                    req->n, k, pool ? " in pool '" : "", pool ? pool : "", pool ? "'" : "",
+                    largest);
+        }
+        return -1;
+    }
+    /* In device index order: the order CUDA_VISIBLE_DEVICES lists them in, and predictable. */
     struct sched_host *bh = &hosts[best];
-    while (got < n) {
-        int pick = -1;
-        for (int d = 0; d < bh->ndevices; d++)
-            if (bh->devices[d].free && !strcmp(bh->devices[d].kind, kind) &&
-                (pick < 0 || bh->devices[d].idx < bh->devices[pick].idx))
-                pick = d;
-        bh->devices[pick].free = 0;
-        chosen[got++] = pick;
+    for (int k = 0; k < req->n; k++) {
+        int j = k;
+        while (j > 0 && bh->devices[chosen[j - 1]].idx > bh->devices[bp.dev[k]].idx) {
+            chosen[j] = chosen[j - 1];
+            j--;
+        }
+        chosen[j] = bp.dev[k];
+        bh->devices[bp.dev[k]].free = 0;
     }
     return best;
 }
@@ -54,6 +152,22 @@ static int find_host(struct pass *p, int64_t id)
     return -1;
 }
 
+/* peers (comma-separated UUIDs of the same host) as a bitmask over h's devices. */
+static uint64_t peer_mask(const struct sched_host *h, const char *peers)
+{
+    uint64_t m = 0;
+    while (*peers) {
+        const char *end = strchr(peers, ',');
+        size_t len = end ? (size_t)(end - peers) : strlen(peers);
+        for (int d = 0; d < h->ndevices; d++)
+            if (strlen(h->devices[d].uuid) == len && !strncmp(h->devices[d].uuid, peers, len))
+                m |= UINT64_C(1) << d;
+        peers += len;
+        if (*peers == ',') peers++;
+    }
+    return m;
+}
+
 static enum db_status load_fleet(PGconn *c, struct pass *p)
 {
     PGresult *r;
@@ -61,13 +175,15 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
     enum db_status st = db_exec(
         c,
         "SELECT g.host_id, g.uuid, g.kind, g.idx, "
-        "  (g.healthy AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.host_id = g.host_id "
-        "     AND r.state <> 'stopped' AND r.state <> 'pending' AND g.uuid = ANY (r.devices))) "
+        "  NOT EXISTS (SELECT 1 FROM replicas r WHERE r.host_id = g.host_id "
+        "     AND r.state <> 'stopped' AND r.state <> 'pending' AND g.uuid = ANY (r.devices)), "
+        "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned "
         "FROM gpus g JOIN hosts h ON h.id = g.host_id WHERE h.state = 'ready' "
         "ORDER BY g.host_id, g.idx",
         0, NULL, &r, NULL);
     if (st < 0) return st;
-    for (int i = 0; i < PQntuples(r); i++) {
+    int rows = PQntuples(r);
+    for (int i = 0; i < rows; i++) {
         int64_t hid = db_int(r, i, 0);
         int h = find_host(p, hid);
         if (h < 0) {
@@ -75,6 +191,8 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
             h = p->nhosts++;
             p->hosts[h].id = hid;
             p->hosts[h].ndevices = 0;
+            snprintf(p->hosts[h].pool, sizeof p->hosts[h].pool, "%s", PQgetvalue(r, i, 8));
+            p->hosts[h].cordoned = PQgetvalue(r, i, 9)[0] == 't';
         }
         struct sched_host *hh = &p->hosts[h];
         if (hh->ndevices == SCHED_MAX_DEVICES) continue;
@@ -83,6 +201,18 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         snprintf(d->kind, sizeof d->kind, "%s", PQgetvalue(r, i, 2));
         d->idx = (int)db_int(r, i, 3);
         d->free = PQgetvalue(r, i, 4)[0] == 't';
+        d->healthy = PQgetvalue(r, i, 5)[0] == 't';
+        d->numa = (int)db_int(r, i, 6);
+        d->peers = 0;
+    }
+    /* Peers name UUIDs, known only once every device of the host is loaded. */
+    for (int i = 0; i < rows; i++) {
+        int h = find_host(p, db_int(r, i, 0));
+        if (h < 0) continue;
+        struct sched_host *hh = &p->hosts[h];
+        for (int d = 0; d < hh->ndevices; d++)
+            if (!strcmp(hh->devices[d].uuid, PQgetvalue(r, i, 1)))
+                hh->devices[d].peers = peer_mask(hh, PQgetvalue(r, i, 7));
     }
     PQclear(r);
     return DB_ROWS;
@@ -96,7 +226,8 @@ static enum db_status pass_txn(PGconn *c, void *arg)
     PGresult *pend;
     /* SKIP LOCKED: a replica being changed by someone else is placed on the next pass. */
     enum db_status st = db_exec(c,
-                                "SELECT r.id, e.device_kind, e.gpus_per_replica, r.reason "
+                                "SELECT r.id, e.device_kind, e.gpus_per_replica, r.reason, "
+                                "  COALESCE(e.pool, '') "
                                 "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
                                 "WHERE r.state = 'pending' ORDER BY r.created_at, r.ordinal "
                                 "FOR UPDATE OF r SKIP LOCKED",
@@ -113,20 +244,19 @@ static enum db_status pass_txn(PGconn *c, void *arg)
     }
     for (int i = 0; i < PQntuples(pend) && st >= 0; i++) {
         const char *rid = PQgetvalue(pend, i, 0);
-        const char *kind = PQgetvalue(pend, i, 1);
-        int n = (int)db_int(pend, i, 2);
+        struct sched_req rq = {.kind = PQgetvalue(pend, i, 1),
+                               .n = (int)db_int(pend, i, 2),
+                               .pool = PQgetvalue(pend, i, 4)};
         int chosen[SCHED_MAX_DEVICES];
-        int h = n <= SCHED_MAX_DEVICES ? sched_place(p->hosts, p->nhosts, kind, n, chosen) : -1;
+        char why[200];
+        int h = sched_place(p->hosts, p->nhosts, &rq, chosen, why, sizeof why);
         if (h < 0) {
-            char why[160];
-            snprintf(why, sizeof why, "waiting for a host with %d free %s device%s", n,
-                     !strcmp(kind, "cpu") ? "CPU" : "GPU", n == 1 ? "" : "s");
             if (strcmp(PQgetvalue(pend, i, 3), why) != 0) st = replica_note_pending(c, rid, why);
             continue;
         }
         struct buf devs = {0};
         buf_append(&devs, "{", 1);
-        for (int k = 0; k < n; k++)
+        for (int k = 0; k < rq.n; k++)
             buf_printf(&devs, "%s\"%s\"", k ? "," : "", p->hosts[h].devices[chosen[k]].uuid);
         buf_append(&devs, "}", 1);
         st = replica_assign(c, rid, p->hosts[h].id, devs.data);

@@ -2,14 +2,31 @@
  * database); sched_pass() loads the fleet, places every pending replica it can, and writes the
  * assignments in one transaction. The only code that moves a replica out of 'pending'.
  *
- * Policy: a replica of width N needs N free healthy devices of the endpoint's kind on ONE host.
- * Among hosts that fit, the best fit wins (fewest free devices of that kind left), so that wide
- * replicas still find empty hosts; ties go to the lower host id, so placement is deterministic.
- * NVLink/NUMA-aware choice of which N devices comes with the real GPU inventory. */
+ * Policy: a replica of width N needs N free healthy devices of the endpoint's kind on ONE host
+ * that is not cordoned and, when the endpoint names a pool, is in that pool. Which N devices:
+ *
+ *   tier 0  mutual NVLink peers that share a NUMA node
+ *   tier 1  mutual NVLink peers
+ *   tier 2  devices that share a NUMA node
+ *   tier 3  any N free devices
+ *
+ * An unknown NUMA node (-1) matches every node, so CPU slots and hosts whose kernel does not say
+ * are tier 0 whenever NVLink is not in question: a device with no NVLink peers at all counts as
+ * "peers" only for N = 1. Within a tier, the set whose NVLink island has the fewest free devices
+ * wins (a 2-GPU replica takes the half-used island and leaves the whole one to a 4-GPU replica).
+ * Across hosts the same order: the best tier, then the tightest island, then the best fit (fewest
+ * free devices of that kind on the host), then the lower host id, so placement is deterministic.
+ * Without NVLink every island is one device and best fit alone decides, as before topology.
+ *
+ * Sets are found greedily: from each free device as a seed, add the lowest-indexed free devices
+ * that are peers of everything taken so far. For NVLink islands (cliques) and fully connected
+ * NVSwitch boxes, which is what GPU servers are, this finds every island; for odd partial meshes it
+ * may miss a clique and fall back a tier, never place on a non-free device. */
 #ifndef ORP_SCHEDULER_H
 #define ORP_SCHEDULER_H
 
 #include <libpq-fe.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define SCHED_MAX_DEVICES 64 /* per host; an 8-GPU box plus headroom for CPU slots */
@@ -18,19 +35,33 @@ struct sched_device {
     char uuid[96];
     char kind[8]; /* gpu | cpu */
     int idx;
-    int free; /* healthy and not held by a live replica */
+    int free;       /* not held by a live replica */
+    int healthy;    /* no uncorrected ECC errors or retired pages reported */
+    int numa;       /* NUMA node, -1 unknown */
+    uint64_t peers; /* bit j: NVLink peer of devices[j] of the same host */
 };
 
 struct sched_host {
     int64_t id;
+    char pool[64];
+    int cordoned;
     int ndevices;
     struct sched_device devices[SCHED_MAX_DEVICES];
 };
 
-/* Chooses a host for a replica needing n devices of kind. Returns the index into hosts and
- * fills chosen[0..n) with device indexes into that host's devices, or -1 when none fits.
+/* What one replica needs. pool NULL or "": any pool. */
+struct sched_req {
+    const char *kind;
+    int n;
+    const char *pool;
+};
+
+/* Chooses a host for req. Returns the index into hosts and fills chosen[0..n) with device
+ * indexes into that host's devices, or -1 when none fits, with why (when not NULL) set to the
+ * customer-readable reason: "no capacity: needs 4×GPU on one host; largest free block is 2".
  * Marks the chosen devices as not free, so consecutive calls see the result. */
-int sched_place(struct sched_host *hosts, int nhosts, const char *kind, int n, int *chosen);
+int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *req, int *chosen,
+                char *why, size_t whylen);
 
 /* One scheduling pass over the database; returns the number of replicas placed or -1. */
 int sched_pass(PGconn *c);

@@ -1,5 +1,6 @@
 /* Inventory: GPUs through a fake NVML library (the dlopen path, return-code checks, a GPU whose
- * NVML calls fail is skipped), and without NVML: CPU slots only, labelled as CPU, and zero devices
+ * NVML calls fail is skipped, NUMA node, PCI bus id, NVLink peers both ways, ECC health), and
+ * without NVML: CPU slots only, labelled as CPU, and zero devices
  * without them. */
 #include <jansson.h>
 
@@ -50,6 +51,28 @@ int main(void)
     CHECK_INT_EQ(inv.dev[1].index, 2); /* NVML's index, kept although GPU 1 was skipped */
     CHECK_STR_EQ(inv.dev[2].uuid, "CPU-host-a-0");
     CHECK_STR_EQ(inv.dev[2].kind, "cpu");
+    CHECK_INT_EQ(inv.dev[0].numa_node, 0);
+    CHECK_INT_EQ(inv.dev[1].numa_node, 1);
+    CHECK_STR_EQ(inv.dev[1].pci_bus_id, "00000000:12:00.0");
+    CHECK_INT_EQ(inv.dev[0].healthy, 1); /* ECC not supported: no errors known */
+    CHECK_INT_EQ(inv.dev[0].ecc_errors, 0);
+    CHECK_INT_EQ(inv.dev[1].healthy, 0);
+    CHECK_INT_EQ(inv.dev[1].ecc_errors, 2);
+    CHECK_INT_EQ(inv.dev[1].retired_pages, 1);
+    CHECK_INT_EQ(inv.dev[1].retirement_pending, 1);
+    a = inv_to_json(&inv);
+    txt = json_dumps(json_array_get(a, 0), JSON_COMPACT | JSON_SORT_KEYS);
+    CHECK_STR_EQ(txt, "{\"ecc_errors\":0,\"healthy\":true,\"index\":0,\"kind\":\"gpu\","
+                      "\"memory_mib\":81559,\"model\":\"NVIDIA H100 80GB HBM3\",\"numa_node\":0,"
+                      "\"nvlink_peers\":[\"GPU-fake-2\"],\"pci_bus_id\":\"00000000:10:00.0\","
+                      "\"retired_pages\":0,\"uuid\":\"GPU-fake-0\"}");
+    free(txt);
+    txt = json_dumps(json_object_get(json_array_get(a, 1), "nvlink_peers"), JSON_COMPACT);
+    CHECK_STR_EQ(txt, "[\"GPU-fake-0\"]");
+    free(txt);
+    CHECK(json_is_false(json_object_get(json_array_get(a, 1), "healthy")));
+    CHECK(json_object_get(json_array_get(a, 2), "numa_node") == NULL); /* CPU slot: none */
+    json_decref(a);
     inv_free(&inv);
 
     /* On this machine, the real library if present: every GPU it lists is well formed. */
