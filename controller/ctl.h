@@ -17,7 +17,7 @@ struct ctl_config {
     const char *agent_token;
     const char *web_dir, *schema_dir;
     int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
-    int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s;
+    int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s, hold_s;
     const char *log_level;
     int64_t billing_period_s, credit_grace_s;
     int no_leader;

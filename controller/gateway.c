@@ -1,9 +1,14 @@
 /* gateway: see gateway.h.
  *
  * The life of a proxied request:
- *   1. handler (MHD thread): auth, route, make the request id, start the proxy thread, suspend.
- *   2. proxy thread: POST to the runtime; when the status line and first bytes arrive (or the
- *      transfer ends) it resumes the connection.
+ *   1. handler (MHD thread): auth, rate limit, resolve the endpoint and up to 8 ready replicas
+ *      of its current epochs, make the request id, start the proxy thread, suspend.
+ *   2. proxy thread: picks the candidate with the fewest requests outstanding from this gateway
+ *      and POSTs to its runtime; a refused connection or a runtime 503 (before any byte reached
+ *      the client) moves on to the next candidate. With no ready replica, it holds the request
+ *      (re-resolving every 250 ms, a pooled connection only for the query) up to --hold-s, then
+ *      answers 503. When the status line and first bytes arrive (or the transfer ends) it resumes
+ *      the connection.
  *   3. handler again: a streaming 200 is answered with a content-reader response that drains the
  *      proxy buffer and suspends itself when the buffer is empty; anything else waits until the
  *      transfer is complete and is answered in one piece with the runtime's status and body.
@@ -32,15 +37,37 @@
 /* Non-streaming replies larger than this are refused: the runtime's replies are a few KB. */
 #define PROXY_MAX_REPLY (8 * 1024 * 1024)
 #define PROXY_PING_MS 10000
+#define GW_MAX_CANDIDATES 8 /* replicas tried per request: more would only delay the error */
+#define GW_HOLD_POLL_MS 250
+
+struct candidate {
+    char replica_id[40];
+    char url[256];
+    char secret[80];
+    int tried;
+};
+
+/* What the routing query found. */
+enum route_rc { ROUTE_OK, ROUTE_DB, ROUTE_NOT_FOUND, ROUTE_STOPPED, ROUTE_NO_FUNDS };
+
+struct route {
+    char endpoint_id[40];
+    char reason[200];
+    struct candidate cand[GW_MAX_CANDIDATES];
+    int ncand;
+};
 
 struct proxy {
     pthread_mutex_t lock;
     pthread_cond_t cv;
     int refs;              /* the MHD side and the proxy thread */
     struct httpd_req *req; /* NULL once the client's request is gone */
-    char url[256];
-    char auth_header[128];
-    char rid_header[96];
+    struct ctl_listener *lis;
+    struct route route; /* candidates; re-resolved while held */
+    char account_id[24];
+    char model[208];
+    int64_t hold_until_ms;
+    char url[256]; /* the candidate being tried */
     char request_id[40];
     char *body;
     size_t body_len;
@@ -52,7 +79,10 @@ struct proxy {
     int streaming;    /* a 200 event stream: answered incrementally */
     int finished;     /* transfer over */
     int failed;       /* transport error */
+    int swallow;      /* a runtime 503 that another candidate may still fix: not relayed */
     char error[256];
+    unsigned err_status; /* the gateway's own answer (after holding), when non-zero */
+    char err_code[40], err_msg[200];
     struct buf data; /* bytes not yet sent to the client start at data_off */
     size_t data_off;
     int64_t last_data_ms;
@@ -88,10 +118,81 @@ static void wake_client(struct proxy *p)
     if (p->req) httpd_resume(p->req);
 }
 
+/* Requests outstanding from this gateway per replica, for least-outstanding routing. A fixed
+ * open-addressed table: a slot whose count is 0 carries no information and may be reused. */
+#define GW_LOAD_SLOTS 4096
+#define GW_LOAD_PROBES 32
+static struct {
+    char id[40];
+    int n;
+} gw_load[GW_LOAD_SLOTS];
+static pthread_mutex_t gw_load_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Adds d to id's count and returns the new count (d = 0 reads it). */
+static int load_add(const char *id, int d)
+{
+    uint32_t h = 2166136261u;
+    for (const char *c = id; *c; c++)
+        h = (h ^ (uint8_t)*c) * 16777619u;
+    pthread_mutex_lock(&gw_load_lock);
+    int slot = -1, free_slot = -1;
+    for (int i = 0; i < GW_LOAD_PROBES && slot < 0; i++) {
+        int k = (int)((h + (uint32_t)i) % GW_LOAD_SLOTS);
+        if (!strcmp(gw_load[k].id, id))
+            slot = k;
+        else if (gw_load[k].n == 0 && free_slot < 0)
+            free_slot = k;
+    }
+    int n = 0;
+    if (slot < 0 && d > 0 && free_slot >= 0) {
+        slot = free_slot;
+        snprintf(gw_load[slot].id, sizeof gw_load[slot].id, "%s", id);
+        gw_load[slot].n = 0;
+    }
+    if (slot >= 0) {
+        gw_load[slot].n += d;
+        if (gw_load[slot].n < 0) gw_load[slot].n = 0;
+        n = gw_load[slot].n;
+    }
+    pthread_mutex_unlock(&gw_load_lock);
+    return n;
+}
+
+/* The untried candidate with the fewest outstanding requests (ties: the resolver's random
+ * order), or -1. */
+static int pick_candidate(struct route *rt)
+{
+    int best = -1, best_n = 0;
+    for (int i = 0; i < rt->ncand; i++) {
+        if (rt->cand[i].tried) continue;
+        int n = load_add(rt->cand[i].replica_id, 0);
+        if (best < 0 || n < best_n) {
+            best = i;
+            best_n = n;
+        }
+    }
+    return best;
+}
+
+static int untried_left(const struct route *rt)
+{
+    for (int i = 0; i < rt->ncand; i++)
+        if (!rt->cand[i].tried) return 1;
+    return 0;
+}
+
 static void note_headers(struct proxy *p, CURL *c)
 {
-    if (p->headers_done) return;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &p->status);
+    if (p->headers_done || p->swallow) return;
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    /* A busy or dying runtime says 503: another replica may serve it, and the client has seen
+     * nothing yet. */
+    if (status == 503 && untried_left(&p->route)) {
+        p->swallow = 1;
+        return;
+    }
+    p->status = status;
     char *ct = NULL;
     curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
     snprintf(p->content_type, sizeof p->content_type, "%s", ct ? ct : "application/json");
@@ -111,6 +212,10 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
     size_t n = size * nmemb;
     pthread_mutex_lock(&p->lock);
     note_headers(p, x->c);
+    if (p->swallow) {
+        pthread_mutex_unlock(&p->lock);
+        return n;
+    }
     /* Wait for a slow client rather than buffering without bound. */
     while (p->req && p->streaming && p->data.len - p->data_off > PROXY_MAX_BUFFERED)
         pthread_cond_wait(&p->cv, &p->lock);
@@ -145,36 +250,107 @@ static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, cu
     return gone;
 }
 
+static enum route_rc resolve_db(PGconn *c, const char *account_id, const char *model,
+                                struct route *rt);
+
+/* One attempt at candidate i. Returns the curl result; p->swallow says a 503 was held back. */
+static CURLcode attempt(struct proxy *p, CURL *c, int i)
+{
+    struct candidate *cd = &p->route.cand[i];
+    char auth[128], rid[96];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", cd->secret);
+    snprintf(rid, sizeof rid, "X-ORP-Request-Id: %s", p->request_id);
+    struct curl_slist *hl = NULL;
+    hl = curl_slist_append(hl, "Content-Type: application/json");
+    hl = curl_slist_append(hl, auth);
+    hl = curl_slist_append(hl, rid);
+    hl = curl_slist_append(hl, "Expect:");
+    struct xfer x = {p, c};
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, cd->url);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, p->timeout_s);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &x);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, &x);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    load_add(cd->replica_id, 1);
+    CURLcode rc = curl_easy_perform(c);
+    load_add(cd->replica_id, -1);
+    curl_slist_free_all(hl);
+    pthread_mutex_lock(&p->lock);
+    if (rc == CURLE_OK) note_headers(p, c);
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* While the endpoint has no ready replica: wait and look again, until the hold deadline or the
+ * client leaves. 1 when candidates appeared, 0 when the caller should give up (error set). */
+static int hold(struct proxy *p)
+{
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        int gone = p->req == NULL;
+        pthread_mutex_unlock(&p->lock);
+        if (gone) return 0;
+        if (util_now_ms() >= p->hold_until_ms) break;
+        util_sleep_ms(GW_HOLD_POLL_MS);
+        PGconn *c = db_acquire(p->lis->pool);
+        if (!c) continue;
+        struct route rt;
+        enum route_rc rc = resolve_db(c, p->account_id, p->model, &rt);
+        db_release(p->lis->pool, c);
+        if (rc == ROUTE_OK && rt.ncand > 0) {
+            p->route = rt;
+            return 1;
+        }
+        if (rc == ROUTE_NOT_FOUND || rc == ROUTE_STOPPED) break; /* deleted meanwhile */
+    }
+    pthread_mutex_lock(&p->lock);
+    p->err_status = 503;
+    snprintf(p->err_code, sizeof p->err_code, "endpoint_not_ready");
+    snprintf(p->err_msg, sizeof p->err_msg, "endpoint '%.100s' has no ready replica; retry shortly",
+             p->model);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
 static void *proxy_thread(void *arg)
 {
     struct proxy *p = arg;
     CURL *c = curl_easy_init();
-    struct xfer x = {p, c};
-    struct curl_slist *hl = NULL;
-    hl = curl_slist_append(hl, "Content-Type: application/json");
-    hl = curl_slist_append(hl, p->auth_header);
-    hl = curl_slist_append(hl, p->rid_header);
-    hl = curl_slist_append(hl, "Expect:");
     CURLcode rc = CURLE_FAILED_INIT;
-    if (c) {
-        curl_easy_setopt(c, CURLOPT_URL, p->url);
-        curl_easy_setopt(c, CURLOPT_POST, 1L);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, p->timeout_s);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &x);
-        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-        curl_easy_setopt(c, CURLOPT_XFERINFODATA, &x);
-        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-        rc = curl_easy_perform(c);
+    while (c) {
+        int i = pick_candidate(&p->route);
+        if (i < 0) {
+            if (p->route.ncand > 0 || !hold(p)) break; /* all tried, or nothing came up */
+            continue;
+        }
+        p->route.cand[i].tried = 1;
+        snprintf(p->url, sizeof p->url, "%s", p->route.cand[i].url);
+        rc = attempt(p, c, i);
+        pthread_mutex_lock(&p->lock);
+        /* Nothing reached the client: a refused connection or a held-back 503 may be retried
+         * on another replica (the runtime never saw the request, or refused it whole). */
+        int retry = !p->headers_done && untried_left(&p->route) &&
+                    (p->swallow || rc == CURLE_COULDNT_CONNECT);
+        if (retry) {
+            log_warn("request %s: replica %s %s; trying another", p->request_id, p->url,
+                     p->swallow ? "is busy (503)" : "refused the connection");
+            p->swallow = 0;
+            p->data.len = p->data_off = 0;
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (!retry) break;
     }
     pthread_mutex_lock(&p->lock);
-    if (c && rc == CURLE_OK) note_headers(p, c);
-    if (rc != CURLE_OK) {
+    if (rc != CURLE_OK && !p->err_status) {
         p->failed = 1;
         snprintf(p->error, sizeof p->error, "%s", curl_easy_strerror(rc));
         if (p->req) log_warn("request %s: replica %s: %s", p->request_id, p->url, p->error);
@@ -182,7 +358,6 @@ static void *proxy_thread(void *arg)
     p->finished = 1;
     wake_client(p);
     pthread_mutex_unlock(&p->lock);
-    curl_slist_free_all(hl);
     if (c) curl_easy_cleanup(c);
     proxy_unref(p);
     return NULL;
@@ -221,6 +396,16 @@ static void respond(struct httpd_req *req, struct proxy *p)
         pthread_mutex_unlock(&p->lock);
         return;
     }
+    if (p->err_status) {
+        unsigned st = p->err_status;
+        char code[40], msg[200];
+        snprintf(code, sizeof code, "%s", p->err_code);
+        snprintf(msg, sizeof msg, "%s", p->err_msg);
+        pthread_mutex_unlock(&p->lock);
+        req->retry_after = 5;
+        httpd_error(req, st, code, "model", "%s", msg);
+        return;
+    }
     if (!ready || (p->failed && !p->headers_done)) {
         pthread_mutex_unlock(&p->lock);
         req->retry_after = 2;
@@ -247,68 +432,79 @@ static void respond(struct httpd_req *req, struct proxy *p)
     httpd_reply_response(req, (unsigned)status, r);
 }
 
-struct route_target {
-    char url[256];
-    char secret[80];
-    char endpoint_id[40];
-};
-
-/* Finds the caller's endpoint named model and one ready replica of it. 0, or -1 with a reply. */
-static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, const char *model,
-                   struct route_target *t)
+/* The caller's endpoint named model, its state, the account's balance, and up to
+ * GW_MAX_CANDIDATES ready replicas of it in random order. Only the current epoch's state is
+ * 'ready', so a replica being moved is never a candidate. */
+static enum route_rc resolve_db(PGconn *c, const char *account_id, const char *model,
+                                struct route *rt)
 {
-    const char *p[] = {a->account_id_str, model};
+    const char *p[] = {account_id, model};
     PGresult *r;
-    /* Only the current epoch's state is 'ready'; a replica being moved is not routed to. */
     enum db_status st = db_exec(
         c,
-        "SELECT e.id, h.address, r.port, r.secret, "
+        "SELECT e.id, e.state, e.state_reason, "
         "  (SELECT COALESCE(sum(l.amount_micros), 0) FROM ledger_entries l "
-        "   WHERE l.account_id = $1::bigint), e.state, e.state_reason FROM endpoints e "
-        "LEFT JOIN replicas r ON r.endpoint_id = e.id AND r.state = 'ready' AND r.port IS NOT NULL "
-        "LEFT JOIN hosts h ON h.id = r.host_id AND h.state = 'ready' "
-        "WHERE e.account_id = $1::bigint AND e.name = $2 AND e.state IN ('active', 'stopped') "
-        "ORDER BY (h.id IS NULL), random() LIMIT 1",
+        "   WHERE l.account_id = $1::bigint), x.id, x.address, x.port, x.secret "
+        "FROM endpoints e LEFT JOIN LATERAL ("
+        "  SELECT r.id, h.address, r.port, r.secret FROM replicas r "
+        "  JOIN hosts h ON h.id = r.host_id AND h.state = 'ready' "
+        "  WHERE r.endpoint_id = e.id AND r.state = 'ready' AND r.port IS NOT NULL "
+        "  ORDER BY random() LIMIT 8) x ON true "
+        "WHERE e.account_id = $1::bigint AND e.name = $2 AND e.state IN ('active', 'stopped')",
         2, p, &r, NULL);
-    if (st < 0) {
+    memset(rt, 0, sizeof *rt);
+    if (st < 0) return ROUTE_DB;
+    enum route_rc rc = ROUTE_OK;
+    if (st == DB_NONE) {
+        rc = ROUTE_NOT_FOUND;
+    } else {
+        snprintf(rt->endpoint_id, sizeof rt->endpoint_id, "%s", PQgetvalue(r, 0, 0));
+        snprintf(rt->reason, sizeof rt->reason, "%s", PQgetvalue(r, 0, 2));
+        if (!strcmp(PQgetvalue(r, 0, 1), "stopped"))
+            rc = ROUTE_STOPPED;
+        else if (db_int(r, 0, 3) <= 0)
+            rc = ROUTE_NO_FUNDS;
+        for (int i = 0; rc == ROUTE_OK && i < PQntuples(r) && i < GW_MAX_CANDIDATES; i++) {
+            if (PQgetisnull(r, i, 4)) continue;
+            struct candidate *cd = &rt->cand[rt->ncand++];
+            snprintf(cd->replica_id, sizeof cd->replica_id, "%s", PQgetvalue(r, i, 4));
+            snprintf(cd->url, sizeof cd->url, "http://%s:%s/v1/chat/completions",
+                     PQgetvalue(r, i, 5), PQgetvalue(r, i, 6));
+            snprintf(cd->secret, sizeof cd->secret, "%s", PQgetvalue(r, i, 7));
+        }
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* resolve_db for a request: 0, or -1 after answering. */
+static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, const char *model,
+                   struct route *rt)
+{
+    switch (resolve_db(c, a->account_id_str, model, rt)) {
+    case ROUTE_OK:
+        return 0;
+    case ROUTE_DB:
         req->retry_after = 1;
         httpd_error(req, 503, "database_unavailable", NULL, "could not route the request");
         return -1;
-    }
-    if (st == DB_NONE) {
-        PQclear(r);
+    case ROUTE_NOT_FOUND:
         httpd_error(req, 404, "model_not_found", "model",
                     "the model '%s' does not exist: it must be the name of one of your endpoints",
                     model);
         return -1;
-    }
-    snprintf(t->endpoint_id, sizeof t->endpoint_id, "%s", PQgetvalue(r, 0, 0));
-    if (!strcmp(PQgetvalue(r, 0, 5), "stopped")) {
+    case ROUTE_STOPPED:
         httpd_error(req, 409, "endpoint_stopped", "model", "endpoint '%s' is stopped (%s)", model,
-                    PQgetvalue(r, 0, 6));
-        PQclear(r);
+                    rt->reason);
         return -1;
-    }
-    /* Admission: an account with nothing left is refused before any work is done. (Balance
-     * leases, which bound concurrent spending by each request's maximum cost, are next.) */
-    if (db_int(r, 0, 4) <= 0) {
-        PQclear(r);
+    case ROUTE_NO_FUNDS:
+        /* Admission: an account with nothing left is refused before any work is done. (Balance
+         * leases, which bound concurrent spending by each request's maximum cost, are next.) */
         httpd_error(req, 402, "insufficient_balance", NULL,
                     "your balance is used up; add credit to continue");
         return -1;
     }
-    if (PQgetisnull(r, 0, 1)) {
-        PQclear(r);
-        req->retry_after = 5;
-        httpd_error(req, 503, "endpoint_not_ready", "model",
-                    "endpoint '%s' has no ready replica yet; retry shortly", model);
-        return -1;
-    }
-    snprintf(t->url, sizeof t->url, "http://%s:%s/v1/chat/completions", PQgetvalue(r, 0, 1),
-             PQgetvalue(r, 0, 2));
-    snprintf(t->secret, sizeof t->secret, "%s", PQgetvalue(r, 0, 3));
-    PQclear(r);
-    return 0;
+    return -1;
 }
 
 /* Adds the IETF draft RateLimit headers to every reply of this request. */
@@ -369,16 +565,25 @@ static void h_chat(struct httpd_req *req)
                     "model", "%s", je.message);
         return;
     }
-    struct route_target t;
-    int ok = resolve(req, c, &a, model, &t);
+    struct route rt;
+    int ok = resolve(req, c, &a, model, &rt);
     ctl_db_done(req, c); /* never held while waiting on a runtime */
-    json_decref(body);
-    if (ok != 0) return;
+    if (ok == 0 && rt.ncand == 0 && l->ctl->cfg.hold_s <= 0) {
+        req->retry_after = 5;
+        httpd_error(req, 503, "endpoint_not_ready", "model",
+                    "endpoint '%s' has no ready replica yet; retry shortly", model);
+        ok = -1;
+    }
+    if (ok != 0) {
+        json_decref(body);
+        return;
+    }
 
     struct proxy *p = calloc(1, sizeof *p);
     char hex[25];
     if (!p || util_random_hex(hex, 12) != 0) {
         free(p);
+        json_decref(body);
         httpd_error(req, 500, "internal_error", NULL, "out of memory");
         return;
     }
@@ -386,19 +591,23 @@ static void h_chat(struct httpd_req *req)
     pthread_cond_init(&p->cv, NULL);
     p->refs = 2;
     p->req = req;
+    p->lis = l;
+    p->route = rt;
+    snprintf(p->account_id, sizeof p->account_id, "%s", a.account_id_str);
+    snprintf(p->model, sizeof p->model, "%s", model);
+    p->hold_until_ms = util_now_ms() + l->ctl->cfg.hold_s * 1000;
+    json_decref(body); /* model was borrowed from it */
     p->timeout_s = l->ctl->cfg.stream_timeout_s;
     p->last_data_ms = util_now_ms();
     snprintf(p->request_id, sizeof p->request_id, "req_%s", hex);
     snprintf(req->id, sizeof req->id, "%s", p->request_id);
-    snprintf(p->url, sizeof p->url, "%s", t.url);
-    snprintf(p->auth_header, sizeof p->auth_header, "Authorization: Bearer %s", t.secret);
-    snprintf(p->rid_header, sizeof p->rid_header, "X-ORP-Request-Id: %s", p->request_id);
     p->body = malloc(req->body.len + 1);
     if (p->body) memcpy(p->body, req->body.data, req->body.len + 1);
     p->body_len = req->body.len;
     req->state = p;
     req->state_free = proxy_state_free;
-    log_info("request %s -> endpoint %s (%s)", p->request_id, t.endpoint_id, t.url);
+    log_info("request %s -> endpoint %s (%d ready replica%s)", p->request_id, rt.endpoint_id,
+             rt.ncand, rt.ncand == 1 ? "" : "s");
 
     pthread_attr_t attr;
     pthread_attr_init(&attr);

@@ -56,6 +56,8 @@ static const struct cfg_opt serve_opts[] = {
      O(liveness_timeout_ms)},
     {"scheduler-interval-ms", CFG_INT, "1000", "leader loop period", O(scheduler_interval_ms)},
     {"stream-timeout-s", CFG_INT, "600", "longest proxied inference request", O(stream_timeout_s)},
+    {"hold-s", CFG_INT, "30",
+     "how long the gateway holds a request while its endpoint has no ready replica", O(hold_s)},
     {"billing-period-s", CFG_INT, "60", "length of a billing period (closed and charged once)",
      O(billing_period_s)},
     {"credit-grace-s", CFG_INT, "300",
