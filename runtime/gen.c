@@ -15,6 +15,7 @@ int gen_init(struct gen *g, const struct model *m, const struct tok *t, const in
     g->m = m;
     g->t = t;
     g->max_new = p->max_new;
+    g->ignore_eos = p->ignore_eos;
     g->n_prompt = n;
     g->prompt = malloc((size_t)n * sizeof *g->prompt);
     int rc = g->prompt ? 0 : -1;
@@ -93,10 +94,22 @@ static int cut_at_stop(struct gen *g, size_t from)
 int gen_step(struct gen *g, struct buf *delta)
 {
     if (g->finish != GEN_RUNNING || !g->logits) return 0;
-    int id = sampler_sample(&g->smp, g->logits);
+    if (gen_accept(g, g->logits, delta) != 0) return -1;
+    if (g->finish == GEN_RUNNING) {
+        g->logits = model_forward(g->m, g->ctx, g->next);
+        if (!g->logits) g->finish = GEN_LENGTH; /* cannot happen: the context holds them all */
+    }
+    return 0;
+}
+
+int gen_accept(struct gen *g, const float *logits, struct buf *delta)
+{
+    if (g->finish != GEN_RUNNING) return 0;
+    int id = sampler_sample(&g->smp, logits);
+    g->next = id;
     sampler_accept(&g->smp, id);
     g->produced++;
-    int eos = model_is_eos(g->m, id);
+    int eos = !g->ignore_eos && model_is_eos(g->m, id);
     if (!eos && !tok_is_special(g->t, id)) {
         size_t n;
         const char *b = tok_bytes(g->t, id, &n);
@@ -110,12 +123,6 @@ int gen_step(struct gen *g, struct buf *delta)
         g->finish = GEN_STOP;
     else if (last)
         g->finish = GEN_LENGTH;
-    if (g->finish == GEN_RUNNING) {
-        g->logits = model_forward(g->m, g->ctx, id);
-        if (!g->logits) { /* cannot happen: the context holds n_prompt + max_new */
-            g->finish = GEN_LENGTH;
-        }
-    }
     size_t upto = g->text.len;
     if (g->finish == GEN_RUNNING) upto -= stop_holdback(g, g->emitted);
     if (upto > g->emitted) {

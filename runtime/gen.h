@@ -22,6 +22,7 @@ struct gen_params {
     float temperature, top_p;
     int top_k;                                 /* 0: off */
     float presence_penalty, frequency_penalty; /* 0: off */
+    int ignore_eos;                            /* vLLM's: generate past an eos */
     uint64_t seed;
     const char *stop[GEN_MAX_STOP]; /* borrowed for gen_init only (copied) */
     int nstop;
@@ -34,9 +35,11 @@ struct gen {
     struct sampler smp;
     int *prompt;
     int n_prompt;
-    const float *logits; /* of the last position run; NULL before prefill */
+    const float *logits; /* of the last position run; NULL before prefill (gen_step only) */
+    int next;            /* the last token sampled: the one to run next */
     int produced;        /* tokens sampled, an eos included: the usage's completion_tokens */
     int max_new;
+    int ignore_eos;
     struct tok_utf8 u8;
     struct buf text; /* valid UTF-8 generated so far; cut at a stop string when one matched */
     size_t emitted;  /* bytes of text already handed out */
@@ -51,9 +54,13 @@ int gen_init(struct gen *g, const struct model *m, const struct tok *t, const in
 void gen_free(struct gen *g);
 /* Allocates the KV cache and runs the prompt through the model. 0, or -1 when memory is short. */
 int gen_prefill(struct gen *g);
-/* Samples one token and appends the text that became safe to hand out to delta (possibly
- * nothing). Sets g->finish when the generation ends. 0 or -1 (out of memory). */
+/* Samples one token from g->logits, appends the text that became safe to hand out to delta
+ * (possibly nothing), and runs the token. Sets g->finish when the generation ends. 0 or -1 (out
+ * of memory). */
 int gen_step(struct gen *g, struct buf *delta);
+/* gen_step without running the token: samples from logits (of the last position run, which the
+ * caller ran, e.g. in a batch), sets g->next, and appends safe text to delta. 0 or -1. */
+int gen_accept(struct gen *g, const float *logits, struct buf *delta);
 const char *gen_finish_name(enum gen_finish f);
 /* 1 once the model has run for this generation (it is then metered, even if cut short). */
 int gen_ran(const struct gen *g);

@@ -63,7 +63,7 @@ struct pool {
     int pending, stop;
     float *out;
     const float *w, *x;
-    int rows, cols;
+    int rows, cols, nb;
 };
 
 struct model {
@@ -76,14 +76,22 @@ struct model {
     struct pool pool;
 };
 
+/* A pool of KV blocks: block i holds, for every layer, MODEL_KV_BLOCK positions of k and of v:
+ * k[((i * layers + l) * MODEL_KV_BLOCK + off) * kvd + j]. */
+struct model_kv {
+    int layers, kvd, nblocks, nfree;
+    float *k, *v;
+    int *free; /* stack of free block ids, nfree of them */
+    pthread_mutex_t mu;
+};
+
 struct model_ctx {
     int len, pos;
-    float *kcache, *vcache; /* [layers, len, kv*hd] */
-    float *x, *xb, *xb2;    /* [dim] */
-    float *q, *att_out;     /* [heads*hd] */
-    float *att;             /* [len] */
-    float *hb, *hb2;        /* [ffn] */
-    float *logits;          /* [vocab] */
+    struct model_kv *kv;
+    int own_kv;  /* kv is this context's private pool */
+    int *blocks; /* [ceil(len / MODEL_KV_BLOCK)] block ids, all reserved at creation */
+    int nblocks;
+    float *logits; /* [vocab], for model_forward */
 };
 
 __attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
@@ -459,21 +467,32 @@ static int init_rope(struct model *m)
 
 /* ---- the thread pool ---- */
 
-static void matvec_rows(float *out, const float *w, const float *x, int r0, int r1, int cols)
+static float dot(const float *row, const float *x, int cols)
+{
+    /* Eight independent sums so the compiler can keep them in vector registers (a single
+     * running sum is a dependency chain it may not reorder). */
+    float acc[8] = {0};
+    int j = 0;
+    for (; j + 8 <= cols; j += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += row[j + k] * x[j + k];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; j < cols; j++)
+        s += row[j] * x[j];
+    return s;
+}
+
+/* Rows [r0, r1) of out[b][rows] = W[rows, cols] x[b][cols] for nb inputs. Each weight row is read
+ * once for the whole batch (the point of batching: decode is bound by reading the weights), and
+ * each output is the same dot product whatever nb is, so batched and single results are
+ * bit-identical. */
+static void matmul_rows(float *out, const float *w, const float *x, int r0, int r1, int rows,
+                        int cols, int nb)
 {
     for (int r = r0; r < r1; r++) {
         const float *row = w + (size_t)r * cols;
-        /* Eight independent sums so the compiler can keep them in vector registers (a single
-         * running sum is a dependency chain it may not reorder). */
-        float acc[8] = {0};
-        int j = 0;
-        for (; j + 8 <= cols; j += 8)
-            for (int k = 0; k < 8; k++)
-                acc[k] += row[j + k] * x[j + k];
-        float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-        for (; j < cols; j++)
-            s += row[j] * x[j];
-        out[r] = s;
+        for (int b = 0; b < nb; b++)
+            out[(size_t)b * rows + r] = dot(row, x + (size_t)b * cols, cols);
     }
 }
 
@@ -507,7 +526,7 @@ static void *pool_worker(void *arg)
         pthread_mutex_unlock(&p->mu);
         int r0, r1;
         pool_slice(p, index, &r0, &r1);
-        matvec_rows(p->out, p->w, p->x, r0, r1, p->cols);
+        matmul_rows(p->out, p->w, p->x, r0, r1, p->rows, p->cols, p->nb);
         pthread_mutex_lock(&p->mu);
         if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
         pthread_mutex_unlock(&p->mu);
@@ -552,25 +571,25 @@ static void pool_stop(struct pool *p)
     pthread_mutex_destroy(&p->call_lock);
 }
 
-/* out[rows] = W[rows, cols] x[cols] */
-static void matvec(const struct model *m, float *out, const float *w, const float *x, int rows,
-                   int cols)
+/* out[nb][rows] = W[rows, cols] x[nb][cols] */
+static void matmul(const struct model *m, float *out, const float *w, const float *x, int rows,
+                   int cols, int nb)
 {
     struct pool *p = (struct pool *)&m->pool; /* the pool is the model's only mutable part */
-    if (p->n <= 1 || (int64_t)rows * cols < MODEL_PAR_MIN_WORK) {
-        matvec_rows(out, w, x, 0, rows, cols);
+    if (p->n <= 1 || (int64_t)rows * cols * nb < MODEL_PAR_MIN_WORK) {
+        matmul_rows(out, w, x, 0, rows, rows, cols, nb);
         return;
     }
     pthread_mutex_lock(&p->call_lock);
     pthread_mutex_lock(&p->mu);
-    p->out = out, p->w = w, p->x = x, p->rows = rows, p->cols = cols;
+    p->out = out, p->w = w, p->x = x, p->rows = rows, p->cols = cols, p->nb = nb;
     p->pending = p->n - 1;
     p->gen++;
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
     int r0, r1;
     pool_slice(p, 0, &r0, &r1);
-    matvec_rows(out, w, x, r0, r1, cols);
+    matmul_rows(out, w, x, r0, r1, rows, cols, nb);
     pthread_mutex_lock(&p->mu);
     while (p->pending > 0)
         pthread_cond_wait(&p->cv_done, &p->mu);
@@ -633,41 +652,112 @@ int model_is_eos(const struct model *m, int id)
     return 0;
 }
 
-/* ---- context ---- */
+/* ---- KV blocks and contexts ---- */
 
-struct model_ctx *model_ctx_new(const struct model *m, int max_len)
+size_t model_kv_block_bytes(const struct model *m)
+{
+    const struct model_config *c = &m->cfg;
+    return 2 * sizeof(float) * (size_t)c->layers * MODEL_KV_BLOCK * c->kv_heads * c->head_dim;
+}
+
+struct model_kv *model_kv_new(const struct model *m, int nblocks)
+{
+    const struct model_config *c = &m->cfg;
+    if (nblocks < 1) return NULL;
+    struct model_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return NULL;
+    kv->layers = c->layers;
+    kv->kvd = c->kv_heads * c->head_dim;
+    kv->nblocks = kv->nfree = nblocks;
+    size_t n = (size_t)nblocks * c->layers * MODEL_KV_BLOCK * kv->kvd;
+    kv->k = malloc(n * sizeof(float));
+    kv->v = malloc(n * sizeof(float));
+    kv->free = malloc((size_t)nblocks * sizeof *kv->free);
+    pthread_mutex_init(&kv->mu, NULL);
+    if (!kv->k || !kv->v || !kv->free) {
+        model_kv_free(kv);
+        return NULL;
+    }
+    for (int i = 0; i < nblocks; i++)
+        kv->free[i] = nblocks - 1 - i; /* block 0 handed out first */
+    return kv;
+}
+
+void model_kv_free(struct model_kv *kv)
+{
+    if (!kv) return;
+    pthread_mutex_destroy(&kv->mu);
+    free(kv->k), free(kv->v), free(kv->free);
+    free(kv);
+}
+
+int model_kv_blocks(const struct model_kv *kv)
+{
+    return kv->nblocks;
+}
+
+int model_kv_free_blocks(struct model_kv *kv)
+{
+    pthread_mutex_lock(&kv->mu);
+    int n = kv->nfree;
+    pthread_mutex_unlock(&kv->mu);
+    return n;
+}
+
+int model_kv_blocks_for(int positions)
+{
+    return (positions + MODEL_KV_BLOCK - 1) / MODEL_KV_BLOCK;
+}
+
+struct model_ctx *model_ctx_new_in(const struct model *m, struct model_kv *kv, int max_len)
 {
     const struct model_config *c = &m->cfg;
     if (max_len < 1 || max_len > c->max_pos) return NULL;
     struct model_ctx *x = calloc(1, sizeof *x);
     if (!x) return NULL;
-    size_t kv = (size_t)c->layers * max_len * c->kv_heads * c->head_dim;
-    size_t qd = (size_t)c->heads * c->head_dim;
     x->len = max_len;
-    x->kcache = malloc(kv * sizeof(float));
-    x->vcache = malloc(kv * sizeof(float));
-    x->x = malloc((size_t)c->dim * sizeof(float));
-    x->xb = malloc((size_t)c->dim * sizeof(float));
-    x->xb2 = malloc((size_t)c->dim * sizeof(float));
-    x->q = malloc(qd * sizeof(float));
-    x->att_out = malloc(qd * sizeof(float));
-    x->att = malloc((size_t)max_len * sizeof(float));
-    x->hb = malloc((size_t)c->ffn * sizeof(float));
-    x->hb2 = malloc((size_t)c->ffn * sizeof(float));
-    x->logits = malloc((size_t)c->vocab * sizeof(float));
-    if (!x->kcache || !x->vcache || !x->x || !x->xb || !x->xb2 || !x->q || !x->att_out || !x->att ||
-        !x->hb || !x->hb2 || !x->logits) {
+    int need = model_kv_blocks_for(max_len);
+    if (!kv) {
+        kv = model_kv_new(m, need);
+        x->own_kv = 1;
+    }
+    x->kv = kv;
+    x->blocks = malloc((size_t)need * sizeof *x->blocks);
+    if (!kv || !x->blocks) {
+        model_ctx_free(x);
+        return NULL;
+    }
+    pthread_mutex_lock(&kv->mu);
+    if (kv->nfree >= need) {
+        for (int i = 0; i < need; i++)
+            x->blocks[i] = kv->free[--kv->nfree];
+        x->nblocks = need;
+    }
+    pthread_mutex_unlock(&kv->mu);
+    if (x->nblocks != need) {
         model_ctx_free(x);
         return NULL;
     }
     return x;
 }
 
+struct model_ctx *model_ctx_new(const struct model *m, int max_len)
+{
+    return model_ctx_new_in(m, NULL, max_len);
+}
+
 void model_ctx_free(struct model_ctx *x)
 {
     if (!x) return;
-    free(x->kcache), free(x->vcache), free(x->x), free(x->xb), free(x->xb2);
-    free(x->q), free(x->att_out), free(x->att), free(x->hb), free(x->hb2), free(x->logits);
+    if (x->kv && x->nblocks) {
+        pthread_mutex_lock(&x->kv->mu);
+        for (int i = x->nblocks - 1; i >= 0; i--)
+            x->kv->free[x->kv->nfree++] = x->blocks[i];
+        pthread_mutex_unlock(&x->kv->mu);
+    }
+    if (x->own_kv) model_kv_free(x->kv);
+    free(x->blocks);
+    free(x->logits);
     free(x);
 }
 
@@ -679,6 +769,14 @@ int model_ctx_pos(const struct model_ctx *c)
 int model_ctx_len(const struct model_ctx *c)
 {
     return c->len;
+}
+
+/* Where position t of layer l lives in the context's blocks. */
+static size_t kv_off(const struct model_ctx *x, int l, int t)
+{
+    const struct model_kv *kv = x->kv;
+    int blk = x->blocks[t / MODEL_KV_BLOCK];
+    return (((size_t)blk * kv->layers + l) * MODEL_KV_BLOCK + t % MODEL_KV_BLOCK) * kv->kvd;
 }
 
 /* ---- forward ---- */
@@ -699,125 +797,209 @@ static void add_bias(float *v, const float *b, int n)
         v[i] += b[i];
 }
 
-/* rotate_half RoPE on nheads vectors of hd floats at v. */
-static void rope(float *v, int nheads, int hd, const float *cosv, const float *sinv)
+/* rotate_half RoPE on nheads vectors of hd floats at v, at position pos. */
+static void rope(const struct model *m, float *v, int nheads, int pos)
 {
-    int half = hd / 2;
-    for (int h = 0; h < nheads; h++) {
-        float *a = v + (size_t)h * hd;
-        for (int i = 0; i < half; i++) {
+    int hd = m->cfg.head_dim, half = hd / 2;
+    for (int i = 0; i < half; i++) {
+        float ang = (float)pos * m->inv_freq[i], cs = cosf(ang), sn = sinf(ang);
+        for (int h = 0; h < nheads; h++) {
+            float *a = v + (size_t)h * hd;
             float x0 = a[i], x1 = a[i + half];
-            a[i] = x0 * cosv[i] - x1 * sinv[i];
-            a[i + half] = x1 * cosv[i] + x0 * sinv[i];
+            a[i] = x0 * cs - x1 * sn;
+            a[i + half] = x1 * cs + x0 * sn;
         }
     }
 }
 
-/* Attention of every query head over positions [0, pos] of layer l's cache. */
-static void attention(const struct model *m, struct model_ctx *x, int l)
+/* Attention of every query head of q (one row, at position pos) over positions [t0, pos] of layer
+ * l of x's cache, into out. att: scratch of pos + 1 floats. */
+static void attention(const struct model *m, const struct model_ctx *x, int l, int pos,
+                      const float *qrow, float *out, float *att)
 {
     const struct model_config *c = &m->cfg;
-    int hd = c->head_dim, kvd = c->kv_heads * hd, group = c->heads / c->kv_heads;
-    const float *kc = x->kcache + (size_t)l * x->len * kvd;
-    const float *vc = x->vcache + (size_t)l * x->len * kvd;
+    int hd = c->head_dim, group = c->heads / c->kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
     /* Mistral's sliding window: position t is seen from pos while pos - t < window. */
-    int t0 = c->sliding_window && x->pos >= c->sliding_window ? x->pos - c->sliding_window + 1 : 0;
+    int t0 = c->sliding_window && pos >= c->sliding_window ? pos - c->sliding_window + 1 : 0;
     for (int h = 0; h < c->heads; h++) {
-        const float *q = x->q + (size_t)h * hd;
+        const float *q = qrow + (size_t)h * hd;
         int kvh = h / group;
         float mx = -INFINITY;
-        for (int t = t0; t <= x->pos; t++) {
-            const float *k = kc + (size_t)t * kvd + (size_t)kvh * hd;
+        for (int t = t0; t <= pos; t++) {
+            const float *k = x->kv->k + kv_off(x, l, t) + (size_t)kvh * hd;
             float s = 0;
             for (int i = 0; i < hd; i++)
                 s += q[i] * k[i];
-            x->att[t] = s * scale;
-            if (x->att[t] > mx) mx = x->att[t];
+            att[t] = s * scale;
+            if (att[t] > mx) mx = att[t];
         }
         float sum = 0;
-        for (int t = t0; t <= x->pos; t++) {
-            x->att[t] = expf(x->att[t] - mx);
-            sum += x->att[t];
+        for (int t = t0; t <= pos; t++) {
+            att[t] = expf(att[t] - mx);
+            sum += att[t];
         }
-        float *o = x->att_out + (size_t)h * hd;
+        float *o = out + (size_t)h * hd;
         memset(o, 0, (size_t)hd * sizeof *o);
-        for (int t = t0; t <= x->pos; t++) {
-            const float *v = vc + (size_t)t * kvd + (size_t)kvh * hd;
-            float a = x->att[t] / sum;
+        for (int t = t0; t <= pos; t++) {
+            const float *v = x->kv->v + kv_off(x, l, t) + (size_t)kvh * hd;
+            float a = att[t] / sum;
             for (int i = 0; i < hd; i++)
                 o[i] += a * v[i];
         }
     }
 }
 
-static void layer_forward(const struct model *m, struct model_ctx *x, int l, const float *cosv,
-                          const float *sinv)
+/* The activations of one batch: row b of each is [b * width]. */
+struct batch {
+    int n;
+    int *pos;                   /* [n] */
+    float *x, *xb, *xb2;        /* [n, dim] */
+    float *q, *k, *v, *att_out; /* [n, heads*hd], [n, kv*hd], [n, kv*hd], [n, heads*hd] */
+    float *hb, *hb2;            /* [n, ffn] */
+    float *att;                 /* [max pos + 1] */
+};
+
+static void batch_free(struct batch *b)
+{
+    free(b->pos), free(b->x), free(b->xb), free(b->xb2), free(b->q), free(b->k), free(b->v);
+    free(b->att_out), free(b->hb), free(b->hb2), free(b->att);
+}
+
+static int batch_alloc(const struct model_config *c, struct batch *b, int n, int maxpos)
+{
+    size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim;
+    memset(b, 0, sizeof *b);
+    b->n = n;
+    b->pos = malloc((size_t)n * sizeof *b->pos);
+    b->x = malloc((size_t)n * c->dim * sizeof(float));
+    b->xb = malloc((size_t)n * c->dim * sizeof(float));
+    b->xb2 = malloc((size_t)n * c->dim * sizeof(float));
+    b->q = malloc((size_t)n * qd * sizeof(float));
+    b->k = malloc((size_t)n * kvd * sizeof(float));
+    b->v = malloc((size_t)n * kvd * sizeof(float));
+    b->att_out = malloc((size_t)n * qd * sizeof(float));
+    b->hb = malloc((size_t)n * c->ffn * sizeof(float));
+    b->hb2 = malloc((size_t)n * c->ffn * sizeof(float));
+    b->att = malloc((size_t)(maxpos + 1) * sizeof(float));
+    if (!b->pos || !b->x || !b->xb || !b->xb2 || !b->q || !b->k || !b->v || !b->att_out || !b->hb ||
+        !b->hb2 || !b->att) {
+        batch_free(b);
+        return -1;
+    }
+    return 0;
+}
+
+static void layer_forward(const struct model *m, const struct model_row *rows, struct batch *b,
+                          int l)
 {
     const struct model_config *c = &m->cfg;
     const struct layer *L = &m->layer[l];
-    int hd = c->head_dim, qd = c->heads * hd, kvd = c->kv_heads * hd;
-    float *k = x->kcache + ((size_t)l * x->len + x->pos) * kvd;
-    float *v = x->vcache + ((size_t)l * x->len + x->pos) * kvd;
+    int n = b->n, dim = c->dim, hd = c->head_dim, qd = c->heads * hd, kvd = c->kv_heads * hd;
 
-    rmsnorm(x->xb, x->x, L->attn_norm, c->dim, c->eps);
-    matvec(m, x->q, L->wq, x->xb, qd, c->dim);
-    matvec(m, k, L->wk, x->xb, kvd, c->dim);
-    matvec(m, v, L->wv, x->xb, kvd, c->dim);
-    if (c->qkv_bias) {
-        add_bias(x->q, L->bq, qd);
-        add_bias(k, L->bk, kvd);
-        add_bias(v, L->bv, kvd);
+    for (int r = 0; r < n; r++)
+        rmsnorm(b->xb + (size_t)r * dim, b->x + (size_t)r * dim, L->attn_norm, dim, c->eps);
+    matmul(m, b->q, L->wq, b->xb, qd, dim, n);
+    matmul(m, b->k, L->wk, b->xb, kvd, dim, n);
+    matmul(m, b->v, L->wv, b->xb, kvd, dim, n);
+    for (int r = 0; r < n; r++) {
+        float *q = b->q + (size_t)r * qd, *k = b->k + (size_t)r * kvd, *v = b->v + (size_t)r * kvd;
+        if (c->qkv_bias) {
+            add_bias(q, L->bq, qd);
+            add_bias(k, L->bk, kvd);
+            add_bias(v, L->bv, kvd);
+        }
+        if (c->qk_norm) {
+            for (int h = 0; h < c->heads; h++)
+                rmsnorm(q + (size_t)h * hd, q + (size_t)h * hd, L->q_norm, hd, c->eps);
+            for (int h = 0; h < c->kv_heads; h++)
+                rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, L->k_norm, hd, c->eps);
+        }
+        rope(m, q, c->heads, b->pos[r]);
+        rope(m, k, c->kv_heads, b->pos[r]);
+        struct model_ctx *x = rows[r].ctx;
+        memcpy(x->kv->k + kv_off(x, l, b->pos[r]), k, (size_t)kvd * sizeof(float));
+        memcpy(x->kv->v + kv_off(x, l, b->pos[r]), v, (size_t)kvd * sizeof(float));
     }
-    if (c->qk_norm) {
-        for (int h = 0; h < c->heads; h++)
-            rmsnorm(x->q + (size_t)h * hd, x->q + (size_t)h * hd, L->q_norm, hd, c->eps);
-        for (int h = 0; h < c->kv_heads; h++)
-            rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, L->k_norm, hd, c->eps);
-    }
-    rope(x->q, c->heads, hd, cosv, sinv);
-    rope(k, c->kv_heads, hd, cosv, sinv);
-    attention(m, x, l);
-    matvec(m, x->xb2, L->wo, x->att_out, c->dim, qd);
-    for (int i = 0; i < c->dim; i++)
-        x->x[i] += x->xb2[i];
+    /* Every row's k and v are in the caches before any attention, so a row sees the rows of its
+     * own context that come before it in the batch (a chunk of a prompt). */
+    for (int r = 0; r < n; r++)
+        attention(m, rows[r].ctx, l, b->pos[r], b->q + (size_t)r * qd, b->att_out + (size_t)r * qd,
+                  b->att);
+    matmul(m, b->xb2, L->wo, b->att_out, dim, qd, n);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        b->x[i] += b->xb2[i];
 
-    rmsnorm(x->xb, x->x, L->ffn_norm, c->dim, c->eps);
-    matvec(m, x->hb, L->w_gate, x->xb, c->ffn, c->dim);
-    matvec(m, x->hb2, L->w_up, x->xb, c->ffn, c->dim);
-    for (int i = 0; i < c->ffn; i++) {
-        float g = x->hb[i];
-        x->hb[i] = g / (1.0f + expf(-g)) * x->hb2[i]; /* silu(gate) * up */
+    for (int r = 0; r < n; r++)
+        rmsnorm(b->xb + (size_t)r * dim, b->x + (size_t)r * dim, L->ffn_norm, dim, c->eps);
+    matmul(m, b->hb, L->w_gate, b->xb, c->ffn, dim, n);
+    matmul(m, b->hb2, L->w_up, b->xb, c->ffn, dim, n);
+    for (size_t i = 0; i < (size_t)n * c->ffn; i++) {
+        float g = b->hb[i];
+        b->hb[i] = g / (1.0f + expf(-g)) * b->hb2[i]; /* silu(gate) * up */
     }
-    matvec(m, x->xb2, L->w_down, x->hb, c->dim, c->ffn);
-    for (int i = 0; i < c->dim; i++)
-        x->x[i] += x->xb2[i];
+    matmul(m, b->xb2, L->w_down, b->hb, dim, c->ffn, n);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        b->x[i] += b->xb2[i];
+}
+
+int model_forward_batch(const struct model *m, const struct model_row *rows, int n)
+{
+    const struct model_config *c = &m->cfg;
+    if (n < 1) return 0;
+    /* Each row's position: its context's next one, counting earlier rows of the same context. */
+    int *pos = malloc((size_t)n * sizeof *pos), maxpos = 0;
+    if (!pos) return -1;
+    for (int r = 0; r < n; r++) {
+        int p = rows[r].ctx->pos;
+        for (int e = 0; e < r; e++)
+            p += rows[e].ctx == rows[r].ctx;
+        pos[r] = p;
+        if (p >= rows[r].ctx->len || rows[r].token < 0 || rows[r].token >= c->vocab) {
+            free(pos);
+            return -1;
+        }
+        if (p > maxpos) maxpos = p;
+    }
+    struct batch b;
+    if (batch_alloc(c, &b, n, maxpos) != 0) {
+        free(pos);
+        return -1;
+    }
+    memcpy(b.pos, pos, (size_t)n * sizeof *pos);
+    free(pos);
+    for (int r = 0; r < n; r++)
+        memcpy(b.x + (size_t)r * c->dim, m->embed + (size_t)rows[r].token * c->dim,
+               (size_t)c->dim * sizeof(float));
+    for (int l = 0; l < c->layers; l++)
+        layer_forward(m, rows, &b, l);
+    /* The lm_head only for the rows that want logits (in a prompt, only the last does). */
+    int nl = 0;
+    for (int r = 0; r < n; r++)
+        if (rows[r].logits)
+            rmsnorm(b.xb + (size_t)nl++ * c->dim, b.x + (size_t)r * c->dim, m->norm, c->dim,
+                    c->eps);
+    float *lg = nl ? malloc((size_t)nl * c->vocab * sizeof(float)) : NULL;
+    int rc = nl && !lg ? -1 : 0;
+    if (rc == 0 && nl) {
+        matmul(m, lg, m->lm_head, b.xb, c->vocab, c->dim, nl);
+        for (int r = 0, i = 0; r < n; r++)
+            if (rows[r].logits)
+                memcpy(rows[r].logits, lg + (size_t)i++ * c->vocab,
+                       (size_t)c->vocab * sizeof(float));
+    }
+    free(lg);
+    batch_free(&b);
+    if (rc == 0)
+        for (int r = 0; r < n; r++)
+            rows[r].ctx->pos++;
+    return rc;
 }
 
 const float *model_forward(const struct model *m, struct model_ctx *x, int token)
 {
-    const struct model_config *c = &m->cfg;
-    if (x->pos >= x->len || token < 0 || token >= c->vocab) return NULL;
-    memcpy(x->x, m->embed + (size_t)token * c->dim, (size_t)c->dim * sizeof(float));
-    /* cos/sin for this position, shared by every layer and head. */
-    int half = c->head_dim / 2;
-    float cs[2 * 512], *cosv = cs, *sinv, *heap = NULL;
-    if (half > 512) {
-        heap = malloc(2 * (size_t)half * sizeof(float));
-        if (!heap) return NULL;
-        cosv = heap;
-    }
-    sinv = cosv + half;
-    for (int i = 0; i < half; i++) {
-        float ang = (float)x->pos * m->inv_freq[i];
-        cosv[i] = cosf(ang);
-        sinv[i] = sinf(ang);
-    }
-    for (int l = 0; l < c->layers; l++)
-        layer_forward(m, x, l, cosv, sinv);
-    free(heap);
-    rmsnorm(x->xb, x->x, m->norm, c->dim, c->eps);
-    matvec(m, x->logits, m->lm_head, x->xb, c->vocab, c->dim);
-    x->pos++;
-    return x->logits;
+    if (!x->logits) x->logits = malloc((size_t)m->cfg.vocab * sizeof(float));
+    if (!x->logits) return NULL;
+    struct model_row row = {.ctx = x, .token = token, .logits = x->logits};
+    return model_forward_batch(m, &row, 1) == 0 ? x->logits : NULL;
 }

@@ -60,12 +60,43 @@ void model_free(struct model *m); /* accepts NULL */
 const struct model_config *model_cfg(const struct model *m);
 int model_is_eos(const struct model *m, int id);
 
-/* A generation's KV cache and scratch for up to max_len positions (at most max_pos). NULL when
- * max_len is out of range or memory is short. */
+/* The KV cache is paged: a pool of fixed-size blocks of MODEL_KV_BLOCK positions (all layers, k
+ * and v), from which each context takes the blocks it needs. The server sizes one pool from a
+ * memory budget and shares it between requests; a context made without a pool gets a private
+ * one just big enough. Pools are thread-safe. */
+#define MODEL_KV_BLOCK 16
+
+struct model_kv;
+size_t model_kv_block_bytes(const struct model *m);
+/* A new pool of nblocks blocks, or NULL when memory is short. */
+struct model_kv *model_kv_new(const struct model *m, int nblocks);
+void model_kv_free(struct model_kv *kv); /* accepts NULL; every context must be freed first */
+int model_kv_blocks(const struct model_kv *kv);
+int model_kv_free_blocks(struct model_kv *kv);
+int model_kv_blocks_for(int positions);
+
+/* A generation's context: up to max_len positions (at most max_pos), their blocks all taken from
+ * kv at creation (NULL kv: a private pool). NULL when max_len is out of range, kv has too few free
+ * blocks, or memory is short. Freeing gives the blocks back. */
+struct model_ctx *model_ctx_new_in(const struct model *m, struct model_kv *kv, int max_len);
 struct model_ctx *model_ctx_new(const struct model *m, int max_len);
 void model_ctx_free(struct model_ctx *c);     /* accepts NULL */
 int model_ctx_pos(const struct model_ctx *c); /* positions filled so far */
 int model_ctx_len(const struct model_ctx *c); /* max_len */
+
+/* One token of a batch: run at its context's next position; logits (NULL: not wanted) receives
+ * [vocab] floats. */
+struct model_row {
+    struct model_ctx *ctx;
+    int token;
+    float *logits;
+};
+
+/* Runs a batch: rows of different contexts (continuous batching), and consecutive positions of
+ * one context (a chunk of a prompt, in order). Each weight matrix is read once per batch. A row's
+ * logits equal, bit for bit, those of running it alone. 0, or -1 when a context is full, a token
+ * is out of range or memory is short (then no context has advanced). */
+int model_forward_batch(const struct model *m, const struct model_row *rows, int n);
 
 /* Runs token at the next position and returns the logits over the vocab (borrowed from c, valid
  * until the next call), or NULL when the context is full or the token is out of range. */

@@ -28,6 +28,7 @@
 
 #include "cfg.h"
 #include "chat.h"
+#include "engine.h"
 #include "gen.h"
 #include "httpd.h"
 #include "jsonx.h"
@@ -52,6 +53,7 @@ enum rt_state { RT_LOADING = 0, RT_READY, RT_FAILED };
 struct rt_config {
     const char *model, *host, *name, *usage_log, *device, *log_level;
     int64_t port, threads, max_body;
+    int64_t kv_blocks, kv_memory_mib, max_batch, queue_limit, prefill_chunk;
 };
 
 static const struct cfg_opt rt_opts[] = {
@@ -74,6 +76,21 @@ static const struct cfg_opt rt_opts[] = {
      offsetof(struct rt_config, max_body)},
     {"log-level", CFG_STRING, "info", "debug, info, warn or error",
      offsetof(struct rt_config, log_level)},
+    {"kv-blocks", CFG_INT, "0",
+     "KV cache blocks of 16 positions (0: as many as --kv-memory-mib holds, at most what "
+     "--max-batch full contexts need)",
+     offsetof(struct rt_config, kv_blocks)},
+    {"kv-memory-mib", CFG_INT, "1024", "memory budget of the KV cache when --kv-blocks is 0",
+     offsetof(struct rt_config, kv_memory_mib)},
+    {"max-batch", CFG_INT, "16", "requests generating at once (continuous batching)",
+     offsetof(struct rt_config, max_batch)},
+    /* Beyond this many waiting requests a new one gets 503: a queue longer than a few batches
+     * only adds latency the client would rather see as a retry elsewhere. */
+    {"queue-limit", CFG_INT, "64", "requests waiting for the batch or the KV cache; more get 503",
+     offsetof(struct rt_config, queue_limit)},
+    {"prefill-chunk", CFG_INT, "256",
+     "prompt tokens per step, so a long prompt does not stall running streams",
+     offsetof(struct rt_config, prefill_chunk)},
 };
 
 struct rt {
@@ -87,34 +104,12 @@ struct rt {
     struct chat_tpl tpl;
     int ctx_len; /* max_position_embeddings */
     int64_t started_s;
-    /* The generation slot: one generation at a time until batching. A flag under a mutex, not
-     * the mutex itself, because a streaming request takes it in one reader call and gives it
-     * back in another, possibly on another thread (MHD's cleanup). */
-    pthread_mutex_t gen_mu;
-    pthread_cond_t gen_cv;
-    int gen_busy;
+    struct engine *eng; /* the scheduler: every generation runs there */
     pthread_mutex_t usage_mu;
     int usage_fd; /* -1: no journal */
 };
 
 /* ---- shared pieces ---- */
-
-static void gen_acquire(struct rt *rt)
-{
-    pthread_mutex_lock(&rt->gen_mu);
-    while (rt->gen_busy)
-        pthread_cond_wait(&rt->gen_cv, &rt->gen_mu);
-    rt->gen_busy = 1;
-    pthread_mutex_unlock(&rt->gen_mu);
-}
-
-static void gen_release(struct rt *rt)
-{
-    pthread_mutex_lock(&rt->gen_mu);
-    rt->gen_busy = 0;
-    pthread_cond_signal(&rt->gen_cv);
-    pthread_mutex_unlock(&rt->gen_mu);
-}
 
 static int write_all(int fd, const char *p, size_t n)
 {
@@ -226,6 +221,7 @@ struct chat_req {
     double temperature, top_p;
     int64_t top_k;
     double presence_penalty, frequency_penalty;
+    int ignore_eos;
     int has_seed;
     int64_t seed;
     const char *stop[GEN_MAX_STOP]; /* borrowed from body */
@@ -328,6 +324,13 @@ static int p_penalty(struct rt *rt, const char *key, json_t *v, struct chat_req 
     double *dst =
         strcmp(key, "presence_penalty") == 0 ? &cr->presence_penalty : &cr->frequency_penalty;
     return jx(jsonx_get_number(cr->body, key, 0, -2, 2, dst, &pe->e), pe);
+}
+
+static int p_ignore_eos(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                        struct perr *pe)
+{
+    (void)rt, (void)v;
+    return jx(jsonx_get_bool(cr->body, key, 0, &cr->ignore_eos, &pe->e), pe);
 }
 
 static int p_seed(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
@@ -479,6 +482,7 @@ static const struct {
     {"n", p_n},
     {"user", p_string},
     {"top_k", p_top_k},
+    {"ignore_eos", p_ignore_eos}, /* vLLM's extension */
     {"frequency_penalty", p_penalty},
     {"presence_penalty", p_penalty},
     {"logprobs", p_false},
@@ -553,33 +557,34 @@ static void reply_completion(struct httpd_req *req, struct rt *rt, const char *r
     httpd_reply_json(req, 200, body);
 }
 
-static void run_blocking(struct httpd_req *req, struct rt *rt, struct chat_req *cr, struct gen *g)
+/* Waits for the whole completion of r (released here) and replies. */
+static void run_blocking(struct httpd_req *req, struct rt *rt, struct chat_req *cr,
+                         struct eng_req *r)
 {
     struct buf content = {0};
-    int rc = buf_append(&content, "", 0);
-    gen_acquire(rt);
-    if (rc == 0) rc = gen_prefill(g);
-    while (rc == 0 && g->finish == GEN_RUNNING && !atomic_load(&rt->stopping))
-        rc = gen_step(g, &content);
-    gen_release(rt);
-    if (rc != 0) {
-        if (gen_ran(g)) journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
-        httpd_error(req, 503, "out_of_memory", NULL, "not enough memory for this request");
-    } else if (g->finish == GEN_RUNNING) {
-        journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
-        httpd_error(req, 503, "shutting_down", NULL, "the runtime is shutting down");
+    int rc = buf_append(&content, "", 0) ? -1 : 0;
+    while (rc == 0)
+        rc = eng_wait(r, &content);
+    const struct gen *g = eng_gen(r);
+    if (rc < 0) {
+        if (gen_ran(g) || g->produced) journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
+        if (atomic_load(&rt->stopping))
+            httpd_error(req, 503, "shutting_down", NULL, "the runtime is shutting down");
+        else
+            httpd_error(req, 503, "out_of_memory", NULL, "not enough memory for this request");
     } else {
         journal(rt, cr->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
         log_info("chat completion: %d prompt + %d completion tokens, %s", g->n_prompt, g->produced,
                  gen_finish_name(g->finish));
         reply_completion(req, rt, cr->rid, g, content.data, content.len);
     }
+    eng_release(r);
     buf_free(&content);
 }
 
 /* ---- chat completions: streaming ---- */
 
-enum sse_phase { SSE_ROLE = 0, SSE_PREFILL, SSE_GEN, SSE_DONE };
+enum sse_phase { SSE_ROLE = 0, SSE_GEN, SSE_DONE };
 
 struct sse {
     struct rt *rt;
@@ -587,9 +592,8 @@ struct sse {
     char id[RT_MAX_REQUEST_ID + 24];
     json_int_t created;
     int include_usage;
-    struct gen g;
+    struct eng_req *r; /* owned */
     enum sse_phase phase;
-    int holding;    /* holds the generation slot */
     struct buf out; /* SSE bytes not yet handed to MHD */
     size_t out_off;
 };
@@ -618,9 +622,7 @@ static int sse_chunk(struct sse *s, json_t *delta, const char *finish)
 
 static int sse_finish(struct sse *s)
 {
-    struct gen *g = &s->g;
-    gen_release(s->rt);
-    s->holding = 0;
+    const struct gen *g = eng_gen(s->r);
     s->phase = SSE_DONE;
     journal(s->rt, s->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
     log_info("chat completion (stream): %d prompt + %d completion tokens, %s", g->n_prompt,
@@ -639,28 +641,21 @@ static int sse_finish(struct sse *s)
 /* Produces the next event(s) into s->out. 0, or -1 to end the stream with an error. */
 static int sse_advance(struct sse *s)
 {
-    struct gen *g = &s->g;
     switch (s->phase) {
     case SSE_ROLE:
-        s->phase = SSE_PREFILL;
-        return sse_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL);
-    case SSE_PREFILL:
-        gen_acquire(s->rt);
-        s->holding = 1;
         s->phase = SSE_GEN;
-        return gen_prefill(g);
+        return sse_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL);
     case SSE_GEN: {
         struct buf delta = {0};
-        int rc = 0;
-        while (rc == 0 && delta.len == 0 && g->finish == GEN_RUNNING) {
-            if (atomic_load(&s->rt->stopping)) rc = -1;
-            if (rc == 0) rc = gen_step(g, &delta);
-        }
-        if (rc == 0 && delta.len)
+        int rc = buf_append(&delta, "", 0) ? -1 : 0;
+        while (rc == 0 && delta.len == 0)
+            rc = eng_wait(s->r, &delta);
+        int done = rc == 1;
+        if (rc >= 0 && delta.len)
             rc = sse_chunk(s, json_pack("{s:s%}", "content", delta.data, delta.len), NULL);
         buf_free(&delta);
-        if (rc == 0 && g->finish != GEN_RUNNING) rc = sse_finish(s);
-        return rc;
+        if (rc >= 0 && done) rc = sse_finish(s);
+        return rc < 0 ? -1 : 0;
     }
     case SSE_DONE:
         break;
@@ -694,26 +689,32 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 static void sse_free(void *cls)
 {
     struct sse *s = cls;
-    if (s->phase != SSE_DONE && gen_ran(&s->g)) {
-        char ctx[RT_MAX_REQUEST_ID + 16];
-        snprintf(ctx, sizeof ctx, "req=%s", s->rid);
-        log_set_context(ctx);
-        log_info("client went away after %d completion tokens: cancelled", s->g.produced);
-        journal(s->rt, s->rid, s->g.n_prompt, s->g.produced, "cancelled");
-        log_set_context(NULL);
+    if (s->phase != SSE_DONE) {
+        /* The client went away (or the stream failed): the scheduler drops the request at its
+         * next step, and what it ran is metered. */
+        eng_cancel(s->r);
+        const struct gen *g = eng_gen(s->r);
+        if (gen_ran(g) || g->produced) {
+            char ctx[RT_MAX_REQUEST_ID + 16];
+            snprintf(ctx, sizeof ctx, "req=%s", s->rid);
+            log_set_context(ctx);
+            log_info("client went away after %d completion tokens: cancelled", g->produced);
+            journal(s->rt, s->rid, g->n_prompt, g->produced, "cancelled");
+            log_set_context(NULL);
+        }
     }
-    if (s->holding) gen_release(s->rt);
-    gen_free(&s->g);
+    eng_release(s->r);
     buf_free(&s->out);
     free(s);
 }
 
-/* Takes g over (moved into the stream state) and queues the streaming response. */
-static void start_stream(struct httpd_req *req, struct rt *rt, struct chat_req *cr, struct gen *g)
+/* Takes r over (into the stream state) and queues the streaming response. */
+static void start_stream(struct httpd_req *req, struct rt *rt, struct chat_req *cr,
+                         struct eng_req *r)
 {
     struct sse *s = calloc(1, sizeof *s);
     if (!s) {
-        gen_free(g);
+        eng_release(r);
         httpd_error(req, 503, "out_of_memory", NULL, "out of memory");
         return;
     }
@@ -722,19 +723,18 @@ static void start_stream(struct httpd_req *req, struct rt *rt, struct chat_req *
     snprintf(s->id, sizeof s->id, "chatcmpl-%s", cr->rid);
     s->created = (json_int_t)(util_wall_ms() / 1000);
     s->include_usage = cr->include_usage;
-    s->g = *g;
-    memset(g, 0, sizeof *g);
+    s->r = r;
     /* From here MHD owns s: it calls sse_free exactly once, even if queueing fails. */
-    struct MHD_Response *r =
+    struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, RT_SSE_BLOCK, sse_read, s, sse_free);
-    if (!r) {
+    if (!resp) {
         sse_free(s);
         httpd_error(req, 503, "out_of_memory", NULL, "out of memory");
         return;
     }
-    MHD_add_response_header(r, "Content-Type", "text/event-stream");
-    MHD_add_response_header(r, "Cache-Control", "no-cache");
-    httpd_reply_response(req, 200, r);
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    httpd_reply_response(req, 200, resp);
 }
 
 /* ---- chat completions: the handler ---- */
@@ -771,6 +771,7 @@ static int plan(struct httpd_req *req, struct rt *rt, struct chat_req *cr, int n
     gp->temperature = (float)cr->temperature;
     gp->top_p = (float)cr->top_p;
     gp->top_k = (int)cr->top_k;
+    gp->ignore_eos = cr->ignore_eos;
     gp->presence_penalty = (float)cr->presence_penalty;
     gp->frequency_penalty = (float)cr->frequency_penalty;
     gp->seed = cr->has_seed ? (uint64_t)cr->seed : random_seed();
@@ -815,11 +816,19 @@ static void h_chat(struct httpd_req *req)
         httpd_error(req, 503, "out_of_memory", NULL, "not enough memory for this request");
         goto out;
     }
-    if (cr.stream) {
-        start_stream(req, rt, &cr, &g);
+    struct eng_req *r = NULL;
+    enum eng_submit sub = eng_submit(rt->eng, &g, &r);
+    if (sub == ENG_QUEUE_FULL) {
+        req->retry_after = 1;
+        httpd_error(req, 503, "queue_full", NULL,
+                    "the runtime is busy: %d requests are already waiting; retry later",
+                    (int)rt->cfg.queue_limit);
+    } else if (sub != ENG_OK) {
+        httpd_error(req, 503, "out_of_memory", NULL, "not enough memory for this request");
+    } else if (cr.stream) {
+        start_stream(req, rt, &cr, r);
     } else {
-        run_blocking(req, rt, &cr, &g);
-        gen_free(&g);
+        run_blocking(req, rt, &cr, r);
     }
 out:
     tok_ids_free(&prompt);
@@ -982,15 +991,65 @@ out:
     json_decref(body);
 }
 
+/* Prometheus text format; behind the replica secret like every route but /health. */
+static void h_metrics(struct httpd_req *req)
+{
+    struct rt *rt = req->app;
+    if (admit(req) != 0) return;
+    struct buf b = {0};
+    if (eng_metrics(rt->eng, &b) != 0) {
+        buf_free(&b);
+        httpd_error(req, 500, "internal_error", NULL, "out of memory");
+        return;
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(b.len, b.data, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        buf_free(&b);
+        httpd_error(req, 500, "internal_error", NULL, "out of memory");
+        return;
+    }
+    MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4");
+    httpd_reply_response(req, 200, r);
+}
+
 static const struct httpd_route routes[] = {
-    {"GET", "/health", h_health},
-    {"GET", "/v1/models", h_models},
-    {"POST", "/v1/chat/completions", h_chat},
-    {"POST", "/tokenize", h_tokenize},
-    {"POST", "/detokenize", h_detokenize},
+    {"GET", "/health", h_health},      {"GET", "/metrics", h_metrics},
+    {"GET", "/v1/models", h_models},   {"POST", "/v1/chat/completions", h_chat},
+    {"POST", "/tokenize", h_tokenize}, {"POST", "/detokenize", h_detokenize},
 };
 
 /* ---- start-up ---- */
+
+/* The scheduler and its KV pool: --kv-blocks, else what --kv-memory-mib holds, at most what
+ * --max-batch full contexts can use and at least one full context (so every request that fits
+ * the context can run). */
+static struct engine *start_engine(struct rt *rt, char *err, size_t errlen)
+{
+    const struct rt_config *c = &rt->cfg;
+    size_t bb = model_kv_block_bytes(rt->model);
+    int64_t per_ctx = model_kv_blocks_for(rt->ctx_len), blocks = c->kv_blocks;
+    if (blocks == 0) {
+        blocks = (int64_t)((uint64_t)c->kv_memory_mib * 1024 * 1024 / bb);
+        if (blocks > per_ctx * c->max_batch) blocks = per_ctx * c->max_batch;
+    }
+    if (blocks < per_ctx) {
+        log_warn("KV cache: %lld blocks cannot hold one full context of %d positions; using %lld",
+                 (long long)blocks, rt->ctx_len, (long long)per_ctx);
+        blocks = per_ctx;
+    }
+    if (blocks > INT32_MAX / 2) blocks = INT32_MAX / 2;
+    struct eng_config ec = {.max_batch = (int)c->max_batch,
+                            .queue_limit = (int)c->queue_limit,
+                            .prefill_chunk = (int)c->prefill_chunk,
+                            .kv_blocks = (int)blocks};
+    struct engine *e = eng_new(rt->model, &ec, err, errlen);
+    if (e)
+        log_info("KV cache: %d blocks of %d positions (%.1f MiB); batch %d, queue %d, prefill "
+                 "chunk %d",
+                 ec.kv_blocks, MODEL_KV_BLOCK, (double)ec.kv_blocks * (double)bb / 1048576.0,
+                 ec.max_batch, ec.queue_limit, ec.prefill_chunk);
+    return e;
+}
 
 /* The background loader: tokenizer, model, template. On failure it logs why and signals the
  * main thread, which exits 1 (the agent reports the replica failed and restarts it). */
@@ -1012,6 +1071,9 @@ static void *loader(void *arg)
                      path, tok_vocab_size(rt->tok), model_cfg(rt->model)->vocab);
         } else {
             rt->ctx_len = model_cfg(rt->model)->max_pos;
+            rt->eng = start_engine(rt, err, sizeof err);
+        }
+        if (rt->eng) {
             atomic_store(&rt->state, RT_READY);
             const struct model_config *c = model_cfg(rt->model);
             log_info("model '%s' ready in %lld ms: %s, %d layers, dim %d, vocab %d, context %d, "
@@ -1032,7 +1094,9 @@ static int parse_config(struct rt *rt, int argc, char **argv, int first)
     static const char usage[] =
         "usage: orp-runtime serve --model DIR --port N [--host ADDR] [--name NAME]\n"
         "                         [--usage-log FILE] [--threads N] [--device cpu]\n"
-        "                         [--max-body BYTES] [--log-level L]\n"
+        "                         [--max-body BYTES] [--log-level L] [--kv-blocks N]\n"
+        "                         [--kv-memory-mib N] [--max-batch N] [--queue-limit N]\n"
+        "                         [--prefill-chunk N]\n"
         "Environment: ORP_REPLICA_SECRET, when set, is the bearer token every route but\n"
         "GET /health requires.";
     char err[256];
@@ -1048,6 +1112,15 @@ static int parse_config(struct rt *rt, int argc, char **argv, int first)
         snprintf(err, sizeof err, "--port must be in [0, 65535]"), rc = -1;
     if (rc == 0 && (c->threads < 1 || c->threads > 256))
         snprintf(err, sizeof err, "--threads must be in [1, 256]"), rc = -1;
+    if (rc == 0 && (c->kv_blocks < 0 || c->kv_blocks > (1 << 30) || c->kv_memory_mib < 1 ||
+                    c->kv_memory_mib > (1 << 30)))
+        snprintf(err, sizeof err, "--kv-blocks must be >= 0 and --kv-memory-mib >= 1"), rc = -1;
+    if (rc == 0 && (c->max_batch < 1 || c->max_batch > 1024 || c->queue_limit < 0 ||
+                    c->queue_limit > 65536 || c->prefill_chunk < 1 || c->prefill_chunk > 65536))
+        snprintf(err, sizeof err,
+                 "--max-batch must be in [1, 1024], --queue-limit in [0, 65536] and "
+                 "--prefill-chunk in [1, 65536]"),
+            rc = -1;
     if (rc == 0 && (c->max_body < 1024 || c->max_body > (1 << 30)))
         snprintf(err, sizeof err, "--max-body must be in [1024, 2^30]"), rc = -1;
     if (rc == 0 && strcmp(c->device, "cpu") != 0)
@@ -1101,8 +1174,6 @@ int rt_serve(int argc, char **argv, int first)
     const char *secret = getenv("ORP_REPLICA_SECRET");
     rt.secret = secret && *secret ? secret : NULL;
     rt.started_s = util_wall_ms() / 1000;
-    pthread_mutex_init(&rt.gen_mu, NULL);
-    pthread_cond_init(&rt.gen_cv, NULL);
     pthread_mutex_init(&rt.usage_mu, NULL);
     if (open_journal(&rt) != 0) return 1;
 
@@ -1148,8 +1219,12 @@ int rt_serve(int argc, char **argv, int first)
     int failed = sig == SIGUSR1;
     if (!failed) log_info("signal %d: stopping", sig);
     atomic_store(&rt.stopping, 1);
+    /* Ending the engine's requests first lets the connections waiting on them finish, so
+     * httpd_stop does not wait for whole generations. */
+    if (atomic_load(&rt.state) == RT_READY) eng_stop(rt.eng);
     httpd_stop(srv);
     if (!failed && atomic_load(&rt.state) == RT_LOADING) return 0; /* the loader still runs */
+    eng_free(rt.eng);
     model_free(rt.model);
     chat_tpl_free(&rt.tpl);
     tok_free(rt.tok);

@@ -195,6 +195,54 @@ static void test_bad_configs(const char *mdir)
     model_free(load(mdir, 1));
 }
 
+/* A batch of rows from three contexts of a shared pool (two decoding, one reading a prompt chunk)
+ * gives, bit for bit, the logits of running each context alone; the pool hands out and takes
+ * back whole blocks, and refuses a context it cannot hold. */
+static void test_batch(const char *mdir)
+{
+    struct model *m = load(mdir, 1);
+    int v = model_cfg(m)->vocab;
+    const int toks[3][6] = {
+        {556, 72, 101, 108, 108, 111}, {556, 50, 60, 70, 80, 90}, {556, 200, 201, 202, 203, 204}};
+    float *want = malloc(3 * (size_t)v * sizeof *want), *got = malloc(4 * (size_t)v * sizeof *got);
+    for (int i = 0; i < 3; i++)
+        run(m, toks[i], 6, want + (size_t)i * v);
+    struct model_kv *kv = model_kv_new(m, 5);
+    CHECK(kv != NULL);
+    CHECK_INT_EQ(model_kv_blocks(kv), 5);
+    struct model_ctx *c[3];
+    for (int i = 0; i < 3; i++)
+        c[i] = model_ctx_new_in(m, kv, 20); /* 2 blocks each: the third does not fit */
+    CHECK(c[0] && c[1] && !c[2]);
+    CHECK_INT_EQ(model_kv_free_blocks(kv), 1);
+    model_ctx_free(c[1]);
+    CHECK_INT_EQ(model_kv_free_blocks(kv), 3);
+    c[1] = model_ctx_new_in(m, kv, 16); /* 1 block */
+    c[2] = model_ctx_new_in(m, kv, 32); /* 2 blocks */
+    CHECK(c[1] && c[2] && model_kv_free_blocks(kv) == 0);
+    /* Contexts 0 and 1 read 5 tokens one by one; then one batch: their 6th tokens, and context
+     * 2's whole prompt as a chunk. */
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < 5; t++)
+            CHECK(model_forward(m, c[i], toks[i][t]) != NULL);
+    struct model_row rows[8];
+    int n = 0;
+    rows[n++] = (struct model_row){c[0], toks[0][5], got};
+    for (int t = 0; t < 6; t++)
+        rows[n++] = (struct model_row){c[2], toks[2][t], t == 5 ? got + 2 * (size_t)v : NULL};
+    rows[n++] = (struct model_row){c[1], toks[1][5], got + (size_t)v};
+    CHECK(model_forward_batch(m, rows, n) == 0);
+    CHECK(memcmp(got, want, 3 * (size_t)v * sizeof *got) == 0);
+    CHECK_INT_EQ(model_ctx_pos(c[2]), 6);
+    for (int i = 0; i < 3; i++)
+        model_ctx_free(c[i]);
+    CHECK_INT_EQ(model_kv_free_blocks(kv), 5);
+    model_kv_free(kv);
+    free(want);
+    free(got);
+    model_free(m);
+}
+
 /* Each architecture's own tensors are required, and make-model refuses an unknown --arch. */
 static void test_arch_tensors(void)
 {
@@ -231,6 +279,7 @@ int main(void)
     snprintf(mdir, sizeof mdir, "%s/bf16", dir);
     rt_make_model(mdir, ST_BF16);
     test_forward(mdir);
+    test_batch(mdir);
     test_generation(mdir);
     test_bad_configs(mdir);
     test_threads();
