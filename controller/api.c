@@ -101,7 +101,7 @@ static void h_catalog(struct httpd_req *req)
     "   'devices', r.devices, 'ready_at', r.ready_at) ORDER BY r.ordinal), '[]') "                 \
     " FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "                                      \
     " WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')), "             \
-    "e.state_reason "
+    "e.state_reason, e.pool "
 
 static json_t *endpoint_json(PGresult *r, int i)
 {
@@ -125,13 +125,16 @@ static json_t *endpoint_json(PGresult *r, int i)
                          : ready == want             ? "ready"
                          : failed > 0                ? (ready > 0 ? "degraded" : "failed")
                                                      : "deploying";
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:i, s:s, s:o}", "id",
-                     PQgetvalue(r, i, 0), "object", "endpoint", "name", PQgetvalue(r, i, 1),
-                     "model", PQgetvalue(r, i, 2), "device_kind", PQgetvalue(r, i, 3),
-                     "gpus_per_replica", (json_int_t)db_int(r, i, 4), "replicas", (json_int_t)want,
-                     "billing_mode", PQgetvalue(r, i, 6), "status", status, "status_reason",
-                     PQgetvalue(r, i, 10), "replicas_ready", ready, "created_at",
-                     PQgetvalue(r, i, 8), "replica_states", reps);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:i, s:s, s:o}", "id",
+                          PQgetvalue(r, i, 0), "object", "endpoint", "name", PQgetvalue(r, i, 1),
+                          "model", PQgetvalue(r, i, 2), "device_kind", PQgetvalue(r, i, 3),
+                          "gpus_per_replica", (json_int_t)db_int(r, i, 4), "replicas",
+                          (json_int_t)want, "billing_mode", PQgetvalue(r, i, 6), "status", status,
+                          "status_reason", PQgetvalue(r, i, 10), "replicas_ready", ready,
+                          "created_at", PQgetvalue(r, i, 8), "replica_states", reps);
+    json_object_set_new(o, "pool",
+                        PQgetisnull(r, i, 11) ? json_null() : json_string(PQgetvalue(r, i, 11)));
+    return o;
 }
 
 /* Replies with one endpoint of the caller's account, or 404. */
@@ -168,8 +171,16 @@ static int valid_name(const char *s)
     return s[n - 1] != '-';
 }
 
+static int valid_pool(const char *s)
+{
+    if (!*s) return 0;
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
+    return 1;
+}
+
 struct create_ep {
-    const char *acct, *name, *model, *kind, *billing;
+    const char *acct, *name, *model, *kind, *billing, *pool;
     int64_t gpus, replicas;
     char id[40];
     int conflict;
@@ -181,14 +192,14 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
     char g[24], n[24], ss[6];
     snprintf(g, sizeof g, "%lld", (long long)ce->gpus);
     snprintf(n, sizeof n, "%lld", (long long)ce->replicas);
-    const char *p[] = {ce->acct, ce->name, ce->model, ce->kind, g, n, ce->billing};
+    const char *p[] = {ce->acct, ce->name, ce->model, ce->kind, g, n, ce->billing, ce->pool};
     PGresult *r;
     enum db_status st = db_exec(c,
                                 "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
-                                "  gpus_per_replica, replicas, billing_mode) "
-                                "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7 "
+                                "  gpus_per_replica, replicas, billing_mode, pool) "
+                                "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8 "
                                 "FROM models m WHERE m.name = $3 RETURNING id",
-                                7, p, &r, ss);
+                                8, p, &r, ss);
     if (st < 0) {
         if (!strcmp(ss, "23505")) ce->conflict = 1;
         return st;
@@ -243,7 +254,7 @@ static int check_quota(struct httpd_req *req, PGconn *c, const char *acct, int64
 }
 
 static const char *const create_fields[] = {
-    "name", "model", "gpus_per_replica", "replicas", "device_kind", "billing_mode", NULL};
+    "name", "model", "gpus_per_replica", "replicas", "device_kind", "billing_mode", "pool", NULL};
 
 static void h_create_endpoint(struct httpd_req *req)
 {
@@ -264,7 +275,8 @@ static void h_create_endpoint(struct httpd_req *req)
         (rc = jsonx_get_int(body, "gpus_per_replica", 0, 1, 8, &gpus, &je)) == JSONX_BAD ||
         (rc = jsonx_get_int(body, "replicas", 0, 1, 16, &ce.replicas, &je)) == JSONX_BAD ||
         (rc = jsonx_get_string(body, "device_kind", 0, &ce.kind, 8, &je)) == JSONX_BAD ||
-        (rc = jsonx_get_string(body, "billing_mode", 0, &ce.billing, 8, &je)) == JSONX_BAD) {
+        (rc = jsonx_get_string(body, "billing_mode", 0, &ce.billing, 8, &je)) == JSONX_BAD ||
+        (rc = jsonx_get_string(body, "pool", 0, &ce.pool, 63, &je)) == JSONX_BAD) {
         httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
                     je.param, "%s", je.message);
         goto out;
@@ -273,6 +285,11 @@ static void h_create_endpoint(struct httpd_req *req)
         httpd_error(req, 400, "invalid_parameter", "name",
                     "field 'name' must be 1-63 characters of a-z, 0-9 and '-', starting with a "
                     "letter and not ending with '-'");
+        goto out;
+    }
+    if (ce.pool && !valid_pool(ce.pool)) {
+        httpd_error(req, 400, "invalid_parameter", "pool",
+                    "field 'pool' must be 1-63 printable characters");
         goto out;
     }
     if (strcmp(ce.billing, "time") && strcmp(ce.billing, "value")) {

@@ -57,6 +57,10 @@ test('REST API: malformed JSON, missing and wrong-typed fields, unknown model', 
   assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'Bad Name!', model: 'demo-tiny' } }), 400, 'invalid_parameter', 'name');
   assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'a', model: 'demo-tiny', colour: 'red' } }), 400, 'unknown_parameter', 'colour');
   assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'a', model: 'no-such-model' } }), 400, 'model_not_found', 'model');
+  assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'a', model: 'demo-tiny', pool: '' } }), 400, 'invalid_parameter', 'pool');
+  assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'a', model: 'demo-tiny', pool: 'bad\u0001' } }), 400, 'invalid_parameter', 'pool');
+  assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'a', model: 'demo-tiny', billing_mode: 'free' } }), 400, 'invalid_parameter', 'billing_mode');
+  assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'a', model: 'demo-tiny', billing_mode: 'value' }, key: otherKey }), 403, 'admin_only', 'billing_mode');
   assertError(await P.api('POST', '/v1/endpoints', { body: { name: 'mine', model: 'demo-tiny' } }), 409, 'name_taken', 'name');
   assertError(await P.api('POST', '/v1/endpoints', { raw: JSON.stringify({ name: 'big', model: 'x'.repeat(2 * 1024 * 1024) }) }), 413, 'body_too_large');
   assertError(await P.api('PUT', '/v1/endpoints'), 405);

@@ -136,11 +136,20 @@ test('a metered workload, two meters, then exact charges', { timeout: 180000 }, 
   let vq = 0n;
   let vamount = 0n;
   for (const g of vgot.rows) { vq += BigInt(g.quantity); vamount += BigInt(g.amount_micros); }
+  // A period is priced at the model's price version in force at its start.
+  const versions = (await P.db.query(
+    `SELECT (extract(epoch FROM mp.effective_at) * 1000000)::bigint AS at,
+            mp.input_price_micros_per_mtok AS pin, mp.output_price_micros_per_mtok AS pout
+       FROM model_prices mp JOIN models m ON m.id = mp.model_id WHERE m.name = 'demo-tiny'
+      ORDER BY mp.effective_at`)).rows;
+  assert.equal(versions.length, 2, 'the price change was versioned');
+  assert.equal(BigInt(versions[1].pin), BigInt(IN_PRICE));
   let wq = 0n;
   let wamount = 0n;
-  for (const w of vwant.values()) {
+  for (const [ps, w] of vwant) {
+    const v = versions.filter((x) => BigInt(x.at) <= ps).pop();
     wq += w.pt + w.ct;
-    wamount += ceilDiv(w.pt * BigInt(IN_PRICE) + w.ct * BigInt(OUT_PRICE), 1000000n);
+    wamount += ceilDiv(w.pt * BigInt(v.pin) + w.ct * BigInt(v.pout), 1000000n);
   }
   assert.equal(vq, wq, 'every token billed once');
   assert.equal(-vamount, wamount, 'value charges at the versioned prices');

@@ -24,12 +24,31 @@ before(async () => {
     '--input-price-micros-per-mtok', String(IN_PRICE),
     '--output-price-micros-per-mtok', String(OUT_PRICE), '--database-url', P.dbUrl]);
   await P.deploy('metered', { billing_mode: 'value', replicas: 2 });
+  // This test is about crashes, not rate limits: lift the operator account's.
+  const acct = (await P.db.query("SELECT account_id FROM users WHERE email = 'admin@example.com'")).rows[0].account_id;
+  const q = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { requests_per_min: 1000000, requests_burst: 100000 } });
+  assert.equal(q.status, 200);
 }, { timeout: 180000 });
 
 after(async () => {
   if (process.exitCode) console.error(P.log('controller').slice(-4000));
   await P.stop();
 });
+
+// The demo model's versioned token prices, as a lookup: period start (us) -> [in, out].
+async function pricesAt() {
+  const v = await P.db.query(
+    `SELECT (extract(epoch FROM mp.effective_at) * 1000000)::bigint AS at,
+            mp.input_price_micros_per_mtok AS pin, mp.output_price_micros_per_mtok AS pout
+       FROM model_prices mp JOIN models m ON m.id = mp.model_id WHERE m.name = 'demo-tiny'
+      ORDER BY mp.effective_at`);
+  assert.equal(BigInt(v.rows[v.rows.length - 1].pin), BigInt(IN_PRICE));
+  return (ps) => {
+    let cur;
+    for (const r of v.rows) if (BigInt(r.at) <= ps) cur = r;
+    return [BigInt(cur.pin), BigInt(cur.pout)];
+  };
+}
 
 function journals() {
   const dir = path.join(P.tmp, 'agent', 'replicas');
@@ -79,7 +98,8 @@ test('no request is lost or billed twice while the controller crashes', { timeou
     } catch (e) {
       if (!failed) firstError = e;
       failed++; // the controller died under it, or was down when it started
-      await sleep(100); // do not burn through the workload while it is down
+      // Do not burn through the workload while it is down: wait for it to come back.
+      await waitFor('the controller', async () => (await fetch(`${P.apiUrl}/healthz`).catch(() => ({}))).ok, 20000, 100);
     } finally {
       open--;
     }
@@ -145,9 +165,24 @@ test('no request is lost or billed twice while the controller crashes', { timeou
     const w = periods.get(ps) ?? { pt: 0n, ct: 0n };
     periods.set(ps, { pt: w.pt + BigInt(r.prompt_tokens), ct: w.ct + BigInt(r.completion_tokens) });
   }
+  // The price of a period is the model's price version in force at the period's start.
+  const prices = await pricesAt();
   let want = 0n;
-  for (const w of periods.values()) want += (w.pt * BigInt(IN_PRICE) + w.ct * BigInt(OUT_PRICE) + 999999n) / 1000000n;
+  for (const [ps, w] of periods) {
+    const [pin, pout] = prices(ps);
+    want += (w.pt * pin + w.ct * pout + 999999n) / 1000000n;
+  }
+  assert.ok(want > 0n);
   const got = await P.db.query("SELECT -sum(amount_micros)::bigint AS s, count(*)::int AS n FROM ledger_entries WHERE kind = 'usage_value'");
+  if (BigInt(got.rows[0].s) !== want) {
+    const entries = await P.db.query(
+      "SELECT idempotency_key, amount_micros, quantity, memo, (extract(epoch FROM period_start) * 1000000)::bigint AS ps FROM ledger_entries WHERE kind = 'usage_value' ORDER BY id");
+    console.log('# periods:', JSON.stringify([...periods].map(([k, v]) => [String(k), String(v.pt), String(v.ct)])));
+    console.log('# entries:', JSON.stringify(entries.rows));
+  }
   assert.equal(BigInt(got.rows[0].s), want, `ledger charges ${got.rows[0].s}, priced usage ${want}`);
-  console.log(`# ${REQUESTS} requests, ${seen.size} completed, ${failed} cut off, ${lines.size} metered, max ${maxOpen} open, ${got.rows[0].n} ledger entries`);
+  // One entry per period with usage (plus any late ones, which carry their own key).
+  const onTime = await P.db.query("SELECT count(*)::int AS n FROM ledger_entries WHERE kind = 'usage_value' AND idempotency_key NOT LIKE '%:late:%'");
+  assert.equal(onTime.rows[0].n, periods.size);
+  console.log(`# ${REQUESTS} requests, ${seen.size} completed, ${failed} cut off, ${lines.size} metered, max ${maxOpen} open, ${got.rows[0].n} ledger entries over ${periods.size} periods`);
 });

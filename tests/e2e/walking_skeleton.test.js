@@ -41,6 +41,8 @@ test('the endpoint is listed with its replica placed on a CPU slot', async () =>
   assert.ok(ep, 'endpoint is listed');
   assert.equal(ep.status, 'ready');
   assert.equal(ep.device_kind, 'cpu');
+  assert.equal(ep.pool, null);
+  assert.equal(ep.billing_mode, 'time');
   assert.equal(ep.replica_states.length, 1);
   assert.equal(ep.replica_states[0].state, 'ready');
   assert.match(ep.replica_states[0].devices[0], /^CPU-e2e-host-/);
@@ -133,6 +135,19 @@ test('streaming chat completion with include_usage, and its usage stored once', 
   const row = await usageRow(requestIdOf(id));
   assert.equal(row.prompt_tokens, usage.prompt_tokens);
   assert.equal(row.completion_tokens, usage.completion_tokens);
+});
+
+test('an endpoint asking for a pool no host is in waits, and says why', async () => {
+  const r = await P.api('POST', '/v1/endpoints', { body: { name: 'elsewhere', model: 'demo-tiny', pool: 'gpu-farm' } });
+  assert.equal(r.status, 201);
+  assert.equal(r.json.pool, 'gpu-farm');
+  const ep = await waitFor('a placement verdict', async () => {
+    const g = await P.api('GET', `/v1/endpoints/${r.json.id}`);
+    return /no capacity/.test(g.json.replica_states[0].reason) ? g.json : false;
+  }, 10000);
+  assert.equal(ep.status, 'deploying');
+  assert.match(ep.replica_states[0].reason, /pool 'gpu-farm'/);
+  assert.equal((await P.api('DELETE', `/v1/endpoints/${r.json.id}`)).status, 200);
 });
 
 test('deleting the endpoint stops its replica and frees the CPU slot', async () => {
