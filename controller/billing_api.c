@@ -273,6 +273,123 @@ out:
     ctl_db_done(req, c);
 }
 
+/* ---- monthly statements ---- */
+
+/* "YYYY-MM" with a plausible month; 1 when valid. */
+static int valid_month(const char *m)
+{
+    return strlen(m) == 7 && m[4] == '-' && m[0] >= '1' && m[0] <= '9' &&
+           strspn(m, "0123456789-") == 7 &&
+           ((m[5] == '0' && m[6] >= '1' && m[6] <= '9') ||
+            (m[5] == '1' && m[6] >= '0' && m[6] <= '2'));
+}
+
+/* CSV field: quoted when it holds a comma, quote or newline (RFC 4180). */
+static void csv_field(struct buf *b, const char *v)
+{
+    if (!strpbrk(v, ",\"\r\n")) {
+        buf_append(b, v, strlen(v));
+        return;
+    }
+    buf_append(b, "\"", 1);
+    for (const char *c = v; *c; c++) {
+        if (*c == '"') buf_append(b, "\"", 1);
+        buf_append(b, c, 1);
+    }
+    buf_append(b, "\"", 1);
+}
+
+/* GET /v1/billing/statements/{YYYY-MM}[?format=csv]: the month's opening balance, one line per
+ * (endpoint, kind) with its quantity and cost, credits and adjustments, and the closing balance;
+ * all from ledger_entries, so it can be recomputed at any time. Months are UTC. */
+static void h_statement(struct httpd_req *req)
+{
+    const char *month = req->params[0];
+    const char *format = httpd_query(req, "format");
+    if (!valid_month(month)) {
+        httpd_error(req, 404, "statement_not_found", NULL, "no statement for '%s' (use YYYY-MM)",
+                    month);
+        return;
+    }
+    if (format && strcmp(format, "json") && strcmp(format, "csv")) {
+        httpd_error(req, 400, "invalid_parameter", "format", "format must be json or csv");
+        return;
+    }
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
+    char start[32];
+    snprintf(start, sizeof start, "%s-01 00:00:00+00", month);
+    const char *p[] = {a.account_id_str, start};
+    PGresult *open_r = NULL, *r = NULL;
+    enum db_status st = db_exec(c,
+                                "SELECT COALESCE(sum(amount_micros), 0) FROM ledger_entries "
+                                "WHERE account_id = $1::bigint AND at < $2::timestamptz",
+                                2, p, &open_r, NULL);
+    if (st >= 0)
+        st = db_exec(c,
+                     "SELECT COALESCE(e.name, ''), COALESCE(l.endpoint_id::text, ''), l.kind, "
+                     "  COALESCE(min(l.unit), ''), COALESCE(sum(l.quantity), 0)::bigint, "
+                     "  sum(l.amount_micros)::bigint, count(*) "
+                     "FROM ledger_entries l LEFT JOIN endpoints e ON e.id = l.endpoint_id "
+                     "WHERE l.account_id = $1::bigint AND l.at >= $2::timestamptz "
+                     "  AND l.at < $2::timestamptz + interval '1 month' "
+                     "GROUP BY 1, 2, 3 ORDER BY 3, 1",
+                     2, p, &r, NULL);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        PQclear(open_r);
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read the ledger");
+        return;
+    }
+    int64_t opening = db_int(open_r, 0, 0), closing = opening;
+    PQclear(open_r);
+    for (int i = 0; i < PQntuples(r); i++)
+        closing += db_int(r, i, 5);
+    if (format && !strcmp(format, "csv")) {
+        struct buf b = {0};
+        char d[48];
+        buf_printf(&b, "month,endpoint,endpoint_id,kind,unit,quantity,entries,amount_micros,"
+                       "amount\r\n");
+        billing_display(opening, d, sizeof d);
+        buf_printf(&b, "%s,,,opening_balance,,,,%lld,%s\r\n", month, (long long)opening, d);
+        for (int i = 0; i < PQntuples(r); i++) {
+            buf_printf(&b, "%s,", month);
+            csv_field(&b, PQgetvalue(r, i, 0));
+            buf_printf(&b, ",%s,%s,%s,%s,%s,", PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                       PQgetvalue(r, i, 3), PQgetvalue(r, i, 4), PQgetvalue(r, i, 6));
+            billing_display(db_int(r, i, 5), d, sizeof d);
+            buf_printf(&b, "%s,%s\r\n", PQgetvalue(r, i, 5), d);
+        }
+        billing_display(closing, d, sizeof d);
+        buf_printf(&b, "%s,,,closing_balance,,,,%lld,%s\r\n", month, (long long)closing, d);
+        PQclear(r);
+        snprintf(req->extra_headers, sizeof req->extra_headers,
+                 "Content-Disposition: attachment; filename=\"statement-%s.csv\"", month);
+        httpd_reply_raw(req, 200, "text/csv; charset=utf-8", b.data, b.len);
+        buf_free(&b);
+        return;
+    }
+    json_t *lines = json_array();
+    for (int i = 0; i < PQntuples(r); i++) {
+        json_t *l = json_pack("{s:s, s:s, s:I, s:I}", "kind", PQgetvalue(r, i, 2), "unit",
+                              PQgetvalue(r, i, 3), "quantity", (json_int_t)db_int(r, i, 4),
+                              "entries", (json_int_t)db_int(r, i, 6));
+        json_object_set_new(
+            l, "endpoint", PQgetvalue(r, i, 0)[0] ? json_string(PQgetvalue(r, i, 0)) : json_null());
+        json_object_set_new(l, "endpoint_id",
+                            PQgetvalue(r, i, 1)[0] ? json_string(PQgetvalue(r, i, 1))
+                                                   : json_null());
+        json_array_append_new(lines, money(l, "amount", db_int(r, i, 5)));
+    }
+    PQclear(r);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:o}", "object", "statement", "account_id",
+                          a.account_id_str, "month", month, "lines", lines);
+    money(o, "opening_balance", opening);
+    money(o, "closing_balance", closing);
+    httpd_reply_json(req, 200, o);
+}
+
 /* ---- quotas (admin) ---- */
 
 static const struct {
@@ -374,6 +491,7 @@ const struct httpd_route billing_routes[] = {
     {"GET", "/v1/billing/balance", h_balance},
     {"GET", "/v1/billing/ledger", h_ledger},
     {"GET", "/v1/billing/usage", h_usage},
+    {"GET", "/v1/billing/statements/{}", h_statement},
     {"POST", "/v1/admin/accounts/{}/credits", h_credit},
     {"GET", "/v1/admin/accounts/{}/quotas", h_get_quotas},
     {"PUT", "/v1/admin/accounts/{}/quotas", h_put_quotas},

@@ -220,3 +220,38 @@ test('credits are idempotent, and an account with nothing left gets 402', async 
   await assert.rejects(poor.chat.completions.create({ model: 'poor-ep', messages: [{ role: 'user', content: 'hi' }] }),
     (e) => e.status === 402 && e.code === 'insufficient_balance');
 });
+
+test('the monthly statement adds up to the balance, in JSON and CSV', async () => {
+  const month = new Date().toISOString().slice(0, 7);
+  const bal = (await P.api('GET', '/v1/billing/balance')).json.balance_micros;
+  const s = await P.api('GET', `/v1/billing/statements/${month}`);
+  assert.equal(s.status, 200);
+  assert.equal(s.json.month, month);
+  assert.equal(s.json.opening_balance_micros, 0);
+  assert.equal(s.json.closing_balance_micros, bal);
+  const sum = s.json.lines.reduce((a, l) => a + l.amount_micros, 0);
+  assert.equal(s.json.opening_balance_micros + sum, s.json.closing_balance_micros);
+  const kinds = new Set(s.json.lines.map((l) => l.kind));
+  for (const k of ['credit', 'usage_time', 'usage_value']) assert.ok(kinds.has(k), `a ${k} line`);
+  const timed = s.json.lines.find((l) => l.kind === 'usage_time');
+  assert.equal(timed.endpoint, 'timed');
+  assert.equal(timed.unit, 'device_ms');
+
+  const res = await fetch(`${P.apiUrl}/v1/billing/statements/${month}?format=csv`, { headers: { Authorization: `Bearer ${P.adminKey}` } });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /^text\/csv/);
+  assert.match(res.headers.get('content-disposition'), new RegExp(`statement-${month}\\.csv`));
+  const rows = (await res.text()).trim().split('\r\n').map((l) => l.split(','));
+  assert.deepEqual(rows[0].slice(0, 4), ['month', 'endpoint', 'endpoint_id', 'kind']);
+  const closing = rows.find((r) => r[3] === 'closing_balance');
+  assert.equal(Number(closing[7]), bal);
+  assert.equal(rows.length, s.json.lines.length + 3);
+
+  assert.equal((await P.api('GET', '/v1/billing/statements/2026-13')).status, 404);
+  assert.equal((await P.api('GET', '/v1/billing/statements/last-month')).status, 404);
+  assert.equal((await P.api('GET', `/v1/billing/statements/${month}?format=xml`)).status, 400);
+  // A month with nothing in it: an empty statement, balances carried.
+  const empty = await P.api('GET', '/v1/billing/statements/2031-01');
+  assert.equal(empty.json.lines.length, 0);
+  assert.equal(empty.json.opening_balance_micros, bal);
+});
