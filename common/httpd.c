@@ -372,7 +372,9 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
         on_mhd_log, s, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_CONNECTION_LIMIT, cfg->conn_limit ? cfg->conn_limit : 1000u,
         MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
-        cfg->thread_per_connection ? MHD_OPTION_END : MHD_OPTION_THREAD_POOL_SIZE,
+        /* A pool of one is no pool: MHD then uses its one internal thread. */
+        cfg->thread_per_connection || cfg->threads == 1 ? MHD_OPTION_END
+                                                        : MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)(cfg->threads > 0 ? cfg->threads : 4), MHD_OPTION_END);
     if (!s->d) {
         snprintf(err, errlen, "%s listener: cannot listen on %s:%d (in use?)", cfg->name, cfg->host,

@@ -30,11 +30,12 @@ struct eng_req {
     struct engine *e;
     struct gen g;
     enum req_state state;
-    int cancel;                        /* asked by the consumer */
-    int failed;                        /* ended without finishing (shutdown, out of memory) */
-    int prefilled;                     /* prompt tokens run */
-    float *logits;                     /* [vocab] while running */
-    struct buf out;                    /* text not yet taken by eng_wait */
+    int cancel;     /* asked by the consumer */
+    int failed;     /* ended without finishing (shutdown, out of memory) */
+    int prefilled;  /* prompt tokens run */
+    int whole;      /* the consumer takes the text once, at the end (not streaming) */
+    float *logits;  /* [vocab] while running */
+    struct buf out; /* text not yet taken by eng_wait */
     int64_t t_submit, t_first, t_last; /* us */
     struct eng_req *next;              /* in the queue or the running list */
     pthread_cond_t cv;                 /* the consumer waits on it */
@@ -212,7 +213,8 @@ static int build_step(struct engine *e, struct step *s)
                     return -1;
             }
             budget -= k;
-        } else if (r->out.len < ENG_MAX_PENDING && step_add(s, r, r->g.next, r->logits)) {
+        } else if ((r->whole || r->out.len < ENG_MAX_PENDING) &&
+                   step_add(s, r, r->g.next, r->logits)) {
             return -1;
         }
     }
@@ -289,7 +291,7 @@ static void *scheduler(void *arg)
                 req_done(r, 1);
             } else if (r->g.finish != GEN_RUNNING) {
                 req_done(r, 0);
-            } else {
+            } else if (!r->whole) { /* a whole-text consumer sleeps until the end */
                 pthread_cond_broadcast(&r->cv);
             }
             d++;
@@ -359,7 +361,7 @@ void eng_free(struct engine *e)
     free(e);
 }
 
-enum eng_submit eng_submit(struct engine *e, struct gen *g, struct eng_req **out)
+enum eng_submit eng_submit(struct engine *e, struct gen *g, int whole, struct eng_req **out)
 {
     struct eng_req *r = calloc(1, sizeof *r);
     if (!r || buf_append(&r->out, "", 0) != 0) {
@@ -368,6 +370,7 @@ enum eng_submit eng_submit(struct engine *e, struct gen *g, struct eng_req **out
         return ENG_NO_MEMORY;
     }
     r->e = e;
+    r->whole = whole;
     r->g = *g;
     memset(g, 0, sizeof *g);
     r->t_submit = now_us();
@@ -396,7 +399,7 @@ int eng_wait(struct eng_req *r, struct buf *out)
 {
     struct engine *e = r->e;
     pthread_mutex_lock(&e->mu);
-    while (r->out.len == 0 && r->state != REQ_DONE)
+    while ((r->whole || r->out.len == 0) && r->state != REQ_DONE)
         pthread_cond_wait(&r->cv, &e->mu);
     int rc = buf_append(out, r->out.data, r->out.len);
     if (r->out.len >= ENG_MAX_PENDING) pthread_cond_signal(&e->cv); /* it may step again */

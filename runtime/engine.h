@@ -34,10 +34,12 @@ void eng_stop(struct engine *e);
 void eng_free(struct engine *e);
 
 enum eng_submit { ENG_OK = 0, ENG_QUEUE_FULL, ENG_NO_MEMORY };
-/* Queues generation g (moved into the request: g is zeroed). ENG_OK with *out, else g is freed. */
-enum eng_submit eng_submit(struct engine *e, struct gen *g, struct eng_req **out);
-/* Waits for text or the end, appending text to out. 0: more will come; 1: finished (the text is
- * complete); -1: failed (shutting down, out of memory). */
+/* Queues generation g (moved into the request: g is zeroed). whole: the consumer wants the text
+ * only at the end (a non-streaming reply: no wake-up per token, no bound on unread text).
+ * ENG_OK with *out, else g is freed. */
+enum eng_submit eng_submit(struct engine *e, struct gen *g, int whole, struct eng_req **out);
+/* Waits for text (whole: for the end) and appends it to out. 0: more will come; 1: finished
+ * (the text is complete); -1: failed (shutting down, out of memory). */
 int eng_wait(struct eng_req *r, struct buf *out);
 /* The request's generation, for its counts and finish; stable once eng_wait returned 1 or -1, or
  * after eng_cancel. */

@@ -797,17 +797,18 @@ static void add_bias(float *v, const float *b, int n)
         v[i] += b[i];
 }
 
-/* rotate_half RoPE on nheads vectors of hd floats at v, at position pos. */
-static void rope(const struct model *m, float *v, int nheads, int pos)
+/* rotate_half RoPE on nheads vectors of hd floats at v; cs holds cos then sin of the position's
+ * angles ([hd/2] each). */
+static void rope(float *v, int nheads, int hd, const float *cs)
 {
-    int hd = m->cfg.head_dim, half = hd / 2;
-    for (int i = 0; i < half; i++) {
-        float ang = (float)pos * m->inv_freq[i], cs = cosf(ang), sn = sinf(ang);
-        for (int h = 0; h < nheads; h++) {
-            float *a = v + (size_t)h * hd;
+    int half = hd / 2;
+    const float *sn = cs + half;
+    for (int h = 0; h < nheads; h++) {
+        float *a = v + (size_t)h * hd;
+        for (int i = 0; i < half; i++) {
             float x0 = a[i], x1 = a[i + half];
-            a[i] = x0 * cs - x1 * sn;
-            a[i + half] = x1 * cs + x0 * sn;
+            a[i] = x0 * cs[i] - x1 * sn[i];
+            a[i + half] = x1 * cs[i] + x0 * sn[i];
         }
     }
 }
@@ -858,12 +859,13 @@ struct batch {
     float *q, *k, *v, *att_out; /* [n, heads*hd], [n, kv*hd], [n, kv*hd], [n, heads*hd] */
     float *hb, *hb2;            /* [n, ffn] */
     float *att;                 /* [max pos + 1] */
+    float *cs;                  /* [n, hd]: cos and sin of each row's RoPE angles */
 };
 
 static void batch_free(struct batch *b)
 {
     free(b->pos), free(b->x), free(b->xb), free(b->xb2), free(b->q), free(b->k), free(b->v);
-    free(b->att_out), free(b->hb), free(b->hb2), free(b->att);
+    free(b->att_out), free(b->hb), free(b->hb2), free(b->att), free(b->cs);
 }
 
 static int batch_alloc(const struct model_config *c, struct batch *b, int n, int maxpos)
@@ -882,8 +884,9 @@ static int batch_alloc(const struct model_config *c, struct batch *b, int n, int
     b->hb = malloc((size_t)n * c->ffn * sizeof(float));
     b->hb2 = malloc((size_t)n * c->ffn * sizeof(float));
     b->att = malloc((size_t)(maxpos + 1) * sizeof(float));
-    if (!b->pos || !b->x || !b->xb || !b->xb2 || !b->q || !b->k || !b->v || !b->att_out || !b->hb ||
-        !b->hb2 || !b->att) {
+    b->cs = malloc((size_t)n * c->head_dim * sizeof(float));
+    if (!b->cs || !b->pos || !b->x || !b->xb || !b->xb2 || !b->q || !b->k || !b->v || !b->att_out ||
+        !b->hb || !b->hb2 || !b->att) {
         batch_free(b);
         return -1;
     }
@@ -915,8 +918,8 @@ static void layer_forward(const struct model *m, const struct model_row *rows, s
             for (int h = 0; h < c->kv_heads; h++)
                 rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, L->k_norm, hd, c->eps);
         }
-        rope(m, q, c->heads, b->pos[r]);
-        rope(m, k, c->kv_heads, b->pos[r]);
+        rope(q, c->heads, hd, b->cs + (size_t)r * hd);
+        rope(k, c->kv_heads, hd, b->cs + (size_t)r * hd);
         struct model_ctx *x = rows[r].ctx;
         memcpy(x->kv->k + kv_off(x, l, b->pos[r]), k, (size_t)kvd * sizeof(float));
         memcpy(x->kv->v + kv_off(x, l, b->pos[r]), v, (size_t)kvd * sizeof(float));
@@ -968,6 +971,13 @@ int model_forward_batch(const struct model *m, const struct model_row *rows, int
     }
     memcpy(b.pos, pos, (size_t)n * sizeof *pos);
     free(pos);
+    int half = c->head_dim / 2;
+    for (int r = 0; r < n; r++) /* the same angles for every layer */
+        for (int i = 0; i < half; i++) {
+            float ang = (float)b.pos[r] * m->inv_freq[i];
+            b.cs[(size_t)r * c->head_dim + i] = cosf(ang);
+            b.cs[(size_t)r * c->head_dim + half + i] = sinf(ang);
+        }
     for (int r = 0; r < n; r++)
         memcpy(b.x + (size_t)r * c->dim, m->embed + (size_t)rows[r].token * c->dim,
                (size_t)c->dim * sizeof(float));

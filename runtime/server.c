@@ -817,7 +817,7 @@ static void h_chat(struct httpd_req *req)
         goto out;
     }
     struct eng_req *r = NULL;
-    enum eng_submit sub = eng_submit(rt->eng, &g, &r);
+    enum eng_submit sub = eng_submit(rt->eng, &g, !cr.stream, &r);
     if (sub == ENG_QUEUE_FULL) {
         req->retry_after = 1;
         httpd_error(req, 503, "queue_full", NULL,
