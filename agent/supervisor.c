@@ -405,6 +405,8 @@ static void spawn(struct sup *s, struct sup_replica *r)
         fail(s, r, "out of memory");
         return;
     }
+    struct stat lst;
+    int64_t log_start = stat(log_path, &lst) == 0 ? (int64_t)lst.st_size : 0;
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) child_exec(s->cfg.runtime_bin, argv, envp, log_path, parent);
@@ -424,13 +426,23 @@ static void spawn(struct sup *s, struct sup_replica *r)
     r->kill_at_ms = 0;
     r->kill_reason[0] = '\0';
     r->health_failures = 0;
+    r->ready_once = 0;
+    r->log_start = log_start;
     r->next_probe_ms = util_now_ms() + 100;
     pidfile_write(r);
-    if (first)
+    if (first) {
         set_state(r, SUP_STARTING, "pid %d on port %d", (int)pid, port);
-    else
+    } else if (r->state == SUP_BACKOFF && r->reason[0]) {
+        /* The failure stays visible while the restart loads: a crash loop spends much of its
+         * time starting, and "restart 4" alone would hide why. */
+        char last[sizeof r->reason];
+        snprintf(last, sizeof last, "%s", r->reason);
+        set_state(r, SUP_STARTING, "pid %d on port %d, restart %lld; last: %.400s", (int)pid, port,
+                  (long long)r->restarts, last);
+    } else {
         set_state(r, SUP_STARTING, "pid %d on port %d, restart %lld", (int)pid, port,
                   (long long)r->restarts);
+    }
 }
 
 /* ---- stopping and reaping ---- */
@@ -448,19 +460,208 @@ static void begin_stop(struct sup *s, struct sup_replica *r, const char *why)
     set_state(r, SUP_STOPPING, "%s", why);
 }
 
-static void describe_exit(const siginfo_t *si, char *out, size_t n)
+/* ---- exit reasons ---- */
+
+void sup_exit_cause(int code, int status, int by_us, char *out, size_t n)
 {
-    if (si->si_code == CLD_EXITED)
-        snprintf(out, n, "exited with status %d", si->si_status);
+    if (code == CLD_EXITED) {
+        /* 137 = 128 + SIGKILL: what a shell or container wrapper reports when the kernel's OOM
+         * killer took the process it ran. */
+        snprintf(out, n, "exit %d%s", status,
+                 status == 137 && !by_us ? " (killed: out of memory?)" : "");
+        return;
+    }
+    static const struct {
+        int sig;
+        const char *what;
+    } names[] = {
+        {SIGSEGV, "SIGSEGV: crashed"},
+        {SIGBUS, "SIGBUS: crashed"},
+        {SIGILL, "SIGILL: crashed"},
+        {SIGFPE, "SIGFPE: crashed"},
+        {SIGABRT, "SIGABRT: aborted"},
+        {SIGTERM, "SIGTERM"},
+        {SIGINT, "SIGINT"},
+    };
+    const char *what = NULL;
+    if (status == SIGKILL) what = by_us ? "SIGKILL" : "killed: out of memory?";
+    for (size_t i = 0; !what && i < sizeof names / sizeof names[0]; i++)
+        if (names[i].sig == status) what = names[i].what;
+    const char *core = code == CLD_DUMPED ? ", core dumped" : "";
+    if (what)
+        snprintf(out, n, "signal %d (%s%s)", status, what, core);
     else
-        snprintf(out, n, "killed by signal %d", si->si_status);
+        snprintf(out, n, "signal %d%s%s%s", status, core[0] ? " (" : "", core[0] ? core + 2 : "",
+                 core[0] ? ")" : "");
+}
+
+/* Length of the valid UTF-8 character at p (at most left bytes), or 0 when p does not start
+ * one: overlong forms, surrogates and code points past U+10FFFF are not valid. *cp gets it. */
+static size_t utf8_char(const unsigned char *p, size_t left, uint32_t *cp)
+{
+    size_t len;
+    uint32_t c, min;
+    if (p[0] < 0x80) {
+        *cp = p[0];
+        return 1;
+    } else if ((p[0] & 0xe0) == 0xc0) {
+        len = 2, c = p[0] & 0x1f, min = 0x80;
+    } else if ((p[0] & 0xf0) == 0xe0) {
+        len = 3, c = p[0] & 0x0f, min = 0x800;
+    } else if ((p[0] & 0xf8) == 0xf0) {
+        len = 4, c = p[0] & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len > left) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80) return 0;
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return 0;
+    *cp = c;
+    return len;
+}
+
+size_t sup_sanitize(const char *in, size_t len, char *out, size_t n)
+{
+    if (n == 0) return 0;
+    const unsigned char *p = (const unsigned char *)in;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t cl = utf8_char(p + i, len - i, &cp);
+        const char *put = (const char *)p + i;
+        size_t putlen = cl;
+        if (cl == 0 || cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa0)) {
+            put = cl && cp == '\t' ? " " : "?";
+            putlen = 1;
+            if (cl == 0) cl = 1;
+        }
+        if (o + putlen >= n) break;
+        memcpy(out + o, put, putlen);
+        o += putlen;
+        i += cl;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Our log lines start "2025-01-31T12:00:00.123Z LEVEL ...": the time adds nothing to a reason
+ * (the controller stamps the change) and takes a fifth of its room. Returns where the rest starts.
+ */
+static const char *skip_timestamp(const char *line, const char *end)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+    size_t k = 0;
+    for (; shape[k] && line + k < end; k++) {
+        char c = line[k];
+        if (shape[k] == 'd' ? !(c >= '0' && c <= '9') : c != shape[k]) return line;
+    }
+    if (shape[k]) return line;
+    const char *sp = memchr(line, ' ', (size_t)(end - line));
+    if (!sp || sp[-1] != 'Z') return line;
+    while (sp < end && *sp == ' ')
+        sp++;
+    return sp;
+}
+
+size_t sup_log_tail(const char *path, int64_t since, size_t max, char *out, size_t n)
+{
+    if (n == 0) return 0;
+    out[0] = '\0';
+    if (max >= n) max = n - 1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char raw[SUP_LOG_TAIL_READ];
+    off_t size = lseek(fd, 0, SEEK_END);
+    if (since < 0 || since > size) since = 0; /* truncated or replaced meanwhile: all of it */
+    off_t from = size - since > (off_t)sizeof raw ? size - (off_t)sizeof raw : since;
+    ssize_t got = size > from ? pread(fd, raw, (size_t)(size - from), from) : 0;
+    close(fd);
+    if (got <= 0) return 0;
+    /* Lines from the end backwards while they fit; `lines` holds their bounds, newest first. */
+    struct {
+        const char *b, *e;
+    } lines[16];
+    int nl = 0;
+    size_t total = 0;
+    const char *end = raw + got;
+    while (end > raw && nl < (int)(sizeof lines / sizeof lines[0])) {
+        while (end > raw && (end[-1] == '\n' || end[-1] == '\r'))
+            end--;
+        if (end == raw) break;
+        const char *b = end;
+        while (b > raw && b[-1] != '\n')
+            b--;
+        /* A first line cut by the read window is not quoted: it starts mid-way. */
+        if (b == raw && from > since) break;
+        const char *body = skip_timestamp(b, end);
+        size_t len = (size_t)(end - body) + (nl ? 3 : 0);
+        if (nl && total + len > max) break;
+        lines[nl].b = body;
+        lines[nl].e = end;
+        nl++;
+        total += len;
+        end = b;
+    }
+    size_t o = 0;
+    for (int i = nl - 1; i >= 0; i--) {
+        if (o && o + 3 < n) {
+            memcpy(out + o, " | ", 3);
+            o += 3;
+        }
+        o += sup_sanitize(lines[i].b, (size_t)(lines[i].e - lines[i].b), out + o, n - o);
+    }
+    if (o > max) {
+        /* Only one line, longer than max: keep its start (the message) and mark the cut. */
+        size_t cut = max > 3 ? max - 3 : 0;
+        while (cut > 0 && ((unsigned char)out[cut] & 0xc0) == 0x80)
+            cut--;
+        memcpy(out + cut, "...", 4);
+        o = cut + 3;
+    }
+    return o;
+}
+
+/* Exits of r within the crash window that ends at now_ms. */
+static int recent_exits(const struct sup_replica *r, int64_t now_ms)
+{
+    int k = 0, have = r->nexits < SUP_EXIT_HISTORY ? r->nexits : SUP_EXIT_HISTORY;
+    for (int i = 0; i < have; i++)
+        if (now_ms - r->exit_ms[i] < SUP_CRASH_WINDOW_MS) k++;
+    return k;
+}
+
+void sup_exit_reason(struct sup_replica *r, int code, int status, int during_start, int64_t now_ms,
+                     char *out, size_t n)
+{
+    r->exit_ms[r->nexits % SUP_EXIT_HISTORY] = now_ms;
+    r->nexits++;
+    char cause[96];
+    sup_exit_cause(code, status, r->kill_reason[0] != '\0', cause, sizeof cause);
+    struct buf b = {0};
+    int loop = recent_exits(r, now_ms);
+    if (loop >= SUP_CRASH_LOOP_EXITS)
+        buf_printf(&b, "crash loop: %s%s%s %d times in %d min", r->kill_reason,
+                   r->kill_reason[0] ? ": " : "", cause, loop, SUP_CRASH_WINDOW_MS / 60000);
+    else
+        buf_printf(&b, "%s%s%s%s", r->kill_reason, r->kill_reason[0] ? ": " : "", cause,
+                   during_start ? " during start" : "");
+    if (during_start) {
+        char log_path[PATH_MAX + 16], tail[SUP_LOG_TAIL_MAX + 4];
+        snprintf(log_path, sizeof log_path, "%s/runtime.log", r->dir);
+        if (sup_log_tail(log_path, r->log_start, SUP_LOG_TAIL_MAX, tail, sizeof tail) > 0)
+            buf_printf(&b, "; runtime.log: %s", tail);
+    }
+    snprintf(out, n, "%s", b.data ? b.data : cause);
+    buf_free(&b);
 }
 
 /* Handles r's process having exited (si from waitid). */
 static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *si)
 {
-    char why[256];
-    describe_exit(si, why, sizeof why);
+    char why[sizeof r->reason];
     signal_group(r, SIGKILL); /* whatever it forked: the leader is still a zombie, see top */
     int status;
     while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
@@ -469,6 +670,7 @@ static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *s
     int64_t ran_ms = util_now_ms() - r->state_since_ms;
     r->pid = 0;
     if (r->state == SUP_STOPPING) {
+        sup_exit_cause(si->si_code, si->si_status, 1, why, sizeof why);
         if (r->desired) {
             r->next_start_ms = util_now_ms();
             set_state(r, SUP_BACKOFF, "%s while stopping; desired again", why);
@@ -477,13 +679,10 @@ static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *s
         }
         return;
     }
-    char full[sizeof r->kill_reason + sizeof why + 4];
-    if (r->kill_reason[0])
-        snprintf(full, sizeof full, "%s: %s", r->kill_reason, why);
-    else
-        snprintf(full, sizeof full, "%s", why);
+    sup_exit_reason(r, si->si_code, si->si_status, r->state == SUP_STARTING && !r->ready_once,
+                    util_now_ms(), why, sizeof why);
     if (r->state == SUP_READY && ran_ms >= SUP_BACKOFF_RESET_MS) r->backoff_ms = 0;
-    fail(s, r, full);
+    fail(s, r, why);
 }
 
 static void reap(struct sup *s)
@@ -525,6 +724,7 @@ static void probe(struct sup *s, struct sup_replica *r, int64_t now)
     if (rc == 0) buf_free(&resp.body);
     if (status == 200) {
         r->health_failures = 0;
+        r->ready_once = 1;
         if (r->state == SUP_STARTING) set_state(r, SUP_READY, "health check passed");
         return;
     }

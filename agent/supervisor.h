@@ -36,6 +36,22 @@
 #define SUP_SECRET_MAX 256
 #define SUP_DEVICES_MAX 1024
 
+/* Crash loops. A replica that exited SUP_CRASH_LOOP_EXITS times within SUP_CRASH_WINDOW_MS is in a
+ * crash loop, and its reason says so ("crash loop: exit 1 3 times in 2 min"): one exit can be bad
+ * luck, three in two minutes is a broken model or a broken host, and the operator or customer
+ * should be told which without reading the agent's log. SUP_EXIT_HISTORY exits are remembered:
+ * with backoff doubling from 1 s, at most 7 exits fit in 2 minutes. */
+#define SUP_CRASH_WINDOW_MS 120000
+#define SUP_CRASH_LOOP_EXITS 3
+#define SUP_EXIT_HISTORY 16
+/* The part of runtime.log quoted in the reason of a runtime that exited during start: the last
+ * lines (the load error is the last thing a failed runtime writes), sanitized to printable UTF-8.
+ * Bounded so that a reason stays readable in a listing and well within the controller's limit
+ * (1000 bytes per reason). */
+#define SUP_LOG_TAIL_MAX 300
+/* How much of the end of runtime.log is read to find those lines. */
+#define SUP_LOG_TAIL_READ 4096
+
 /* One desired replica, as the controller sent it. */
 struct sup_spec {
     char replica_id[SUP_ID_MAX];
@@ -55,7 +71,7 @@ struct sup_replica {
     struct sup_spec spec;
     char dir[PATH_MAX]; /* STATE_DIR/replicas/<replica_id>-<epoch> */
     enum sup_state state;
-    char reason[256];
+    char reason[640];       /* room for an exit cause, a crash-loop count and SUP_LOG_TAIL_MAX */
     int64_t state_since_ms; /* monotonic */
     pid_t pid;              /* 0 when no process; also its process group id */
     int port;
@@ -67,8 +83,12 @@ struct sup_replica {
     int health_failures;   /* consecutive failed probes while READY */
     char kill_reason[128]; /* why we killed it ourselves, reported instead of "killed by signal" */
     int desired;
-    int reported_stopped; /* STOPPED and included in the last report */
-    int waiting_logged;   /* "waiting for devices" was logged for the current wait */
+    int reported_stopped;              /* STOPPED and included in the last report */
+    int waiting_logged;                /* "waiting for devices" was logged for the current wait */
+    int64_t exit_ms[SUP_EXIT_HISTORY]; /* monotonic times of the latest exits, a ring */
+    int nexits;                        /* exits recorded so far (the ring holds the last 16) */
+    int ready_once;                    /* the current process has answered /health */
+    int64_t log_start;                 /* runtime.log's size when the current process started */
     struct sup_replica *next;
 };
 
@@ -117,6 +137,29 @@ void sup_report_delivered(struct sup *s);
 
 /* Stops every runtime (SIGTERM, SIGKILL after the grace time) and reaps them. Blocks. */
 void sup_stop_all(struct sup *s);
+
+/* Exit reasons, exposed for tests. */
+
+/* What ended a process, from waitid's si_code (code) and si_status (status): "exit 1", "exit 137
+ * (killed: out of memory?)", "signal 11 (SIGSEGV: crashed)". by_us: the agent sent the signal
+ * itself (a stop or a start timeout), so "out of memory?" would mislead. */
+void sup_exit_cause(int code, int status, int by_us, char *out, size_t n);
+
+/* Copies in[0..len) to out as printable UTF-8: control characters and bytes that are not valid
+ * UTF-8 become '?', tabs become spaces. Never splits a character; returns the length written. */
+size_t sup_sanitize(const char *in, size_t len, char *out, size_t n);
+
+/* The last lines of the log file at path written at or after byte offset since (what the current
+ * process wrote: runtime.log is appended across restarts), oldest first, joined by " | ",
+ * sanitized, without the timestamps our log lines start with, at most max bytes (a last line longer
+ * than that is cut at the end, with "..."). out gets "" when the file is missing or empty. Returns
+ * the length. */
+size_t sup_log_tail(const char *path, int64_t since, size_t max, char *out, size_t n);
+
+/* Records an exit of r at now_ms and composes its reason into out: the cause, "crash loop: … N
+ * times in 2 min" when it is one, and for an exit during start the tail of r's runtime.log. */
+void sup_exit_reason(struct sup_replica *r, int code, int status, int during_start, int64_t now_ms,
+                     char *out, size_t n);
 
 /* Looks up a replica (NULL if none). Borrowed. */
 struct sup_replica *sup_find(struct sup *s, const char *replica_id, int64_t epoch);
