@@ -220,6 +220,7 @@ void httpd_suspend(struct httpd_req *req)
     struct httpd_server *s = req->srv;
     pthread_mutex_lock(&s->lock);
     req->suspended = 1;
+    req->suspends++;
     req->susp_prev = NULL;
     req->susp_next = s->suspended;
     if (s->suspended) s->suspended->susp_prev = req;
@@ -250,8 +251,15 @@ static void run_handler(struct httpd_req *req)
     char ctx[96];
     snprintf(ctx, sizeof ctx, "req=%s", req->id);
     log_set_context(ctx);
+    pthread_mutex_lock(&req->srv->lock);
+    unsigned before = req->suspends;
+    pthread_mutex_unlock(&req->srv->lock);
     req->route->fn(req);
-    if (!req->replied && !req->suspended) {
+    pthread_mutex_lock(&req->srv->lock);
+    int suspended_now = req->suspends != before;
+    pthread_mutex_unlock(&req->srv->lock);
+    /* Suspended (even if already resumed by the thread it waits for) or replied: fine. */
+    if (!req->replied && !suspended_now) {
         log_error("handler for %s %s neither replied nor suspended: a bug", req->method, req->url);
         httpd_error(req, 500, "internal_error", NULL, "internal error");
     }
