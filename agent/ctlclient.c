@@ -64,6 +64,7 @@ int ctl_load_identity(struct ctl *c, const char *fingerprint)
         ok = 0;
     } else if (!fp || strcmp(fp, fingerprint) != 0) {
         log_info("name, address or devices changed since the last registration; registering again");
+        snprintf(c->host_key, sizeof c->host_key, "%s", key);
         ok = 0;
     } else {
         snprintf(c->host_id, sizeof c->host_id, "%s", id);
@@ -120,6 +121,11 @@ static enum ctl_rc post(struct ctl *c, const char *path, const char *bearer, jso
         buf_free(&resp->body);
         return CTL_UNAUTHORIZED;
     }
+    if (resp->status == 403 && strstr(path, "/register")) {
+        log_error("POST %s: HTTP 403: %.300s", url, resp->body.data);
+        buf_free(&resp->body);
+        return CTL_REVOKED;
+    }
     if (resp->status != 200) {
         log_warn("POST %s: HTTP %ld: %.300s", url, resp->status, resp->body.data);
         buf_free(&resp->body);
@@ -131,14 +137,26 @@ static enum ctl_rc post(struct ctl *c, const char *path, const char *bearer, jso
 enum ctl_rc ctl_register(struct ctl *c, json_t *register_body, const char *fingerprint,
                          int64_t *heartbeat_ms)
 {
-    if (!c->token || !c->token[0]) {
-        log_error("cannot register: no enrollment token (--token or ORP_AGENT_TOKEN)");
-        return CTL_UNAUTHORIZED;
-    }
     struct httpc_resp resp;
-    enum ctl_rc rc =
-        post(c, "/agent/v1/register", c->token, register_body, CTL_REGISTER_TIMEOUT_MS, &resp);
-    if (rc == CTL_UNAUTHORIZED) log_error("register refused: the enrollment token is not valid");
+    enum ctl_rc rc = CTL_UNAUTHORIZED;
+    if (c->host_key[0]) {
+        rc = post(c, "/agent/v1/register", c->host_key, register_body, CTL_REGISTER_TIMEOUT_MS,
+                  &resp);
+        if (rc == CTL_UNAUTHORIZED) {
+            log_info("the controller no longer knows our host key; using the enrollment token");
+            c->host_key[0] = '\0';
+        }
+    }
+    if (rc == CTL_UNAUTHORIZED) {
+        if (!c->token || !c->token[0]) {
+            log_error("cannot register: no enrollment token (--token or ORP_AGENT_TOKEN)");
+            return CTL_UNAUTHORIZED;
+        }
+        rc = post(c, "/agent/v1/register", c->token, register_body, CTL_REGISTER_TIMEOUT_MS, &resp);
+        if (rc == CTL_UNAUTHORIZED)
+            log_error("register refused: the enrollment token is not valid (expired, already "
+                      "used, or not this controller's)");
+    }
     if (rc != CTL_OK) return rc;
     struct jsonx_err err;
     json_t *o = jsonx_parse_object(resp.body.data, resp.body.len, &err);

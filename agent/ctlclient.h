@@ -20,6 +20,7 @@ enum ctl_rc {
     CTL_UNAUTHORIZED, /* 401: our key (or the enrollment token) is not known */
     CTL_UNREACHABLE,  /* no HTTP answer: retry at the next interval */
     CTL_BAD_REPLY,    /* another status, or a body that does not follow the contract */
+    CTL_REVOKED,      /* 403 on register: an operator revoked this host */
 };
 
 struct ctl {
@@ -27,9 +28,9 @@ struct ctl {
     const char *token;    /* borrowed; enrollment token, may be NULL once registered */
     char state_path[PATH_MAX];
     char host_id[128];
-    char host_key[256];
-    int registered;   /* host_id and host_key are valid */
-    int64_t failures; /* consecutive calls without an answer, to keep the log readable */
+    char host_key[256]; /* also kept while not registered: re-registering tries it first */
+    int registered;     /* host_id and host_key are valid */
+    int64_t failures;   /* consecutive calls without an answer, to keep the log readable */
 };
 
 struct ctl_reply {
@@ -43,11 +44,14 @@ void ctl_init(struct ctl *c, const char *base_url, const char *token, const char
 
 /* Loads STATE_DIR/agent.json when it was written for this controller and this registration
  * (fingerprint: a digest of the register request, so a changed inventory, name or address registers
- * again). Returns 1 when loaded (c->registered set), 0 otherwise. */
+ * again). Returns 1 when loaded (c->registered set), 0 otherwise. A key written for this controller
+ * under another fingerprint is kept in c->host_key: registering again presents it, which needs
+ * no enrollment token (a one-time token is spent by then). */
 int ctl_load_identity(struct ctl *c, const char *fingerprint);
 
 /* POSTs register_body (borrowed) and on success stores the identity with fingerprint.
- * *heartbeat_ms is set when the reply carries one. */
+ * *heartbeat_ms is set when the reply carries one. Presents the host key we hold, if any, and when
+ * the controller refuses it, the enrollment token. CTL_REVOKED: the operator revoked this host. */
 enum ctl_rc ctl_register(struct ctl *c, json_t *register_body, const char *fingerprint,
                          int64_t *heartbeat_ms);
 

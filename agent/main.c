@@ -53,7 +53,9 @@ struct agent_config {
 static const struct cfg_opt options[] = {
     OPT("controller", CFG_STRING, NULL, "agent API base URL, e.g. http://127.0.0.1:8082",
         controller),
-    OPT("token", CFG_STRING, NULL, "enrollment token (the controller's --agent-token)", token),
+    OPT("token", CFG_STRING, NULL,
+        "enrollment token: a one-time token (host token create), or the controller's --agent-token",
+        token),
     OPT("name", CFG_STRING, NULL, "host name to register under [default: hostname]", name),
     OPT("advertise-addr", CFG_STRING, "127.0.0.1",
         "address the controller's gateway uses to reach this host's runtimes", advertise_addr),
@@ -257,7 +259,7 @@ int main(int argc, char **argv)
     struct ctl ctl;
     ctl_init(&ctl, cfg.controller, cfg.token, cfg.state_dir);
     ctl_load_identity(&ctl, fingerprint);
-    if (!ctl.registered && (!cfg.token || !cfg.token[0])) {
+    if (!ctl.registered && !ctl.host_key[0] && (!cfg.token || !cfg.token[0])) {
         log_error("not registered yet and no --token given");
         return 2;
     }
@@ -267,14 +269,23 @@ int main(int argc, char **argv)
 
     int64_t heartbeat_ms = cfg.heartbeat_ms;
     int64_t next_hb = util_now_ms();
+    int revoked = 0;
     while (!stop_signal) {
         int64_t now = util_now_ms();
         if (now >= next_hb) {
             int had_key = ctl.registered;
             if (!ctl.registered) {
                 int64_t hb = 0;
-                if (ctl_register(&ctl, reg, fingerprint, &hb) == CTL_OK && hb > 0)
-                    heartbeat_ms = clamp_heartbeat(hb);
+                enum ctl_rc rc = ctl_register(&ctl, reg, fingerprint, &hb);
+                if (rc == CTL_OK && hb > 0) heartbeat_ms = clamp_heartbeat(hb);
+                /* Revoked: the controller placed our replicas elsewhere and will never list them
+                 * for us again. Runtimes left running would hold devices and serve nobody. */
+                if (rc == CTL_REVOKED && !revoked) {
+                    log_error("this host was revoked by the operator: stopping every runtime; "
+                              "enroll it again with a new enrollment token");
+                    sup_apply_desired(sup, NULL, 0);
+                }
+                revoked = rc == CTL_REVOKED;
             }
             if (ctl.registered) heartbeat_once(&ctl, sup, replicas_dir, &heartbeat_ms);
             /* A 401 just cleared our key: register again at once rather than an interval later. */

@@ -21,30 +21,112 @@
 
 /* ---- register ---- */
 
+/* Who may register, in the order reg_txn checks them:
+ *   - the host itself, re-registering under its name with its current host key (its inventory
+ *     changed, or it lost the key's acceptance and tries it first);
+ *   - the controller's static --agent-token (development and small fleets; anyone holding it can
+ *     enroll any name), unless the name was revoked;
+ *   - a one-time enrollment token, consumed in the same transaction; it may also bring a revoked
+ *     name back, since an operator issued it on purpose.
+ * Anything else is a 401; a revoked name with the static token or an old key is a 403. */
+enum reg_outcome { REG_OK = 0, REG_UNAUTHORIZED, REG_REVOKED };
+
 struct reg {
     const char *name, *address, *version;
+    const char *token; /* the bearer credential, borrowed */
+    int static_ok;     /* token is the controller's --agent-token */
     json_t *devices;
     char key[65];
     int64_t host_id;
+    enum reg_outcome outcome;
 };
+
+/* Checks g->token against the host row of g->name and the enrollment tokens. On REG_OK,
+ * *token_id is the enrollment token to mark used (0: none) and *pool the pool it names (NULL:
+ * none; points into *tok_res, which the caller PQclear()s). */
+static enum db_status reg_authorize(PGconn *c, struct reg *g, char *token_hash, int64_t *token_id,
+                                    const char **pool, PGresult **tok_res)
+{
+    *token_id = 0;
+    *pool = NULL;
+    *tok_res = NULL;
+    const char *ph[] = {g->name, token_hash};
+    PGresult *r;
+    /* FOR UPDATE: a revoke running now waits for us, or we see its result. */
+    enum db_status st = db_exec(c,
+                                "SELECT state = 'revoked', key_hash = $2 FROM hosts "
+                                "WHERE name = $1 FOR UPDATE",
+                                2, ph, &r, NULL);
+    if (st < 0) return st;
+    int exists = st == DB_ROWS, revoked = exists && PQgetvalue(r, 0, 0)[0] == 't',
+        own_key = exists && PQgetvalue(r, 0, 1)[0] == 't';
+    PQclear(r);
+    if (own_key && !revoked) return DB_ROWS;
+    if (g->static_ok) {
+        g->outcome = revoked ? REG_REVOKED : REG_OK;
+        return DB_ROWS;
+    }
+    const char *pt[] = {token_hash};
+    /* FOR UPDATE: of two registrations racing with one token, the second waits here and then
+     * finds it used (READ COMMITTED re-checks the WHERE clause on the updated row). */
+    st = db_exec(c,
+                 "SELECT id, pool FROM enrollment_tokens WHERE token_hash = $1 "
+                 "  AND used_at IS NULL AND expires_at > now() FOR UPDATE",
+                 1, pt, &r, NULL);
+    if (st < 0) return st;
+    if (st == DB_NONE) {
+        PQclear(r);
+        /* A 401 also for a revoked name and its old key: that tells the caller nothing. */
+        g->outcome = REG_UNAUTHORIZED;
+        return DB_ROWS;
+    }
+    *token_id = db_int(r, 0, 0);
+    if (!PQgetisnull(r, 0, 1)) *pool = PQgetvalue(r, 0, 1);
+    *tok_res = r;
+    return DB_ROWS;
+}
 
 static enum db_status reg_txn(PGconn *c, void *arg)
 {
     struct reg *g = arg;
-    char hash[65];
+    g->outcome = REG_OK;
+    char hash[65], token_hash[65];
     util_sha256_hex(g->key, strlen(g->key), hash);
-    const char *p[] = {g->name, g->address, hash, g->version};
+    util_sha256_hex(g->token, strlen(g->token), token_hash);
+    int64_t token_id;
+    const char *pool;
+    PGresult *tok_res;
+    enum db_status st = reg_authorize(c, g, token_hash, &token_id, &pool, &tok_res);
+    if (st < 0 || g->outcome != REG_OK) {
+        PQclear(tok_res);
+        return st < 0 ? st : DB_NONE; /* nothing was written: committing is harmless */
+    }
+    const char *p[] = {g->name, g->address, hash, g->version, pool};
     PGresult *r;
-    enum db_status st =
-        db_exec(c,
-                "INSERT INTO hosts (name, address, key_hash, agent_version) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET address = $2, "
-                "  key_hash = $3, agent_version = $4, state = 'ready', updated_at = now() "
-                "RETURNING id",
-                4, p, &r, NULL);
+    st = db_exec(c,
+                 "INSERT INTO hosts (name, address, key_hash, agent_version, pool) "
+                 "VALUES ($1, $2, $3, $4, COALESCE($5, 'default')) "
+                 "ON CONFLICT (name) DO UPDATE SET address = $2, "
+                 "  key_hash = $3, agent_version = $4, state = 'ready', revoked_at = NULL, "
+                 "  pool = COALESCE($5, hosts.pool), updated_at = now() "
+                 "RETURNING id",
+                 5, p, &r, NULL);
+    PQclear(tok_res);
     if (st < 0) return st;
     g->host_id = db_int(r, 0, 0);
     PQclear(r);
+    if (token_id) {
+        char tid[24], hid[24];
+        snprintf(tid, sizeof tid, "%lld", (long long)token_id);
+        snprintf(hid, sizeof hid, "%lld", (long long)g->host_id);
+        const char *pu[] = {tid, hid};
+        st = db_cmd(c,
+                    "UPDATE enrollment_tokens SET used_at = now(), used_by_host = $2::bigint "
+                    "WHERE id = $1::bigint AND used_at IS NULL",
+                    2, pu);
+        if (st < 0) return st;
+        if (st == DB_NONE) return DB_SOFT; /* cannot happen under the row lock; retry if it does */
+    }
     char hid[24];
     snprintf(hid, sizeof hid, "%lld", (long long)g->host_id);
     struct buf uuids = {0};
@@ -177,7 +259,8 @@ static void h_register(struct httpd_req *req)
 {
     struct ctl_listener *l = req->app;
     const char *tok = auth_bearer(req);
-    if (!tok || !l->ctl->cfg.agent_token || !util_ct_streq(tok, l->ctl->cfg.agent_token)) {
+    /* Enrollment tokens and host keys are at most this long; longer is garbage. */
+    if (!tok || !tok[0] || strlen(tok) > 256) {
         httpd_error(req, 401, "invalid_agent_token", NULL, "invalid or missing agent token");
         return;
     }
@@ -186,6 +269,9 @@ static void h_register(struct httpd_req *req)
     if (!body) return;
     struct reg g = {0};
     g.version = "";
+    g.token = tok;
+    g.static_ok = l->ctl->cfg.agent_token && l->ctl->cfg.agent_token[0] &&
+                  util_ct_streq(tok, l->ctl->cfg.agent_token);
     if (jsonx_get_string(body, "name", 1, &g.name, 120, &je) != JSONX_OK ||
         jsonx_get_string(body, "address", 1, &g.address, 120, &je) != JSONX_OK ||
         jsonx_get_string(body, "agent_version", 0, &g.version, 60, &je) == JSONX_BAD) {
@@ -211,6 +297,16 @@ static void h_register(struct httpd_req *req)
     ctl_db_done(req, c);
     if (st < 0) {
         httpd_error(req, 500, "internal_error", NULL, "could not register the host");
+        goto out;
+    }
+    if (g.outcome == REG_UNAUTHORIZED) {
+        httpd_error(req, 401, "invalid_agent_token", NULL,
+                    "invalid, expired or already used enrollment token");
+        goto out;
+    }
+    if (g.outcome == REG_REVOKED) {
+        httpd_error(req, 403, "host_revoked", NULL,
+                    "host '%s' was revoked; enroll it again with a new enrollment token", g.name);
         goto out;
     }
     log_info("host %s (id %lld, %s) registered with %zu device(s)", g.name, (long long)g.host_id,
@@ -469,7 +565,8 @@ static void h_heartbeat(struct httpd_req *req)
     util_sha256_hex(key, strlen(key), hash);
     const char *p[] = {hash};
     PGresult *r;
-    enum db_status st = db_exec(c, "SELECT id FROM hosts WHERE key_hash = $1", 1, p, &r, NULL);
+    enum db_status st = db_exec(
+        c, "SELECT id FROM hosts WHERE key_hash = $1 AND state <> 'revoked'", 1, p, &r, NULL);
     if (st != DB_ROWS) {
         if (st == DB_NONE) PQclear(r);
         ctl_db_done(req, c);

@@ -1,6 +1,9 @@
-/* hosts_api: see hosts_api.h. Every route here is for admins only: a customer gets 403. */
+/* hosts_api: see hosts_api.h. Every route here is for admins only: a customer gets 403. Each
+ * operation is one function on a connection (hosts_token_create, hosts_revoke, ...) that both the
+ * REST route and the `orp-controller host` command line call, so the two cannot drift apart. */
 #include "hosts_api.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,13 +11,26 @@
 #include "auth.h"
 #include "cfg.h"
 #include "ctl.h"
+#include "jsonx.h"
 #include "log.h"
+#include "replica.h"
+#include "util.h"
+
+/* Enrollment tokens: an hour unless asked otherwise, a week at most. A token lets whoever holds it
+ * join the fleet, so it should live about as long as installing a host takes; a week covers
+ * shipping a preinstalled box. */
+#define HOSTS_TOKEN_TTL_DEFAULT_S 3600
+#define HOSTS_TOKEN_TTL_MAX_S (7 * 86400)
+/* "orp_et_" + 48 hex digits: 192 random bits, like API keys; the prefix tells tokens apart. */
+#define HOSTS_TOKEN_PREFIX "orp_et_"
+#define HOSTS_TOKEN_HEX 48
+#define HOSTS_POOL_MAX 63 /* endpoints name pools; the scheduler keeps 64 bytes per pool name */
 
 /* One row per host, its devices aggregated: one query for the whole listing. */
 #define HOSTS_QUERY                                                                                \
     "SELECT json_build_object('id', h.id::text, 'object', 'host', 'name', h.name, "                \
     "  'address', h.address, 'pool', h.pool, 'labels', h.labels, 'cordoned', h.cordoned, "         \
-    "  'state', h.state, "                                                                         \
+    "  'draining', h.draining, 'state', h.state, 'revoked_at', h.revoked_at, "                     \
     "  'agent_version', h.agent_version, 'last_seen_at', s.seen_at, "                              \
     "  'devices', (SELECT COALESCE(json_agg(json_build_object('index', g.idx, 'uuid', g.uuid, "    \
     "     'kind', g.kind, 'model', g.model, 'memory_mib', g.memory_mib, 'healthy', g.healthy, "    \
@@ -23,16 +39,195 @@
     "     ORDER BY g.kind, g.idx), '[]') FROM gpus g WHERE g.host_id = h.id)) "                    \
     "FROM hosts h LEFT JOIN host_seen s ON s.host_id = h.id ORDER BY h.name"
 
+/* A pooled connection for an admin, or NULL after answering 401, 403 or 503. */
+static PGconn *admin_db(struct httpd_req *req, struct auth_ctx *a, const char *what)
+{
+    PGconn *c = auth_db(req, a);
+    if (!c) return NULL;
+    if (strcmp(a->role, "admin") != 0) {
+        ctl_db_done(req, c);
+        httpd_error(req, 403, "admin_only", NULL, "only the operator may %s", what);
+        return NULL;
+    }
+    return c;
+}
+
+/* 1 when s is a host id as we print them (a positive decimal bigint). */
+static int is_host_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 18 || s[0] == '0') return 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9') return 0;
+    return 1;
+}
+
+/* A pool name, as endpoints name it: printable ASCII without spaces. */
+static int is_pool_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > HOSTS_POOL_MAX) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= ' ' || s[i] > '~') return 0;
+    return 1;
+}
+
+/* ---- enrollment tokens ---- */
+
+enum db_status hosts_token_create(PGconn *c, int64_t ttl_s, const char *pool, int64_t key_id,
+                                  char token[HOSTS_TOKEN_MAX + 1], json_t **out)
+{
+    char hex[HOSTS_TOKEN_HEX + 1], hash[65], ttl[24], kid[24], prefix[32];
+    *out = NULL;
+    if (util_random_hex(hex, HOSTS_TOKEN_HEX / 2) != 0) return DB_HARD;
+    snprintf(token, HOSTS_TOKEN_MAX + 1, "%s%s", HOSTS_TOKEN_PREFIX, hex);
+    util_sha256_hex(token, strlen(token), hash);
+    snprintf(prefix, sizeof prefix, "%.13s", token); /* "orp_et_" and 6 hex digits */
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_s);
+    snprintf(kid, sizeof kid, "%lld", (long long)key_id);
+    const char *p[] = {hash, prefix, pool, ttl, key_id > 0 ? kid : NULL};
+    PGresult *r;
+    enum db_status st = db_exec(
+        c,
+        "INSERT INTO enrollment_tokens (token_hash, prefix, pool, expires_at, created_by) "
+        "VALUES ($1, $2, $3, now() + $4::bigint * interval '1 second', "
+        "  (SELECT user_id FROM api_keys WHERE id = $5::bigint)) "
+        "RETURNING json_build_object('object', 'enrollment_token', 'id', id::text, "
+        "  'prefix', prefix, 'pool', pool, 'created_at', created_at, 'expires_at', expires_at)",
+        5, p, &r, NULL);
+    if (st < 0) return st;
+    json_error_t je;
+    *out = json_loads(PQgetvalue(r, 0, 0), 0, &je);
+    PQclear(r);
+    if (!*out) return DB_HARD;
+    /* The secret is shown once, here; only its hash is stored. */
+    json_object_set_new(*out, "token", json_string(token));
+    return DB_ROWS;
+}
+
+static void h_create_token(struct httpd_req *req)
+{
+    static const char *const known[] = {"ttl_s", "pool", NULL};
+    struct auth_ctx a;
+    struct jsonx_err je = {0};
+    int64_t ttl = HOSTS_TOKEN_TTL_DEFAULT_S;
+    const char *pool = NULL;
+    json_t *body = NULL;
+    /* No body at all means every default. */
+    if (req->body.len > 0 && !(body = httpd_body_object(req))) return;
+    if (body && httpd_reject_unknown(req, body, known) != 0) goto out;
+    if (body &&
+        (jsonx_get_int(body, "ttl_s", 0, 1, HOSTS_TOKEN_TTL_MAX_S, &ttl, &je) == JSONX_BAD ||
+         jsonx_get_string(body, "pool", 0, &pool, HOSTS_POOL_MAX, &je) == JSONX_BAD)) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        goto out;
+    }
+    if (pool && !is_pool_name(pool)) {
+        httpd_error(req, 400, "invalid_parameter", "pool",
+                    "field 'pool' must be 1 to %d printable characters without spaces",
+                    HOSTS_POOL_MAX);
+        goto out;
+    }
+    PGconn *c = admin_db(req, &a, "create enrollment tokens");
+    if (!c) goto out;
+    char token[HOSTS_TOKEN_MAX + 1];
+    json_t *tok = NULL;
+    enum db_status st = hosts_token_create(c, ttl, pool, a.key_id, token, &tok);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        json_decref(tok);
+        httpd_error(req, 500, "internal_error", NULL, "could not create the token");
+        goto out;
+    }
+    log_info("enrollment token %s created (pool %s, valid %lld s)",
+             json_string_value(json_object_get(tok, "prefix")), pool ? pool : "default",
+             (long long)ttl);
+    httpd_reply_json(req, 201, tok);
+out:
+    json_decref(body);
+}
+
+/* ---- revoke ---- */
+
+struct revoke {
+    const char *id;
+    json_t *host; /* new reference */
+};
+
+static enum db_status revoke_txn(PGconn *c, void *arg)
+{
+    struct revoke *rv = arg;
+    const char *p[] = {rv->id};
+    PGresult *r;
+    /* The key hash becomes a word no SHA-256 hex digest equals: the host's key matches nothing,
+     * and neither heartbeats nor re-registering with it get in. */
+    enum db_status st =
+        db_exec(c,
+                "UPDATE hosts SET state = 'revoked', revoked_at = COALESCE(revoked_at, now()), "
+                "  key_hash = 'revoked', draining = false, updated_at = now() "
+                "WHERE id = $1::bigint "
+                "RETURNING json_build_object('object', 'host', 'id', id::text, 'name', name, "
+                "  'state', state, 'revoked_at', revoked_at), name",
+                1, p, &r, NULL);
+    if (st <= 0) {
+        if (st == DB_NONE) PQclear(r);
+        return st;
+    }
+    json_error_t je;
+    json_decref(rv->host);
+    rv->host = json_loads(PQgetvalue(r, 0, 0), 0, &je);
+    char why[200];
+    snprintf(why, sizeof why, "host %s was revoked", PQgetvalue(r, 0, 1));
+    PQclear(r);
+    if (!rv->host) return DB_HARD;
+    st = replica_requeue_host(c, strtoll(rv->id, NULL, 10), why);
+    return st < 0 ? st : DB_ROWS;
+}
+
+enum db_status hosts_revoke(PGconn *c, const char *id, json_t **host)
+{
+    struct revoke rv = {id, NULL};
+    enum db_status st = db_txn_run(c, revoke_txn, &rv);
+    *host = NULL;
+    if (st == DB_ROWS) {
+        *host = rv.host;
+        log_warn("host %s (%s) revoked: its key no longer works, its replicas are placed again", id,
+                 json_string_value(json_object_get(rv.host, "name")));
+    } else {
+        json_decref(rv.host);
+    }
+    return st;
+}
+
+static void h_revoke_host(struct httpd_req *req)
+{
+    struct auth_ctx a;
+    const char *id = req->params[0];
+    PGconn *c = admin_db(req, &a, "revoke hosts");
+    if (!c) return;
+    if (!is_host_id(id)) {
+        ctl_db_done(req, c);
+        httpd_error(req, 404, "not_found", NULL, "host %s does not exist", id);
+        return;
+    }
+    json_t *host;
+    enum db_status st = hosts_revoke(c, id, &host);
+    ctl_db_done(req, c);
+    if (st < 0)
+        httpd_error(req, 500, "internal_error", NULL, "could not revoke the host");
+    else if (st == DB_NONE)
+        httpd_error(req, 404, "not_found", NULL, "host %s does not exist", id);
+    else
+        httpd_reply_json(req, 200, host);
+}
+
+/* ---- listing ---- */
+
 static void h_list_hosts(struct httpd_req *req)
 {
     struct auth_ctx a;
-    PGconn *c = auth_db(req, &a);
+    PGconn *c = admin_db(req, &a, "list hosts");
     if (!c) return;
-    if (strcmp(a.role, "admin") != 0) {
-        ctl_db_done(req, c);
-        httpd_error(req, 403, "admin_only", NULL, "only the operator may list hosts");
-        return;
-    }
     PGresult *r;
     enum db_status st = db_exec(c, HOSTS_QUERY, 0, NULL, &r, NULL);
     ctl_db_done(req, c);
@@ -52,29 +247,81 @@ static void h_list_hosts(struct httpd_req *req)
 
 const struct httpd_route hosts_routes[] = {
     {"GET", "/v1/admin/hosts", h_list_hosts},
+    {"DELETE", "/v1/admin/hosts/{}", h_revoke_host},
+    {"POST", "/v1/admin/enrollment-tokens", h_create_token},
 };
 const size_t hosts_nroutes = sizeof hosts_routes / sizeof hosts_routes[0];
 
+/* ---- command line ---- */
+
+struct cli_opts {
+    const char *database_url;
+    int64_t ttl_s;
+    const char *pool;
+};
+
+static const struct cfg_opt cli_opts[] = {
+    {"database-url", CFG_STRING, "postgresql:///openrunpod", "PostgreSQL connection string",
+     offsetof(struct cli_opts, database_url)},
+    {"ttl-s", CFG_INT, "3600", "token create: seconds the token is valid (at most 604800)",
+     offsetof(struct cli_opts, ttl_s)},
+    {"pool", CFG_STRING, NULL, "token create: the pool the enrolled host joins [default: default]",
+     offsetof(struct cli_opts, pool)},
+};
+#define CLI_NOPTS (sizeof cli_opts / sizeof cli_opts[0])
+
+static const char cli_usage[] =
+    "usage: orp-controller host list [--database-url URL]\n"
+    "       orp-controller host token create [--ttl-s N] [--pool P] [--database-url URL]\n"
+    "       orp-controller host revoke ID [--database-url URL]\n";
+
+/* Prints a JSON object on one line; steals o. */
+static void print_json(json_t *o)
+{
+    char *txt = jsonx_dump(o);
+    if (txt) printf("%s\n", txt);
+    free(txt);
+    json_decref(o);
+}
+
 int hosts_cli(int argc, char **argv)
 {
-    struct {
-        const char *database_url;
-    } o;
-    static const struct cfg_opt opts[] = {
-        {"database-url", CFG_STRING, "postgresql:///openrunpod", "PostgreSQL connection string", 0},
-    };
-    char err[256];
-    if (argc < 3 || strcmp(argv[2], "list") != 0) {
-        fprintf(stderr, "usage: orp-controller host list [--database-url URL]\n");
+    const char *sub = argc >= 3 ? argv[2] : "";
+    /* The words before the options: "list", "token create", "revoke ID". */
+    int first = 3;
+    const char *id = NULL;
+    if (!strcmp(sub, "token") && argc >= 4 && !strcmp(argv[3], "create")) {
+        first = 4;
+    } else if (!strcmp(sub, "revoke") && argc >= 4 && argv[3][0] != '-') {
+        id = argv[3];
+        first = 4;
+    } else if (strcmp(sub, "list") != 0) {
+        fputs(cli_usage, stderr);
         return 2;
     }
-    int rc = cfg_parse(opts, 1, &o, "ORP", argc, argv, 3, err, sizeof err);
+    struct cli_opts o;
+    char err[256];
+    int rc = cfg_parse(cli_opts, CLI_NOPTS, &o, "ORP", argc, argv, first, err, sizeof err);
     if (rc == 1) {
-        cfg_print_help(stdout, "orp-controller host list", opts, 1, "ORP");
+        cfg_print_help(stdout, cli_usage, cli_opts, CLI_NOPTS, "ORP");
         return 0;
     }
     if (rc < 0) {
         fprintf(stderr, "orp-controller: %s\n", err);
+        return 2;
+    }
+    if (!strcmp(sub, "token") && (o.ttl_s < 1 || o.ttl_s > HOSTS_TOKEN_TTL_MAX_S)) {
+        fprintf(stderr, "orp-controller: --ttl-s must be between 1 and %d\n",
+                HOSTS_TOKEN_TTL_MAX_S);
+        return 2;
+    }
+    if (o.pool && !is_pool_name(o.pool)) {
+        fprintf(stderr, "orp-controller: --pool must be 1 to %d printable characters\n",
+                HOSTS_POOL_MAX);
+        return 2;
+    }
+    if (id && !is_host_id(id)) {
+        fprintf(stderr, "orp-controller: '%s' is not a host id (see host list)\n", id);
         return 2;
     }
     log_init("controller", "warn");
@@ -84,13 +331,34 @@ int hosts_cli(int argc, char **argv)
         PQfinish(c);
         return 1;
     }
-    PGresult *r;
-    enum db_status st = db_exec(c, HOSTS_QUERY, 0, NULL, &r, NULL);
-    if (st >= 0) {
-        for (int i = 0; i < PQntuples(r); i++)
-            printf("%s\n", PQgetvalue(r, i, 0));
-        PQclear(r);
+    enum db_status st;
+    if (!strcmp(sub, "token")) {
+        char token[HOSTS_TOKEN_MAX + 1];
+        json_t *tok = NULL;
+        st = hosts_token_create(c, o.ttl_s, o.pool, 0, token, &tok);
+        if (st >= 0) {
+            /* The token alone on stdout, so a script can capture it; its details on stderr. */
+            char *txt = jsonx_dump(tok);
+            fprintf(stderr, "%s\n", txt ? txt : "");
+            free(txt);
+            printf("%s\n", token);
+        }
+        json_decref(tok);
+    } else if (!strcmp(sub, "revoke")) {
+        json_t *host = NULL;
+        st = hosts_revoke(c, id, &host);
+        if (st == DB_NONE) fprintf(stderr, "orp-controller: host %s does not exist\n", id);
+        if (st == DB_ROWS) print_json(host);
+    } else {
+        PGresult *r;
+        st = db_exec(c, HOSTS_QUERY, 0, NULL, &r, NULL);
+        if (st >= 0) {
+            for (int i = 0; i < PQntuples(r); i++)
+                printf("%s\n", PQgetvalue(r, i, 0));
+            PQclear(r);
+            st = DB_ROWS;
+        }
     }
     PQfinish(c);
-    return st < 0 ? 1 : 0;
+    return st == DB_ROWS ? 0 : 1;
 }

@@ -128,6 +128,30 @@ export class Platform {
     return this.run(bin.controller, ['account', 'create', '--email', email, '--database-url', this.dbUrl]);
   }
 
+  // Another orp-agent on this machine (loopback), with its own name, token and state directory,
+  // e.g. one enrolled with a one-time enrollment token. Its log is `${logName}.log`.
+  spawnAgent(name, { token = this.agentToken, cpuSlots = 1, stateDir, logName } = {}) {
+    const dir = stateDir || path.join(this.tmp, `agent-${name}`);
+    const p = this.spawn(logName || `agent-${name}`, bin.agent, ['--controller', `http://127.0.0.1:${this.ports.agent}`,
+      '--token', token, '--name', name, '--cpu-slots', String(cpuSlots), '--state-dir', dir,
+      '--heartbeat-ms', '500', '--port-base', String(20000 + Math.floor(Math.random() * 20000)),
+      '--log-level', 'debug']);
+    p.stateDir = dir;
+    return p;
+  }
+
+  // A raw call to the agent API (register, heartbeat) with a bearer credential.
+  async agentApi(p, bearer, body) {
+    const res = await fetch(`http://127.0.0.1:${this.ports.agent}${p}`, {
+      method: 'POST', headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json;
+    try { json = JSON.parse(text); } catch { json = undefined; }
+    return { status: res.status, json, text };
+  }
+
   async api(method, p, { body, key = this.adminKey, raw } = {}) {
     const headers = {};
     if (key) headers.Authorization = `Bearer ${key}`;
