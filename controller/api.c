@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "auth.h"
 #include "billing_api.h"
 #include "ctl.h"
@@ -363,6 +364,7 @@ static void h_create_endpoint(struct httpd_req *req)
             httpd_error(req, 500, "internal_error", NULL, "could not create the endpoint");
         goto out;
     }
+    audit_set_object(c, a.audit_id, ce.id);
     log_info("endpoint %s (%s) created: model %s, %lld x %lld %s", ce.id, ce.name, ce.model,
              (long long)ce.replicas, (long long)ce.gpus, ce.kind);
     reply_endpoint(req, c, a.account_id_str, ce.id, 201);

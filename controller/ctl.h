@@ -22,6 +22,8 @@ struct ctl_config {
     int64_t billing_period_s, credit_grace_s;
     int no_leader;
     int unlocked_leader; /* tests only: run the leader loops without the election */
+    const char *signup;  /* on | off: may anyone create an account with POST /v1/auth/signup */
+    int cookie_secure;   /* session cookies get Secure (set it behind a TLS proxy) */
 };
 
 struct rl_table;
@@ -36,6 +38,10 @@ struct ctl_listener {
     struct db_pool *pool;
 };
 
+/* Endpoints one API key may be limited to: kept in the auth context (and so in any cache of it)
+ * so that the gateway checks them without a query. */
+#define AUTH_KEY_ENDPOINTS_MAX 16
+
 /* The account and key behind a request, filled by auth_require(). */
 struct auth_ctx {
     int64_t account_id;
@@ -44,6 +50,13 @@ struct auth_ctx {
     char account_id_str[24];
     int64_t requests_per_min; /* 0: no limit */
     int64_t requests_burst;
+    int64_t user_id;      /* 0: a key that belongs to no user */
+    int64_t session_id;   /* non-zero when authenticated by a session cookie */
+    unsigned scopes;      /* AUTH_SCOPE_* bits the key (or session: all) grants */
+    int endpoint_limited; /* the key may call only the endpoints below (auth_endpoint_allowed) */
+    int n_endpoint_ids;
+    char endpoint_ids[AUTH_KEY_ENDPOINTS_MAX][37];
+    int64_t audit_id; /* the audit_log row of this call (state-changing calls), else 0 */
 };
 
 /* Acquires a connection from the listener's pool or answers 503 and returns NULL. */

@@ -16,8 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "accounts_api.h"
 #include "agentapi.h"
 #include "api.h"
+#include "audit.h"
 #include "auth.h"
 #include "billing_api.h"
 #include "cfg.h"
@@ -68,6 +70,10 @@ static const struct cfg_opt serve_opts[] = {
      "TESTS ONLY: run the leader loops without election (proves metering is idempotent)",
      O(unlocked_leader)},
     {"log-level", CFG_STRING, "info", "debug | info | warn | error", O(log_level)},
+    {"signup", CFG_STRING, "on", "on | off: may anyone create an account (POST /v1/auth/signup)",
+     O(signup)},
+    {"cookie-secure", CFG_BOOL, "false",
+     "mark session cookies Secure (turn on behind a TLS-terminating proxy)", O(cookie_secure)},
 };
 #define NOPTS (sizeof serve_opts / sizeof serve_opts[0])
 
@@ -295,7 +301,9 @@ struct listener_spec {
 };
 
 static const struct route_table api_tables[] = {
-    {hosts_routes, &hosts_nroutes}, {billing_routes, &billing_nroutes}, {api_routes, &api_nroutes}};
+    {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
+    {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
+    {api_routes, &api_nroutes}};
 static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
 static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
 #define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
