@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coll.h"
 #include "log.h"
 #include "safetensors.h"
 
@@ -66,6 +67,30 @@ struct pool {
     int rows, cols, nb;
 };
 
+/* One tensor-parallel rank's part of the model (Megatron's layout): its heads and their q/k/v
+ * rows, the o_proj columns they feed, its slice of the MLP's gate/up rows and down columns; norms
+ * shared. KV heads are split between ranks, or replicated when there are fewer than ranks. With
+ * one rank its layers are the model's own. */
+struct shard {
+    int heads;    /* query heads of this rank: heads / tp, from head rank * heads */
+    int kv_heads; /* KV heads it holds: kv / tp, or 1 when replicated */
+    int kv_first; /* the first of them, in the model's numbering */
+    int ffn;      /* intermediate_size / tp */
+    struct layer *layer;
+};
+
+/* The ranks other than 0 are threads that wait for a batch (rank 0 is the caller). */
+struct ranks {
+    pthread_t *th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    uint64_t gen;
+    int pending, stop, started;
+    int nstarted; /* rank threads 1..nstarted run */
+    const struct model_row *rows;
+    struct batch *b; /* [tp] */
+};
+
 struct model {
     struct model_config cfg;
     float *embed; /* [vocab, dim] */
@@ -74,14 +99,18 @@ struct model {
     float *lm_head;  /* [vocab, dim]; == embed when tied */
     float *inv_freq; /* [hd/2] */
     struct pool pool;
+    int tp;
+    struct shard *shard; /* [tp] */
+    struct coll *coll;   /* NULL when tp == 1 */
+    struct ranks ranks;
 };
 
 /* A pool of KV blocks: block i holds, for every layer, MODEL_KV_BLOCK positions of k and of v:
  * k[((i * layers + l) * MODEL_KV_BLOCK + off) * kvd + j]. */
 struct model_kv {
-    int layers, kvd, nblocks, nfree;
-    float *k, *v;
-    int *free; /* stack of free block ids, nfree of them */
+    int layers, kvd, nblocks, nfree, tp;
+    float **k, **v; /* [tp]: each rank's own heads */
+    int *free;      /* stack of free block ids, nfree of them */
     pthread_mutex_t mu;
 };
 
@@ -597,9 +626,164 @@ static void matmul(const struct model *m, float *out, const float *w, const floa
     pthread_mutex_unlock(&p->call_lock);
 }
 
+/* ---- tensor parallelism ---- */
+
+struct rank_arg {
+    struct model *m;
+    int rank;
+};
+
+static void *rank_thread(void *arg);
+
+/* Rows [r0, r0 + nr) of a [rows, cols] matrix (a new copy); NULL src gives NULL. */
+static float *rows_of(const float *src, int r0, int nr, int cols, int *fail)
+{
+    if (!src) return NULL;
+    float *d = malloc((size_t)nr * cols * sizeof *d);
+    if (!d) {
+        *fail = 1;
+        return NULL;
+    }
+    memcpy(d, src + (size_t)r0 * cols, (size_t)nr * cols * sizeof *d);
+    return d;
+}
+
+/* Columns [c0, c0 + nc) of a [rows, cols] matrix (a new [rows, nc] copy). */
+static float *cols_of(const float *src, int rows, int cols, int c0, int nc, int *fail)
+{
+    float *d = malloc((size_t)rows * nc * sizeof *d);
+    if (!d) {
+        *fail = 1;
+        return NULL;
+    }
+    for (int r = 0; r < rows; r++)
+        memcpy(d + (size_t)r * nc, src + (size_t)r * cols + c0, (size_t)nc * sizeof *d);
+    return d;
+}
+
+static int check_tp(const struct model_config *c, int tp, const char *dir, char *err, size_t errlen)
+{
+    if (tp < 1 || tp > 64) {
+        seterr(err, errlen, "tensor parallel degree %d is out of range [1, 64]", tp);
+        return -1;
+    }
+    if (c->heads % tp || c->ffn % tp || (c->kv_heads % tp && tp % c->kv_heads)) {
+        seterr(err, errlen,
+               "%s: tensor parallel degree %d must divide num_attention_heads (%d) and "
+               "intermediate_size (%d), and divide or be a multiple of num_key_value_heads (%d)",
+               dir, tp, c->heads, c->ffn, c->kv_heads);
+        return -1;
+    }
+    return 0;
+}
+
+/* Splits the loaded weights into tp shards (Megatron's layout) and frees the originals; with
+ * tp == 1 the one shard is the model's own layers. */
+static int make_shards(struct model *m, int tp)
+{
+    const struct model_config *c = &m->cfg;
+    m->tp = tp;
+    m->shard = calloc((size_t)tp, sizeof *m->shard);
+    if (!m->shard) return -1;
+    int hd = c->head_dim, group = c->heads / c->kv_heads;
+    for (int k = 0; k < tp; k++) {
+        struct shard *sh = &m->shard[k];
+        sh->heads = c->heads / tp;
+        sh->kv_heads = c->kv_heads >= tp ? c->kv_heads / tp : 1;
+        sh->kv_first = k * sh->heads / group;
+        sh->ffn = c->ffn / tp;
+    }
+    if (tp == 1) {
+        m->shard[0].layer = m->layer;
+        return 0;
+    }
+    int fail = 0;
+    for (int k = 0; k < tp && !fail; k++) {
+        struct shard *sh = &m->shard[k];
+        sh->layer = calloc((size_t)c->layers, sizeof *sh->layer);
+        if (!sh->layer) return -1;
+        int q0 = k * sh->heads * hd, qn = sh->heads * hd;
+        int k0 = sh->kv_first * hd, kn = sh->kv_heads * hd, f0 = k * sh->ffn;
+        for (int l = 0; l < c->layers && !fail; l++) {
+            const struct layer *F = &m->layer[l];
+            struct layer *L = &sh->layer[l];
+            L->attn_norm = F->attn_norm, L->ffn_norm = F->ffn_norm; /* shared, not owned */
+            L->q_norm = F->q_norm, L->k_norm = F->k_norm;
+            L->wq = rows_of(F->wq, q0, qn, c->dim, &fail);
+            L->wk = rows_of(F->wk, k0, kn, c->dim, &fail);
+            L->wv = rows_of(F->wv, k0, kn, c->dim, &fail);
+            L->bq = rows_of(F->bq, q0, qn, 1, &fail);
+            L->bk = rows_of(F->bk, k0, kn, 1, &fail);
+            L->bv = rows_of(F->bv, k0, kn, 1, &fail);
+            L->wo = cols_of(F->wo, c->dim, c->heads * hd, q0, qn, &fail);
+            L->w_gate = rows_of(F->w_gate, f0, sh->ffn, c->dim, &fail);
+            L->w_up = rows_of(F->w_up, f0, sh->ffn, c->dim, &fail);
+            L->w_down = cols_of(F->w_down, c->dim, c->ffn, f0, sh->ffn, &fail);
+        }
+    }
+    if (fail) return -1;
+    /* The full matrices are no longer needed (the norms are, through the shards). */
+    for (int l = 0; l < c->layers; l++) {
+        struct layer *F = &m->layer[l];
+        float *ws[] = {F->wq, F->wk, F->wv,     F->bq,   F->bk,
+                       F->bv, F->wo, F->w_gate, F->w_up, F->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            free(ws[i]);
+        F->wq = F->wk = F->wv = F->bq = F->bk = F->bv = F->wo = F->w_gate = F->w_up = F->w_down =
+            NULL;
+    }
+    return 0;
+}
+
+static int ranks_start(struct model *m)
+{
+    struct ranks *rk = &m->ranks;
+    pthread_mutex_init(&rk->mu, NULL);
+    pthread_cond_init(&rk->cv_work, NULL);
+    pthread_cond_init(&rk->cv_done, NULL);
+    rk->started = 1;
+    if (m->tp == 1) return 0;
+    m->coll = coll_cpu_new(m->tp);
+    rk->th = calloc((size_t)m->tp, sizeof *rk->th);
+    if (!m->coll || !rk->th) return -1;
+    for (int k = 1; k < m->tp; k++) {
+        struct rank_arg *ra = malloc(sizeof *ra);
+        if (!ra) return -1;
+        *ra = (struct rank_arg){m, k};
+        if (pthread_create(&rk->th[k], NULL, rank_thread, ra) != 0) {
+            free(ra);
+            return -1;
+        }
+        rk->nstarted = k;
+    }
+    return 0;
+}
+
+static void ranks_stop(struct model *m)
+{
+    struct ranks *rk = &m->ranks;
+    if (!rk->started) return;
+    pthread_mutex_lock(&rk->mu);
+    rk->stop = 1;
+    pthread_cond_broadcast(&rk->cv_work);
+    pthread_mutex_unlock(&rk->mu);
+    for (int k = 1; k <= rk->nstarted; k++)
+        pthread_join(rk->th[k], NULL);
+    free(rk->th);
+    coll_free(m->coll);
+    pthread_cond_destroy(&rk->cv_work);
+    pthread_cond_destroy(&rk->cv_done);
+    pthread_mutex_destroy(&rk->mu);
+}
+
 /* ---- load / free ---- */
 
 struct model *model_load(const char *dir, int threads, char *err, size_t errlen)
+{
+    return model_load_tp(dir, threads, 1, err, errlen);
+}
+
+struct model *model_load_tp(const char *dir, int threads, int tp, char *err, size_t errlen)
 {
     struct model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -607,11 +791,13 @@ struct model *model_load(const char *dir, int threads, char *err, size_t errlen)
         return NULL;
     }
     if (model_config_load(dir, &m->cfg, err, errlen) != 0 ||
-        load_weights(m, dir, err, errlen) != 0) {
+        check_tp(&m->cfg, tp, dir, err, errlen) != 0 || load_weights(m, dir, err, errlen) != 0) {
         model_free(m);
         return NULL;
     }
-    if (init_rope(m) != 0 || pool_start(&m->pool, threads) != 0) {
+    /* With tp > 1 the ranks are the parallelism: each multiplies on its own thread. */
+    if (make_shards(m, tp) != 0 || init_rope(m) != 0 ||
+        pool_start(&m->pool, tp > 1 ? 1 : threads) != 0 || ranks_start(m) != 0) {
         seterr(err, errlen, "%s: out of memory or threads", dir);
         model_free(m);
         return NULL;
@@ -619,10 +805,27 @@ struct model *model_load(const char *dir, int threads, char *err, size_t errlen)
     return m;
 }
 
+int model_tp(const struct model *m)
+{
+    return m->tp;
+}
+
 void model_free(struct model *m)
 {
     if (!m) return;
+    ranks_stop(m);
     if (m->inv_freq) pool_stop(&m->pool); /* started right after inv_freq */
+    for (int k = 0; m->tp > 1 && m->shard && k < m->tp; k++) {
+        for (int l = 0; m->shard[k].layer && l < m->cfg.layers; l++) {
+            struct layer *L = &m->shard[k].layer[l];
+            float *ws[] = {L->wq, L->wk, L->wv,     L->bq,   L->bk,
+                           L->bv, L->wo, L->w_gate, L->w_up, L->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+                free(ws[i]);
+        }
+        free(m->shard[k].layer);
+    }
+    free(m->shard);
     if (m->layer) {
         for (int l = 0; l < m->cfg.layers; l++) {
             struct layer *L = &m->layer[l];
@@ -657,7 +860,8 @@ int model_is_eos(const struct model *m, int id)
 size_t model_kv_block_bytes(const struct model *m)
 {
     const struct model_config *c = &m->cfg;
-    return 2 * sizeof(float) * (size_t)c->layers * MODEL_KV_BLOCK * c->kv_heads * c->head_dim;
+    return 2 * sizeof(float) * (size_t)c->layers * MODEL_KV_BLOCK * m->tp * m->shard[0].kv_heads *
+           c->head_dim;
 }
 
 struct model_kv *model_kv_new(const struct model *m, int nblocks)
@@ -667,14 +871,21 @@ struct model_kv *model_kv_new(const struct model *m, int nblocks)
     struct model_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return NULL;
     kv->layers = c->layers;
-    kv->kvd = c->kv_heads * c->head_dim;
+    kv->kvd = m->shard[0].kv_heads * c->head_dim;
     kv->nblocks = kv->nfree = nblocks;
+    kv->tp = m->tp;
     size_t n = (size_t)nblocks * c->layers * MODEL_KV_BLOCK * kv->kvd;
-    kv->k = malloc(n * sizeof(float));
-    kv->v = malloc(n * sizeof(float));
+    kv->k = calloc((size_t)m->tp, sizeof *kv->k);
+    kv->v = calloc((size_t)m->tp, sizeof *kv->v);
     kv->free = malloc((size_t)nblocks * sizeof *kv->free);
     pthread_mutex_init(&kv->mu, NULL);
-    if (!kv->k || !kv->v || !kv->free) {
+    int ok = kv->k && kv->v && kv->free;
+    for (int r = 0; ok && r < m->tp; r++) {
+        kv->k[r] = malloc(n * sizeof(float));
+        kv->v[r] = malloc(n * sizeof(float));
+        ok = kv->k[r] && kv->v[r];
+    }
+    if (!ok) {
         model_kv_free(kv);
         return NULL;
     }
@@ -687,6 +898,10 @@ void model_kv_free(struct model_kv *kv)
 {
     if (!kv) return;
     pthread_mutex_destroy(&kv->mu);
+    for (int r = 0; r < kv->tp; r++) {
+        if (kv->k) free(kv->k[r]);
+        if (kv->v) free(kv->v[r]);
+    }
     free(kv->k), free(kv->v), free(kv->free);
     free(kv);
 }
@@ -815,20 +1030,22 @@ static void rope(float *v, int nheads, int hd, const float *cs)
 
 /* Attention of every query head of q (one row, at position pos) over positions [t0, pos] of layer
  * l of x's cache, into out. att: scratch of pos + 1 floats. */
-static void attention(const struct model *m, const struct model_ctx *x, int l, int pos,
+static void attention(const struct model *m, int rank, const struct model_ctx *x, int l, int pos,
                       const float *qrow, float *out, float *att)
 {
     const struct model_config *c = &m->cfg;
+    const struct shard *sh = &m->shard[rank];
+    const float *kbase = x->kv->k[rank], *vbase = x->kv->v[rank];
     int hd = c->head_dim, group = c->heads / c->kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
     /* Mistral's sliding window: position t is seen from pos while pos - t < window. */
     int t0 = c->sliding_window && pos >= c->sliding_window ? pos - c->sliding_window + 1 : 0;
-    for (int h = 0; h < c->heads; h++) {
+    for (int h = 0; h < sh->heads; h++) {
         const float *q = qrow + (size_t)h * hd;
-        int kvh = h / group;
+        int kvh = (rank * sh->heads + h) / group - sh->kv_first; /* of this rank's KV heads */
         float mx = -INFINITY;
         for (int t = t0; t <= pos; t++) {
-            const float *k = x->kv->k + kv_off(x, l, t) + (size_t)kvh * hd;
+            const float *k = kbase + kv_off(x, l, t) + (size_t)kvh * hd;
             float s = 0;
             for (int i = 0; i < hd; i++)
                 s += q[i] * k[i];
@@ -843,7 +1060,7 @@ static void attention(const struct model *m, const struct model_ctx *x, int l, i
         float *o = out + (size_t)h * hd;
         memset(o, 0, (size_t)hd * sizeof *o);
         for (int t = t0; t <= pos; t++) {
-            const float *v = x->kv->v + kv_off(x, l, t) + (size_t)kvh * hd;
+            const float *v = vbase + kv_off(x, l, t) + (size_t)kvh * hd;
             float a = att[t] / sum;
             for (int i = 0; i < hd; i++)
                 o[i] += a * v[i];
@@ -851,11 +1068,11 @@ static void attention(const struct model *m, const struct model_ctx *x, int l, i
     }
 }
 
-/* The activations of one batch: row b of each is [b * width]. */
+/* One rank's activations for a batch: row r of each is [r * width]; widths are the rank's. */
 struct batch {
     int n;
     int *pos;                   /* [n] */
-    float *x, *xb, *xb2;        /* [n, dim] */
+    float *x, *xb, *xb2, *red;  /* [n, dim]; red: the all-reduce's scratch */
     float *q, *k, *v, *att_out; /* [n, heads*hd], [n, kv*hd], [n, kv*hd], [n, heads*hd] */
     float *hb, *hb2;            /* [n, ffn] */
     float *att;                 /* [max pos + 1] */
@@ -864,41 +1081,54 @@ struct batch {
 
 static void batch_free(struct batch *b)
 {
-    free(b->pos), free(b->x), free(b->xb), free(b->xb2), free(b->q), free(b->k), free(b->v);
-    free(b->att_out), free(b->hb), free(b->hb2), free(b->att), free(b->cs);
+    free(b->pos), free(b->x), free(b->xb), free(b->xb2), free(b->red), free(b->q), free(b->k);
+    free(b->v), free(b->att_out), free(b->hb), free(b->hb2), free(b->att), free(b->cs);
+    memset(b, 0, sizeof *b);
 }
 
-static int batch_alloc(const struct model_config *c, struct batch *b, int n, int maxpos)
+static int batch_alloc(const struct model_config *c, const struct shard *sh, struct batch *b, int n,
+                       int maxpos)
 {
-    size_t qd = (size_t)c->heads * c->head_dim, kvd = (size_t)c->kv_heads * c->head_dim;
+    size_t qd = (size_t)sh->heads * c->head_dim, kvd = (size_t)sh->kv_heads * c->head_dim;
+    size_t nd = (size_t)n * c->dim;
     memset(b, 0, sizeof *b);
     b->n = n;
     b->pos = malloc((size_t)n * sizeof *b->pos);
-    b->x = malloc((size_t)n * c->dim * sizeof(float));
-    b->xb = malloc((size_t)n * c->dim * sizeof(float));
-    b->xb2 = malloc((size_t)n * c->dim * sizeof(float));
+    b->x = malloc(nd * sizeof(float));
+    b->xb = malloc(nd * sizeof(float));
+    b->xb2 = malloc(nd * sizeof(float));
+    b->red = malloc(nd * sizeof(float));
     b->q = malloc((size_t)n * qd * sizeof(float));
     b->k = malloc((size_t)n * kvd * sizeof(float));
     b->v = malloc((size_t)n * kvd * sizeof(float));
     b->att_out = malloc((size_t)n * qd * sizeof(float));
-    b->hb = malloc((size_t)n * c->ffn * sizeof(float));
-    b->hb2 = malloc((size_t)n * c->ffn * sizeof(float));
+    b->hb = malloc((size_t)n * sh->ffn * sizeof(float));
+    b->hb2 = malloc((size_t)n * sh->ffn * sizeof(float));
     b->att = malloc((size_t)(maxpos + 1) * sizeof(float));
     b->cs = malloc((size_t)n * c->head_dim * sizeof(float));
-    if (!b->cs || !b->pos || !b->x || !b->xb || !b->xb2 || !b->q || !b->k || !b->v || !b->att_out ||
-        !b->hb || !b->hb2 || !b->att) {
+    if (!b->cs || !b->pos || !b->x || !b->xb || !b->xb2 || !b->red || !b->q || !b->k || !b->v ||
+        !b->att_out || !b->hb || !b->hb2 || !b->att) {
         batch_free(b);
         return -1;
     }
     return 0;
 }
 
-static void layer_forward(const struct model *m, const struct model_row *rows, struct batch *b,
-                          int l)
+/* Sums the ranks' partial [n, dim] outputs (after o_proj and after down_proj). */
+static void allreduce(const struct model *m, int rank, struct batch *b)
+{
+    if (m->coll) coll_allreduce_sum(m->coll, rank, b->xb2, b->red, (size_t)b->n * m->cfg.dim);
+}
+
+/* One layer on one rank: its heads and MLP slice; the residual stream b->x is the same on every
+ * rank (replicated), kept so by the two all-reduces. */
+static void layer_forward(const struct model *m, int rank, const struct model_row *rows,
+                          struct batch *b, int l)
 {
     const struct model_config *c = &m->cfg;
-    const struct layer *L = &m->layer[l];
-    int n = b->n, dim = c->dim, hd = c->head_dim, qd = c->heads * hd, kvd = c->kv_heads * hd;
+    const struct shard *sh = &m->shard[rank];
+    const struct layer *L = &sh->layer[l];
+    int n = b->n, dim = c->dim, hd = c->head_dim, qd = sh->heads * hd, kvd = sh->kv_heads * hd;
 
     for (int r = 0; r < n; r++)
         rmsnorm(b->xb + (size_t)r * dim, b->x + (size_t)r * dim, L->attn_norm, dim, c->eps);
@@ -913,42 +1143,82 @@ static void layer_forward(const struct model *m, const struct model_row *rows, s
             add_bias(v, L->bv, kvd);
         }
         if (c->qk_norm) {
-            for (int h = 0; h < c->heads; h++)
+            for (int h = 0; h < sh->heads; h++)
                 rmsnorm(q + (size_t)h * hd, q + (size_t)h * hd, L->q_norm, hd, c->eps);
-            for (int h = 0; h < c->kv_heads; h++)
+            for (int h = 0; h < sh->kv_heads; h++)
                 rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, L->k_norm, hd, c->eps);
         }
-        rope(q, c->heads, hd, b->cs + (size_t)r * hd);
-        rope(k, c->kv_heads, hd, b->cs + (size_t)r * hd);
+        rope(q, sh->heads, hd, b->cs + (size_t)r * hd);
+        rope(k, sh->kv_heads, hd, b->cs + (size_t)r * hd);
         struct model_ctx *x = rows[r].ctx;
-        memcpy(x->kv->k + kv_off(x, l, b->pos[r]), k, (size_t)kvd * sizeof(float));
-        memcpy(x->kv->v + kv_off(x, l, b->pos[r]), v, (size_t)kvd * sizeof(float));
+        memcpy(x->kv->k[rank] + kv_off(x, l, b->pos[r]), k, (size_t)kvd * sizeof(float));
+        memcpy(x->kv->v[rank] + kv_off(x, l, b->pos[r]), v, (size_t)kvd * sizeof(float));
     }
     /* Every row's k and v are in the caches before any attention, so a row sees the rows of its
      * own context that come before it in the batch (a chunk of a prompt). */
     for (int r = 0; r < n; r++)
-        attention(m, rows[r].ctx, l, b->pos[r], b->q + (size_t)r * qd, b->att_out + (size_t)r * qd,
-                  b->att);
+        attention(m, rank, rows[r].ctx, l, b->pos[r], b->q + (size_t)r * qd,
+                  b->att_out + (size_t)r * qd, b->att);
     matmul(m, b->xb2, L->wo, b->att_out, dim, qd, n);
+    allreduce(m, rank, b);
     for (size_t i = 0; i < (size_t)n * dim; i++)
         b->x[i] += b->xb2[i];
 
     for (int r = 0; r < n; r++)
         rmsnorm(b->xb + (size_t)r * dim, b->x + (size_t)r * dim, L->ffn_norm, dim, c->eps);
-    matmul(m, b->hb, L->w_gate, b->xb, c->ffn, dim, n);
-    matmul(m, b->hb2, L->w_up, b->xb, c->ffn, dim, n);
-    for (size_t i = 0; i < (size_t)n * c->ffn; i++) {
+    matmul(m, b->hb, L->w_gate, b->xb, sh->ffn, dim, n);
+    matmul(m, b->hb2, L->w_up, b->xb, sh->ffn, dim, n);
+    for (size_t i = 0; i < (size_t)n * sh->ffn; i++) {
         float g = b->hb[i];
         b->hb[i] = g / (1.0f + expf(-g)) * b->hb2[i]; /* silu(gate) * up */
     }
-    matmul(m, b->xb2, L->w_down, b->hb, dim, c->ffn, n);
+    matmul(m, b->xb2, L->w_down, b->hb, dim, sh->ffn, n);
+    allreduce(m, rank, b);
     for (size_t i = 0; i < (size_t)n * dim; i++)
         b->x[i] += b->xb2[i];
+}
+
+/* Every layer of one rank over a batch whose positions and RoPE angles are set. */
+static void rank_forward(const struct model *m, int rank, const struct model_row *rows,
+                         struct batch *b)
+{
+    const struct model_config *c = &m->cfg;
+    for (int r = 0; r < b->n; r++)
+        memcpy(b->x + (size_t)r * c->dim, m->embed + (size_t)rows[r].token * c->dim,
+               (size_t)c->dim * sizeof(float));
+    for (int l = 0; l < c->layers; l++)
+        layer_forward(m, rank, rows, b, l);
+}
+
+static void *rank_thread(void *arg)
+{
+    struct rank_arg *ra = arg;
+    struct model *m = ra->m;
+    int rank = ra->rank;
+    free(ra);
+    struct ranks *rk = &m->ranks;
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&rk->mu);
+        while (rk->gen == seen && !rk->stop)
+            pthread_cond_wait(&rk->cv_work, &rk->mu);
+        if (rk->stop) {
+            pthread_mutex_unlock(&rk->mu);
+            return NULL;
+        }
+        seen = rk->gen;
+        pthread_mutex_unlock(&rk->mu);
+        rank_forward(m, rank, rk->rows, &rk->b[rank]);
+        pthread_mutex_lock(&rk->mu);
+        if (--rk->pending == 0) pthread_cond_signal(&rk->cv_done);
+        pthread_mutex_unlock(&rk->mu);
+    }
 }
 
 int model_forward_batch(const struct model *m, const struct model_row *rows, int n)
 {
     const struct model_config *c = &m->cfg;
+    int tp = m->tp;
     if (n < 1) return 0;
     /* Each row's position: its context's next one, counting earlier rows of the same context. */
     int *pos = malloc((size_t)n * sizeof *pos), maxpos = 0;
@@ -964,42 +1234,60 @@ int model_forward_batch(const struct model *m, const struct model_row *rows, int
         }
         if (p > maxpos) maxpos = p;
     }
-    struct batch b;
-    if (batch_alloc(c, &b, n, maxpos) != 0) {
-        free(pos);
-        return -1;
-    }
-    memcpy(b.pos, pos, (size_t)n * sizeof *pos);
-    free(pos);
+    /* Every rank's scratch is allocated here, before any rank starts: a rank that failed halfway
+     * would leave the others waiting in an all-reduce. */
+    struct batch one, *b = tp == 1 ? &one : calloc((size_t)tp, sizeof *b);
+    int rc = b ? 0 : -1;
+    for (int k = 0; k < tp && rc == 0; k++)
+        rc = batch_alloc(c, &m->shard[k], &b[k], n, maxpos);
     int half = c->head_dim / 2;
-    for (int r = 0; r < n; r++) /* the same angles for every layer */
-        for (int i = 0; i < half; i++) {
-            float ang = (float)b.pos[r] * m->inv_freq[i];
-            b.cs[(size_t)r * c->head_dim + i] = cosf(ang);
-            b.cs[(size_t)r * c->head_dim + half + i] = sinf(ang);
-        }
-    for (int r = 0; r < n; r++)
-        memcpy(b.x + (size_t)r * c->dim, m->embed + (size_t)rows[r].token * c->dim,
-               (size_t)c->dim * sizeof(float));
-    for (int l = 0; l < c->layers; l++)
-        layer_forward(m, rows, &b, l);
-    /* The lm_head only for the rows that want logits (in a prompt, only the last does). */
+    for (int k = 0; k < tp && rc == 0; k++) {
+        memcpy(b[k].pos, pos, (size_t)n * sizeof *pos);
+        for (int r = 0; r < n; r++) /* the same angles for every layer */
+            for (int i = 0; i < half; i++) {
+                float ang = (float)pos[r] * m->inv_freq[i];
+                b[k].cs[(size_t)r * c->head_dim + i] = cosf(ang);
+                b[k].cs[(size_t)r * c->head_dim + half + i] = sinf(ang);
+            }
+    }
+    free(pos);
+    if (rc == 0 && tp > 1) {
+        struct ranks *rk = (struct ranks *)&m->ranks; /* like the pool: the only mutable part */
+        pthread_mutex_lock(&rk->mu);
+        rk->rows = rows;
+        rk->b = b;
+        rk->pending = tp - 1;
+        rk->gen++;
+        pthread_cond_broadcast(&rk->cv_work);
+        pthread_mutex_unlock(&rk->mu);
+        rank_forward(m, 0, rows, &b[0]);
+        pthread_mutex_lock(&rk->mu);
+        while (rk->pending > 0)
+            pthread_cond_wait(&rk->cv_done, &rk->mu);
+        pthread_mutex_unlock(&rk->mu);
+    } else if (rc == 0) {
+        rank_forward(m, 0, rows, &b[0]);
+    }
+    /* The lm_head (replicated) on rank 0's copy of the stream, only for the rows that want
+     * logits (in a prompt, only the last does). */
     int nl = 0;
-    for (int r = 0; r < n; r++)
+    for (int r = 0; rc == 0 && r < n; r++)
         if (rows[r].logits)
-            rmsnorm(b.xb + (size_t)nl++ * c->dim, b.x + (size_t)r * c->dim, m->norm, c->dim,
+            rmsnorm(b[0].xb + (size_t)nl++ * c->dim, b[0].x + (size_t)r * c->dim, m->norm, c->dim,
                     c->eps);
-    float *lg = nl ? malloc((size_t)nl * c->vocab * sizeof(float)) : NULL;
-    int rc = nl && !lg ? -1 : 0;
+    float *lg = rc == 0 && nl ? malloc((size_t)nl * c->vocab * sizeof(float)) : NULL;
+    if (nl && !lg) rc = -1;
     if (rc == 0 && nl) {
-        matmul(m, lg, m->lm_head, b.xb, c->vocab, c->dim, nl);
+        matmul(m, lg, m->lm_head, b[0].xb, c->vocab, c->dim, nl);
         for (int r = 0, i = 0; r < n; r++)
             if (rows[r].logits)
                 memcpy(rows[r].logits, lg + (size_t)i++ * c->vocab,
                        (size_t)c->vocab * sizeof(float));
     }
     free(lg);
-    batch_free(&b);
+    for (int k = 0; b && k < tp; k++)
+        batch_free(&b[k]);
+    if (b != &one) free(b);
     if (rc == 0)
         for (int r = 0; r < n; r++)
             rows[r].ctx->pos++;

@@ -56,6 +56,13 @@ int model_config_load(const char *dir, struct model_config *c, char *err, size_t
 /* Loads DIR (config + safetensors). threads > 1 splits the matrix-vector products across that
  * many threads. Returns a new model (free with model_free) or NULL with err. */
 struct model *model_load(const char *dir, int threads, char *err, size_t errlen);
+/* model_load split over tp tensor-parallel ranks (threads of this process, Megatron's layout:
+ * q/k/v and gate/up by rows, o_proj and down_proj by columns, an all-reduce after each; KV heads
+ * split, or replicated when fewer than tp). tp must divide num_attention_heads and
+ * intermediate_size, and divide or be a multiple of num_key_value_heads, else NULL with err
+ * saying so. With tp > 1 each rank multiplies on its own thread (threads is not used). */
+struct model *model_load_tp(const char *dir, int threads, int tp, char *err, size_t errlen);
+int model_tp(const struct model *m);
 void model_free(struct model *m); /* accepts NULL */
 const struct model_config *model_cfg(const struct model *m);
 int model_is_eos(const struct model *m, int id);

@@ -53,7 +53,7 @@ enum rt_state { RT_LOADING = 0, RT_READY, RT_FAILED };
 struct rt_config {
     const char *model, *host, *name, *usage_log, *device, *log_level;
     int64_t port, threads, max_body;
-    int64_t kv_blocks, kv_memory_mib, max_batch, queue_limit, prefill_chunk;
+    int64_t kv_blocks, kv_memory_mib, max_batch, queue_limit, prefill_chunk, tp;
 };
 
 static const struct cfg_opt rt_opts[] = {
@@ -68,6 +68,9 @@ static const struct cfg_opt rt_opts[] = {
      offsetof(struct rt_config, usage_log)},
     {"threads", CFG_INT, "1", "threads for the matrix products of one forward pass",
      offsetof(struct rt_config, threads)},
+    {"tp", CFG_INT, "1",
+     "tensor parallel ranks (threads here, one per GPU on CUDA); must divide the attention heads",
+     offsetof(struct rt_config, tp)},
     {"device", CFG_STRING, "cpu", "compute device (this build: cpu)",
      offsetof(struct rt_config, device)},
     /* 8 MiB: a full 128k-token context of text with JSON escaping fits, and nothing larger can
@@ -1061,7 +1064,9 @@ static void *loader(void *arg)
     log_info("loading the model from %s", rt->cfg.model);
     snprintf(path, sizeof path, "%s/tokenizer.json", rt->cfg.model);
     rt->tok = tok_load(path, err, sizeof err);
-    if (rt->tok) rt->model = model_load(rt->cfg.model, (int)rt->cfg.threads, err, sizeof err);
+    if (rt->tok)
+        rt->model =
+            model_load_tp(rt->cfg.model, (int)rt->cfg.threads, (int)rt->cfg.tp, err, sizeof err);
     if (rt->model && chat_tpl_load(&rt->tpl, rt->cfg.model, model_cfg(rt->model)->arch, rt->tok,
                                    err, sizeof err) == 0) {
         if (tok_vocab_size(rt->tok) > model_cfg(rt->model)->vocab) {
@@ -1077,9 +1082,10 @@ static void *loader(void *arg)
             atomic_store(&rt->state, RT_READY);
             const struct model_config *c = model_cfg(rt->model);
             log_info("model '%s' ready in %lld ms: %s, %d layers, dim %d, vocab %d, context %d, "
-                     "%s chat format",
+                     "%s chat format, tp %d",
                      rt->name, (long long)(util_now_ms() - t0), model_arch_name(c->arch), c->layers,
-                     c->dim, c->vocab, c->max_pos, chat_family_name(rt->tpl.family));
+                     c->dim, c->vocab, c->max_pos, chat_family_name(rt->tpl.family),
+                     model_tp(rt->model));
             return NULL;
         }
     }
@@ -1096,7 +1102,7 @@ static int parse_config(struct rt *rt, int argc, char **argv, int first)
         "                         [--usage-log FILE] [--threads N] [--device cpu]\n"
         "                         [--max-body BYTES] [--log-level L] [--kv-blocks N]\n"
         "                         [--kv-memory-mib N] [--max-batch N] [--queue-limit N]\n"
-        "                         [--prefill-chunk N]\n"
+        "                         [--prefill-chunk N] [--tp N]\n"
         "Environment: ORP_REPLICA_SECRET, when set, is the bearer token every route but\n"
         "GET /health requires.";
     char err[256];
@@ -1112,6 +1118,8 @@ static int parse_config(struct rt *rt, int argc, char **argv, int first)
         snprintf(err, sizeof err, "--port must be in [0, 65535]"), rc = -1;
     if (rc == 0 && (c->threads < 1 || c->threads > 256))
         snprintf(err, sizeof err, "--threads must be in [1, 256]"), rc = -1;
+    if (rc == 0 && (c->tp < 1 || c->tp > 64))
+        snprintf(err, sizeof err, "--tp must be in [1, 64]"), rc = -1;
     if (rc == 0 && (c->kv_blocks < 0 || c->kv_blocks > (1 << 30) || c->kv_memory_mib < 1 ||
                     c->kv_memory_mib > (1 << 30)))
         snprintf(err, sizeof err, "--kv-blocks must be >= 0 and --kv-memory-mib >= 1"), rc = -1;

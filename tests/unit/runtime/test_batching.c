@@ -1,7 +1,8 @@
 /* test_batching: continuous batching through the real `orp-runtime serve`.
  *  - 16 concurrent greedy streams (different prompts, a prefill chunk of 5 tokens so prompts are
  *    read over several steps while other streams decode) give exactly the tokens of the same
- *    requests sent one at a time, and /metrics shows they really ran together;
+ *    requests sent one at a time, and /metrics shows they really ran together; the same with
+ *    --tp 2;
  *  - with the KV cache sized for one full context, two requests that cannot both fit run one
  *    after the other (the second waits in the queue; neither gets an error);
  *  - with a batch of 1 and a queue of 1, a third request gets 503 queue_full with a message while
@@ -155,10 +156,10 @@ static void *run_job(void *arg)
     return NULL;
 }
 
-static void test_concurrent_equals_sequential(void)
+static void test_concurrent_equals_sequential(const char *tp)
 {
     struct server s;
-    const char *const args[] = {"--prefill-chunk", "5", "--max-batch", "16", NULL};
+    const char *const args[] = {"--prefill-chunk", "5", "--max-batch", "16", "--tp", tp, NULL};
     start(&s, "batch", args);
     wait_ready(&s);
     struct job seq[NSTREAMS], par[NSTREAMS];
@@ -297,7 +298,8 @@ int main(void)
     rt_tmpdir(dir, sizeof dir);
     snprintf(mdir, sizeof mdir, "%s/model", dir);
     rt_make_model(mdir, ST_BF16);
-    test_concurrent_equals_sequential();
+    test_concurrent_equals_sequential("1");
+    test_concurrent_equals_sequential("2"); /* the same through two tensor-parallel ranks */
     test_cache_full_waits();
     test_queue_limit();
     rt_rmtree(dir);
