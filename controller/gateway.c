@@ -253,6 +253,168 @@ static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, cu
 static enum route_rc resolve_db(PGconn *c, const char *account_id, const char *model,
                                 struct route *rt);
 
+/* ---- caches: no database round trip on the request path of a busy key ----
+ *
+ * A key's authentication and an (account, model) route are kept for GW_CACHE_MS after they were
+ * read: a revoked key, a stopped endpoint, a drained balance or a replica that stopped being ready
+ * take effect within that time (a replica that died in between is skipped on a refused
+ * connection anyway). Entries are slots in fixed tables, overwritten by hash: the memory is
+ * bounded whatever the number of keys. */
+#define GW_CACHE_MS 1000
+#define GW_CACHE_SLOTS 1024
+
+struct auth_slot {
+    char key_hash[65];
+    struct auth_ctx a;
+    int64_t until_ms;
+};
+
+struct route_slot {
+    char account_id[24];
+    char model[208];
+    enum route_rc rc;
+    struct route rt;
+    int64_t until_ms;
+};
+
+static struct auth_slot *gw_auth_cache;
+static struct route_slot *gw_route_cache;
+static pthread_mutex_t gw_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t gw_once = PTHREAD_ONCE_INIT;
+
+/* One connection cache shared by every proxy thread, so that requests to a runtime reuse
+ * keep-alive connections instead of opening one each (libcurl's documented way across threads:
+ * a share object with lock callbacks). */
+static CURLSH *gw_share;
+static pthread_mutex_t gw_share_locks[CURL_LOCK_DATA_LAST];
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access access, void *u)
+{
+    (void)h;
+    (void)access;
+    (void)u;
+    pthread_mutex_lock(&gw_share_locks[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *u)
+{
+    (void)h;
+    (void)u;
+    pthread_mutex_unlock(&gw_share_locks[data]);
+}
+
+static void gw_init(void)
+{
+    gw_auth_cache = calloc(GW_CACHE_SLOTS, sizeof *gw_auth_cache);
+    gw_route_cache = calloc(GW_CACHE_SLOTS, sizeof *gw_route_cache);
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_init(&gw_share_locks[i], NULL);
+    gw_share = curl_share_init();
+    if (gw_share) {
+        curl_share_setopt(gw_share, CURLSHOPT_LOCKFUNC, share_lock);
+        curl_share_setopt(gw_share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+        curl_share_setopt(gw_share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    }
+}
+
+/* Easy handles are kept for reuse (curl_easy_reset() in attempt() clears their options): creating
+ * one costs more than the rest of a small request. At most GW_IDLE_HANDLES wait idle. */
+#define GW_IDLE_HANDLES 256
+static CURL *gw_idle[GW_IDLE_HANDLES];
+static int gw_nidle;
+
+static CURL *handle_get(void)
+{
+    CURL *c = NULL;
+    pthread_mutex_lock(&gw_cache_lock);
+    if (gw_nidle > 0) c = gw_idle[--gw_nidle];
+    pthread_mutex_unlock(&gw_cache_lock);
+    return c ? c : curl_easy_init();
+}
+
+static void handle_put(CURL *c)
+{
+    if (!c) return;
+    pthread_mutex_lock(&gw_cache_lock);
+    if (gw_nidle < GW_IDLE_HANDLES) {
+        gw_idle[gw_nidle++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&gw_cache_lock);
+    if (c) curl_easy_cleanup(c);
+}
+
+static uint32_t hash_str(uint32_t h, const char *s)
+{
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* 0 with *a filled, from the cache or the database; -1 after answering. */
+static int gw_authenticate(struct httpd_req *req, struct auth_ctx *a)
+{
+    const char *key = auth_bearer(req);
+    char kh[65] = "";
+    if (key && gw_auth_cache) {
+        util_sha256_hex(key, strlen(key), kh);
+        struct auth_slot *sl = &gw_auth_cache[hash_str(2166136261u, kh) % GW_CACHE_SLOTS];
+        pthread_mutex_lock(&gw_cache_lock);
+        int hit = !strcmp(sl->key_hash, kh) && sl->until_ms > util_now_ms();
+        if (hit) *a = sl->a;
+        pthread_mutex_unlock(&gw_cache_lock);
+        if (hit) {
+            char ctx[128];
+            snprintf(ctx, sizeof ctx, "req=%s acct=%lld", req->id, (long long)a->account_id);
+            log_set_context(ctx);
+            return 0;
+        }
+    }
+    PGconn *c = auth_db(req, a);
+    if (!c) return -1;
+    ctl_db_done(req, c);
+    if (kh[0]) {
+        struct auth_slot *sl = &gw_auth_cache[hash_str(2166136261u, kh) % GW_CACHE_SLOTS];
+        pthread_mutex_lock(&gw_cache_lock);
+        snprintf(sl->key_hash, sizeof sl->key_hash, "%s", kh);
+        sl->a = *a;
+        sl->until_ms = util_now_ms() + GW_CACHE_MS;
+        pthread_mutex_unlock(&gw_cache_lock);
+    }
+    return 0;
+}
+
+/* resolve_db through the route cache; ROUTE_DB is never cached. */
+static enum route_rc gw_resolve(struct ctl_listener *l, const char *account_id, const char *model,
+                                struct route *rt, int *db_busy)
+{
+    struct route_slot *sl =
+        &gw_route_cache[hash_str(hash_str(2166136261u, account_id), model) % GW_CACHE_SLOTS];
+    pthread_mutex_lock(&gw_cache_lock);
+    int hit = !strcmp(sl->account_id, account_id) && !strcmp(sl->model, model) &&
+              sl->until_ms > util_now_ms();
+    enum route_rc rc = sl->rc;
+    if (hit) *rt = sl->rt;
+    pthread_mutex_unlock(&gw_cache_lock);
+    if (hit) return rc;
+    PGconn *c = db_acquire(l->pool);
+    if (!c) {
+        *db_busy = 1;
+        return ROUTE_DB;
+    }
+    rc = resolve_db(c, account_id, model, rt);
+    db_release(l->pool, c);
+    if (rc == ROUTE_DB) return rc;
+    pthread_mutex_lock(&gw_cache_lock);
+    snprintf(sl->account_id, sizeof sl->account_id, "%s", account_id);
+    snprintf(sl->model, sizeof sl->model, "%s", model);
+    sl->rc = rc;
+    sl->rt = *rt;
+    sl->until_ms = util_now_ms() + GW_CACHE_MS;
+    pthread_mutex_unlock(&gw_cache_lock);
+    return rc;
+}
+
 /* One attempt at candidate i. Returns the curl result; p->swallow says a 503 was held back. */
 static CURLcode attempt(struct proxy *p, CURL *c, int i)
 {
@@ -273,6 +435,7 @@ static CURLcode attempt(struct proxy *p, CURL *c, int i)
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (gw_share) curl_easy_setopt(c, CURLOPT_SHARE, gw_share);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, p->timeout_s);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
@@ -324,7 +487,7 @@ static int hold(struct proxy *p)
 static void *proxy_thread(void *arg)
 {
     struct proxy *p = arg;
-    CURL *c = curl_easy_init();
+    CURL *c = handle_get();
     CURLcode rc = CURLE_FAILED_INIT;
     while (c) {
         int i = pick_candidate(&p->route);
@@ -358,7 +521,7 @@ static void *proxy_thread(void *arg)
     p->finished = 1;
     wake_client(p);
     pthread_mutex_unlock(&p->lock);
-    if (c) curl_easy_cleanup(c);
+    handle_put(c);
     proxy_unref(p);
     return NULL;
 }
@@ -477,16 +640,18 @@ static enum route_rc resolve_db(PGconn *c, const char *account_id, const char *m
     return rc;
 }
 
-/* resolve_db for a request: 0, or -1 after answering. */
-static int resolve(struct httpd_req *req, PGconn *c, const struct auth_ctx *a, const char *model,
+/* Routes a request (through the cache): 0, or -1 after answering. */
+static int resolve(struct httpd_req *req, const struct auth_ctx *a, const char *model,
                    struct route *rt)
 {
-    switch (resolve_db(c, a->account_id_str, model, rt)) {
+    int busy = 0;
+    switch (gw_resolve(req->app, a->account_id_str, model, rt, &busy)) {
     case ROUTE_OK:
         return 0;
     case ROUTE_DB:
         req->retry_after = 1;
-        httpd_error(req, 503, "database_unavailable", NULL, "could not route the request");
+        httpd_error(req, 503, "database_unavailable", NULL, "could not route the request%s",
+                    busy ? ": the database is busy" : "");
         return -1;
     case ROUTE_NOT_FOUND:
         httpd_error(req, 404, "model_not_found", "model",
@@ -539,36 +704,27 @@ static void h_chat(struct httpd_req *req)
         respond(req, req->state);
         return;
     }
+    pthread_once(&gw_once, gw_init);
     struct ctl_listener *l = req->app;
     struct auth_ctx a;
-    PGconn *c = auth_db(req, &a);
-    if (!c) return;
-    if (rate_limit(req, &a) != 0) {
-        ctl_db_done(req, c);
-        return;
-    }
+    if (gw_authenticate(req, &a) != 0) return;
+    if (rate_limit(req, &a) != 0) return;
     /* The body goes to the runtime as it came; only `model` is read here. The runtime
      * validates the rest and its 400s are passed through. */
     struct jsonx_err je = {0};
-    json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
-    if (!body) {
-        ctl_db_done(req, c);
-        httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
-        return;
-    }
+    json_t *body = httpd_body_object(req);
+    if (!body) return;
     const char *model;
     enum jsonx_rc rc = jsonx_get_string(body, "model", 1, &model, 200, &je);
     if (rc != JSONX_OK) {
-        ctl_db_done(req, c);
         json_decref(body);
         httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
                     "model", "%s", je.message);
         return;
     }
     struct route rt;
-    int ok = resolve(req, c, &a, model, &rt);
+    int ok = resolve(req, &a, model, &rt); /* no connection is held while waiting on a runtime */
     if (ok == 0) ok = auth_endpoint_allowed(req, &a, rt.endpoint_id, model); /* key's limit */
-    ctl_db_done(req, c); /* never held while waiting on a runtime */
     if (ok == 0 && rt.ncand == 0 && l->ctl->cfg.hold_s <= 0) {
         req->retry_after = 5;
         httpd_error(req, 503, "endpoint_not_ready", "model",
