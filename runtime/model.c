@@ -1236,7 +1236,7 @@ int model_forward_batch(const struct model *m, const struct model_row *rows, int
     }
     /* Every rank's scratch is allocated here, before any rank starts: a rank that failed halfway
      * would leave the others waiting in an all-reduce. */
-    struct batch one, *b = tp == 1 ? &one : calloc((size_t)tp, sizeof *b);
+    struct batch one = {0}, *b = tp == 1 ? &one : calloc((size_t)tp, sizeof *b);
     int rc = b ? 0 : -1;
     for (int k = 0; k < tp && rc == 0; k++)
         rc = batch_alloc(c, &m->shard[k], &b[k], n, maxpos);

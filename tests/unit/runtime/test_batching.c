@@ -18,6 +18,12 @@
 #include "util.h"
 
 static char dir[256], mdir[300];
+static pid_t running_pid; /* the server started and not yet stopped: killed if a CHECK exits */
+
+static void kill_running(void)
+{
+    if (running_pid > 0) kill(running_pid, SIGKILL);
+}
 
 struct server {
     pid_t pid;
@@ -31,6 +37,7 @@ static void start(struct server *s, const char *name, const char *const *extra)
     s->port = 0;
     s->pid = fork();
     CHECK(s->pid >= 0);
+    if (s->pid > 0) running_pid = s->pid;
     if (s->pid == 0) {
         FILE *f = freopen(s->log, "w", stderr);
         (void)f;
@@ -57,6 +64,7 @@ static void stop(struct server *s)
     CHECK(kill(s->pid, SIGTERM) == 0);
     int status = 0;
     CHECK(waitpid(s->pid, &status, 0) == s->pid);
+    running_pid = 0;
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
@@ -295,6 +303,7 @@ static void test_queue_limit(void)
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    atexit(kill_running);
     rt_tmpdir(dir, sizeof dir);
     snprintf(mdir, sizeof mdir, "%s/model", dir);
     rt_make_model(mdir, ST_BF16);

@@ -20,6 +20,12 @@ static char dir[256], mdir[300], logpath[300], usage[300];
 static int port;
 static pid_t child;
 
+/* A failed CHECK exits: the server must not outlive the test. */
+static void kill_child(void)
+{
+    if (child > 0) kill(child, SIGKILL);
+}
+
 static void start_server(void)
 {
     child = fork();
@@ -365,6 +371,7 @@ static void test_journal(void)
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    atexit(kill_child);
     rt_tmpdir(dir, sizeof dir);
     snprintf(mdir, sizeof mdir, "%s/model", dir);
     snprintf(logpath, sizeof logpath, "%s/runtime.log", dir);
@@ -381,6 +388,7 @@ int main(void)
     CHECK(kill(child, SIGTERM) == 0);
     int status = 0;
     CHECK(waitpid(child, &status, 0) == child);
+    child = 0;
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     rt_rmtree(dir);
     curl_global_cleanup();
