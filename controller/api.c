@@ -9,6 +9,7 @@
 #include "audit.h"
 #include "auth.h"
 #include "billing_api.h"
+#include "idempotency.h"
 #include "ctl.h"
 #include "jsonx.h"
 #include "log.h"
@@ -138,9 +139,8 @@ static json_t *endpoint_json(PGresult *r, int i)
     return o;
 }
 
-/* Replies with one endpoint of the caller's account, or 404. */
-static void reply_endpoint(struct httpd_req *req, PGconn *c, const char *acct, const char *id,
-                           unsigned status)
+/* One endpoint of an account into *out (new reference); DB_NONE when it is not there. */
+static enum db_status endpoint_load(PGconn *c, const char *acct, const char *id, json_t **out)
 {
     PGresult *r;
     const char *p[] = {id, acct};
@@ -149,17 +149,25 @@ static void reply_endpoint(struct httpd_req *req, PGconn *c, const char *acct, c
                 "SELECT " ENDPOINT_COLUMNS "FROM endpoints e JOIN models m ON m.id = e.model_id "
                 "WHERE e.id = $1::uuid AND e.account_id = $2::bigint",
                 2, p, &r, NULL);
+    if (st == DB_ROWS) *out = endpoint_json(r, 0);
+    if (st >= 0) PQclear(r);
+    return st;
+}
+
+/* Replies with one endpoint of the caller's account, or 404. */
+static void reply_endpoint(struct httpd_req *req, PGconn *c, const char *acct, const char *id,
+                           unsigned status)
+{
+    json_t *o = NULL;
+    enum db_status st = endpoint_load(c, acct, id, &o);
     if (st < 0) {
         httpd_error(req, 500, "internal_error", NULL, "could not read the endpoint");
         return;
     }
     if (st == DB_NONE) {
-        PQclear(r);
         httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
         return;
     }
-    json_t *o = endpoint_json(r, 0);
-    PQclear(r);
     httpd_reply_json(req, status, o);
 }
 
@@ -185,22 +193,29 @@ struct create_ep {
     int64_t gpus, replicas;
     char id[40];
     int conflict;
+    struct idem im;
+    json_t *reply; /* the 201's body, also stored under the Idempotency-Key */
 };
 
 static enum db_status create_ep_txn(PGconn *c, void *arg)
 {
     struct create_ep *ce = arg;
+    json_decref(ce->reply);
+    ce->reply = NULL;
+    /* First: a concurrent duplicate waits here, then replays (idempotency.h). */
+    enum db_status st = idem_claim(c, &ce->im);
+    if (st != DB_ROWS) return st;
     char g[24], n[24], ss[6];
     snprintf(g, sizeof g, "%lld", (long long)ce->gpus);
     snprintf(n, sizeof n, "%lld", (long long)ce->replicas);
     const char *p[] = {ce->acct, ce->name, ce->model, ce->kind, g, n, ce->billing, ce->pool};
     PGresult *r;
-    enum db_status st = db_exec(c,
-                                "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
-                                "  gpus_per_replica, replicas, billing_mode, pool) "
-                                "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8 "
-                                "FROM models m WHERE m.name = $3 RETURNING id",
-                                8, p, &r, ss);
+    st = db_exec(c,
+                 "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
+                 "  gpus_per_replica, replicas, billing_mode, pool) "
+                 "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8 "
+                 "FROM models m WHERE m.name = $3 RETURNING id",
+                 8, p, &r, ss);
     if (st < 0) {
         if (!strcmp(ss, "23505")) ce->conflict = 1;
         return st;
@@ -208,11 +223,15 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
     snprintf(ce->id, sizeof ce->id, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     const char *p2[] = {ce->id, ce->acct, n};
-    return db_cmd(c,
-                  "INSERT INTO replicas (endpoint_id, account_id, ordinal, reason) "
-                  "SELECT $1::uuid, $2::bigint, g, 'waiting for the scheduler' "
-                  "FROM generate_series(0, $3::int - 1) g",
-                  3, p2);
+    st = db_cmd(c,
+                "INSERT INTO replicas (endpoint_id, account_id, ordinal, reason) "
+                "SELECT $1::uuid, $2::bigint, g, 'waiting for the scheduler' "
+                "FROM generate_series(0, $3::int - 1) g",
+                3, p2);
+    if (st < 0) return st;
+    if ((st = endpoint_load(c, ce->acct, ce->id, &ce->reply)) != DB_ROWS)
+        return st < 0 ? st : DB_HARD;
+    return idem_store(c, &ce->im, 201, ce->reply);
 }
 
 /* Deploy-time quotas (the account's row in quotas, else the defaults): devices of running
@@ -263,14 +282,20 @@ static void h_create_endpoint(struct httpd_req *req)
     PGconn *c = auth_db(req, &a); /* who asks comes first: no key, no parsing */
     if (!c) return;
     struct jsonx_err je = {0};
+    struct create_ep ce = {0};
     json_t *body = httpd_body_object(req);
     if (!body) goto out_db;
-    struct create_ep ce = {0};
     ce.replicas = 1;
     ce.billing = "time";
     int64_t gpus = 0;
     enum jsonx_rc rc;
     if (httpd_reject_unknown(req, body, create_fields) != 0) goto out;
+    /* A retry is answered before anything that may have changed since (balance, quota, name). */
+    char scope[40];
+    snprintf(scope, sizeof scope, "account:%s", a.account_id_str);
+    if (idem_begin(req, &ce.im, scope, a.account_id, req->body.data, req->body.len) != 0 ||
+        idem_replay(req, c, &ce.im) != 0)
+        goto out;
     if ((rc = jsonx_get_string(body, "name", 1, &ce.name, 63, &je)) != JSONX_OK ||
         (rc = jsonx_get_string(body, "model", 1, &ce.model, 200, &je)) != JSONX_OK ||
         (rc = jsonx_get_int(body, "gpus_per_replica", 0, 1, 8, &gpus, &je)) == JSONX_BAD ||
@@ -356,6 +381,10 @@ static void h_create_endpoint(struct httpd_req *req)
     }
     if (check_quota(req, c, ce.acct, ce.gpus * ce.replicas, 1) != 0) goto out;
     st = db_txn_run(c, create_ep_txn, &ce);
+    if (ce.im.replay) {
+        idem_answer(req, &ce.im);
+        goto out;
+    }
     if (st < 0) {
         if (ce.conflict)
             httpd_error(req, 409, "name_taken", "name", "an endpoint named '%s' already exists",
@@ -367,10 +396,12 @@ static void h_create_endpoint(struct httpd_req *req)
     audit_set_object(c, a.audit_id, ce.id);
     log_info("endpoint %s (%s) created: model %s, %lld x %lld %s", ce.id, ce.name, ce.model,
              (long long)ce.replicas, (long long)ce.gpus, ce.kind);
-    reply_endpoint(req, c, a.account_id_str, ce.id, 201);
+    httpd_reply_json(req, 201, json_incref(ce.reply));
 out:
     json_decref(body);
 out_db:
+    json_decref(ce.reply);
+    idem_free(&ce.im);
     ctl_db_done(req, c);
 }
 
