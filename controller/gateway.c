@@ -724,6 +724,7 @@ static void h_chat(struct httpd_req *req)
     }
     struct route rt;
     int ok = resolve(req, &a, model, &rt); /* no connection is held while waiting on a runtime */
+    if (ok == 0) ok = auth_endpoint_allowed(req, &a, rt.endpoint_id, model); /* key's limit */
     if (ok == 0 && rt.ncand == 0 && l->ctl->cfg.hold_s <= 0) {
         req->retry_after = 5;
         httpd_error(req, 503, "endpoint_not_ready", "model",
