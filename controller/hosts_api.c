@@ -11,6 +11,7 @@
 #include "auth.h"
 #include "cfg.h"
 #include "ctl.h"
+#include "drain.h"
 #include "jsonx.h"
 #include "log.h"
 #include "replica.h"
@@ -221,6 +222,86 @@ static void h_revoke_host(struct httpd_req *req)
         httpd_reply_json(req, 200, host);
 }
 
+/* ---- cordon, uncordon, drain ---- */
+
+/* What each scheduling action writes: cordoned (no new placement), draining (drain.c moves the
+ * replicas away). Uncordon also ends a drain: the operator changed their mind. */
+static const struct {
+    const char *action;
+    const char *cordoned, *draining; /* "t" / "f"; draining NULL: unchanged */
+} host_actions[] = {
+    {"cordon", "t", NULL},
+    {"uncordon", "f", "f"},
+    {"drain", "t", "t"},
+};
+
+enum db_status hosts_set_schedulable(PGconn *c, const char *id, const char *action, json_t **host)
+{
+    *host = NULL;
+    size_t k = 0;
+    while (k < sizeof host_actions / sizeof host_actions[0] &&
+           strcmp(host_actions[k].action, action))
+        k++;
+    if (k == sizeof host_actions / sizeof host_actions[0]) return DB_HARD;
+    const char *p[] = {id, host_actions[k].cordoned, host_actions[k].draining};
+    PGresult *r;
+    /* A revoked host is not found: it schedules nothing either way. */
+    enum db_status st = db_exec(
+        c,
+        "UPDATE hosts SET cordoned = $2::boolean, draining = COALESCE($3::boolean, draining), "
+        "  updated_at = now() WHERE id = $1::bigint AND state <> 'revoked' "
+        "RETURNING json_build_object('object', 'host', 'id', id::text, 'name', name, "
+        "  'state', state, 'cordoned', cordoned, 'draining', draining)",
+        3, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        return st;
+    }
+    json_error_t je;
+    *host = json_loads(PQgetvalue(r, 0, 0), 0, &je);
+    PQclear(r);
+    if (!*host) return DB_HARD;
+    log_info("host %s: %s", id, action);
+    return DB_ROWS;
+}
+
+static void h_host_action(struct httpd_req *req, const char *action)
+{
+    struct auth_ctx a;
+    const char *id = req->params[0];
+    PGconn *c = admin_db(req, &a, "cordon, uncordon or drain hosts");
+    if (!c) return;
+    if (!is_host_id(id)) {
+        ctl_db_done(req, c);
+        httpd_error(req, 404, "not_found", NULL, "host %s does not exist", id);
+        return;
+    }
+    json_t *host;
+    enum db_status st = hosts_set_schedulable(c, id, action, &host);
+    ctl_db_done(req, c);
+    if (st < 0)
+        httpd_error(req, 500, "internal_error", NULL, "could not %s the host", action);
+    else if (st == DB_NONE)
+        httpd_error(req, 404, "not_found", NULL, "host %s does not exist or was revoked", id);
+    else
+        httpd_reply_json(req, 200, host);
+}
+
+static void h_cordon(struct httpd_req *req)
+{
+    h_host_action(req, "cordon");
+}
+
+static void h_uncordon(struct httpd_req *req)
+{
+    h_host_action(req, "uncordon");
+}
+
+static void h_drain(struct httpd_req *req)
+{
+    h_host_action(req, "drain");
+}
+
 /* ---- listing ---- */
 
 static void h_list_hosts(struct httpd_req *req)
@@ -249,6 +330,9 @@ const struct httpd_route hosts_routes[] = {
     {"GET", "/v1/admin/hosts", h_list_hosts},
     {"DELETE", "/v1/admin/hosts/{}", h_revoke_host},
     {"POST", "/v1/admin/enrollment-tokens", h_create_token},
+    {"POST", "/v1/admin/hosts/{}/cordon", h_cordon},
+    {"POST", "/v1/admin/hosts/{}/uncordon", h_uncordon},
+    {"POST", "/v1/admin/hosts/{}/drain", h_drain},
 };
 const size_t hosts_nroutes = sizeof hosts_routes / sizeof hosts_routes[0];
 
@@ -273,7 +357,8 @@ static const struct cfg_opt cli_opts[] = {
 static const char cli_usage[] =
     "usage: orp-controller host list [--database-url URL]\n"
     "       orp-controller host token create [--ttl-s N] [--pool P] [--database-url URL]\n"
-    "       orp-controller host revoke ID [--database-url URL]\n";
+    "       orp-controller host revoke|cordon|uncordon|drain ID [--database-url URL]\n"
+    "       orp-controller host drain-step [--database-url URL]\n";
 
 /* Prints a JSON object on one line; steals o. */
 static void print_json(json_t *o)
@@ -292,10 +377,12 @@ int hosts_cli(int argc, char **argv)
     const char *id = NULL;
     if (!strcmp(sub, "token") && argc >= 4 && !strcmp(argv[3], "create")) {
         first = 4;
-    } else if (!strcmp(sub, "revoke") && argc >= 4 && argv[3][0] != '-') {
+    } else if ((!strcmp(sub, "revoke") || !strcmp(sub, "cordon") || !strcmp(sub, "uncordon") ||
+                !strcmp(sub, "drain")) &&
+               argc >= 4 && argv[3][0] != '-') {
         id = argv[3];
         first = 4;
-    } else if (strcmp(sub, "list") != 0) {
+    } else if (strcmp(sub, "list") != 0 && strcmp(sub, "drain-step") != 0) {
         fputs(cli_usage, stderr);
         return 2;
     }
@@ -349,6 +436,17 @@ int hosts_cli(int argc, char **argv)
         st = hosts_revoke(c, id, &host);
         if (st == DB_NONE) fprintf(stderr, "orp-controller: host %s does not exist\n", id);
         if (st == DB_ROWS) print_json(host);
+    } else if (id) {
+        json_t *host = NULL;
+        st = hosts_set_schedulable(c, id, sub, &host);
+        if (st == DB_NONE) fprintf(stderr, "orp-controller: host %s does not exist\n", id);
+        if (st == DB_ROWS) print_json(host);
+    } else if (!strcmp(sub, "drain-step")) {
+        /* One pass of what the leader does each interval: for tests and for operators who want
+         * to watch a drain step by step. */
+        int n = drain_pass(c);
+        if (n >= 0) printf("%d\n", n);
+        st = n < 0 ? DB_HARD : DB_ROWS;
     } else {
         PGresult *r;
         st = db_exec(c, HOSTS_QUERY, 0, NULL, &r, NULL);

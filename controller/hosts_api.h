@@ -26,6 +26,11 @@ enum db_status hosts_token_create(PGconn *c, int64_t ttl_s, const char *pool, in
  * reference), or DB_NONE when there is no such host. Revoking twice is harmless. */
 enum db_status hosts_revoke(PGconn *c, const char *id, json_t **host);
 
+/* action "cordon" (no new placement on the host), "uncordon" (placement again, and any drain
+ * ends) or "drain" (cordon, and drain.c moves its replicas away one at a time). DB_ROWS with
+ * *host (new reference), DB_NONE when there is no such host or it was revoked. */
+enum db_status hosts_set_schedulable(PGconn *c, const char *id, const char *action, json_t **host);
+
 /* `orp-controller host SUBCOMMAND ...`; argv[1] is "host". Returns the exit status. */
 int hosts_cli(int argc, char **argv);
 

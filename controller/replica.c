@@ -112,16 +112,38 @@ enum db_status replica_reap_stopping(PGconn *c, int64_t host_id, const char *rep
                   2, p);
 }
 
+enum db_status replica_create_replacement(PGconn *c, const char *old_id, const char *reason)
+{
+    const char *p[] = {old_id, reason};
+    /* ON CONFLICT: replicas_one_replacement allows one live replacement per replica. */
+    return db_cmd(c,
+                  "INSERT INTO replicas (endpoint_id, account_id, ordinal, reason, replaces) "
+                  "SELECT endpoint_id, account_id, ordinal, $2, id FROM replicas "
+                  "WHERE id = $1::uuid AND state IN ('assigned', 'starting', 'ready', 'failed') "
+                  "ON CONFLICT DO NOTHING",
+                  2, p);
+}
+
 enum db_status replica_requeue_host(PGconn *c, int64_t host_id, const char *reason)
 {
     char hid[24];
     snprintf(hid, sizeof hid, "%lld", (long long)host_id);
     const char *p[] = {hid, reason, legal_from("pending")};
+    /* A replica being drained already has its replacement: placing it again too would leave the
+     * endpoint with one replica more than it asked for. It is stopped instead (below). */
     enum db_status st = db_cmd(c,
-                               "UPDATE replicas SET state = 'stopped', reason = $2, "
-                               "  updated_at = now() "
-                               "WHERE host_id = $1::bigint AND state = 'stopping'",
-                               2, p);
+                               "UPDATE replicas r SET state = 'stopping', reason = $2, "
+                               "  ready_at = NULL, updated_at = now() "
+                               "WHERE r.host_id = $1::bigint AND r.state = ANY ($3::text[]) "
+                               "  AND EXISTS (SELECT 1 FROM replicas x WHERE x.replaces = r.id "
+                               "              AND x.state <> 'stopped')",
+                               3, p);
+    if (st < 0) return st;
+    st = db_cmd(c,
+                "UPDATE replicas SET state = 'stopped', reason = $2, "
+                "  updated_at = now() "
+                "WHERE host_id = $1::bigint AND state = 'stopping'",
+                2, p);
     if (st < 0) return st;
     return db_cmd(c,
                   "UPDATE replicas SET state = 'pending', reason = $2, host_id = NULL, "

@@ -5,7 +5,7 @@
  *   starting  the agent launched the runtime; it is loading
  *   ready     the runtime answers /health; the gateway routes to it
  *   failed    the runtime exited or never became healthy; the agent restarts it (reason says why)
- *   stopping  no longer wanted (endpoint deleted); the agent stops it
+ *   stopping  no longer wanted (endpoint deleted, or replaced after a drain); the agent stops it
  *   stopped   gone for good; its devices are free
  *
  * Every transition goes through replica_transition(), which checks legality in the UPDATE's WHERE
@@ -32,8 +32,11 @@ enum db_status replica_stop_endpoint(PGconn *c, const char *endpoint_id);
 /* Replicas of host_id in 'stopping' that the agent no longer reports (reported: text[] literal
  * of replica ids) are stopped. */
 enum db_status replica_reap_stopping(PGconn *c, int64_t host_id, const char *reported);
-/* A lost host: its live replicas go back to pending (to be placed again with a new epoch); its
- * stopping ones are stopped. */
+/* A new pending replica of the same endpoint that will take over from old_id (a live replica)
+ * once ready (drain.c). DB_NONE when old_id is not live or already has a live replacement. */
+enum db_status replica_create_replacement(PGconn *c, const char *old_id, const char *reason);
+/* A lost or revoked host: its live replicas go back to pending (to be placed again with a new
+ * epoch); its stopping ones are stopped. */
 enum db_status replica_requeue_host(PGconn *c, int64_t host_id, const char *reason);
 
 #endif

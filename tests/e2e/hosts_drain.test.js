@@ -1,0 +1,112 @@
+// Cordon, uncordon and drain, with two real agents (one CPU slot each). The drain is stepped with
+// `orp-controller host drain-step` (one pass of what the leader runs each interval), so each step's
+// effect can be checked: make before break — a replacement is created and placed on the other
+// host, the old replica keeps serving until the replacement is ready, then it is stopped, then
+// the drain finishes and the host stays cordoned. Customers get 403.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import { Platform, bin, sleep, waitFor } from './harness.js';
+
+const P = new Platform();
+
+before(async () => {
+  await P.start({ cpuSlots: 1 });
+  P.spawnAgent('drain-b', { cpuSlots: 1 });
+  await waitFor('the second agent', async () => (await P.db.query('SELECT count(*)::int AS n FROM gpus')).rows[0].n === 2, 20000);
+}, { timeout: 120000 });
+
+after(async () => {
+  if (process.exitCode) {
+    console.error(P.log('controller').slice(-5000));
+    console.error(P.log('agent').slice(-2000));
+    console.error(P.log('agent-drain-b').slice(-2000));
+  }
+  await P.stop();
+});
+
+const hostRow = async (name) => (await P.db.query(
+  'SELECT id::int AS id, cordoned, draining FROM hosts WHERE name = $1', [name])).rows[0];
+const drainStep = () => Number(P.run(bin.controller, ['host', 'drain-step', '--database-url', P.dbUrl]));
+
+test('customers get 403; unknown hosts 404', async () => {
+  const key = P.newAccountKey('drain-customer@example.com');
+  const h = await hostRow('e2e-host');
+  for (const a of ['cordon', 'uncordon', 'drain']) {
+    assert.equal((await P.api('POST', `/v1/admin/hosts/${h.id}/${a}`, { key })).status, 403);
+    assert.equal((await P.api('POST', `/v1/admin/hosts/424242/${a}`)).status, 404);
+  }
+  assert.deepEqual(await hostRow('e2e-host'), { ...h, cordoned: false, draining: false });
+});
+
+test('cordon keeps new replicas off a host; uncordon lets them on again', { timeout: 60000 }, async () => {
+  const a = await hostRow('e2e-host');
+  const b = await hostRow('drain-b');
+  for (const h of [a, b]) {
+    const r = await P.api('POST', `/v1/admin/hosts/${h.id}/cordon`);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.cordoned, true);
+  }
+  const r = await P.api('POST', '/v1/endpoints', { body: { name: 'cd', model: 'demo-tiny' } });
+  assert.equal(r.status, 201);
+  await waitFor('a no-capacity reason', async () =>
+    /no capacity/.test((await P.api('GET', `/v1/endpoints/${r.json.id}`)).json.replica_states[0].reason), 10000);
+  assert.equal((await P.api('POST', `/v1/admin/hosts/${b.id}/uncordon`)).json.cordoned, false);
+  const ep = await waitFor('placed on the uncordoned host', async () => {
+    const g = await P.api('GET', `/v1/endpoints/${r.json.id}`);
+    return g.json.status === 'ready' ? g.json : false;
+  }, 30000);
+  assert.equal(ep.replica_states[0].host, 'drain-b');
+  assert.equal(P.run(bin.controller, ['host', 'uncordon', String(a.id), '--database-url', P.dbUrl]).includes('"cordoned":false'), true);
+  assert.equal((await P.api('DELETE', `/v1/endpoints/${r.json.id}`)).status, 200);
+  await waitFor('both slots free', async () => (await P.db.query(
+    "SELECT count(*)::int AS n FROM replicas WHERE state <> 'stopped'")).rows[0].n === 0, 20000);
+});
+
+test('drain moves a replica make-before-break, then the host stays cordoned', { timeout: 120000 }, async () => {
+  const id = await P.deploy('dr');
+  const rows = async () => (await P.db.query(
+    `SELECT r.id::text, r.state, r.epoch::int AS epoch, h.name AS host, r.replaces::text AS replaces
+     FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id WHERE r.endpoint_id = $1 ORDER BY r.created_at`, [id])).rows;
+  const [old] = await rows();
+  const from = await hostRow(old.host);
+  const to = old.host === 'e2e-host' ? 'drain-b' : 'e2e-host';
+  const d = await P.api('POST', `/v1/admin/hosts/${from.id}/drain`);
+  assert.equal(d.status, 200, d.text);
+  assert.deepEqual([d.json.cordoned, d.json.draining], [true, true]);
+
+  assert.equal(drainStep(), 1); // the replacement is created
+  let rs = await rows();
+  assert.equal(rs.length, 2);
+  assert.equal(rs[1].replaces, old.id);
+  assert.equal(drainStep(), 0, 'one move at a time, and nothing while the replacement is not ready');
+  const client = new OpenAI({ apiKey: P.adminKey, baseURL: P.gatewayUrl, maxRetries: 0 });
+  // Until the replacement is ready, the old replica keeps serving.
+  await waitFor('the replacement to be ready', async () => {
+    rs = await rows();
+    if (rs[1].state !== 'ready') {
+      assert.equal(rs[0].state, 'ready');
+      assert.equal(drainStep(), 0);
+    }
+    return rs[1].state === 'ready';
+  }, 60000, 300);
+  assert.equal(rs[1].host, to);
+  assert.equal(rs[0].state, 'ready', 'both are ready for a moment');
+  await client.chat.completions.create({ model: 'dr', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 });
+
+  assert.equal(drainStep(), 1); // the old replica is stopped
+  await waitFor('the old replica to be stopped', async () => (await rows())[0].state === 'stopped', 20000);
+  assert.equal(drainStep(), 1); // nothing live left: the drain is finished
+  assert.deepEqual(await hostRow(old.host), { ...from, cordoned: true, draining: false });
+  assert.equal(drainStep(), 0);
+  const ep = (await P.api('GET', `/v1/endpoints/${id}`)).json;
+  assert.equal(ep.status, 'ready');
+  assert.equal(ep.replica_states.length, 1);
+  assert.equal(ep.replica_states[0].host, to);
+  const c = await client.chat.completions.create({ model: 'dr', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 });
+  const rid = c.id.replace(/^chatcmpl-/, '');
+  const u = await waitFor('usage', async () =>
+    (await P.db.query('SELECT replica_id::text FROM usage_events WHERE request_id = $1', [rid])).rows[0], 10000);
+  assert.equal(u.replica_id, rs[1].id);
+  await sleep(100);
+});
