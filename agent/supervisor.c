@@ -383,8 +383,10 @@ static void spawn(struct sup *s, struct sup_replica *r)
         fail(s, r, "no free port");
         return;
     }
-    char port_s[16], usage_log[PATH_MAX + 16], log_path[PATH_MAX + 16];
+    char port_s[16], tp_s[24], usage_log[PATH_MAX + 16], log_path[PATH_MAX + 16];
     snprintf(port_s, sizeof port_s, "%d", port);
+    /* The replica's devices are its tensor-parallel ranks (GPUs, or CPU slots as threads). */
+    snprintf(tp_s, sizeof tp_s, "%lld", (long long)(r->spec.tp > 0 ? r->spec.tp : 1));
     snprintf(usage_log, sizeof usage_log, "%s/usage.jsonl", r->dir);
     snprintf(log_path, sizeof log_path, "%s/runtime.log", r->dir);
     char *argv[] = {(char *)s->cfg.runtime_bin,
@@ -399,6 +401,8 @@ static void spawn(struct sup *s, struct sup_replica *r)
                     r->spec.served_name,
                     "--usage-log",
                     usage_log,
+                    "--tp",
+                    tp_s,
                     NULL};
     char **envp = child_env(r);
     if (!envp) {

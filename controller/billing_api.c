@@ -319,7 +319,7 @@ static void h_statement(struct httpd_req *req)
     PGconn *c = auth_db(req, &a);
     if (!c) return;
     char start[32];
-    snprintf(start, sizeof start, "%s-01 00:00:00+00", month);
+    snprintf(start, sizeof start, "%.7s-01 00:00:00+00", month); /* month is YYYY-MM */
     const char *p[] = {a.account_id_str, start};
     PGresult *open_r = NULL, *r = NULL;
     enum db_status st = db_exec(c,
@@ -365,7 +365,7 @@ static void h_statement(struct httpd_req *req)
         buf_printf(&b, "%s,,,closing_balance,,,,%lld,%s\r\n", month, (long long)closing, d);
         PQclear(r);
         snprintf(req->extra_headers, sizeof req->extra_headers,
-                 "Content-Disposition: attachment; filename=\"statement-%s.csv\"", month);
+                 "Content-Disposition: attachment; filename=\"statement-%.7s.csv\"", month);
         httpd_reply_raw(req, 200, "text/csv; charset=utf-8", b.data, b.len);
         buf_free(&b);
         return;

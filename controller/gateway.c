@@ -793,7 +793,7 @@ static void h_models(struct httpd_req *req)
     const char *p[] = {a.account_id_str};
     PGresult *r;
     enum db_status st = db_exec(c,
-                                "SELECT name, extract(epoch FROM created_at)::bigint FROM "
+                                "SELECT name, extract(epoch FROM created_at)::bigint, id FROM "
                                 "endpoints WHERE account_id = $1::bigint AND state = 'active' "
                                 "ORDER BY name",
                                 1, p, &r, NULL);
@@ -803,10 +803,16 @@ static void h_models(struct httpd_req *req)
         return;
     }
     json_t *data = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
+    for (int i = 0; i < PQntuples(r); i++) {
+        /* A key limited to some endpoints sees only those. */
+        int listed = !a.endpoint_limited;
+        for (int k = 0; k < a.n_endpoint_ids && !listed; k++)
+            listed = !strcmp(a.endpoint_ids[k], PQgetvalue(r, i, 2));
+        if (!listed) continue;
         json_array_append_new(
             data, json_pack("{s:s, s:s, s:I, s:s}", "id", PQgetvalue(r, i, 0), "object", "model",
                             "created", (json_int_t)db_int(r, i, 1), "owned_by", a.account_id_str));
+    }
     PQclear(r);
     httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
 }

@@ -8,6 +8,7 @@
 
 #include "log.h"
 #include "credit.h"
+#include "drain.h"
 #include "liveness.h"
 #include "metering.h"
 #include "scheduler.h"
@@ -64,6 +65,7 @@ static void *leader_main(void *arg)
         if (c && leading) {
             liveness_pass(c, ctl->cfg.liveness_timeout_ms);
             sched_pass(c);
+            drain_pass(c);
             metering_pass(c, ctl->cfg.billing_period_s);
             credit_pass(c, ctl->cfg.credit_grace_s);
         }

@@ -42,7 +42,8 @@ static const struct cfg_opt serve_opts[] = {
     {"agent-port", CFG_INT, "8082", "agent API port", O(agent_port)},
     {"only", CFG_STRING, "all", "run one listener: all | api | gateway | agent-api | none",
      O(only)},
-    {"agent-token", CFG_STRING, NULL, "enrollment token agents present to register",
+    {"agent-token", CFG_STRING, NULL,
+     "static enrollment token for development; unset it to require one-time tokens",
      O(agent_token)},
     {"web-dir", CFG_STRING, NULL, "console files (default: web/ of the source tree)", O(web_dir)},
     {"schema-dir", CFG_STRING, NULL, "migrations (default: schema/ of the source tree)",
@@ -300,10 +301,11 @@ struct listener_spec {
     int64_t port;
 };
 
-static const struct route_table api_tables[] = {
-    {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
-    {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
-    {api_routes, &api_nroutes}};
+static const struct route_table api_tables[] = {{hosts_routes, &hosts_nroutes},
+                                                {billing_routes, &billing_nroutes},
+                                                {accounts_routes, &accounts_nroutes},
+                                                {audit_routes, &audit_nroutes},
+                                                {api_routes, &api_nroutes}};
 static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
 static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
 #define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
@@ -400,7 +402,8 @@ int main(int argc, char **argv)
     const char *usage = "usage: orp-controller serve|migrate [options]\n"
                         "       orp-controller admin|account create --email E [--credit-micros N]\n"
                         "       orp-controller model add --name N --source DIR [options]\n"
-                        "       orp-controller host list";
+                        "       orp-controller host list | token create [--ttl-s N] [--pool P]\n"
+                        "       orp-controller host revoke|cordon|uncordon|drain ID | drain-step";
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         puts(usage);
         return argc < 2 ? 2 : 0;
