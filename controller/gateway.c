@@ -158,12 +158,19 @@ static int load_add(const char *id, int d)
     return n;
 }
 
-/* The untried candidate with the fewest outstanding requests (ties: the resolver's random
- * order), or -1. */
+/* The untried candidate with the fewest outstanding requests; ties are broken at random (the
+ * candidate list comes from a cache and keeps its order for a second, so "first" would send every
+ * request of that second to one replica). -1 when none is left. */
 static int pick_candidate(struct route *rt)
 {
+    static _Thread_local uint32_t seed;
+    if (!seed) seed = (uint32_t)util_now_ms() ^ (uint32_t)(uintptr_t)&seed;
+    seed ^= seed << 13; /* xorshift32: cheap, and good enough to spread ties */
+    seed ^= seed >> 17;
+    seed ^= seed << 5;
     int best = -1, best_n = 0;
-    for (int i = 0; i < rt->ncand; i++) {
+    for (int k = 0; k < rt->ncand; k++) {
+        int i = (int)((seed + (uint32_t)k) % (uint32_t)rt->ncand);
         if (rt->cand[i].tried) continue;
         int n = load_add(rt->cand[i].replica_id, 0);
         if (best < 0 || n < best_n) {
