@@ -568,7 +568,8 @@ static enum db_status newkey_txn(PGconn *c, void *arg)
     if (auth_key_new(k->secret) != 0) return DB_HARD;
     char hash[65], prefix[AUTH_PREFIX_LEN + 1], ss[6];
     util_sha256_hex(k->secret, strlen(k->secret), hash);
-    snprintf(prefix, sizeof prefix, "%s", k->secret);
+    memcpy(prefix, k->secret, AUTH_PREFIX_LEN); /* the display prefix: its first characters */
+    prefix[AUTH_PREFIX_LEN] = '\0';
     PGresult *r;
     if (k->endpoints) {
         /* Every id must be one of the account's live endpoints. */
