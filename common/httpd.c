@@ -178,6 +178,21 @@ void httpd_error(struct httpd_req *req, unsigned status, const char *code, const
         jsonx_error_body(msg, httpd_error_type(status), param && *param ? param : NULL, code));
 }
 
+int64_t httpd_query_int(struct httpd_req *req, const char *name, int64_t def, int64_t max)
+{
+    const char *v = httpd_query(req, name);
+    if (!v) return def;
+    char *end;
+    long long n = strtoll(v, &end, 10);
+    if (!*v || *end || n < 1 || n > max) {
+        httpd_error(req, 400, "invalid_parameter", name,
+                    "query parameter '%s' must be an integer between 1 and %lld", name,
+                    (long long)max);
+        return -1;
+    }
+    return n;
+}
+
 json_t *httpd_body_object(struct httpd_req *req)
 {
     struct jsonx_err je = {0};

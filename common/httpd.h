@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util.h"
 
@@ -47,11 +48,11 @@ struct httpd_req {
     int replied;
     int suspended;
     unsigned suspends; /* times suspended: another thread may resume before the handler returns */
-    int retry_after; /* seconds; added as Retry-After to the next error reply when > 0 */
+    int retry_after;   /* seconds; added as Retry-After to the next error reply when > 0 */
     char extra_headers[256]; /* "Name: value" lines joined by CRLF, added to the reply */
     char id[72]; /* in logs and the X-Request-Id header: made here, or set by the handler to the
                     request id billing uses, so one id follows a request through every program */
-    void *state;     /* the handler's, freed with state_free at completion */
+    void *state; /* the handler's, freed with state_free at completion */
     void (*state_free)(void *state);
     struct httpd_req *susp_prev, *susp_next;
 };
@@ -78,6 +79,9 @@ int httpd_stopping(const struct httpd_server *s);
 
 const char *httpd_header(struct httpd_req *req, const char *name); /* borrowed or NULL */
 const char *httpd_query(struct httpd_req *req, const char *name);  /* borrowed or NULL */
+/* An optional query parameter that must be an integer in [1, max]: def when absent, -1 after
+ * answering 400 naming it. */
+int64_t httpd_query_int(struct httpd_req *req, const char *name, int64_t def, int64_t max);
 
 /* Replies. Each queues exactly one response; a second reply on the same request is a bug. */
 void httpd_reply_json(struct httpd_req *req, unsigned status, json_t *body); /* steals body */

@@ -766,30 +766,14 @@ out:
     ctl_db_done(req, c);
 }
 
-/* An optional positive integer query parameter; -1 after answering 400. */
-static int64_t query_int(struct httpd_req *req, const char *name, int64_t def, int64_t max)
-{
-    const char *v = httpd_query(req, name);
-    if (!v) return def;
-    char *end;
-    long long n = strtoll(v, &end, 10);
-    if (!*v || *end || n < 1 || n > max) {
-        httpd_error(req, 400, "invalid_parameter", name,
-                    "query parameter '%s' must be an integer between 1 and %lld", name,
-                    (long long)max);
-        return -1;
-    }
-    return n;
-}
-
 static void h_list_keys(struct httpd_req *req)
 {
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
     if (!c) return;
     int64_t limit, after;
-    if ((limit = query_int(req, "limit", 100, KEYS_PAGE_MAX)) < 0 ||
-        (after = query_int(req, "starting_after", INT64_MAX, INT64_MAX)) < 0) {
+    if ((limit = httpd_query_int(req, "limit", 100, KEYS_PAGE_MAX)) < 0 ||
+        (after = httpd_query_int(req, "starting_after", INT64_MAX, INT64_MAX)) < 0) {
         ctl_db_done(req, c);
         return;
     }

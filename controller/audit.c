@@ -70,31 +70,15 @@ void audit_set_object(PGconn *c, int64_t audit_id, const char *object_id)
         log_error("could not set the object of audit row %s", id);
 }
 
-/* An optional positive integer query parameter; -1 after answering 400. */
-static int64_t query_int(struct httpd_req *req, const char *name, int64_t def, int64_t max)
-{
-    const char *v = httpd_query(req, name);
-    if (!v) return def;
-    char *end;
-    long long n = strtoll(v, &end, 10);
-    if (!*v || *end || n < 1 || n > max) {
-        httpd_error(req, 400, "invalid_parameter", name,
-                    "query parameter '%s' must be an integer between 1 and %lld", name,
-                    (long long)max);
-        return -1;
-    }
-    return n;
-}
-
 static void h_audit_log(struct httpd_req *req)
 {
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
     if (!c) return;
     int64_t limit, after, only;
-    if ((limit = query_int(req, "limit", 50, AUDIT_PAGE_MAX)) < 0 ||
-        (after = query_int(req, "starting_after", INT64_MAX, INT64_MAX)) < 0 ||
-        (only = query_int(req, "account_id", 0, INT64_MAX)) < 0)
+    if ((limit = httpd_query_int(req, "limit", 50, AUDIT_PAGE_MAX)) < 0 ||
+        (after = httpd_query_int(req, "starting_after", INT64_MAX, INT64_MAX)) < 0 ||
+        (only = httpd_query_int(req, "account_id", 0, INT64_MAX)) < 0)
         goto out;
     int admin = !strcmp(a.role, "admin");
     if (only && !admin && only != a.account_id) {

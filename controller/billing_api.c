@@ -77,27 +77,11 @@ static void h_balance(struct httpd_req *req)
     httpd_reply_json(req, 200, money(o, "balance", bal));
 }
 
-/* Parses an optional positive integer query parameter; -1 after answering 400. */
-static int64_t query_int(struct httpd_req *req, const char *name, int64_t def, int64_t max)
-{
-    const char *v = httpd_query(req, name);
-    if (!v) return def;
-    char *end;
-    long long n = strtoll(v, &end, 10);
-    if (!*v || *end || n < 1 || n > max) {
-        httpd_error(req, 400, "invalid_parameter", name,
-                    "query parameter '%s' must be an integer between 1 and %lld", name,
-                    (long long)max);
-        return -1;
-    }
-    return n;
-}
-
 static void h_ledger(struct httpd_req *req)
 {
-    int64_t limit = query_int(req, "limit", 50, LEDGER_PAGE_MAX);
+    int64_t limit = httpd_query_int(req, "limit", 50, LEDGER_PAGE_MAX);
     if (limit < 0) return;
-    int64_t after = query_int(req, "starting_after", INT64_MAX, INT64_MAX);
+    int64_t after = httpd_query_int(req, "starting_after", INT64_MAX, INT64_MAX);
     if (after < 0) return;
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
