@@ -9,6 +9,7 @@
 #include "log.h"
 #include "credit.h"
 #include "drain.h"
+#include "housekeeping.h"
 #include "liveness.h"
 #include "metering.h"
 #include "scheduler.h"
@@ -42,6 +43,7 @@ static void *leader_main(void *arg)
     struct ctl *ctl = arg;
     PGconn *c = NULL;
     int leading = 0;
+    int64_t last_housekeeping = 0;
     log_set_context("leader");
     while (!leader_quit) {
         if (!c || PQstatus(c) != CONNECTION_OK) {
@@ -68,6 +70,11 @@ static void *leader_main(void *arg)
             drain_pass(c);
             metering_pass(c, ctl->cfg.billing_period_s);
             credit_pass(c, ctl->cfg.credit_grace_s);
+            /* Expired rows are harmless for a while: once a minute is plenty. */
+            if (util_now_ms() - last_housekeeping >= 60000) {
+                housekeeping_pass(c);
+                last_housekeeping = util_now_ms();
+            }
         }
         util_sleep_ms(ctl->cfg.scheduler_interval_ms);
     }
