@@ -15,6 +15,7 @@ struct ctl_config {
     int64_t api_port, gateway_port, agent_port;
     const char *only; /* all | api | gateway | agent-api | none */
     const char *agent_token;
+    const char *cors_origins; /* comma-separated origins allowed to call the gateway */
     const char *web_dir, *schema_dir;
     int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
     int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s, hold_s;

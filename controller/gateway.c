@@ -680,11 +680,60 @@ static int resolve(struct httpd_req *req, const struct auth_ctx *a, const char *
 }
 
 /* Adds the IETF draft RateLimit headers to every reply of this request. */
+/* Appends one "Name: value" line to the reply's extra headers (dropped if it does not fit). */
+static void add_header(struct httpd_req *req, const char *name, const char *value)
+{
+    size_t n = strlen(req->extra_headers);
+    int w = snprintf(req->extra_headers + n, sizeof req->extra_headers - n, "%s%s: %s",
+                     n ? "\r\n" : "", name, value);
+    if (w < 0 || (size_t)w >= sizeof req->extra_headers - n) req->extra_headers[n] = '\0';
+}
+
 static void rate_headers(struct httpd_req *req, const struct rl_result *r)
 {
-    snprintf(req->extra_headers, sizeof req->extra_headers,
-             "RateLimit-Limit: %lld\r\nRateLimit-Remaining: %lld\r\nRateLimit-Reset: %lld",
-             (long long)r->limit, (long long)r->remaining, (long long)r->reset_s);
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)r->limit);
+    add_header(req, "RateLimit-Limit", v);
+    snprintf(v, sizeof v, "%lld", (long long)r->remaining);
+    add_header(req, "RateLimit-Remaining", v);
+    snprintf(v, sizeof v, "%lld", (long long)r->reset_s);
+    add_header(req, "RateLimit-Reset", v);
+}
+
+/* CORS for the console's playground, which runs on the API listener's origin and calls this
+ * listener with the session cookie: only origins listed in --cors-origins (exact match, e.g.
+ * "http://127.0.0.1:8080") get the Allow headers; any other origin gets none, and the browser
+ * keeps the reply from its page. 1 when the request's origin is allowed. */
+static int cors(struct httpd_req *req)
+{
+    struct ctl_listener *l = req->app;
+    const char *origin = httpd_header(req, "Origin");
+    const char *list = l->ctl->cfg.cors_origins;
+    if (!origin || !list || !*list || strlen(origin) > 200) return 0;
+    size_t n = strlen(origin);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && !strncmp(p, origin, n)) {
+            add_header(req, "Access-Control-Allow-Origin", origin);
+            add_header(req, "Access-Control-Allow-Credentials", "true");
+            add_header(req, "Vary", "Origin");
+            return 1;
+        }
+        p += len + (end ? 1 : 0);
+    }
+    return 0;
+}
+
+static void h_preflight(struct httpd_req *req)
+{
+    if (cors(req)) {
+        add_header(req, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+        add_header(req, "Access-Control-Allow-Headers",
+                   "authorization, content-type, x-csrf-token, idempotency-key");
+        add_header(req, "Access-Control-Max-Age", "600");
+    }
+    httpd_reply_raw(req, 204, NULL, "", 0);
 }
 
 /* The account's request rate (quotas.requests_per_min, burst requests_burst): 0, or -1 after
@@ -712,6 +761,7 @@ static void h_chat(struct httpd_req *req)
         return;
     }
     pthread_once(&gw_once, gw_init);
+    cors(req);
     struct ctl_listener *l = req->app;
     struct auth_ctx a;
     if (gw_authenticate(req, &a) != 0) return;
@@ -794,6 +844,7 @@ static void h_chat(struct httpd_req *req)
 
 static void h_models(struct httpd_req *req)
 {
+    cors(req);
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
     if (!c) return;
@@ -827,5 +878,7 @@ static void h_models(struct httpd_req *req)
 const struct httpd_route gateway_routes[] = {
     {"POST", "/v1/chat/completions", h_chat},
     {"GET", "/v1/models", h_models},
+    {"OPTIONS", "/v1/chat/completions", h_preflight},
+    {"OPTIONS", "/v1/models", h_preflight},
 };
 const size_t gateway_nroutes = sizeof gateway_routes / sizeof gateway_routes[0];

@@ -13,7 +13,7 @@ let client;
 
 before(async () => {
   // Slow heartbeats: a dead runtime stays "ready" in the database for a while.
-  await P.start({ cpuSlots: 2, controllerArgs: ['--hold-s', '20'] });
+  await P.start({ cpuSlots: 2, controllerArgs: ['--hold-s', '20', '--cors-origins', 'http://console.test:8080,http://127.0.0.1:9'] });
   client = new OpenAI({ apiKey: P.adminKey, baseURL: P.gatewayUrl, maxRetries: 0 });
 }, { timeout: 120000 });
 
@@ -62,4 +62,27 @@ test('with no replica at all, the hold ends in 503 with Retry-After', async () =
   assert.equal((await res.json()).error.code, 'endpoint_not_ready');
   const g = await P.api('GET', `/v1/endpoints/${r.json.id}`);
   assert.match(g.json.replica_states[0].reason, /(waiting for a host|no capacity)/);
+});
+
+test('CORS: the console\'s origin may call the gateway from a browser, others may not', async () => {
+  const pre = await fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'OPTIONS',
+    headers: { Origin: 'http://console.test:8080', 'Access-Control-Request-Method': 'POST',
+      'Access-Control-Request-Headers': 'content-type,x-csrf-token' },
+  });
+  assert.equal(pre.status, 204);
+  assert.equal(pre.headers.get('access-control-allow-origin'), 'http://console.test:8080');
+  assert.equal(pre.headers.get('access-control-allow-credentials'), 'true');
+  assert.match(pre.headers.get('access-control-allow-headers'), /x-csrf-token/);
+  const other = await fetch(`${P.gatewayUrl}/chat/completions`, { method: 'OPTIONS', headers: { Origin: 'http://evil.test' } });
+  assert.equal(other.status, 204);
+  assert.equal(other.headers.get('access-control-allow-origin'), null);
+  const m = await fetch(`${P.gatewayUrl}/models`, { headers: { Origin: 'http://console.test:8080', Authorization: `Bearer ${P.adminKey}` } });
+  assert.equal(m.status, 200);
+  assert.equal(m.headers.get('access-control-allow-origin'), 'http://console.test:8080');
+  assert.equal(m.headers.get('vary'), 'Origin');
+  // Errors carry the headers too, so the page can read them.
+  const e = await fetch(`${P.gatewayUrl}/chat/completions`, { method: 'POST', headers: { Origin: 'http://console.test:8080' }, body: '{}' });
+  assert.equal(e.status, 401);
+  assert.equal(e.headers.get('access-control-allow-origin'), 'http://console.test:8080');
 });
