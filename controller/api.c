@@ -578,6 +578,109 @@ static void h_start_endpoint(struct httpd_req *req)
     toggle_endpoint(req, "active");
 }
 
+/* ---- scale ---- */
+
+struct scale_ep {
+    const char *id, *acct;
+    int64_t want;
+    int found, active;
+};
+
+/* Sets the replica count. An active endpoint gets new pending replicas, or loses its
+ * highest-numbered ones (pending ones stop at once, running ones go through stopping); a stopped
+ * endpoint only records the count for its next start. */
+static enum db_status scale_txn(PGconn *c, void *arg)
+{
+    struct scale_ep *sc = arg;
+    char want[24];
+    snprintf(want, sizeof want, "%lld", (long long)sc->want);
+    const char *p[] = {sc->id, sc->acct, want};
+    PGresult *r;
+    enum db_status st = db_exec(c,
+                                "UPDATE endpoints SET replicas = $3::int "
+                                "WHERE id = $1::uuid AND account_id = $2::bigint "
+                                "  AND state <> 'deleted' RETURNING state",
+                                3, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        return st;
+    }
+    sc->found = 1;
+    sc->active = !strcmp(PQgetvalue(r, 0, 0), "active");
+    PQclear(r);
+    if (!sc->active) return DB_ROWS;
+    /* Live replicas, highest ordinal first; a drain's extra replacement is not counted twice. */
+    st = db_exec(c,
+                 "SELECT id, ordinal, state FROM replicas WHERE endpoint_id = $1::uuid "
+                 "  AND state NOT IN ('stopping', 'stopped') "
+                 "ORDER BY ordinal DESC, created_at DESC FOR UPDATE",
+                 1, p, &r, NULL);
+    if (st < 0) return st;
+    int live = PQntuples(r), top = live ? (int)db_int(r, 0, 1) : -1;
+    for (int i = 0; i < live - sc->want && st >= 0; i++) {
+        const char *to = !strcmp(PQgetvalue(r, i, 2), "pending") ? "stopped" : "stopping";
+        st = replica_transition(c, PQgetvalue(r, i, 0), 0, 0, to, "scaled down", 0, -1);
+    }
+    PQclear(r);
+    if (st < 0 || live >= sc->want) return st < 0 ? st : DB_ROWS;
+    char from[24], n[24];
+    snprintf(from, sizeof from, "%d", top + 1);
+    snprintf(n, sizeof n, "%lld", (long long)(sc->want - live));
+    const char *p2[] = {sc->id, sc->acct, from, n};
+    return db_cmd(c,
+                  "INSERT INTO replicas (endpoint_id, account_id, ordinal, reason) "
+                  "SELECT $1::uuid, $2::bigint, $3::int + g, 'waiting for the scheduler' "
+                  "FROM generate_series(0, $4::int - 1) g",
+                  4, p2);
+}
+
+static const char *const scale_fields[] = {"replicas", NULL};
+
+/* PATCH /v1/endpoints/{id} {"replicas": N}: scale. */
+static void h_patch_endpoint(struct httpd_req *req)
+{
+    struct auth_ctx a;
+    PGconn *c = endpoint_route(req, &a);
+    if (!c) return;
+    json_t *body = httpd_body_object(req);
+    if (!body || httpd_reject_unknown(req, body, scale_fields) != 0) goto out;
+    struct jsonx_err je = {0};
+    struct scale_ep sc = {req->params[0], a.account_id_str, 0, 0, 0};
+    enum jsonx_rc rc = jsonx_get_int(body, "replicas", 1, 1, 16, &sc.want, &je);
+    if (rc != JSONX_OK) {
+        httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
+                    je.param, "%s", je.message);
+        goto out;
+    }
+    /* Growing needs quota for the added devices. */
+    const char *p[] = {sc.id, sc.acct};
+    PGresult *r;
+    if (db_exec(c,
+                "SELECT gpus_per_replica, replicas FROM endpoints WHERE id = $1::uuid "
+                "AND account_id = $2::bigint AND state = 'active'",
+                2, p, &r, NULL) < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "try again");
+        goto out;
+    }
+    int64_t add = PQntuples(r) ? (sc.want - db_int(r, 0, 1)) * db_int(r, 0, 0) : 0;
+    PQclear(r);
+    if (add > 0 && check_quota(req, c, sc.acct, add, 0) != 0) goto out;
+    enum db_status st = db_txn_run(c, scale_txn, &sc);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not scale the endpoint");
+        goto out;
+    }
+    if (!sc.found) {
+        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", sc.id);
+        goto out;
+    }
+    log_info("endpoint %s scaled to %lld replica(s)", sc.id, (long long)sc.want);
+    reply_endpoint(req, c, a.account_id_str, sc.id, 200);
+out:
+    json_decref(body);
+    ctl_db_done(req, c);
+}
+
 /* ---- the console's static files ---- */
 
 static const struct {
@@ -619,6 +722,7 @@ const struct httpd_route api_routes[] = {
     {"GET", "/v1/endpoints", h_list_endpoints},
     {"GET", "/v1/endpoints/{}", h_get_endpoint},
     {"DELETE", "/v1/endpoints/{}", h_delete_endpoint},
+    {"PATCH", "/v1/endpoints/{}", h_patch_endpoint},
     {"POST", "/v1/endpoints/{}/stop", h_stop_endpoint},
     {"POST", "/v1/endpoints/{}/start", h_start_endpoint},
     {"GET", "/*", h_static},
