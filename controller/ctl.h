@@ -17,6 +17,7 @@ struct ctl_config {
     const char *agent_token;
     const char *cors_origins; /* comma-separated origins allowed to call the gateway */
     const char *web_dir, *schema_dir;
+    const char *openapi_file; /* served at GET /v1/openapi.json */
     int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
     int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s, hold_s;
     const char *log_level;

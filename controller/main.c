@@ -29,6 +29,7 @@
 #include "leader.h"
 #include "log.h"
 #include "migrate.h"
+#include "openapi_api.h"
 #include "ratelimit.h"
 #include "util.h"
 
@@ -48,6 +49,9 @@ static const struct cfg_opt serve_opts[] = {
     {"web-dir", CFG_STRING, NULL, "console files (default: web/ of the source tree)", O(web_dir)},
     {"schema-dir", CFG_STRING, NULL, "migrations (default: schema/ of the source tree)",
      O(schema_dir)},
+    {"openapi-file", CFG_STRING, NULL,
+     "OpenAPI document served at /v1/openapi.json (default: docs/openapi.json of the source tree)",
+     O(openapi_file)},
     {"threads", CFG_INT, "4", "threads per listener", O(threads)},
     {"db-pool-size", CFG_INT, "8", "database connections per listener", O(db_pool_size)},
     {"db-timeout-ms", CFG_INT, "2000", "wait for a pooled connection before answering 503",
@@ -90,17 +94,19 @@ static void on_signal(int sig)
 }
 
 /* Default data directories: <exe>/../../<name> (the build tree), else
- * <exe>/../share/openrunpod/<name> (an install). Returns a static string. */
+ * <exe>/../share/openrunpod/<name> (an install). Returns a static string, one of DEFAULT_DIRS
+ * kept at once: one per caller in parse(). */
+#define DEFAULT_DIRS 3
 static const char *default_dir(const char *name)
 {
-    static char out[2][4096];
+    static char out[DEFAULT_DIRS][4096];
     static int which;
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return name;
     exe[n] = '\0';
     char *dir = dirname(exe);
-    char *o = out[which++ % 2];
+    char *o = out[which++ % DEFAULT_DIRS];
     snprintf(o, sizeof out[0], "%s/../../%s", dir, name);
     if (access(o, R_OK) == 0) return o;
     snprintf(o, sizeof out[0], "%s/../share/openrunpod/%s", dir, name);
@@ -121,6 +127,7 @@ static int parse(struct ctl_config *cfg, int argc, char **argv, int first, const
     }
     if (!cfg->web_dir) cfg->web_dir = default_dir("web");
     if (!cfg->schema_dir) cfg->schema_dir = default_dir("schema");
+    if (!cfg->openapi_file) cfg->openapi_file = default_dir("docs/openapi.json");
     log_init("controller", cfg->log_level);
     return 0;
 }
@@ -305,11 +312,10 @@ struct listener_spec {
     int64_t port;
 };
 
-static const struct route_table api_tables[] = {{hosts_routes, &hosts_nroutes},
-                                                {billing_routes, &billing_nroutes},
-                                                {accounts_routes, &accounts_nroutes},
-                                                {audit_routes, &audit_nroutes},
-                                                {api_routes, &api_nroutes}};
+static const struct route_table api_tables[] = {
+    {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
+    {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
+    {openapi_routes, &openapi_nroutes},   {api_routes, &api_nroutes}};
 static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
 static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
 #define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
