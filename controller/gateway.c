@@ -42,7 +42,7 @@
 
 struct candidate {
     char replica_id[40];
-    char url[256];
+    char url[256]; /* the runtime's base URL; the request's path is appended */
     char secret[80];
     int tried;
 };
@@ -67,7 +67,8 @@ struct proxy {
     char account_id[24];
     char model[208];
     int64_t hold_until_ms;
-    char url[256]; /* the candidate being tried */
+    char url[320];    /* the candidate being tried: its base URL + path */
+    const char *path; /* the runtime route: /v1/chat/completions or /v1/completions (static) */
     char request_id[40];
     char *body;
     size_t body_len;
@@ -436,7 +437,7 @@ static CURLcode attempt(struct proxy *p, CURL *c, int i)
     hl = curl_slist_append(hl, "Expect:");
     struct xfer x = {p, c};
     curl_easy_reset(c);
-    curl_easy_setopt(c, CURLOPT_URL, cd->url);
+    curl_easy_setopt(c, CURLOPT_URL, p->url);
     curl_easy_setopt(c, CURLOPT_POST, 1L);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
@@ -503,7 +504,7 @@ static void *proxy_thread(void *arg)
             continue;
         }
         p->route.cand[i].tried = 1;
-        snprintf(p->url, sizeof p->url, "%s", p->route.cand[i].url);
+        snprintf(p->url, sizeof p->url, "%s%s", p->route.cand[i].url, p->path);
         rc = attempt(p, c, i);
         pthread_mutex_lock(&p->lock);
         /* Nothing reached the client: a refused connection or a held-back 503 may be retried
@@ -638,8 +639,8 @@ static enum route_rc resolve_db(PGconn *c, const char *account_id, const char *m
             if (PQgetisnull(r, i, 4)) continue;
             struct candidate *cd = &rt->cand[rt->ncand++];
             snprintf(cd->replica_id, sizeof cd->replica_id, "%s", PQgetvalue(r, i, 4));
-            snprintf(cd->url, sizeof cd->url, "http://%s:%s/v1/chat/completions",
-                     PQgetvalue(r, i, 5), PQgetvalue(r, i, 6));
+            snprintf(cd->url, sizeof cd->url, "http://%s:%s", PQgetvalue(r, i, 5),
+                     PQgetvalue(r, i, 6));
             snprintf(cd->secret, sizeof cd->secret, "%s", PQgetvalue(r, i, 7));
         }
     }
@@ -754,7 +755,8 @@ static int rate_limit(struct httpd_req *req, const struct auth_ctx *a)
     return -1;
 }
 
-static void h_chat(struct httpd_req *req)
+/* Both generation routes: the same admission, routing and proxying; the runtime does the rest. */
+static void proxy_generation(struct httpd_req *req, const char *path)
 {
     if (req->state) {
         respond(req, req->state);
@@ -807,6 +809,7 @@ static void h_chat(struct httpd_req *req)
     p->req = req;
     p->lis = l;
     p->route = rt;
+    p->path = path;
     snprintf(p->account_id, sizeof p->account_id, "%s", a.account_id_str);
     snprintf(p->model, sizeof p->model, "%s", model);
     p->hold_until_ms = util_now_ms() + l->ctl->cfg.hold_s * 1000;
@@ -840,6 +843,16 @@ static void h_chat(struct httpd_req *req)
     }
     httpd_suspend(req);
     pthread_mutex_unlock(&p->lock);
+}
+
+static void h_chat(struct httpd_req *req)
+{
+    proxy_generation(req, "/v1/chat/completions");
+}
+
+static void h_completions(struct httpd_req *req)
+{
+    proxy_generation(req, "/v1/completions");
 }
 
 static void h_models(struct httpd_req *req)
@@ -877,8 +890,10 @@ static void h_models(struct httpd_req *req)
 
 const struct httpd_route gateway_routes[] = {
     {"POST", "/v1/chat/completions", h_chat},
+    {"POST", "/v1/completions", h_completions},
     {"GET", "/v1/models", h_models},
     {"OPTIONS", "/v1/chat/completions", h_preflight},
+    {"OPTIONS", "/v1/completions", h_preflight},
     {"OPTIONS", "/v1/models", h_preflight},
 };
 const size_t gateway_nroutes = sizeof gateway_routes / sizeof gateway_routes[0];

@@ -216,7 +216,11 @@ static int utf8_text(const char *p, size_t n, struct buf *out)
 
 /* ---- chat completions: parameters ---- */
 
+/* The two OpenAI generation routes share everything but the prompt's form and the reply's shape. */
+enum gen_kind { KIND_CHAT = 0, KIND_TEXT };
+
 struct chat_req {
+    enum gen_kind kind;
     json_t *body; /* new reference */
     char rid[RT_MAX_REQUEST_ID + 8];
     int stream, include_usage, has_stream_options;
@@ -507,23 +511,84 @@ static const struct {
     {"web_search_options", p_unsupported},
 };
 
+static int p_prompt(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)cr;
+    /* A list holding one string is the same prompt; batches of prompts are n > 1 in disguise. */
+    if (json_is_array(v) && json_array_size(v) == 1) v = json_array_get(v, 0);
+    if (!json_is_string(v))
+        return fail(pe, 400, "invalid_value", key,
+                    "'%s' must be a string (several prompts in one request are not supported)",
+                    key);
+    return 0;
+}
+
+static int p_one(struct rt *rt, const char *key, json_t *v, struct chat_req *cr, struct perr *pe)
+{
+    (void)rt, (void)cr;
+    if (!json_is_integer(v) || json_integer_value(v) != 1)
+        return fail(pe, 400, "unsupported_value", key, "only %s=1 is supported", key);
+    return 0;
+}
+
+/* POST /v1/completions (the legacy text API): the chat parameters that make sense for a raw
+ * prompt, and the text-only ones. */
+static const struct {
+    const char *name;
+    param_fn fn;
+} text_params[] = {
+    {"model", p_model},
+    {"prompt", p_prompt},
+    {"max_tokens", p_max_tokens},
+    {"temperature", p_temperature},
+    {"top_p", p_top_p},
+    {"seed", p_seed},
+    {"stop", p_stop},
+    {"stream", p_stream},
+    {"stream_options", p_stream_options},
+    {"n", p_n},
+    {"best_of", p_one},
+    {"user", p_string},
+    {"top_k", p_top_k},
+    {"ignore_eos", p_ignore_eos},
+    {"frequency_penalty", p_penalty},
+    {"presence_penalty", p_penalty},
+    {"echo", p_false},
+    {"logprobs", p_unsupported},
+    {"logit_bias", p_empty_object},
+    {"suffix", p_unsupported},
+};
+
 static int check_params(struct rt *rt, struct chat_req *cr, struct perr *pe)
 {
     const char *key;
     json_t *v;
     json_object_foreach(cr->body, key, v)
     {
-        size_t i = 0, n = sizeof chat_params / sizeof chat_params[0];
-        while (i < n && strcmp(chat_params[i].name, key) != 0)
-            i++;
-        if (i == n) {
+        size_t i = 0, n;
+        param_fn fn = NULL;
+        if (cr->kind == KIND_CHAT) {
+            n = sizeof chat_params / sizeof chat_params[0];
+            while (i < n && strcmp(chat_params[i].name, key) != 0)
+                i++;
+            if (i < n) fn = chat_params[i].fn;
+        } else {
+            n = sizeof text_params / sizeof text_params[0];
+            while (i < n && strcmp(text_params[i].name, key) != 0)
+                i++;
+            if (i < n) fn = text_params[i].fn;
+        }
+        if (!fn) {
             char k[64];
             snprintf(k, sizeof k, "%s", key);
             return fail(pe, 400, "unknown_parameter", k, "unknown parameter '%.60s'", key);
         }
         if (json_is_null(v)) continue;
-        if (chat_params[i].fn(rt, key, v, cr, pe) != 0) return -1;
+        if (fn(rt, key, v, cr, pe) != 0) return -1;
     }
+    if (cr->kind == KIND_TEXT && !json_is_string(json_object_get(cr->body, "prompt")) &&
+        !json_is_array(json_object_get(cr->body, "prompt")))
+        return fail(pe, 400, "missing_parameter", "prompt", "missing required field 'prompt'");
     if (cr->has_stream_options && !cr->stream)
         return fail(pe, 400, "invalid_value", "stream_options",
                     "'stream_options' is only allowed when 'stream' is true");
@@ -540,10 +605,25 @@ static json_t *usage_json(int prompt, int completion)
 
 /* content: content_len bytes of valid UTF-8 (a token may decode to a NUL byte, hence the length).
  */
-static void reply_completion(struct httpd_req *req, struct rt *rt, const char *rid,
+static void reply_completion(struct httpd_req *req, struct rt *rt, const struct chat_req *cr,
                              const struct gen *g, const char *content, size_t content_len)
 {
+    const char *rid = cr->rid;
     char id[RT_MAX_REQUEST_ID + 24];
+    if (cr->kind == KIND_TEXT) {
+        snprintf(id, sizeof id, "cmpl-%s", rid);
+        json_t *choice = json_pack("{s:s%,s:i,s:n,s:s}", "text", content, content_len, "index", 0,
+                                   "logprobs", "finish_reason", gen_finish_name(g->finish));
+        json_t *body =
+            json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:n}", "id", id, "object", "text_completion",
+                      "created", (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices",
+                      choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint");
+        if (!body)
+            httpd_error(req, 500, "internal_error", NULL, "could not build the reply");
+        else
+            httpd_reply_json(req, 200, body);
+        return;
+    }
     snprintf(id, sizeof id, "chatcmpl-%s", rid);
     json_t *msg = json_pack("{s:s,s:s%,s:n}", "role", "assistant", "content", content, content_len,
                             "refusal");
@@ -579,7 +659,7 @@ static void run_blocking(struct httpd_req *req, struct rt *rt, struct chat_req *
         journal(rt, cr->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
         log_info("chat completion: %d prompt + %d completion tokens, %s", g->n_prompt, g->produced,
                  gen_finish_name(g->finish));
-        reply_completion(req, rt, cr->rid, g, content.data, content.len);
+        reply_completion(req, rt, cr, g, content.data, content.len);
     }
     eng_release(r);
     buf_free(&content);
@@ -591,6 +671,7 @@ enum sse_phase { SSE_ROLE = 0, SSE_GEN, SSE_DONE };
 
 struct sse {
     struct rt *rt;
+    enum gen_kind kind;
     char rid[RT_MAX_REQUEST_ID + 8];
     char id[RT_MAX_REQUEST_ID + 24];
     json_int_t created;
@@ -611,14 +692,24 @@ static int sse_event(struct sse *s, json_t *v)
     return rc;
 }
 
-/* A chunk with one choice carrying delta (stolen) and finish_reason (NULL: null). */
+/* A chunk with one choice carrying delta (stolen) and finish_reason (NULL: null). A text
+ * completion's choice carries the delta's "content" as "text". */
 static int sse_chunk(struct sse *s, json_t *delta, const char *finish)
 {
-    json_t *choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs",
-                               "finish_reason", finish ? json_string(finish) : json_null());
-    json_t *c = json_pack("{s:s,s:s,s:I,s:s,s:n,s:[o]}", "id", s->id, "object",
-                          "chat.completion.chunk", "created", s->created, "model", s->rt->name,
-                          "system_fingerprint", "choices", choice);
+    json_t *choice;
+    if (s->kind == KIND_TEXT) {
+        json_t *t = json_object_get(delta, "content");
+        choice = json_pack("{s:O,s:i,s:n,s:o}", "text", t ? t : json_string(""), "index", 0,
+                           "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
+        json_decref(delta);
+    } else {
+        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs",
+                           "finish_reason", finish ? json_string(finish) : json_null());
+    }
+    json_t *c =
+        json_pack("{s:s,s:s,s:I,s:s,s:n,s:[o]}", "id", s->id, "object",
+                  s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk", "created",
+                  s->created, "model", s->rt->name, "system_fingerprint", "choices", choice);
     if (c && s->include_usage) json_object_set_new(c, "usage", json_null());
     return sse_event(s, c);
 }
@@ -633,9 +724,9 @@ static int sse_finish(struct sse *s)
     if (sse_chunk(s, json_object(), gen_finish_name(g->finish)) != 0) return -1;
     if (s->include_usage) {
         json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:n,s:[],s:o}", "id", s->id, "object",
-                              "chat.completion.chunk", "created", s->created, "model", s->rt->name,
-                              "system_fingerprint", "choices", "usage",
-                              usage_json(g->n_prompt, g->produced));
+                              s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk",
+                              "created", s->created, "model", s->rt->name, "system_fingerprint",
+                              "choices", "usage", usage_json(g->n_prompt, g->produced));
         if (sse_event(s, u) != 0) return -1;
     }
     return buf_append(&s->out, "data: [DONE]\n\n", 14);
@@ -647,6 +738,7 @@ static int sse_advance(struct sse *s)
     switch (s->phase) {
     case SSE_ROLE:
         s->phase = SSE_GEN;
+        if (s->kind == KIND_TEXT) return 0; /* text completions have no role chunk */
         return sse_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL);
     case SSE_GEN: {
         struct buf delta = {0};
@@ -722,8 +814,9 @@ static void start_stream(struct httpd_req *req, struct rt *rt, struct chat_req *
         return;
     }
     s->rt = rt;
+    s->kind = cr->kind;
     snprintf(s->rid, sizeof s->rid, "%s", cr->rid);
-    snprintf(s->id, sizeof s->id, "chatcmpl-%s", cr->rid);
+    snprintf(s->id, sizeof s->id, "%s-%s", cr->kind == KIND_TEXT ? "cmpl" : "chatcmpl", cr->rid);
     s->created = (json_int_t)(util_wall_ms() / 1000);
     s->include_usage = cr->include_usage;
     s->r = r;
@@ -756,7 +849,8 @@ static int plan(struct httpd_req *req, struct rt *rt, struct chat_req *cr, int n
     int64_t want = cr->max_completion_tokens >= 0 ? cr->max_completion_tokens : cr->max_tokens;
     const char *param = cr->max_completion_tokens >= 0 ? "max_completion_tokens" : "max_tokens";
     if (n_prompt >= rt->ctx_len) {
-        httpd_error(req, 400, "context_length_exceeded", "messages",
+        httpd_error(req, 400, "context_length_exceeded",
+                    cr->kind == KIND_TEXT ? "prompt" : "messages",
                     "This model's maximum context length is %d tokens. However, your messages "
                     "resulted in %d tokens.",
                     rt->ctx_len, n_prompt);
@@ -784,12 +878,15 @@ static int plan(struct httpd_req *req, struct rt *rt, struct chat_req *cr, int n
     return 0;
 }
 
-static void h_chat(struct httpd_req *req)
+static void serve_generation(struct httpd_req *req, enum gen_kind kind)
 {
     struct rt *rt = req->app;
     if (admit(req) != 0) return;
-    struct chat_req cr = {
-        .max_tokens = -1, .max_completion_tokens = -1, .temperature = 1.0, .top_p = 1.0};
+    struct chat_req cr = {.kind = kind,
+                          .max_tokens = -1,
+                          .max_completion_tokens = -1,
+                          .temperature = 1.0,
+                          .top_p = 1.0};
     if (request_id(req, cr.rid) != 0) return;
     struct perr pe = {0};
     cr.body = jsonx_parse_object(req->body.data, req->body.len, &pe.e);
@@ -803,8 +900,21 @@ static void h_chat(struct httpd_req *req)
         httpd_error(req, pe.status, pe.code, pe.e.param, "%s", pe.e.message);
         goto out;
     }
-    int rc =
-        chat_encode(&rt->tpl, rt->tok, json_object_get(cr.body, "messages"), 1, &prompt, &pe.e);
+    int rc;
+    if (kind == KIND_TEXT) {
+        /* The raw prompt, after the tokenizer's bos_token as Hugging Face adds it. */
+        json_t *pv = json_object_get(cr.body, "prompt");
+        if (json_is_array(pv)) pv = json_array_get(pv, 0);
+        char err[256];
+        rc = rt->tpl.bos_id >= 0 ? tok_ids_push(&prompt, rt->tpl.bos_id) : 0;
+        if (rc == 0)
+            rc = tok_encode(rt->tok, json_string_value(pv), json_string_length(pv), 1, &prompt, err,
+                            sizeof err);
+        if (rc != 0) rc = -2;
+    } else {
+        rc =
+            chat_encode(&rt->tpl, rt->tok, json_object_get(cr.body, "messages"), 1, &prompt, &pe.e);
+    }
     if (rc == -1) {
         httpd_error(req, 400, "invalid_value", pe.e.param, "%s", pe.e.message);
         goto out;
@@ -836,6 +946,16 @@ static void h_chat(struct httpd_req *req)
 out:
     tok_ids_free(&prompt);
     json_decref(cr.body);
+}
+
+static void h_chat(struct httpd_req *req)
+{
+    serve_generation(req, KIND_CHAT);
+}
+
+static void h_completions(struct httpd_req *req)
+{
+    serve_generation(req, KIND_TEXT);
 }
 
 /* ---- other routes ---- */
@@ -1016,9 +1136,13 @@ static void h_metrics(struct httpd_req *req)
 }
 
 static const struct httpd_route routes[] = {
-    {"GET", "/health", h_health},      {"GET", "/metrics", h_metrics},
-    {"GET", "/v1/models", h_models},   {"POST", "/v1/chat/completions", h_chat},
-    {"POST", "/tokenize", h_tokenize}, {"POST", "/detokenize", h_detokenize},
+    {"GET", "/health", h_health},
+    {"GET", "/metrics", h_metrics},
+    {"GET", "/v1/models", h_models},
+    {"POST", "/v1/chat/completions", h_chat},
+    {"POST", "/v1/completions", h_completions},
+    {"POST", "/tokenize", h_tokenize},
+    {"POST", "/detokenize", h_detokenize},
 };
 
 /* ---- start-up ---- */
