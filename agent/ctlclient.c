@@ -183,6 +183,13 @@ enum ctl_rc ctl_register(struct ctl *c, json_t *register_body, const char *finge
     return CTL_OK;
 }
 
+void ctl_reregister(struct ctl *c)
+{
+    /* host_key stays: ctl_register presents it first, as at start-up after a changed fingerprint.
+     */
+    c->registered = 0;
+}
+
 /* Identifiers that become file names or go into CUDA_VISIBLE_DEVICES: letters, digits, "_.-:",
  * not starting with '.'. */
 static int safe_ident(const char *s)

@@ -55,6 +55,10 @@ int ctl_load_identity(struct ctl *c, const char *fingerprint);
 enum ctl_rc ctl_register(struct ctl *c, json_t *register_body, const char *fingerprint,
                          int64_t *heartbeat_ms);
 
+/* The register request changed (the inventory did): the next call should be ctl_register, which
+ * presents the host key we hold (no enrollment token needed). Clears c->registered. */
+void ctl_reregister(struct ctl *c);
+
 /* POSTs a heartbeat with replicas and usage (both borrowed). On CTL_OK, out is filled (free with
  * ctl_reply_free()). CTL_UNAUTHORIZED clears c->registered. */
 enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, struct ctl_reply *out);

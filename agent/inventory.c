@@ -37,6 +37,12 @@ typedef nvml_return_t (*nvml_p2p_fn)(nvml_device_t, nvml_device_t, int, int *);
 typedef nvml_return_t (*nvml_ecc_fn)(nvml_device_t, int, int, unsigned long long *);
 typedef nvml_return_t (*nvml_retired_fn)(nvml_device_t, int, unsigned int *, unsigned long long *);
 typedef nvml_return_t (*nvml_pending_fn)(nvml_device_t, int *);
+struct nvml_utilization { /* nvmlUtilization_t */
+    unsigned int gpu, memory;
+};
+typedef nvml_return_t (*nvml_util_fn)(nvml_device_t, struct nvml_utilization *);
+typedef nvml_return_t (*nvml_temp_fn)(nvml_device_t, int, unsigned int *);
+typedef nvml_return_t (*nvml_power_fn)(nvml_device_t, unsigned int *);
 
 /* NVML constants we pass or compare (nvml.h). */
 #define NVML_ERROR_NOT_SUPPORTED 3
@@ -46,6 +52,7 @@ typedef nvml_return_t (*nvml_pending_fn)(nvml_device_t, int *);
 #define NVML_MEMORY_ERROR_TYPE_UNCORRECTED 1
 #define NVML_VOLATILE_ECC 0
 #define NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR 1
+#define NVML_TEMPERATURE_GPU 0
 #define INV_MAX_GPUS 64 /* the width of inv_device.nvlink_peers */
 
 struct nvml {
@@ -65,6 +72,10 @@ struct nvml {
     nvml_ecc_fn ecc;
     nvml_retired_fn retired;
     nvml_pending_fn pending;
+    /* Optional: the live readings /metrics serves. */
+    nvml_util_fn utilization;
+    nvml_temp_fn temperature;
+    nvml_power_fn power;
 };
 
 /* Checks an NVML call; logs the call text and code where it failed. */
@@ -113,6 +124,9 @@ static int nvml_open(struct nvml *n, const char *path)
     *(void **)&n->ecc = dlsym(n->lib, "nvmlDeviceGetTotalEccErrors");
     *(void **)&n->retired = dlsym(n->lib, "nvmlDeviceGetRetiredPages");
     *(void **)&n->pending = dlsym(n->lib, "nvmlDeviceGetRetiredPagesPendingStatus");
+    *(void **)&n->utilization = dlsym(n->lib, "nvmlDeviceGetUtilizationRates");
+    *(void **)&n->temperature = dlsym(n->lib, "nvmlDeviceGetTemperature");
+    *(void **)&n->power = dlsym(n->lib, "nvmlDeviceGetPowerUsage");
     if (missing) {
         dlclose(n->lib);
         n->lib = NULL;
@@ -215,16 +229,10 @@ static int collect_gpus(struct inv *inv, const char *path)
                 inv->dev[j].nvlink_peers |= UINT64_C(1) << i;
             }
         }
-        if (!d.healthy)
-            log_warn("GPU %u (%s) is unhealthy: %lld uncorrected ECC error(s)%s; it is offered as "
-                     "unhealthy and nothing will be placed on it",
-                     i, d.uuid, (long long)d.ecc_errors,
-                     d.retirement_pending ? ", a page retirement pending" : "");
         if (push(inv, &d) != 0) {
             rc = -1;
             break;
         }
-        log_info("GPU %u: %s %s, %lld MiB", i, d.uuid, d.model, (long long)d.memory_mib);
     }
 out_shutdown:
     NVML_OK(&n, n.shutdown());
@@ -244,15 +252,29 @@ int inv_collect(struct inv *out, const char *host_name, int64_t cpu_slots, const
         snprintf(d.uuid, sizeof d.uuid, "CPU-%.60s-%lld", host_name, (long long)i);
         if (push(out, &d) != 0) goto oom;
     }
-    if (out->n == 0)
-        log_warn("no GPUs found and --cpu-slots is 0: registering with zero devices");
-    else
-        log_info("inventory: %zu GPU(s), %lld CPU slot(s)", gpus,
-                 (long long)(cpu_slots > 0 ? cpu_slots : 0));
+    out->gpus = gpus;
     return 0;
 oom:
     inv_free(out);
     return -1;
+}
+
+void inv_log(const struct inv *inv)
+{
+    if (inv->n == 0) {
+        log_warn("no GPUs found and --cpu-slots is 0: registering with zero devices");
+        return;
+    }
+    for (size_t i = 0; i < inv->gpus; i++) {
+        const struct inv_device *d = &inv->dev[i];
+        log_info("GPU %d: %s %s, %lld MiB", d->index, d->uuid, d->model, (long long)d->memory_mib);
+        if (!d->healthy)
+            log_warn("GPU %d (%s) is unhealthy: %lld uncorrected ECC error(s)%s; it is offered as "
+                     "unhealthy and nothing will be placed on it",
+                     d->index, d->uuid, (long long)d->ecc_errors,
+                     d->retirement_pending ? ", a page retirement pending" : "");
+    }
+    log_info("inventory: %zu GPU(s), %zu CPU slot(s)", inv->gpus, inv->n - inv->gpus);
 }
 
 void inv_free(struct inv *inv)
@@ -261,6 +283,7 @@ void inv_free(struct inv *inv)
     free(inv->dev);
     inv->dev = NULL;
     inv->n = 0;
+    inv->gpus = 0;
 }
 
 json_t *inv_to_json(const struct inv *inv)
@@ -288,4 +311,88 @@ json_t *inv_to_json(const struct inv *inv)
         json_array_append_new(a, o);
     }
     return a;
+}
+
+/* ---- live readings ---- */
+
+struct inv_nvml {
+    struct nvml n;
+};
+
+struct inv_nvml *inv_nvml_open(const char *nvml_lib)
+{
+    struct inv_nvml *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    if (nvml_open(&h->n, nvml_lib ? nvml_lib : "libnvidia-ml.so.1") != 0) {
+        free(h);
+        return NULL;
+    }
+    if (!NVML_OK(&h->n, h->n.init())) {
+        dlclose(h->n.lib);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void inv_nvml_close(struct inv_nvml *h)
+{
+    if (!h) return;
+    NVML_OK(&h->n, h->n.shutdown());
+    dlclose(h->n.lib);
+    free(h);
+}
+
+/* A reading that fails is left out, without a warning: NOT_SUPPORTED is common (no power sensor
+ * on some boards) and a warning every sample would drown the log. */
+int inv_nvml_sample(struct inv_nvml *h, struct inv_gpu_sample **out, size_t *nout)
+{
+    *out = NULL;
+    *nout = 0;
+    const struct nvml *n = &h->n;
+    unsigned int count = 0;
+    if (n->count(&count) != 0) return 0;
+    if (count > INV_MAX_GPUS) count = INV_MAX_GPUS;
+    if (count == 0) return 0;
+    struct inv_gpu_sample *s = calloc(count, sizeof *s);
+    if (!s) return -1;
+    size_t k = 0;
+    for (unsigned int i = 0; i < count; i++) {
+        nvml_device_t dev;
+        struct inv_gpu_sample *g = &s[k];
+        memset(g, 0, sizeof *g);
+        g->index = (int)i;
+        if (n->handle(i, &dev) != 0 || n->uuid(dev, g->uuid, sizeof g->uuid) != 0) continue;
+        g->uuid[sizeof g->uuid - 1] = '\0';
+        if (n->name(dev, g->model, sizeof g->model) != 0) g->model[0] = '\0';
+        g->model[sizeof g->model - 1] = '\0';
+        struct nvml_utilization u;
+        if (n->utilization && n->utilization(dev, &u) == 0) {
+            g->have |= INV_HAVE_UTIL;
+            g->util_pct = u.gpu;
+        }
+        struct nvml_memory mem;
+        if (n->memory(dev, &mem) == 0) {
+            g->have |= INV_HAVE_MEMORY;
+            g->mem_used = mem.used;
+            g->mem_total = mem.total;
+        }
+        unsigned int v;
+        if (n->temperature && n->temperature(dev, NVML_TEMPERATURE_GPU, &v) == 0) {
+            g->have |= INV_HAVE_TEMP;
+            g->temp_c = v;
+        }
+        if (n->power && n->power(dev, &v) == 0) {
+            g->have |= INV_HAVE_POWER;
+            g->power_mw = v;
+        }
+        k++;
+    }
+    *out = s;
+    *nout = k;
+    if (k == 0) {
+        free(s);
+        *out = NULL;
+    }
+    return 0;
 }

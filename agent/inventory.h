@@ -31,8 +31,9 @@ struct inv_device {
 };
 
 struct inv {
-    struct inv_device *dev; /* owned */
+    struct inv_device *dev; /* owned; the GPUs first, then the CPU slots */
     size_t n;
+    size_t gpus; /* how many of dev are GPUs */
 };
 
 /* Fills out with the host's GPUs (from the NVML library nvml_lib, or "libnvidia-ml.so.1" when
@@ -40,8 +41,41 @@ struct inv {
  * host_name. Returns 0, or -1 when out of memory. Free with inv_free(). */
 int inv_collect(struct inv *out, const char *host_name, int64_t cpu_slots, const char *nvml_lib);
 void inv_free(struct inv *inv);
+/* Logs what inv offers (one line per GPU, a warning per unhealthy one). inv_collect does not: the
+ * agent takes the inventory again every minute and logs it only when it changed. */
+void inv_log(const struct inv *inv);
 
 /* New reference: the "devices" array of the register request. */
 json_t *inv_to_json(const struct inv *inv);
+
+/* Live GPU readings for /metrics. NVML stays loaded and initialised between samples (the agent
+ * samples every second; nvmlInit is far too slow for that). Each reading is optional: a driver or
+ * board that cannot give one leaves its bit out of `have`. */
+enum {
+    INV_HAVE_UTIL = 1u << 0,   /* nvmlDeviceGetUtilizationRates */
+    INV_HAVE_MEMORY = 1u << 1, /* nvmlDeviceGetMemoryInfo */
+    INV_HAVE_TEMP = 1u << 2,   /* nvmlDeviceGetTemperature (the GPU die sensor) */
+    INV_HAVE_POWER = 1u << 3,  /* nvmlDeviceGetPowerUsage */
+};
+
+struct inv_gpu_sample {
+    int index; /* NVML index */
+    char uuid[INV_UUID_MAX];
+    char model[INV_MODEL_MAX];
+    unsigned have; /* INV_HAVE_* */
+    unsigned util_pct;
+    uint64_t mem_used, mem_total; /* bytes */
+    unsigned temp_c;
+    unsigned power_mw;
+};
+
+struct inv_nvml;
+/* Loads and initialises NVML (nvml_lib as for inv_collect). NULL when there is none. */
+struct inv_nvml *inv_nvml_open(const char *nvml_lib);
+/* Shuts NVML down and unloads it. Accepts NULL. */
+void inv_nvml_close(struct inv_nvml *h);
+/* One reading per GPU that NVML can name (a GPU without a UUID is left out). *out is a new array
+ * (free() it, NULL when *n is 0). 0, or -1 when out of memory. */
+int inv_nvml_sample(struct inv_nvml *h, struct inv_gpu_sample **out, size_t *n);
 
 #endif

@@ -1,7 +1,9 @@
 /* main: orp-agent's configuration and its one loop. The loop is single-threaded on purpose: it
  * heartbeats (which carries replica states and usage out, and brings the desired list back), hands
- * the desired list to the supervisor, and ticks the supervisor a few times a second. Signal
- * handlers only set a flag; the loop notices it, stops every runtime and exits 0. */
+ * the desired list to the supervisor, ticks the supervisor a few times a second, takes the
+ * inventory again every --inventory-interval-s (registering again when it changed), and publishes
+ * a snapshot for /metrics (whose HTTP thread sees only that snapshot, never the supervisor).
+ * Signal handlers only set a flag; the loop notices it, stops every runtime and exits 0. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
@@ -18,6 +20,7 @@
 #include "inventory.h"
 #include "jsonx.h"
 #include "log.h"
+#include "metrics.h"
 #include "supervisor.h"
 #include "usage.h"
 #include "util.h"
@@ -29,6 +32,13 @@
  * the host look lost (the controller's liveness timeout is a few intervals). */
 #define AGENT_HEARTBEAT_MIN_MS 100
 #define AGENT_HEARTBEAT_MAX_MS 60000
+/* GPU readings for /metrics are taken this often: Prometheus scrapes every 15 s or so, and NVML's
+ * utilization is itself an average over the driver's last sample period. */
+#define AGENT_GPU_SAMPLE_MS 1000
+/* The inventory is an NVML init/enumerate/shutdown each time: once a second is the most that makes
+ * sense; once a day the least that still notices a dying GPU. */
+#define AGENT_INVENTORY_MIN_S 1
+#define AGENT_INVENTORY_MAX_S 86400
 
 struct agent_config {
     const char *controller;
@@ -39,6 +49,10 @@ struct agent_config {
     const char *state_dir;
     const char *runtime_bin;
     const char *log_level;
+    const char *metrics_host;
+    const char *nvml_lib;
+    int64_t metrics_port;
+    int64_t inventory_interval_s;
     int64_t cpu_slots;
     int64_t heartbeat_ms;
     int64_t port_base;
@@ -71,6 +85,13 @@ static const struct cfg_opt options[] = {
     OPT("port-base", CFG_INT, "20000", "runtimes get the first free port from here", port_base),
     OPT("start-timeout-s", CFG_INT, "300",
         "a runtime not ready after this long is killed and restarted", start_timeout_s),
+    OPT("inventory-interval-s", CFG_INT, "60",
+        "take the inventory again this often; register again when it changed",
+        inventory_interval_s),
+    OPT("metrics-port", CFG_INT, "0", "serve Prometheus GET /metrics on this port (0: off)",
+        metrics_port),
+    OPT("metrics-host", CFG_STRING, "127.0.0.1", "address /metrics binds to (IPv4)", metrics_host),
+    OPT("nvml-lib", CFG_STRING, "libnvidia-ml.so.1", "the NVML library to load", nvml_lib),
     OPT("log-level", CFG_STRING, "info", "debug, info, warn or error", log_level),
     OPT("print-config", CFG_BOOL, "false", "print the effective configuration and exit",
         print_config),
@@ -124,6 +145,12 @@ static int check_config(const struct agent_config *c, char *err, size_t n)
         snprintf(err, n, "--cpu-slots must be between 0 and 1024");
     else if (c->start_timeout_s < 1)
         snprintf(err, n, "--start-timeout-s must be positive");
+    else if (c->metrics_port < 0 || c->metrics_port > 65535)
+        snprintf(err, n, "--metrics-port must be a TCP port, or 0 for none");
+    else if (c->inventory_interval_s < AGENT_INVENTORY_MIN_S ||
+             c->inventory_interval_s > AGENT_INVENTORY_MAX_S)
+        snprintf(err, n, "--inventory-interval-s must be between %d and %d", AGENT_INVENTORY_MIN_S,
+                 AGENT_INVENTORY_MAX_S);
     else
         return 0;
     return -1;
@@ -143,9 +170,55 @@ static void nap(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
+/* Takes the inventory and builds the register request from it: *reg (new reference) and its
+ * digest in fingerprint. 0, or -1 (logged). */
+static int take_inventory(const struct agent_config *cfg, struct inv *inv, json_t **reg,
+                          char fingerprint[65])
+{
+    if (inv_collect(inv, cfg->name, cfg->cpu_slots, cfg->nvml_lib) != 0) {
+        log_error("out of memory taking the inventory");
+        return -1;
+    }
+    *reg = json_pack("{s:s, s:s, s:s, s:o}", "name", cfg->name, "address", cfg->advertise_addr,
+                     "agent_version", AGENT_VERSION, "devices", inv_to_json(inv));
+    char *txt = *reg ? jsonx_dump(*reg) : NULL;
+    if (!txt) {
+        log_error("cannot build the register request (is --name valid UTF-8?)");
+        json_decref(*reg);
+        *reg = NULL;
+        inv_free(inv);
+        return -1;
+    }
+    util_sha256_hex(txt, strlen(txt), fingerprint);
+    free(txt);
+    return 0;
+}
+
+/* Takes the inventory again; when the register request it makes differs from *reg (a GPU gone,
+ * unhealthy, its memory changed), replaces *reg, *inv and fingerprint and returns 1. */
+static int inventory_changed(const struct agent_config *cfg, struct inv *inv, json_t **reg,
+                             char fingerprint[65])
+{
+    struct inv fresh;
+    json_t *fresh_reg;
+    char fp[65];
+    if (take_inventory(cfg, &fresh, &fresh_reg, fp) != 0) return 0;
+    if (!strcmp(fp, fingerprint)) {
+        json_decref(fresh_reg);
+        inv_free(&fresh);
+        return 0;
+    }
+    json_decref(*reg);
+    inv_free(inv);
+    *reg = fresh_reg;
+    *inv = fresh;
+    memcpy(fingerprint, fp, 65);
+    return 1;
+}
+
 /* One heartbeat: report, receive the desired list, apply it, advance the usage journals. */
-static void heartbeat_once(struct ctl *ctl, struct sup *sup, const char *replicas_dir,
-                           int64_t *heartbeat_ms)
+static enum ctl_rc heartbeat_once(struct ctl *ctl, struct sup *sup, const char *replicas_dir,
+                                  int64_t *heartbeat_ms)
 {
     json_t *replicas = sup_report(sup);
     json_t *usage = json_array();
@@ -170,6 +243,7 @@ static void heartbeat_once(struct ctl *ctl, struct sup *sup, const char *replica
         ctl_reply_free(&reply);
     }
     usage_batch_free(&batch);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -227,20 +301,10 @@ int main(int argc, char **argv)
     }
 
     struct inv inv;
-    if (inv_collect(&inv, cfg.name, cfg.cpu_slots, NULL) != 0) {
-        log_error("out of memory taking the inventory");
-        return 1;
-    }
-    json_t *reg = json_pack("{s:s, s:s, s:s, s:o}", "name", cfg.name, "address", cfg.advertise_addr,
-                            "agent_version", AGENT_VERSION, "devices", inv_to_json(&inv));
-    char *reg_txt = reg ? jsonx_dump(reg) : NULL;
-    if (!reg_txt) {
-        log_error("cannot build the register request (is --name valid UTF-8?)");
-        return 1;
-    }
+    json_t *reg;
     char fingerprint[65];
-    util_sha256_hex(reg_txt, strlen(reg_txt), fingerprint);
-    free(reg_txt);
+    if (take_inventory(&cfg, &inv, &reg, fingerprint) != 0) return 1;
+    inv_log(&inv);
 
     struct sup_config scfg;
     sup_config_defaults(&scfg);
@@ -267,11 +331,37 @@ int main(int argc, char **argv)
              AGENT_VERSION, cfg.controller, cfg.runtime_bin, cfg.state_dir, cfg.runtime_host,
              (long long)cfg.port_base);
 
+    struct metrics_server *metrics = NULL;
+    struct inv_nvml *nvml = NULL;
+    if (cfg.metrics_port > 0) {
+        metrics = metrics_start(cfg.metrics_host, (int)cfg.metrics_port, err, sizeof err);
+        if (!metrics) {
+            log_error("/metrics: %s", err);
+            return 1;
+        }
+        nvml = inv_nvml_open(cfg.nvml_lib); /* NULL: no GPU readings, the rest is still served */
+        log_info("metrics on http://%s:%d/metrics", cfg.metrics_host, metrics_port(metrics));
+    }
+    struct metrics_snapshot snap = {0};
+    struct inv_gpu_sample *gpu_samples = NULL;
+    size_t ngpu_samples = 0;
+    int64_t next_gpu_sample = util_now_ms();
+
     int64_t heartbeat_ms = cfg.heartbeat_ms;
     int64_t next_hb = util_now_ms();
+    int64_t next_inventory = util_now_ms() + cfg.inventory_interval_s * 1000;
     int revoked = 0;
     while (!stop_signal) {
         int64_t now = util_now_ms();
+        if (now >= next_inventory) {
+            next_inventory = now + cfg.inventory_interval_s * 1000;
+            if (inventory_changed(&cfg, &inv, &reg, fingerprint)) {
+                log_info("the inventory changed: registering again");
+                inv_log(&inv);
+                ctl_reregister(&ctl);
+                next_hb = now;
+            }
+        }
         if (now >= next_hb) {
             int had_key = ctl.registered;
             if (!ctl.registered) {
@@ -287,16 +377,37 @@ int main(int argc, char **argv)
                 }
                 revoked = rc == CTL_REVOKED;
             }
-            if (ctl.registered) heartbeat_once(&ctl, sup, replicas_dir, &heartbeat_ms);
+            if (ctl.registered) {
+                if (heartbeat_once(&ctl, sup, replicas_dir, &heartbeat_ms) == CTL_OK) {
+                    snap.heartbeat_ok++;
+                    snap.last_heartbeat_ms = util_now_ms();
+                } else {
+                    snap.heartbeat_failed++;
+                }
+            }
             /* A 401 just cleared our key: register again at once rather than an interval later. */
             next_hb = had_key && !ctl.registered ? util_now_ms() : util_now_ms() + heartbeat_ms;
         }
         sup_tick(sup);
+        if (metrics) {
+            if (nvml && util_now_ms() >= next_gpu_sample) {
+                next_gpu_sample = util_now_ms() + AGENT_GPU_SAMPLE_MS;
+                free(gpu_samples);
+                if (inv_nvml_sample(nvml, &gpu_samples, &ngpu_samples) != 0) ngpu_samples = 0;
+            }
+            if (metrics_snapshot_gpus(&snap, gpu_samples, ngpu_samples) == 0 &&
+                metrics_snapshot_replicas(&snap, sup) == 0)
+                metrics_publish(metrics, &snap);
+        }
         if (stop_signal) break;
         int64_t wait = next_hb - util_now_ms();
         nap(wait < AGENT_TICK_MS ? (wait > 0 ? wait : 0) : AGENT_TICK_MS);
     }
     log_info("signal %d: stopping every runtime", (int)stop_signal);
+    metrics_stop(metrics);
+    metrics_snapshot_free(&snap);
+    free(gpu_samples);
+    inv_nvml_close(nvml);
     sup_stop_all(sup);
     sup_free(sup);
     json_decref(reg);

@@ -432,6 +432,7 @@ static void spawn(struct sup *s, struct sup_replica *r)
     r->health_failures = 0;
     r->ready_once = 0;
     r->log_start = log_start;
+    r->started_ms = util_now_ms();
     r->next_probe_ms = util_now_ms() + 100;
     pidfile_write(r);
     if (first) {

@@ -89,6 +89,7 @@ struct sup_replica {
     int nexits;                        /* exits recorded so far (the ring holds the last 16) */
     int ready_once;                    /* the current process has answered /health */
     int64_t log_start;                 /* runtime.log's size when the current process started */
+    int64_t started_ms;                /* monotonic: when the current process was started */
     struct sup_replica *next;
 };
 

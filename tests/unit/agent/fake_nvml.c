@@ -3,8 +3,16 @@
  * must skip it and keep the others). GPUs 0 and 2 are NVLink peers; GPU 0 is on NUMA node 0 and
  * GPU 2 on node 1; GPU 2 has two uncorrected ECC errors and a page retirement pending. Not an NVML
  * emulator: just enough to exercise the dlopen path, the return-code checks and the fields we read.
+ *
+ * Live readings (for /metrics): GPU 0 reads 37 % busy, 1 GiB of its memory used, 45 °C, 350.5 W;
+ * GPU 1 reads 5 % and 51 °C (its memory call fails, its power is not supported); GPU 2 reads
+ * 100 %, no memory used, no temperature (not supported), 70 W.
+ *
+ * State a test changes while the agent runs: when FAKE_NVML_STATE names a file holding a line
+ * "ecc0=N", GPU 0 reports N uncorrected ECC errors (read at every call), which makes it unhealthy.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef int nvml_return_t;
@@ -40,6 +48,26 @@ nvml_return_t nvmlDeviceGetTotalEccErrors(struct nvml_device_st *h, int type, in
 nvml_return_t nvmlDeviceGetRetiredPages(struct nvml_device_st *h, int cause, unsigned int *count,
                                         unsigned long long *addresses);
 nvml_return_t nvmlDeviceGetRetiredPagesPendingStatus(struct nvml_device_st *h, int *pending);
+struct nvml_utilization {
+    unsigned int gpu, memory;
+};
+nvml_return_t nvmlDeviceGetUtilizationRates(struct nvml_device_st *h, struct nvml_utilization *u);
+nvml_return_t nvmlDeviceGetTemperature(struct nvml_device_st *h, int sensor, unsigned int *t);
+nvml_return_t nvmlDeviceGetPowerUsage(struct nvml_device_st *h, unsigned int *mw);
+
+/* GPU 0's ECC error count from the FAKE_NVML_STATE file; -1 when none is set. */
+static long long state_ecc0(void)
+{
+    const char *path = getenv("FAKE_NVML_STATE");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    if (!f) return -1;
+    long long n = -1;
+    char line[128];
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "ecc0=%lld", &n) == 1) break;
+    fclose(f);
+    return n;
+}
 
 nvml_return_t nvmlInit_v2(void)
 {
@@ -84,7 +112,7 @@ nvml_return_t nvmlDeviceGetMemoryInfo(struct nvml_device_st *h, struct nvml_memo
 {
     if (h->index == 1) return 15; /* NVML_ERROR_GPU_IS_LOST */
     m->total = 81559ull * 1024 * 1024;
-    m->used = 0;
+    m->used = h->index == 0 ? 1024ull * 1024 * 1024 : 0;
     m->free = m->total;
     return 0;
 }
@@ -120,7 +148,12 @@ nvml_return_t nvmlDeviceGetTotalEccErrors(struct nvml_device_st *h, int type, in
                                           unsigned long long *n)
 {
     if (type != 1 || counter != 0) return 2; /* uncorrected, volatile */
-    if (h->index == 0) return 3;             /* NVML_ERROR_NOT_SUPPORTED: no ECC on this one */
+    if (h->index == 0) {
+        long long set = state_ecc0();
+        if (set < 0) return 3; /* NVML_ERROR_NOT_SUPPORTED: no ECC on this one */
+        *n = (unsigned long long)set;
+        return 0;
+    }
     *n = 2;
     return 0;
 }
@@ -137,5 +170,28 @@ nvml_return_t nvmlDeviceGetRetiredPages(struct nvml_device_st *h, int cause, uns
 nvml_return_t nvmlDeviceGetRetiredPagesPendingStatus(struct nvml_device_st *h, int *pending)
 {
     *pending = h->index == 2;
+    return 0;
+}
+
+nvml_return_t nvmlDeviceGetUtilizationRates(struct nvml_device_st *h, struct nvml_utilization *u)
+{
+    static const unsigned pct[3] = {37, 5, 100};
+    u->gpu = pct[h->index];
+    u->memory = 0;
+    return 0;
+}
+
+nvml_return_t nvmlDeviceGetTemperature(struct nvml_device_st *h, int sensor, unsigned int *t)
+{
+    if (sensor != 0) return 2; /* only NVML_TEMPERATURE_GPU is asked for */
+    if (h->index == 2) return 3;
+    *t = h->index == 0 ? 45u : 51u;
+    return 0;
+}
+
+nvml_return_t nvmlDeviceGetPowerUsage(struct nvml_device_st *h, unsigned int *mw)
+{
+    if (h->index == 1) return 3;
+    *mw = h->index == 0 ? 350500u : 70000u;
     return 0;
 }
