@@ -107,6 +107,7 @@ static void queue(struct httpd_req *req, unsigned status, struct MHD_Response *r
         return;
     }
     req->replied = 1;
+    req->status = status;
     MHD_add_response_header(r, "X-Request-Id", req->id);
     for (char *line = req->extra_headers; *line;) {
         char *end = strstr(line, "\r\n");
@@ -134,6 +135,7 @@ static void queue(struct httpd_req *req, unsigned status, struct MHD_Response *r
 
 void httpd_reply_response(struct httpd_req *req, unsigned status, struct MHD_Response *r)
 {
+    req->bytes = -1;
     queue(req, status, r);
 }
 
@@ -143,6 +145,7 @@ void httpd_reply_raw(struct httpd_req *req, unsigned status, const char *content
     struct MHD_Response *r =
         MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (content_type) MHD_add_response_header(r, "Content-Type", content_type);
+    req->bytes = (long long)len;
     queue(req, status, r);
 }
 
@@ -158,6 +161,7 @@ void httpd_reply_json(struct httpd_req *req, unsigned status, json_t *body)
     /* MHD frees s with free() once sent. */
     struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(n, s, free);
     MHD_add_response_header(r, "Content-Type", "application/json");
+    req->bytes = (long long)n;
     queue(req, status, r);
 }
 
@@ -193,8 +197,36 @@ int64_t httpd_query_int(struct httpd_req *req, const char *name, int64_t def, in
     return n;
 }
 
+int httpd_json_too_deep(const char *s, size_t n, unsigned max)
+{
+    unsigned depth = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_string) {
+            if (c == '\\')
+                i++; /* the escaped character, quote or backslash, is not special */
+            else if (c == '"')
+                in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '{' || c == '[') {
+            if (++depth > max) return 1;
+        } else if ((c == '}' || c == ']') && depth > 0) {
+            depth--; /* unbalanced closers are the parser's to report */
+        }
+    }
+    return 0;
+}
+
 json_t *httpd_body_object(struct httpd_req *req)
 {
+    if (httpd_json_too_deep(req->body.data, req->body.len, HTTPD_JSON_MAX_DEPTH)) {
+        httpd_error(req, 400, "invalid_json", NULL,
+                    "request body is nested deeper than %d levels of arrays and objects",
+                    HTTPD_JSON_MAX_DEPTH);
+        return NULL;
+    }
     struct jsonx_err je = {0};
     json_t *body = jsonx_parse_object(req->body.data, req->body.len, &je);
     if (!body) httpd_error(req, 400, "invalid_json", NULL, "%s", je.message);
@@ -295,7 +327,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->srv = s;
         req->app = s->cfg.app;
         req->method = method;
-        req->url = url;
+        req->url = url; /* MHD passes the path without the query string */
+        req->start_ms = util_now_ms();
         if (util_random_hex(req->id, 8) != 0) snprintf(req->id, sizeof req->id, "unknown");
         *con_cls = req;
         int mismatch;
@@ -343,14 +376,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return MHD_YES;
 }
 
+/* The access log: one line per finished request. Checked against the level first, so a server
+ * logging at warn pays one comparison per request. */
+static void access_log(struct httpd_server *s, struct httpd_req *req,
+                       enum MHD_RequestTerminationCode toe)
+{
+    if (LOG_LEVEL_INFO < log_min_level) return;
+    char bytes[24];
+    if (req->bytes >= 0)
+        snprintf(bytes, sizeof bytes, "%lld", req->bytes);
+    else
+        snprintf(bytes, sizeof bytes, "stream");
+    log_info("%s %s %s %u %lldms req=%s bytes=%s%s", s->cfg.name, req->method, req->url,
+             req->status, (long long)(util_now_ms() - req->start_ms), req->id, bytes,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
     (void)conn;
-    (void)toe;
     struct httpd_req *req = *con_cls;
     if (!req) return;
+    access_log(cls, req, toe);
     if (req->state_free) req->state_free(req->state);
     buf_free(&req->body);
     free(req);
@@ -394,7 +442,9 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
         flags, (uint16_t)cfg->port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, s, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_CONNECTION_LIMIT, cfg->conn_limit ? cfg->conn_limit : 1000u,
-        MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
+        /* 0 is MHD's own "no limit". */
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->per_ip_limit, MHD_OPTION_CONNECTION_TIMEOUT,
+        cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
         /* A pool of one is no pool: MHD then uses its one internal thread. */
         cfg->thread_per_connection || cfg->threads == 1 ? MHD_OPTION_END
                                                         : MHD_OPTION_THREAD_POOL_SIZE,

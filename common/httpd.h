@@ -50,9 +50,12 @@ struct httpd_req {
     unsigned suspends; /* times suspended: another thread may resume before the handler returns */
     int retry_after;   /* seconds; added as Retry-After to the next error reply when > 0 */
     char extra_headers[256]; /* "Name: value" lines joined by CRLF, added to the reply */
-    char id[72]; /* in logs and the X-Request-Id header: made here, or set by the handler to the
-                    request id billing uses, so one id follows a request through every program */
-    void *state; /* the handler's, freed with state_free at completion */
+    char id[72];     /* in logs and the X-Request-Id header: made here, or set by the handler to the
+                        request id billing uses, so one id follows a request through every program */
+    unsigned status; /* of the reply queued, for the access log; 0: none */
+    long long bytes; /* of a whole reply's body; -1: streamed (length unknown here) */
+    int64_t start_ms; /* monotonic, when the request arrived */
+    void *state;      /* the handler's, freed with state_free at completion */
     void (*state_free)(void *state);
     struct httpd_req *susp_prev, *susp_next;
 };
@@ -64,6 +67,7 @@ struct httpd_config {
     int threads;               /* thread pool size (epoll mode) */
     int thread_per_connection; /* 1: one thread per connection (handlers may block) */
     unsigned conn_limit;
+    unsigned per_ip_limit;   /* connections one client address may hold; 0: no limit */
     unsigned conn_timeout_s; /* idle timeout; suspended connections do not time out */
     size_t max_body;
     const struct httpd_route *routes;
@@ -94,7 +98,17 @@ void httpd_error(struct httpd_req *req, unsigned status, const char *code, const
                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 const char *httpd_error_type(unsigned status);
 
-/* The request body as a JSON object (new reference), or NULL after answering 400 invalid_json. */
+/* Bodies nested deeper than this are refused before parsing: no request of ours needs more than
+ * a handful of levels, and a parser (or the code walking its tree) should not be made to recurse
+ * thousands deep by "[[[[...". */
+#define HTTPD_JSON_MAX_DEPTH 32
+
+/* 1 when the JSON text s[0..n) opens more than max nested arrays/objects at once (brackets inside
+ * strings do not count). One linear pass; does not validate the rest of the syntax. */
+int httpd_json_too_deep(const char *s, size_t n, unsigned max);
+
+/* The request body as a JSON object (new reference), or NULL after answering 400 invalid_json
+ * (also for a body nested deeper than HTTPD_JSON_MAX_DEPTH). */
 json_t *httpd_body_object(struct httpd_req *req);
 /* 0 when every key of body is in the NULL-terminated list known; else answers 400
  * unknown_parameter naming the first stranger and returns -1. */

@@ -19,6 +19,7 @@ struct ctl_config {
     const char *web_dir, *schema_dir;
     const char *openapi_file; /* served at GET /v1/openapi.json */
     int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
+    int64_t per_ip_connections; /* connections one client address may hold per listener; 0: any */
     int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s, hold_s;
     const char *log_level;
     int64_t billing_period_s, credit_grace_s;

@@ -58,6 +58,10 @@ static const struct cfg_opt serve_opts[] = {
      O(db_timeout_ms)},
     {"max-body", CFG_INT, "1048576", "largest request body accepted (bytes)", O(max_body)},
     {"max-connections", CFG_INT, "4000", "connections per listener", O(max_connections)},
+    /* 64 covers a browser (6 per host), an SDK's pool and a few proxies sharing one address; a
+     * single client holding more is hoarding what --max-connections shares among everyone. */
+    {"per-ip-connections", CFG_INT, "64", "connections one client address may hold (0: no limit)",
+     O(per_ip_connections)},
     {"heartbeat-ms", CFG_INT, "2000", "heartbeat interval told to agents", O(heartbeat_ms)},
     {"liveness-timeout-ms", CFG_INT, "15000", "silence after which a host is lost",
      O(liveness_timeout_ms)},
@@ -371,6 +375,7 @@ static int cmd_serve(struct ctl_config *cfg)
             .port = (int)specs[i].port,
             .threads = (int)cfg->threads,
             .conn_limit = (unsigned)cfg->max_connections,
+            .per_ip_limit = (unsigned)cfg->per_ip_connections,
             .conn_timeout_s = 60,
             .max_body = (size_t)cfg->max_body,
             .routes = routes[i],

@@ -1,9 +1,14 @@
 /* Unit tests of common/: hashing and randomness, the JSON input getters and error shape, the
  * configuration table, and httpd + httpc talking to each other over loopback (routing, 404, 405,
- * 413, the error funnel). */
+ * 413, the error funnel, the JSON depth cap, the per-address connection limit). */
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "cfg.h"
 #include "check.h"
@@ -130,6 +135,137 @@ static void h_fail(struct httpd_req *req)
     httpd_error(req, 409, "name_taken", "name", "name %s is taken", "x");
 }
 
+static void h_parse(struct httpd_req *req)
+{
+    json_t *body = httpd_body_object(req);
+    if (!body) return;
+    json_decref(body);
+    httpd_reply_json(req, 200, json_pack("{s:b}", "ok", 1));
+}
+
+static void test_json_depth(void)
+{
+    /* Brackets inside strings, escaped quotes and backslashes do not count. */
+    const char *flat = "{\"a\":\"[[[[\\\"{{{{\",\"b\":\"\\\\\",\"c\":[1]}";
+    CHECK(!httpd_json_too_deep(flat, strlen(flat), 2));
+    CHECK(httpd_json_too_deep("[[[1]]]", 7, 2));
+    {
+        const char *wide = "[[1],[2],{\"x\":[3]}]";
+        CHECK(!httpd_json_too_deep(wide, strlen(wide), 3)); /* siblings do not add up */
+        CHECK(httpd_json_too_deep(wide, strlen(wide), 2));
+    }
+    CHECK(!httpd_json_too_deep("]]]][[", 6, 2));
+
+    static const struct httpd_route routes[] = {{"POST", "/parse", h_parse}};
+    struct httpd_config hc = {.name = "test",
+                              .host = "127.0.0.1",
+                              .threads = 1,
+                              .max_body = 1 << 16,
+                              .routes = routes,
+                              .nroutes = 1};
+    char err[256], url[128];
+    struct httpd_server *s = httpd_start(&hc, err, sizeof err);
+    CHECK(s);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/parse", httpd_port(s));
+    struct buf b = {0};
+    struct httpc_resp r;
+    /* {"a":[[...]]} with HTTPD_JSON_MAX_DEPTH levels in all: accepted; one more: refused. */
+    for (int extra = 0; extra <= 1; extra++) {
+        b.len = 0;
+        buf_printf(&b, "{\"a\":");
+        for (int i = 0; i < HTTPD_JSON_MAX_DEPTH - 1 + extra; i++)
+            buf_printf(&b, "[");
+        for (int i = 0; i < HTTPD_JSON_MAX_DEPTH - 1 + extra; i++)
+            buf_printf(&b, "]");
+        buf_printf(&b, "}");
+        CHECK(httpc_request("POST", url, NULL, b.data, b.len, 5000, 1 << 20, &r, err, sizeof err) ==
+              0);
+        CHECK_INT_EQ(r.status, extra ? 400 : 200);
+        if (extra) {
+            CHECK(strstr(r.body.data, "\"code\":\"invalid_json\""));
+            CHECK(strstr(r.body.data, "deeper than 32 levels"));
+        }
+        buf_free(&r.body);
+    }
+    /* A deep string is just a string. */
+    b.len = 0;
+    buf_printf(&b, "{\"a\":\"");
+    for (int i = 0; i < 1000; i++)
+        buf_printf(&b, "[{");
+    buf_printf(&b, "\"}");
+    CHECK(httpc_request("POST", url, NULL, b.data, b.len, 5000, 1 << 20, &r, err, sizeof err) == 0);
+    CHECK_INT_EQ(r.status, 200);
+    buf_free(&r.body);
+    buf_free(&b);
+    httpd_stop(s);
+}
+
+static int connect_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    return fd;
+}
+
+/* Sends one request on fd; the status of the reply, or 0 when the server closed the connection
+ * without answering. */
+static int request_on(int fd)
+{
+    static const char get[] = "GET /things/x/fail HTTP/1.1\r\nHost: t\r\n\r\n";
+    if (send(fd, get, sizeof get - 1, MSG_NOSIGNAL) < 0) return 0;
+    struct pollfd pfd = {fd, POLLIN, 0};
+    char buf[512];
+    if (poll(&pfd, 1, 5000) != 1) return -1;
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    int status = 0;
+    return sscanf(buf, "HTTP/1.1 %d", &status) == 1 ? status : -1;
+}
+
+static void test_per_ip_limit(void)
+{
+    enum { LIMIT = 3 };
+    static const struct httpd_route routes[] = {{"GET", "/things/{}/fail", h_fail}};
+    struct httpd_config hc = {.name = "test",
+                              .host = "127.0.0.1",
+                              .threads = 2,
+                              .per_ip_limit = LIMIT,
+                              .max_body = 64,
+                              .routes = routes,
+                              .nroutes = 1};
+    char err[256];
+    struct httpd_server *s = httpd_start(&hc, err, sizeof err);
+    CHECK(s);
+    int port = httpd_port(s), fds[LIMIT + 1];
+    for (int i = 0; i < LIMIT; i++) {
+        fds[i] = connect_to(port);
+        CHECK_INT_EQ(request_on(fds[i]), 409); /* held open: keep-alive */
+    }
+    /* The kernel completes the handshake; MHD closes the extra connection unanswered. */
+    fds[LIMIT] = connect_to(port);
+    CHECK_INT_EQ(request_on(fds[LIMIT]), 0);
+    close(fds[LIMIT]);
+    /* The ones within the limit still work, and a freed slot can be taken again. */
+    CHECK_INT_EQ(request_on(fds[0]), 409);
+    close(fds[0]);
+    int again = -1;
+    for (int tries = 0; tries < 50 && again != 409; tries++) {
+        util_sleep_ms(20); /* MHD notices the close on its own thread */
+        int fd = connect_to(port);
+        again = request_on(fd);
+        close(fd);
+    }
+    CHECK_INT_EQ(again, 409);
+    for (int i = 1; i < LIMIT; i++)
+        close(fds[i]);
+    httpd_stop(s);
+}
+
 static void test_httpd(void)
 {
     static const struct httpd_route routes[] = {
@@ -196,6 +332,8 @@ int main(void)
     test_jsonx();
     test_cfg();
     test_httpd();
+    test_json_depth();
+    test_per_ip_limit();
     curl_global_cleanup();
     printf("test_common: ok\n");
     return 0;
