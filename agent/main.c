@@ -318,7 +318,8 @@ int main(int argc, char **argv)
         log_error("out of memory");
         return 1;
     }
-    sup_kill_leftovers(sup);
+    /* Adopted or stopped once the controller's first desired list says which are still wanted. */
+    sup_find_leftovers(sup);
 
     struct ctl ctl;
     ctl_init(&ctl, cfg.controller, cfg.token, cfg.state_dir);

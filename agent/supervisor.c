@@ -12,8 +12,12 @@
  *  - Exits are noticed with waitid(WNOWAIT): the dead leader stays a zombie while we SIGKILL what
  * is left of its group, so its pid (the group id) cannot have been reused by then. Only then is it
  *    reaped.
- *  - pid files hold "pid starttime": a leftover is killed at start only if /proc says the same
- *    process (same start time) still lives, never a stranger that inherited the number. */
+ *  - pid files hold "pid starttime port": a leftover is killed at start only if /proc says the
+ *    same process (same start time) still lives, never a stranger that inherited the number.
+ *  - Leftovers are settled by the first desired list: one whose replica and epoch are listed is
+ *    adopted (supervised again, same pid and port), the others are killed. An adopted runtime
+ *    may not be our child (then it cannot be waited for): its exit is noticed through /proc, with
+ *    the same start-time check, and its exit status is unknown. */
 #include "supervisor.h"
 
 #include <arpa/inet.h>
@@ -126,6 +130,7 @@ void sup_free(struct sup *s)
         free(r);
         r = next;
     }
+    free(s->leftovers);
     free(s);
 }
 
@@ -172,7 +177,7 @@ static void pidfile_write(struct sup_replica *r)
     char state, p[PATH_MAX + 8], txt[64];
     unsigned long long st = 0;
     if (proc_stat(r->pid, &state, &st) != 0) st = 0;
-    int n = snprintf(txt, sizeof txt, "%d %llu\n", (int)r->pid, st);
+    int n = snprintf(txt, sizeof txt, "%d %llu %d\n", (int)r->pid, st, r->port);
     pidfile_path(p, sizeof p, r->dir);
     if (util_write_file_atomic(p, txt, (size_t)n, 0644) != 0)
         log_error("cannot write %s: %s (a crash of the agent now could leave this runtime behind)",
@@ -433,6 +438,7 @@ static void spawn(struct sup *s, struct sup_replica *r)
     r->ready_once = 0;
     r->log_start = log_start;
     r->started_ms = util_now_ms();
+    r->adopted = 0;
     r->next_probe_ms = util_now_ms() + 100;
     pidfile_write(r);
     if (first) {
@@ -674,6 +680,7 @@ static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *s
     pidfile_remove(r->dir);
     int64_t ran_ms = util_now_ms() - r->state_since_ms;
     r->pid = 0;
+    r->adopted = 0;
     if (r->state == SUP_STOPPING) {
         sup_exit_cause(si->si_code, si->si_status, 1, why, sizeof why);
         if (r->desired) {
@@ -690,6 +697,28 @@ static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *s
     fail(s, r, why);
 }
 
+static int process_alive(pid_t pid, unsigned long long starttime);
+
+/* An adopted runtime that is not our child: 0 while /proc shows it alive, else settles its exit
+ * (status unknown) and returns 1. */
+static int adopted_gone(struct sup *s, struct sup_replica *r)
+{
+    if (process_alive(r->pid, r->starttime)) return 0;
+    signal_group(r, SIGKILL); /* whatever it forked; the group id is not reused while it has any */
+    pidfile_remove(r->dir);
+    r->pid = 0;
+    r->adopted = 0;
+    if (r->state == SUP_STOPPING) {
+        set_state(r, SUP_STOPPED, "exited (status unknown: adopted from a previous run)");
+        return 1;
+    }
+    int64_t now = util_now_ms();
+    r->exit_ms[r->nexits % SUP_EXIT_HISTORY] = now;
+    r->nexits++;
+    fail(s, r, "exited (status unknown: adopted from a previous run of the agent)");
+    return 1;
+}
+
 static void reap(struct sup *s)
 {
     for (struct sup_replica *r = s->list; r; r = r->next) {
@@ -698,6 +727,10 @@ static void reap(struct sup *s)
         memset(&si, 0, sizeof si);
         if (waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0) {
             if (errno != ECHILD) continue;
+            if (r->adopted) {
+                adopted_gone(s, r);
+                continue;
+            }
             /* Only we reap our children, so this is a bug; still, do not wait on it forever. */
             log_error("replica %s/%lld: pid %d is not our child any more", r->spec.replica_id,
                       (long long)r->spec.epoch, (int)r->pid);
@@ -791,6 +824,9 @@ void sup_tick(struct sup *s)
     }
 }
 
+static int adopt(struct sup *s, struct sup_replica *r);
+static void settle_leftovers(struct sup *s);
+
 void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
 {
     for (struct sup_replica *r = s->list; r; r = r->next)
@@ -808,6 +844,7 @@ void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
                      r->spec.replica_id, (long long)r->spec.epoch);
             r->state = SUP_NEW;
             r->state_since_ms = util_now_ms();
+            if (s->leftovers_pending) adopt(s, r);
             /* Appended, so replicas keep the order the controller gave them. */
             struct sup_replica **tail = &s->list;
             while (*tail)
@@ -818,6 +855,8 @@ void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
         }
         r->desired = 1;
     }
+    /* Before anything is spawned: a leftover nobody wants may hold a port or a device. */
+    if (s->leftovers_pending) settle_leftovers(s);
     for (struct sup_replica *r = s->list; r; r = r->next) {
         if (r->desired) {
             if (r->state == SUP_NEW || r->state == SUP_STOPPED) spawn_when_free(s, r);
@@ -881,6 +920,7 @@ static int any_process(const struct sup *s)
 
 void sup_stop_all(struct sup *s)
 {
+    if (s->leftovers_pending) settle_leftovers(s);
     for (struct sup_replica *r = s->list; r; r = r->next) {
         r->desired = 0;
         if (r->state == SUP_STARTING || r->state == SUP_READY)
@@ -907,71 +947,136 @@ void sup_stop_all(struct sup *s)
 
 /* ---- leftovers of a previous run ---- */
 
-struct leftover {
+struct sup_leftover {
     pid_t pid;
     unsigned long long starttime;
+    int port;       /* 0: unknown (a pid file written before ports were), so it cannot be adopted */
+    int adopted;    /* taken over by a desired replica: not to be killed */
+    char name[256]; /* the replica directory's name, <replica_id>-<epoch> */
     char pidfile[PATH_MAX + 300];
 };
 
-static int same_process_alive(const struct leftover *l)
+static int process_alive(pid_t pid, unsigned long long starttime)
 {
     char state;
     unsigned long long st;
-    if (proc_stat(l->pid, &state, &st) != 0) return 0;
-    return state != 'Z' && state != 'X' && st == l->starttime;
+    if (proc_stat(pid, &state, &st) != 0) return 0;
+    return state != 'Z' && state != 'X' && st == starttime;
 }
 
-void sup_kill_leftovers(struct sup *s)
+void sup_find_leftovers(struct sup *s)
 {
     char rdir[PATH_MAX];
     snprintf(rdir, sizeof rdir, "%s/replicas", s->cfg.state_dir);
     DIR *d = opendir(rdir);
     if (!d) return;
-    struct leftover *lo = NULL;
-    size_t n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        struct leftover l = {0};
+        struct sup_leftover l = {0};
         snprintf(l.pidfile, sizeof l.pidfile, "%s/%s/pid", rdir, e->d_name);
         char *txt = util_read_file(l.pidfile, NULL);
         if (!txt) continue;
-        int pid = 0;
-        int ok = sscanf(txt, "%d %llu", &pid, &l.starttime) == 2 && pid > 1;
+        int pid = 0, fields = sscanf(txt, "%d %llu %d", &pid, &l.starttime, &l.port);
         free(txt);
         l.pid = pid;
-        if (!ok || !same_process_alive(&l)) {
+        if (fields < 3 || l.port < 1 || l.port > 65535) l.port = 0;
+        if (fields < 2 || pid <= 1 || !process_alive(l.pid, l.starttime)) {
             unlink(l.pidfile);
             continue;
         }
-        struct leftover *nl = realloc(lo, (n + 1) * sizeof *nl);
+        snprintf(l.name, sizeof l.name, "%s", e->d_name);
+        struct sup_leftover *nl = realloc(s->leftovers, (s->nleftovers + 1) * sizeof *nl);
         if (!nl) break;
-        lo = nl;
-        lo[n++] = l;
-        log_warn("killing runtime pid %d left by a previous run of the agent (%s)", pid, e->d_name);
-        if (kill(-l.pid, SIGTERM) != 0) kill(l.pid, SIGTERM);
+        s->leftovers = nl;
+        s->leftovers[s->nleftovers++] = l;
+        log_info("runtime pid %d (%s) is left from a previous run of the agent: adopted if the "
+                 "controller still wants it, else stopped",
+                 pid, e->d_name);
     }
     closedir(d);
+    s->leftovers_pending = 1;
+}
+
+/* Takes r's runtime over when a leftover runs for the same replica and epoch. 1 when adopted. */
+static int adopt(struct sup *s, struct sup_replica *r)
+{
+    const char *slash = strrchr(r->dir, '/');
+    const char *name = slash ? slash + 1 : r->dir;
+    for (size_t i = 0; i < s->nleftovers; i++) {
+        struct sup_leftover *l = &s->leftovers[i];
+        if (l->adopted || l->port == 0 || strcmp(l->name, name) != 0 ||
+            !process_alive(l->pid, l->starttime))
+            continue;
+        char log_path[PATH_MAX + 16];
+        struct stat lst;
+        snprintf(log_path, sizeof log_path, "%s/runtime.log", r->dir);
+        l->adopted = 1;
+        r->pid = l->pid;
+        r->starttime = l->starttime;
+        r->port = l->port;
+        r->adopted = 1;
+        r->started_ms = util_now_ms(); /* its uptime counts from the adoption */
+        r->log_start = stat(log_path, &lst) == 0 ? (int64_t)lst.st_size : 0;
+        r->next_probe_ms = util_now_ms();
+        /* STARTING until its /health answers: the next probe, a few hundred ms away. */
+        set_state(r, SUP_STARTING, "adopted pid %d on port %d from a previous run of the agent",
+                  (int)r->pid, r->port);
+        return 1;
+    }
+    return 0;
+}
+
+/* Kills the leftovers nobody adopted (SIGTERM, SIGKILL after the grace time) and forgets them all.
+ * Blocks for at most the grace time. */
+static void settle_leftovers(struct sup *s)
+{
+    struct sup_leftover *lo = s->leftovers;
+    size_t n = s->nleftovers;
+    size_t killing = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lo[i].adopted) continue;
+        if (!process_alive(lo[i].pid, lo[i].starttime)) {
+            unlink(lo[i].pidfile);
+            lo[i].adopted = 1; /* nothing left to do with it */
+            continue;
+        }
+        log_warn("killing runtime pid %d left by a previous run of the agent (%s): not desired",
+                 (int)lo[i].pid, lo[i].name);
+        if (kill(-lo[i].pid, SIGTERM) != 0) kill(lo[i].pid, SIGTERM);
+        killing++;
+    }
     int64_t deadline = util_now_ms() + s->cfg.stop_grace_ms;
-    for (;;) {
+    while (killing) {
         size_t alive = 0;
         for (size_t i = 0; i < n; i++) {
-            waitpid(lo[i].pid, NULL, WNOHANG); /* only succeeds in tests, where it is our child */
-            if (same_process_alive(&lo[i])) alive++;
+            if (lo[i].adopted) continue;
+            waitpid(lo[i].pid, NULL, WNOHANG); /* succeeds only where it is our child */
+            if (process_alive(lo[i].pid, lo[i].starttime)) alive++;
         }
         if (!alive) break;
         if (util_now_ms() >= deadline) {
             for (size_t i = 0; i < n; i++)
-                if (same_process_alive(&lo[i]) && kill(-lo[i].pid, SIGKILL) != 0)
+                if (!lo[i].adopted && process_alive(lo[i].pid, lo[i].starttime) &&
+                    kill(-lo[i].pid, SIGKILL) != 0)
                     kill(lo[i].pid, SIGKILL);
             util_sleep_ms(100);
             for (size_t i = 0; i < n; i++)
-                waitpid(lo[i].pid, NULL, WNOHANG);
+                if (!lo[i].adopted) waitpid(lo[i].pid, NULL, WNOHANG);
             break;
         }
         util_sleep_ms(50);
     }
     for (size_t i = 0; i < n; i++)
-        unlink(lo[i].pidfile);
-    free(lo);
+        if (!lo[i].adopted) unlink(lo[i].pidfile);
+    free(s->leftovers);
+    s->leftovers = NULL;
+    s->nleftovers = 0;
+    s->leftovers_pending = 0;
+}
+
+void sup_kill_leftovers(struct sup *s)
+{
+    sup_find_leftovers(s);
+    settle_leftovers(s);
 }

@@ -90,6 +90,9 @@ struct sup_replica {
     int ready_once;                    /* the current process has answered /health */
     int64_t log_start;                 /* runtime.log's size when the current process started */
     int64_t started_ms;                /* monotonic: when the current process was started */
+    int adopted; /* pid was started by a previous run of the agent, see below */
+    unsigned long long
+        starttime; /* adopted: pid's start time in /proc, to tell it from a stranger */
     struct sup_replica *next;
 };
 
@@ -106,9 +109,15 @@ struct sup_config {
     long probe_timeout_ms;
 };
 
+struct sup_leftover;
+
 struct sup {
     struct sup_config cfg;
     struct sup_replica *list;
+    struct sup_leftover *leftovers; /* owned: found by sup_find_leftovers, settled by the first
+                                       sup_apply_desired (or sup_stop_all) */
+    size_t nleftovers;
+    int leftovers_pending;
 };
 
 /* Fills cfg with the defaults (1 s → 30 s backoff, 5 s grace, 300 s start timeout). */
@@ -119,10 +128,15 @@ struct sup *sup_new(const struct sup_config *cfg);
 /* Frees the bookkeeping only; processes still running are left alone (call sup_stop_all first). */
 void sup_free(struct sup *s);
 
-/* Kills what a previous run of the agent left behind, per STATE_DIR/replicas/x/pid: a restarted
- * agent must never leave an orphan holding devices. Adopting those runtimes instead (they still
- * serve, and their usage is journalled) would avoid a restart of every replica after an agent
- * upgrade; that is a later improvement, which needs the secret and spec persisted too. */
+/* Finds the runtimes a previous run of the agent left behind (STATE_DIR/replicas/x/pid naming a
+ * process that still lives with the same start time) without touching them. The first
+ * sup_apply_desired then adopts each one whose replica and epoch it lists (supervised again: the
+ * same pid and port, probed, stopped when no longer desired; the spec and secret come from the
+ * desired list, as for a new start) and kills the others, before it starts anything: a restarted
+ * agent must never leave an orphan holding devices, and should not restart replicas that still
+ * serve. sup_stop_all before that kills them all. */
+void sup_find_leftovers(struct sup *s);
+/* sup_find_leftovers, then kills every one at once. Blocks up to the stop grace time. */
 void sup_kill_leftovers(struct sup *s);
 
 /* Applies the controller's full desired list: starts what is new, stops what is not listed. */

@@ -2,8 +2,10 @@
  * records its arguments and environment, then (depending on flag files the test creates) exits
  * with status 3, ignores SIGTERM, serves GET /health with python3, or just sleeps. We check the
  * command line and environment contract, readiness, stopping and reaping, restart with doubling
- * backoff, SIGKILL after the grace time, the start timeout, and killing leftovers of a previous
- * run. */
+ * backoff, SIGKILL after the grace time, the start timeout, killing leftovers of a previous
+ * run, and adopting them: a runtime that outlives one supervisor is taken over by the next when
+ * the first desired list still wants its replica and epoch (also one that is not our child, whose
+ * exit is noticed through /proc), while the others are killed. */
 #include "tmpdir.h"
 
 #include <errno.h>
@@ -333,6 +335,128 @@ static void test_leftovers(const struct sup_config *cfg)
     sup_free(s2);
 }
 
+/* A first "agent" runs two replicas and goes away without stopping them; the next adopts the one
+ * still desired at the same epoch, kills the other, starts a new one, and stops the adopted one
+ * when it is no longer desired. */
+static void test_adopt_child(const struct sup_config *cfg, int have_python)
+{
+    flag("serve", have_python);
+    struct sup *s1 = sup_new(cfg);
+    struct sup_spec first[2] = {spec("rep-e", 5, "cpu", "CPU-h-0"),
+                                spec("rep-f", 1, "cpu", "CPU-h-1")};
+    sup_apply_desired(s1, first, 2);
+    struct sup_replica *e1 = sup_find(s1, "rep-e", 5), *f1 = sup_find(s1, "rep-f", 1);
+    if (have_python) CHECK(wait_state(s1, e1, SUP_READY, 10000));
+    pid_t pe = e1->pid, pf = f1->pid;
+    int port_e = e1->port;
+    char pidfile_f[PATH_MAX + 8];
+    snprintf(pidfile_f, sizeof pidfile_f, "%s/pid", f1->dir);
+    CHECK(pe > 0 && pf > 0);
+    sup_free(s1);
+
+    struct sup *s2 = sup_new(cfg);
+    sup_find_leftovers(s2);
+    CHECK(kill(pe, 0) == 0 && kill(pf, 0) == 0); /* finding them touches nothing */
+    struct sup_spec second[2] = {spec("rep-e", 5, "cpu", "CPU-h-0"),
+                                 spec("rep-g", 1, "cpu", "CPU-h-1")};
+    sup_apply_desired(s2, second, 2);
+    struct sup_replica *e2 = sup_find(s2, "rep-e", 5), *g2 = sup_find(s2, "rep-g", 1);
+    CHECK(e2 != NULL && g2 != NULL);
+    CHECK_INT_EQ(e2->pid, pe);
+    CHECK_INT_EQ(e2->port, port_e);
+    CHECK_INT_EQ(e2->adopted, 1);
+    CHECK_INT_EQ(e2->state, SUP_STARTING);
+    CHECK(strstr(e2->reason, "adopted") != NULL);
+    CHECK(process_gone(pf)); /* not desired: killed before anything was started */
+    CHECK(access(pidfile_f, F_OK) != 0);
+    CHECK_INT_EQ(g2->state, SUP_STARTING); /* CPU-h-1 was free again for the new one */
+    CHECK(g2->pid > 0 && g2->pid != pf && g2->port != port_e);
+    if (have_python) {
+        CHECK(wait_state(s2, e2, SUP_READY, 5000));
+        CHECK_INT_EQ(e2->pid, pe);
+        CHECK_INT_EQ(e2->restarts, 0);
+    }
+    sup_apply_desired(s2, &second[1], 1);
+    CHECK_INT_EQ(e2->state, SUP_STOPPING);
+    CHECK(wait_state(s2, e2, SUP_STOPPED, 3000));
+    CHECK(process_gone(pe));
+    sup_stop_all(s2);
+    sup_free(s2);
+}
+
+/* The start time of pid from /proc (field 22 of stat). */
+static unsigned long long proc_starttime(pid_t pid)
+{
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
+    char *txt = util_read_file(p, NULL);
+    CHECK(txt != NULL);
+    char *f = strrchr(txt, ')') + 2;
+    for (int field = 3; field < 22; field++)
+        f = strchr(f, ' ') + 1;
+    unsigned long long st = strtoull(f, NULL, 10);
+    free(txt);
+    return st;
+}
+
+/* A runtime that is not our child (its parent exited; we cannot wait for it): adopted all the
+ * same, and when it dies its exit is noticed through /proc and it is started again. */
+static void test_adopt_stranger(const struct sup_config *cfg)
+{
+    flag("serve", 0);
+    char dir[400], pidfile[420], port_s[16];
+    snprintf(dir, sizeof dir, "%s/replicas/rep-h-2", root);
+    CHECK(util_mkdirs(dir, 0755) == 0);
+    int port = cfg->port_base + 700;
+    snprintf(port_s, sizeof port_s, "%d", port);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t mid = fork();
+    CHECK(mid >= 0);
+    if (mid == 0) {
+        pid_t g = fork();
+        if (g == 0) {
+            setpgid(0, 0);
+            execl(script, script, "serve", "--port", port_s, (char *)NULL);
+            _exit(127);
+        }
+        ssize_t w = write(fds[1], &g, sizeof g);
+        _exit(w == sizeof g ? 0 : 1);
+    }
+    pid_t g = 0;
+    CHECK(read(fds[0], &g, sizeof g) == sizeof g);
+    close(fds[0]);
+    close(fds[1]);
+    int status;
+    CHECK_INT_EQ(waitpid(mid, &status, 0), mid);
+    CHECK(g > 0);
+    char txt[96];
+    snprintf(txt, sizeof txt, "%d %llu %d\n", (int)g, proc_starttime(g), port);
+    snprintf(pidfile, sizeof pidfile, "%s/pid", dir);
+    write_text(pidfile, txt, "w");
+
+    struct sup *s = sup_new(cfg);
+    sup_find_leftovers(s);
+    struct sup_spec h = spec("rep-h", 2, "cpu", "CPU-h-3");
+    sup_apply_desired(s, &h, 1);
+    struct sup_replica *r = sup_find(s, "rep-h", 2);
+    CHECK_INT_EQ(r->pid, g);
+    CHECK_INT_EQ(r->adopted, 1);
+    CHECK_INT_EQ(r->state, SUP_STARTING);
+    sup_tick(s);
+    CHECK_INT_EQ(r->state, SUP_STARTING); /* ECHILD, but /proc says it lives */
+    CHECK(kill(g, SIGKILL) == 0);
+    CHECK(wait_state(s, r, SUP_BACKOFF, 3000));
+    CHECK(strstr(r->reason, "status unknown") != NULL);
+    CHECK_INT_EQ(r->pid, 0);
+    CHECK(access(pidfile, F_OK) != 0);
+    CHECK(wait_state(s, r, SUP_STARTING, 3000)); /* restarted, now as our own child */
+    CHECK(r->pid > 0 && r->pid != g && !r->adopted);
+    sup_stop_all(s);
+    CHECK_INT_EQ(r->state, SUP_STOPPED);
+    sup_free(s);
+}
+
 int main(void)
 {
     log_init("test_agent_supervisor", "info");
@@ -364,6 +488,8 @@ int main(void)
     test_start_timeout(s);
     sup_free(s);
     test_leftovers(&cfg);
+    test_adopt_child(&cfg, have_python);
+    test_adopt_stranger(&cfg);
 
     tmpdir_remove(root);
     printf("ok\n");
