@@ -702,28 +702,44 @@ static void rate_headers(struct httpd_req *req, const struct rl_result *r)
 }
 
 /* CORS for the console's playground, which runs on the API listener's origin and calls this
- * listener with the session cookie: only origins listed in --cors-origins (exact match, e.g.
- * "http://127.0.0.1:8080") get the Allow headers; any other origin gets none, and the browser
- * keeps the reply from its page. 1 when the request's origin is allowed. */
-static int cors(struct httpd_req *req)
+ * listener with the session cookie. Allowed: the origins listed in --cors-origins (exact match),
+ * or, when that is unset, the API listener's own (http://<listen-host>:<api-port> and
+ * http://localhost:<api-port>), which serves the console. Any other origin gets no Allow headers,
+ * and the browser keeps the reply from its page. 1 when the request's origin is allowed. */
+static int origin_listed(const char *origin, const char *list)
 {
-    struct ctl_listener *l = req->app;
-    const char *origin = httpd_header(req, "Origin");
-    const char *list = l->ctl->cfg.cors_origins;
-    if (!origin || !list || !*list || strlen(origin) > 200) return 0;
     size_t n = strlen(origin);
     for (const char *p = list; *p;) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len == n && !strncmp(p, origin, n)) {
-            add_header(req, "Access-Control-Allow-Origin", origin);
-            add_header(req, "Access-Control-Allow-Credentials", "true");
-            add_header(req, "Vary", "Origin");
-            return 1;
-        }
+        if (len == n && !strncmp(p, origin, n)) return 1;
         p += len + (end ? 1 : 0);
     }
     return 0;
+}
+
+static int cors(struct httpd_req *req)
+{
+    struct ctl_listener *l = req->app;
+    const struct ctl_config *cfg = &l->ctl->cfg;
+    const char *origin = httpd_header(req, "Origin");
+    if (!origin || strlen(origin) > 200) return 0;
+    int ok;
+    if (cfg->cors_origins && *cfg->cors_origins) {
+        ok = origin_listed(origin, cfg->cors_origins);
+    } else {
+        char own[160];
+        snprintf(own, sizeof own, "http://%s:%lld,http://localhost:%lld", cfg->listen_host,
+                 (long long)cfg->api_port, (long long)cfg->api_port);
+        ok = origin_listed(origin, own);
+    }
+    if (!ok) return 0;
+    add_header(req, "Access-Control-Allow-Origin", origin);
+    add_header(req, "Access-Control-Allow-Credentials", "true");
+    add_header(req, "Access-Control-Expose-Headers",
+               "x-request-id, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset");
+    add_header(req, "Vary", "Origin");
+    return 1;
 }
 
 static void h_preflight(struct httpd_req *req)

@@ -68,8 +68,8 @@ static const struct cfg_opt serve_opts[] = {
     {"scheduler-interval-ms", CFG_INT, "1000", "leader loop period", O(scheduler_interval_ms)},
     {"stream-timeout-s", CFG_INT, "600", "longest proxied inference request", O(stream_timeout_s)},
     {"cors-origins", CFG_STRING, NULL,
-     "origins (comma-separated, exact) allowed to call the gateway from a browser, e.g. the "
-     "console's http://127.0.0.1:8080",
+     "origins (comma-separated, exact) allowed to call the gateway from a browser "
+     "[default: the API listener's own origin, which serves the console]",
      O(cors_origins)},
     {"hold-s", CFG_INT, "30",
      "how long the gateway holds a request while its endpoint has no ready replica", O(hold_s)},
