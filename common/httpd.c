@@ -377,19 +377,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 }
 
 /* The access log: one line per finished request. Checked against the level first, so a server
- * logging at warn pays one comparison per request. */
+ * logging at warn pays one comparison per request. Successful probes and scrapes (GET /health,
+ * /healthz, /metrics) are logged at debug only: an agent probes each runtime five times a second,
+ * and a line each would drown the log that a crash-loop reason quotes. */
 static void access_log(struct httpd_server *s, struct httpd_req *req,
                        enum MHD_RequestTerminationCode toe)
 {
-    if (LOG_LEVEL_INFO < log_min_level) return;
+    int probe = req->status < 400 && !strcmp(req->method, "GET") &&
+                (!strcmp(req->url, "/health") || !strcmp(req->url, "/healthz") ||
+                 !strcmp(req->url, "/metrics"));
+    if ((probe ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO) < log_min_level) return;
     char bytes[24];
     if (req->bytes >= 0)
         snprintf(bytes, sizeof bytes, "%lld", req->bytes);
     else
         snprintf(bytes, sizeof bytes, "stream");
-    log_info("%s %s %s %u %lldms req=%s bytes=%s%s", s->cfg.name, req->method, req->url,
-             req->status, (long long)(util_now_ms() - req->start_ms), req->id, bytes,
-             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
+    log_write(probe ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO, __FILE__, __LINE__,
+              "%s %s %s %u %lldms req=%s bytes=%s%s", s->cfg.name, req->method, req->url,
+              req->status, (long long)(util_now_ms() - req->start_ms), req->id, bytes,
+              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
