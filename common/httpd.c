@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "httpd_internal.h"
 #include "jsonx.h"
 #include "log.h"
 
@@ -26,7 +27,7 @@ struct httpd_server {
     struct httpd_req *suspended;
 };
 
-static int match_route(const char *pattern, const char *path, struct httpd_req *req)
+int httpd_match_route(const char *pattern, const char *path, struct httpd_req *req)
 {
     int np = 0;
     const char *p = pattern, *u = path;
@@ -63,7 +64,7 @@ static const struct httpd_route *find_route(struct httpd_server *s, struct httpd
     *method_mismatch = 0;
     for (size_t i = 0; i < s->cfg.nroutes; i++) {
         const struct httpd_route *r = &s->cfg.routes[i];
-        if (!match_route(r->pattern, req->url, req)) continue;
+        if (!httpd_match_route(r->pattern, req->url, req)) continue;
         if (strcmp(r->method, req->method) == 0) return r;
         /* A catch-all pattern (static files) does not make every path "exist". */
         if (r->pattern[strlen(r->pattern) - 1] != '*') *method_mismatch = 1;
@@ -411,7 +412,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+/* The format attribute tells clang that fmt is MHD's own printf format (gcc does not warn here). */
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     struct httpd_server *s = cls;
     char msg[512];
