@@ -180,6 +180,14 @@ static void test_merge_rules(void)
     expect_ids(t, "abcab", (int[]){256, 'c', 256}, 3); /* not in the vocab whole: merged */
     tok_free(t);
 
+    /* A merge table converted from tiktoken ranks lists every split of a token: "abc" is reached
+     * through "ab" + "c" even though "a" + "bc" is listed first (tests/e2e/tiktoken.test.js). */
+    t = hand_tokenizer("\"ab\":256,\"bc\":257,\"abc\":258",
+                       "[[\"a\",\"b\"],[\"b\",\"c\"],[\"a\",\"bc\"],[\"ab\",\"c\"]]", 1, 0);
+    expect_ids(t, "abcab", (int[]){258, 256}, 2);
+    expect_ids(t, "abc", (int[]){258}, 1);
+    tok_free(t);
+
     /* add_prefix_space: a space before each stretch of text between added tokens. */
     t = hand_tokenizer("\"ab\":256", "[\"a b\"]", 0, 1);
     expect_ids(t, "ab<s>ab", (int[]){' ', 256, 300, ' ', 256}, 5);
