@@ -205,7 +205,7 @@ static int safe_ident(const char *s)
 static int parse_desired(json_t *d, struct sup_spec *sp, char *err, size_t errlen)
 {
     struct jsonx_err je = {{0}, {0}};
-    const char *rid, *model = "", *path, *name, *kind, *secret;
+    const char *rid, *model = "", *path = "", *source = "", *name, *kind, *secret;
     int64_t tp = 1;
     memset(sp, 0, sizeof *sp);
     if (!json_is_object(d)) {
@@ -215,7 +215,8 @@ static int parse_desired(json_t *d, struct sup_spec *sp, char *err, size_t errle
     if (jsonx_get_string(d, "replica_id", 1, &rid, SUP_ID_MAX - 1, &je) != JSONX_OK ||
         jsonx_get_int(d, "epoch", 1, 0, INT64_MAX, &sp->epoch, &je) != JSONX_OK ||
         jsonx_get_string(d, "model", 0, &model, SUP_NAME_MAX - 1, &je) == JSONX_BAD ||
-        jsonx_get_string(d, "model_path", 1, &path, PATH_MAX - 1, &je) != JSONX_OK ||
+        jsonx_get_string(d, "model_path", 0, &path, PATH_MAX - 1, &je) == JSONX_BAD ||
+        jsonx_get_string(d, "source", 0, &source, PATH_MAX - 1, &je) == JSONX_BAD ||
         jsonx_get_string(d, "served_name", 1, &name, SUP_NAME_MAX - 1, &je) != JSONX_OK ||
         jsonx_get_string(d, "device_kind", 1, &kind, 7, &je) != JSONX_OK ||
         jsonx_get_string(d, "secret", 1, &secret, SUP_SECRET_MAX - 1, &je) != JSONX_OK ||
@@ -227,7 +228,16 @@ static int parse_desired(json_t *d, struct sup_spec *sp, char *err, size_t errle
         snprintf(err, errlen, "replica_id '%s' has characters we cannot use in a path", rid);
         return -1;
     }
-    if (path[0] != '/') {
+    json_t *manifest = json_object_get(d, "manifest");
+    if (manifest && json_is_null(manifest)) manifest = NULL;
+    if (manifest && !json_is_object(manifest)) {
+        snprintf(err, errlen, "manifest must be an object");
+        return -1;
+    }
+    /* model_path is what older controllers send; a remote source with a manifest needs none. */
+    int remote = manifest && (!strncmp(source, "file://", 7) || !strncmp(source, "http://", 7) ||
+                              !strncmp(source, "https://", 8));
+    if (!remote && path[0] != '/') {
         snprintf(err, errlen, "model_path '%s' is not absolute", path);
         return -1;
     }
@@ -261,6 +271,8 @@ static int parse_desired(json_t *d, struct sup_spec *sp, char *err, size_t errle
     snprintf(sp->replica_id, sizeof sp->replica_id, "%s", rid);
     snprintf(sp->model, sizeof sp->model, "%s", model);
     snprintf(sp->model_path, sizeof sp->model_path, "%s", path);
+    snprintf(sp->source, sizeof sp->source, "%s", source);
+    if (manifest) sp->manifest = json_incref(manifest);
     snprintf(sp->served_name, sizeof sp->served_name, "%s", name);
     snprintf(sp->device_kind, sizeof sp->device_kind, "%s", kind);
     snprintf(sp->secret, sizeof sp->secret, "%s", secret);
@@ -304,6 +316,7 @@ int ctl_parse_reply(const char *body, size_t len, struct ctl_reply *out, char *e
             snprintf(err, errlen, "desired[%zu]: %s", i, e);
             goto done;
         }
+        out->ndesired = i + 1; /* so that ctl_reply_free releases what was parsed */
     }
     out->ndesired = n;
     rc = 0;
@@ -316,6 +329,8 @@ done:
 void ctl_reply_free(struct ctl_reply *r)
 {
     if (!r) return;
+    for (size_t i = 0; i < r->ndesired; i++)
+        json_decref(r->desired[i].manifest);
     free(r->desired);
     r->desired = NULL;
     r->ndesired = 0;

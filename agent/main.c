@@ -22,6 +22,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "supervisor.h"
+#include "weights.h"
 #include "usage.h"
 #include "util.h"
 
@@ -51,6 +52,8 @@ struct agent_config {
     const char *log_level;
     const char *metrics_host;
     const char *nvml_lib;
+    const char *cache_dir;
+    int64_t cache_max_bytes;
     int64_t metrics_port;
     int64_t inventory_interval_s;
     int64_t cpu_slots;
@@ -91,6 +94,10 @@ static const struct cfg_opt options[] = {
     OPT("metrics-port", CFG_INT, "0", "serve Prometheus GET /metrics on this port (0: off)",
         metrics_port),
     OPT("metrics-host", CFG_STRING, "127.0.0.1", "address /metrics binds to (IPv4)", metrics_host),
+    OPT("cache-dir", CFG_STRING, NULL,
+        "weights cache for models with a remote source [default: STATE_DIR/models]", cache_dir),
+    OPT("cache-max-bytes", CFG_INT, "0",
+        "evict least recently used unused models past this size (0: no limit)", cache_max_bytes),
     OPT("nvml-lib", CFG_STRING, "libnvidia-ml.so.1", "the NVML library to load", nvml_lib),
     OPT("log-level", CFG_STRING, "info", "debug, info, warn or error", log_level),
     OPT("print-config", CFG_BOOL, "false", "print the effective configuration and exit",
@@ -318,6 +325,19 @@ int main(int argc, char **argv)
         log_error("out of memory");
         return 1;
     }
+    char cache_dir[PATH_MAX];
+    snprintf(cache_dir, sizeof cache_dir, "%s", cfg.cache_dir ? cfg.cache_dir : "");
+    if (!cfg.cache_dir) snprintf(cache_dir, sizeof cache_dir, "%s/models", cfg.state_dir);
+    if (util_mkdirs(cache_dir, 0755) != 0) {
+        log_error("cannot create %s: %s", cache_dir, strerror(errno));
+        return 1;
+    }
+    struct weights *weights = weights_new(cache_dir, cfg.cache_max_bytes);
+    if (!weights) {
+        log_error("out of memory");
+        return 1;
+    }
+    sup->weights = weights;
     /* Adopted or stopped once the controller's first desired list says which are still wanted. */
     sup_find_leftovers(sup);
 
@@ -411,6 +431,7 @@ int main(int argc, char **argv)
     inv_nvml_close(nvml);
     sup_stop_all(sup);
     sup_free(sup);
+    weights_free(weights);
     json_decref(reg);
     inv_free(&inv);
     curl_global_cleanup();

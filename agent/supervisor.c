@@ -19,6 +19,7 @@
  *    may not be our child (then it cannot be waited for): its exit is noticed through /proc, with
  *    the same start-time check, and its exit status is unknown. */
 #include "supervisor.h"
+#include "weights.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -70,8 +71,13 @@ void sup_config_defaults(struct sup_config *cfg)
 }
 
 static const char *const state_names[] = {
-    [SUP_NEW] = "new",        [SUP_STARTING] = "starting", [SUP_READY] = "ready",
-    [SUP_BACKOFF] = "failed", [SUP_STOPPING] = "stopping", [SUP_STOPPED] = "stopped",
+    [SUP_NEW] = "new",
+    [SUP_STARTING] = "starting",
+    [SUP_READY] = "ready",
+    [SUP_BACKOFF] = "failed",
+    [SUP_STOPPING] = "stopping",
+    [SUP_STOPPED] = "stopped",
+    [SUP_FETCHING] = "downloading",
 };
 
 const char *sup_state_name(enum sup_state st)
@@ -82,12 +88,13 @@ const char *sup_state_name(enum sup_state st)
 #define BIT(s) (1u << (s))
 /* legal[from] is the set of states one may go to from `from`. */
 static const unsigned legal[] = {
-    [SUP_NEW] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPED),
+    [SUP_NEW] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPED) | BIT(SUP_FETCHING),
     [SUP_STARTING] = BIT(SUP_READY) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPING),
     [SUP_READY] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPING),
-    [SUP_BACKOFF] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPED),
+    [SUP_BACKOFF] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPED) | BIT(SUP_FETCHING),
     [SUP_STOPPING] = BIT(SUP_STOPPED) | BIT(SUP_BACKOFF),
-    [SUP_STOPPED] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF),
+    [SUP_STOPPED] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_FETCHING),
+    [SUP_FETCHING] = BIT(SUP_STARTING) | BIT(SUP_BACKOFF) | BIT(SUP_STOPPED),
 };
 
 /* The only writer of r->state and r->reason. Returns 0, or -1 (logged as a bug) when the
@@ -127,6 +134,7 @@ void sup_free(struct sup *s)
     struct sup_replica *r = s->list;
     while (r) {
         struct sup_replica *next = r->next;
+        json_decref(r->spec.manifest);
         free(r);
         r = next;
     }
@@ -375,8 +383,49 @@ static void spawn_when_free(struct sup *s, struct sup_replica *r)
 }
 
 /* Starts r's runtime: NEW, BACKOFF or STOPPED → STARTING, or → BACKOFF when it cannot. */
+int sup_spec_needs_fetch(const struct sup_spec *spec)
+{
+    return spec->manifest &&
+           (!strncmp(spec->source, "file://", 7) || !strncmp(spec->source, "http://", 7) ||
+            !strncmp(spec->source, "https://", 8));
+}
+
+/* For a replica whose weights come through the cache: 1 when they are in place (model_path set),
+ * 0 when r waits for them (FETCHING, with the progress as its reason) or failed (BACKOFF). */
+static int weights_in_place(struct sup *s, struct sup_replica *r)
+{
+    if (!sup_spec_needs_fetch(&r->spec)) return 1;
+    if (!s->weights) {
+        fail(s, r, "this agent has no weights cache");
+        return 0;
+    }
+    char path[PATH_MAX], err[512];
+    int pct = 0;
+    switch (weights_ensure(s->weights, r->spec.model, r->spec.source, r->spec.manifest, path,
+                           sizeof path, &pct, err, sizeof err)) {
+    case WEIGHTS_READY:
+        snprintf(r->spec.model_path, sizeof r->spec.model_path, "%s", path);
+        return 1;
+    case WEIGHTS_PENDING:
+        if (r->state != SUP_FETCHING) {
+            enum sup_state from = r->state;
+            if (set_state(r, SUP_FETCHING, "downloading weights: %d %%", pct) == 0)
+                r->fetch_from = from;
+        } else {
+            /* progress only: not a transition, so not logged */
+            snprintf(r->reason, sizeof r->reason, "downloading weights: %d %%", pct);
+        }
+        return 0;
+    case WEIGHTS_FAILED:
+        fail(s, r, err);
+        return 0;
+    }
+    return 0;
+}
+
 static void spawn(struct sup *s, struct sup_replica *r)
 {
+    if (!weights_in_place(s, r)) return;
     if (util_mkdirs(r->dir, 0755) != 0) {
         char why[PATH_MAX + 64];
         snprintf(why, sizeof why, "cannot create %s: %s", r->dir, strerror(errno));
@@ -428,7 +477,7 @@ static void spawn(struct sup *s, struct sup_replica *r)
         return;
     }
     setpgid(pid, pid); /* also done by the child; whichever runs first wins, both are fine */
-    int first = r->state == SUP_NEW;
+    int first = r->state == SUP_NEW || (r->state == SUP_FETCHING && r->fetch_from == SUP_NEW);
     if (!first) r->restarts++;
     r->pid = pid;
     r->port = port;
@@ -820,7 +869,19 @@ void sup_tick(struct sup *s)
         case SUP_STOPPED:
             if (r->desired) spawn_when_free(s, r);
             break;
+        case SUP_FETCHING:
+            if (!r->desired)
+                set_state(r, SUP_STOPPED, "no longer desired");
+            else
+                spawn_when_free(s, r);
+            break;
         }
+    }
+    if (s->weights) {
+        weights_begin_uses(s->weights);
+        for (struct sup_replica *r = s->list; r; r = r->next)
+            if (r->desired && sup_spec_needs_fetch(&r->spec))
+                weights_use(s->weights, r->spec.model, r->spec.manifest);
     }
 }
 
@@ -840,6 +901,7 @@ void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
                 continue;
             }
             r->spec = specs[i];
+            if (r->spec.manifest) json_incref(r->spec.manifest);
             snprintf(r->dir, sizeof r->dir, "%s/replicas/%s-%lld", s->cfg.state_dir,
                      r->spec.replica_id, (long long)r->spec.epoch);
             r->state = SUP_NEW;
@@ -859,12 +921,14 @@ void sup_apply_desired(struct sup *s, const struct sup_spec *specs, size_t n)
     if (s->leftovers_pending) settle_leftovers(s);
     for (struct sup_replica *r = s->list; r; r = r->next) {
         if (r->desired) {
-            if (r->state == SUP_NEW || r->state == SUP_STOPPED) spawn_when_free(s, r);
+            if (r->state == SUP_NEW || r->state == SUP_STOPPED || r->state == SUP_FETCHING)
+                spawn_when_free(s, r);
             continue;
         }
         switch (r->state) {
         case SUP_NEW:
         case SUP_BACKOFF:
+        case SUP_FETCHING:
             set_state(r, SUP_STOPPED, "no longer desired");
             break;
         case SUP_STARTING:
@@ -886,11 +950,15 @@ json_t *sup_report(struct sup *s)
          * reported only once it is really stopped. */
         if (r->state == SUP_NEW || r->state == SUP_STOPPING) continue;
         if (r->state == SUP_STOPPED) r->reported_stopped = 1;
-        json_array_append_new(a, json_pack("{s:s, s:I, s:s, s:i, s:i, s:I, s:s}", "replica_id",
-                                           r->spec.replica_id, "epoch", (json_int_t)r->spec.epoch,
-                                           "state", state_names[r->state], "port", r->port, "pid",
-                                           (int)(r->pid > 0 ? r->pid : 0), "restarts",
-                                           (json_int_t)r->restarts, "reason", r->reason));
+        json_t *o = json_pack("{s:s, s:I, s:s, s:i, s:I, s:s}", "replica_id", r->spec.replica_id,
+                              "epoch", (json_int_t)r->spec.epoch, "state",
+                              state_names[r->state == SUP_FETCHING ? SUP_STARTING : r->state],
+                              "pid", (int)(r->pid > 0 ? r->pid : 0), "restarts",
+                              (json_int_t)r->restarts, "reason", r->reason);
+        /* No port yet (still downloading, or failed before the first start): left out, since the
+         * controller accepts only a real one. */
+        if (o && r->port > 0) json_object_set_new(o, "port", json_integer(r->port));
+        json_array_append_new(a, o);
     }
     return a;
 }
@@ -904,6 +972,7 @@ void sup_report_delivered(struct sup *s)
             log_debug("replica %s/%lld: stop reported, forgotten", r->spec.replica_id,
                       (long long)r->spec.epoch);
             *pp = r->next;
+            json_decref(r->spec.manifest);
             free(r);
         } else {
             pp = &r->next;
@@ -925,7 +994,7 @@ void sup_stop_all(struct sup *s)
         r->desired = 0;
         if (r->state == SUP_STARTING || r->state == SUP_READY)
             begin_stop(s, r, "agent stopping");
-        else if (r->state == SUP_NEW || r->state == SUP_BACKOFF)
+        else if (r->state == SUP_NEW || r->state == SUP_BACKOFF || r->state == SUP_FETCHING)
             set_state(r, SUP_STOPPED, "agent stopping");
     }
     /* SIGKILL follows after the grace time; past that plus SUP_STOP_ALL_EXTRA_MS, a process stuck

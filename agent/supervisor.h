@@ -57,7 +57,9 @@ struct sup_spec {
     char replica_id[SUP_ID_MAX];
     int64_t epoch;
     char model[SUP_NAME_MAX];
-    char model_path[PATH_MAX];
+    char model_path[PATH_MAX]; /* "" for a remote source until its weights are cached */
+    char source[PATH_MAX];     /* the catalog source: a directory, file:///dir or http(s)://…/ */
+    json_t *manifest; /* {"files":[…]} or NULL; a reference owned by whoever holds the spec */
     char served_name[SUP_NAME_MAX];
     char devices[SUP_DEVICES_MAX]; /* device uuids, comma-joined */
     char device_kind[8];           /* "gpu" or "cpu" */
@@ -65,7 +67,17 @@ struct sup_spec {
     int64_t tp;
 };
 
-enum sup_state { SUP_NEW, SUP_STARTING, SUP_READY, SUP_BACKOFF, SUP_STOPPING, SUP_STOPPED };
+/* SUP_FETCHING [starting]: waiting for the weights cache to fetch the model (reason "downloading
+ * weights: 37 %"); listed last so the other values keep their numbers. */
+enum sup_state {
+    SUP_NEW,
+    SUP_STARTING,
+    SUP_READY,
+    SUP_BACKOFF,
+    SUP_STOPPING,
+    SUP_STOPPED,
+    SUP_FETCHING
+};
 
 struct sup_replica {
     struct sup_spec spec;
@@ -92,7 +104,8 @@ struct sup_replica {
     int64_t started_ms;                /* monotonic: when the current process was started */
     int adopted; /* pid was started by a previous run of the agent, see below */
     unsigned long long
-        starttime; /* adopted: pid's start time in /proc, to tell it from a stranger */
+        starttime;             /* adopted: pid's start time in /proc, to tell it from a stranger */
+    enum sup_state fetch_from; /* FETCHING: the state it came from */
     struct sup_replica *next;
 };
 
@@ -110,6 +123,7 @@ struct sup_config {
 };
 
 struct sup_leftover;
+struct weights;
 
 struct sup {
     struct sup_config cfg;
@@ -118,7 +132,12 @@ struct sup {
                                        sup_apply_desired (or sup_stop_all) */
     size_t nleftovers;
     int leftovers_pending;
+    struct weights *weights; /* borrowed, may be NULL: remote sources then fail */
 };
+
+/* Whether spec's weights come through the weights cache: a manifest and a file:// or http(s)://
+ * source (a plain directory is used where it is, as before). */
+int sup_spec_needs_fetch(const struct sup_spec *spec);
 
 /* Fills cfg with the defaults (1 s → 30 s backoff, 5 s grace, 300 s start timeout). */
 void sup_config_defaults(struct sup_config *cfg);

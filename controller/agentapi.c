@@ -478,7 +478,7 @@ static enum db_status load_desired(PGconn *c, struct beat *b)
     enum db_status st = db_exec(
         c,
         "SELECT r.id, r.epoch, m.name, m.source, e.name, array_to_json(r.devices), "
-        "  e.device_kind, r.secret, e.gpus_per_replica "
+        "  e.device_kind, r.secret, e.gpus_per_replica, m.manifest::text "
         "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
         "JOIN models m ON m.id = e.model_id "
         "WHERE r.host_id = $1::bigint AND r.state IN ('assigned', 'starting', 'ready', 'failed') "
@@ -490,14 +490,24 @@ static enum db_status load_desired(PGconn *c, struct beat *b)
     for (int i = 0; i < PQntuples(r); i++) {
         json_error_t je;
         json_t *devs = json_loads(PQgetvalue(r, i, 5), 0, &je);
-        json_array_append_new(b->desired,
-                              json_pack("{s:s, s:I, s:s, s:s, s:s, s:o, s:s, s:s, s:I}",
-                                        "replica_id", PQgetvalue(r, i, 0), "epoch",
-                                        (json_int_t)db_int(r, i, 1), "model", PQgetvalue(r, i, 2),
-                                        "model_path", PQgetvalue(r, i, 3), "served_name",
-                                        PQgetvalue(r, i, 4), "devices", devs ? devs : json_array(),
-                                        "device_kind", PQgetvalue(r, i, 6), "secret",
-                                        PQgetvalue(r, i, 7), "tp", (json_int_t)db_int(r, i, 8)));
+        const char *source = PQgetvalue(r, i, 3);
+        json_t *d =
+            json_pack("{s:s, s:I, s:s, s:s, s:s, s:o, s:s, s:s, s:I}", "replica_id",
+                      PQgetvalue(r, i, 0), "epoch", (json_int_t)db_int(r, i, 1), "model",
+                      PQgetvalue(r, i, 2), "source", source, "served_name", PQgetvalue(r, i, 4),
+                      "devices", devs ? devs : json_array(), "device_kind", PQgetvalue(r, i, 6),
+                      "secret", PQgetvalue(r, i, 7), "tp", (json_int_t)db_int(r, i, 8));
+        if (!d) continue;
+        /* model_path, for agents that predate the weights cache: a local directory only. */
+        if (source[0] == '/')
+            json_object_set_new(d, "model_path", json_string(source));
+        else if (!strncmp(source, "file:///", 8))
+            json_object_set_new(d, "model_path", json_string(source + 7));
+        if (!PQgetisnull(r, i, 9)) {
+            json_t *m = json_loads(PQgetvalue(r, i, 9), 0, &je);
+            if (m) json_object_set_new(d, "manifest", m);
+        }
+        json_array_append_new(b->desired, d);
     }
     PQclear(r);
     return DB_ROWS;

@@ -8,12 +8,18 @@
  * Configuration is one table (see `orp-controller serve --help`), from the command line or
  * ORP_* environment variables. */
 #include <curl/curl.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <limits.h>
+#include <openssl/evp.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "accounts_api.h"
@@ -242,15 +248,90 @@ static int cmd_admin(int argc, char **argv)
 
 /* ---- model add ---- */
 
+/* The manifest of a local checkpoint: every regular file under the directory (recursively, sorted
+ * by path) with its size and sha256. Agents verify what they fetch against it. */
+static json_t *manifest_files; /* nftw has no user argument */
+static size_t manifest_root_len;
+
+static int sha256_file(const char *path, char out[65])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    static unsigned char buf[1 << 16];
+    ssize_t got;
+    while ((got = read(fd, buf, sizeof buf)) > 0)
+        EVP_DigestUpdate(ctx, buf, (size_t)got);
+    close(fd);
+    unsigned char md[32];
+    unsigned len = 0;
+    EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_MD_CTX_free(ctx);
+    if (got < 0) return -1;
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
+
+static int manifest_visit(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)f;
+    if (flag != FTW_F || !S_ISREG(st->st_mode)) return 0;
+    char hex[65];
+    if (sha256_file(path, hex) != 0) {
+        fprintf(stderr, "orp-controller: cannot read %s\n", path);
+        return 1;
+    }
+    json_array_append_new(manifest_files,
+                          json_pack("{s:s, s:I, s:s}", "path", path + manifest_root_len + 1, "size",
+                                    (json_int_t)st->st_size, "sha256", hex));
+    return 0;
+}
+
+static int cmp_path(const void *a, const void *b)
+{
+    return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "path")),
+                  json_string_value(json_object_get(*(json_t *const *)b, "path")));
+}
+
+static json_t *manifest_of_dir(const char *dir)
+{
+    char root[PATH_MAX];
+    snprintf(root, sizeof root, "%s", dir);
+    size_t n = strlen(root);
+    while (n > 1 && root[n - 1] == '/')
+        root[--n] = '\0';
+    manifest_files = json_array();
+    manifest_root_len = n;
+    if (nftw(root, manifest_visit, 16, FTW_PHYS) != 0) {
+        json_decref(manifest_files);
+        return NULL;
+    }
+    size_t count = json_array_size(manifest_files);
+    json_t **items = calloc(count + 1, sizeof *items);
+    for (size_t i = 0; i < count; i++)
+        items[i] = json_incref(json_array_get(manifest_files, i));
+    qsort(items, count, sizeof *items, cmp_path);
+    json_t *files = json_array();
+    for (size_t i = 0; i < count; i++)
+        json_array_append_new(files, items[i]);
+    free(items);
+    json_decref(manifest_files);
+    return json_pack("{s:o}", "files", files);
+}
+
 static int cmd_model(int argc, char **argv)
 {
     struct {
         const char *name, *source, *family, *context, *min_devices, *kinds, *in_price, *out_price,
-            *database_url;
+            *database_url, *manifest;
     } o;
     static const struct cfg_opt opts[] = {
         {"name", CFG_STRING, NULL, "catalog name", 0},
-        {"source", CFG_STRING, NULL, "checkpoint directory on the hosts", 1 * sizeof(char *)},
+        {"source", CFG_STRING, NULL,
+         "checkpoint: a directory on the hosts, file:///dir or http(s)://host/dir/",
+         1 * sizeof(char *)},
         {"family", CFG_STRING, "llama", "architecture family", 2 * sizeof(char *)},
         {"context", CFG_STRING, "4096", "context length", 3 * sizeof(char *)},
         {"min-devices", CFG_STRING, "1", "devices needed per replica", 4 * sizeof(char *)},
@@ -261,15 +342,19 @@ static int cmd_model(int argc, char **argv)
          7 * sizeof(char *)},
         {"database-url", CFG_STRING, "postgresql:///openrunpod", "PostgreSQL connection string",
          8 * sizeof(char *)},
+        {"manifest", CFG_STRING, NULL,
+         "JSON file {\"files\":[{\"path\",\"size\",\"sha256\"}]} [default: computed from a "
+         "local or file:// source; required for http(s)]",
+         9 * sizeof(char *)},
     };
     char err[256];
     if (argc < 3 || strcmp(argv[2], "add") != 0) {
-        fprintf(stderr, "usage: orp-controller model add --name N --source DIR [...]\n");
+        fprintf(stderr, "usage: orp-controller model add --name N --source URI [...]\n");
         return 2;
     }
-    int rc = cfg_parse(opts, 9, &o, "ORP", argc, argv, 3, err, sizeof err);
+    int rc = cfg_parse(opts, 10, &o, "ORP", argc, argv, 3, err, sizeof err);
     if (rc == 1) {
-        cfg_print_help(stdout, "orp-controller model add --name N --source DIR", opts, 9, "ORP");
+        cfg_print_help(stdout, "orp-controller model add --name N --source URI", opts, 10, "ORP");
         return 0;
     }
     if (rc < 0 || !o.name || !o.source) {
@@ -277,21 +362,49 @@ static int cmd_model(int argc, char **argv)
         return 2;
     }
     log_init("controller", "warn");
+    const char *src_dir = !strncmp(o.source, "file://", 7) ? o.source + 7 : o.source;
+    int remote = !strncmp(o.source, "http://", 7) || !strncmp(o.source, "https://", 8);
+    if (!remote && src_dir[0] != '/') {
+        fprintf(stderr, "orp-controller: --source must be an absolute directory, file:///dir or "
+                        "http(s)://host/dir/\n");
+        return 2;
+    }
+    json_t *manifest = NULL;
+    if (o.manifest) {
+        json_error_t je;
+        manifest = json_load_file(o.manifest, 0, &je);
+        if (!manifest || !json_is_array(json_object_get(manifest, "files"))) {
+            fprintf(stderr, "orp-controller: %s: not a manifest (%s)\n", o.manifest,
+                    manifest ? "no \"files\" array" : je.text);
+            json_decref(manifest);
+            return 2;
+        }
+    } else if (remote) {
+        fprintf(stderr, "orp-controller: an http(s) source needs --manifest FILE.json\n");
+        return 2;
+    } else if (!(manifest = manifest_of_dir(src_dir))) {
+        fprintf(stderr, "orp-controller: cannot compute the manifest of %s\n", src_dir);
+        return 1;
+    }
+    char *manifest_txt = json_dumps(manifest, JSON_COMPACT);
+    json_decref(manifest);
     char kinds[64];
     snprintf(kinds, sizeof kinds, "{%s}", o.kinds);
     PGconn *c = connect_or_die(o.database_url);
-    const char *p[] = {o.name,        o.family, o.source,   o.context,
-                       o.min_devices, kinds,    o.in_price, o.out_price};
+    const char *p[] = {o.name, o.family,   o.source,    o.context,   o.min_devices,
+                       kinds,  o.in_price, o.out_price, manifest_txt};
     enum db_status st = db_cmd(
         c,
         "INSERT INTO models (name, family, source, context_length, min_devices, device_kinds, "
-        "  input_price_micros_per_mtok, output_price_micros_per_mtok) "
-        "VALUES ($1, $2, $3, $4::int, $5::int, $6::text[], $7::bigint, $8::bigint) "
+        "  input_price_micros_per_mtok, output_price_micros_per_mtok, manifest) "
+        "VALUES ($1, $2, $3, $4::int, $5::int, $6::text[], $7::bigint, $8::bigint, $9::jsonb) "
         "ON CONFLICT (name) DO UPDATE SET family = $2, source = $3, context_length = $4::int, "
         "  min_devices = $5::int, device_kinds = $6::text[], "
-        "  input_price_micros_per_mtok = $7::bigint, output_price_micros_per_mtok = $8::bigint",
-        8, p);
+        "  input_price_micros_per_mtok = $7::bigint, output_price_micros_per_mtok = $8::bigint, "
+        "  manifest = $9::jsonb",
+        9, p);
     PQfinish(c);
+    free(manifest_txt);
     if (st < 0) {
         fprintf(stderr, "orp-controller: could not add model %s (bad values?)\n", o.name);
         return 1;
@@ -416,7 +529,7 @@ int main(int argc, char **argv)
 {
     const char *usage = "usage: orp-controller serve|migrate [options]\n"
                         "       orp-controller admin|account create --email E [--credit-micros N]\n"
-                        "       orp-controller model add --name N --source DIR [options]\n"
+                        "       orp-controller model add --name N --source URI [options]\n"
                         "       orp-controller host list | token create [--ttl-s N] [--pool P]\n"
                         "       orp-controller host revoke|cordon|uncordon|drain ID | drain-step";
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
