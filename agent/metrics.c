@@ -196,7 +196,7 @@ int metrics_render(const struct metrics_snapshot *s, int64_t now_ms, struct buf 
 
     header(b, M_REPLICA_STATE);
     for (size_t i = 0; i < s->nreplicas; i++)
-        for (int st = SUP_NEW; st <= SUP_STOPPED; st++) {
+        for (int st = SUP_NEW; st <= SUP_FETCHING; st++) { /* every state, "downloading" too */
             replica_labels(b, M_REPLICA_STATE, &s->replicas[i], sup_state_name(st));
             buf_printf(b, "%d\n", s->replicas[i].state == (enum sup_state)st);
         }

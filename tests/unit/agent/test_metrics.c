@@ -95,7 +95,9 @@ static void test_render(void)
         "orp_agent_replica_state{replica_id=\"rep-\\\"x\\\"\",epoch=\"42\",state=\"starting\"} 0");
     CHECK_LINE(
         t, "orp_agent_replica_state{replica_id=\"rep-\\\"x\\\"\",epoch=\"42\",state=\"failed\"} 0");
-    CHECK_INT_EQ(count_lines_starting(t, "orp_agent_replica_state{"), 6);
+    CHECK_INT_EQ(count_lines_starting(t, "orp_agent_replica_state{"), 7);
+    CHECK_LINE(t, "orp_agent_replica_state{replica_id=\"rep-\\\"x\\\"\",epoch=\"42\",state="
+                  "\"downloading\"} 0");
     CHECK_LINE(t, "orp_agent_replica_restarts_total{replica_id=\"rep-\\\"x\\\"\",epoch=\"42\"} 2");
     CHECK_LINE(t,
                "orp_agent_replica_uptime_seconds{replica_id=\"rep-\\\"x\\\"\",epoch=\"42\"} 2.345");
@@ -106,7 +108,7 @@ static void test_render(void)
     CHECK(b.len > 0 && t[b.len - 1] == '\n');
     CHECK_INT_EQ(count_lines_starting(t, "# HELP "), 11);
     CHECK_INT_EQ(count_lines_starting(t, "# TYPE "), 11);
-    CHECK_INT_EQ(count_lines_starting(t, "orp_agent_"), 5 + 6 + 1 + 1 + 3);
+    CHECK_INT_EQ(count_lines_starting(t, "orp_agent_"), 5 + 7 + 1 + 1 + 3);
     buf_free(&b);
 
     /* A replica without a process has uptime 0; the heartbeat age counts from the last one. */
