@@ -23,6 +23,9 @@ struct ctl_config {
     int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s, hold_s;
     const char *log_level;
     int64_t billing_period_s, credit_grace_s;
+    int64_t overdraft_micros;   /* how far value-billed requests may take a balance below zero */
+    int64_t lease_ttl_s;        /* a balance lease's hold lapses this long after its renewal */
+    int64_t lease_chunk_micros; /* how much of a balance a gateway reserves at a time */
     int no_leader;
     int unlocked_leader; /* tests only: run the leader loops without the election */
     const char *signup;  /* on | off: may anyone create an account with POST /v1/auth/signup */
@@ -30,10 +33,12 @@ struct ctl_config {
 };
 
 struct rl_table;
+struct lease;
 
 struct ctl {
     struct ctl_config cfg;
     struct rl_table *rl; /* request rate limits of this process's gateway */
+    struct lease *lease; /* balance leases of this process's gateway (value-billed admission) */
 };
 
 struct ctl_listener {

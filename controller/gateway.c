@@ -27,6 +27,7 @@
 #include "auth.h"
 #include "ctl.h"
 #include "jsonx.h"
+#include "lease.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "util.h"
@@ -55,6 +56,8 @@ struct route {
     char reason[200];
     struct candidate cand[GW_MAX_CANDIDATES];
     int ncand;
+    int value; /* billing_mode 'value': admitted against a balance lease (lease.h) */
+    int64_t in_price, out_price, context_length; /* micros per million tokens; tokens */
 };
 
 struct proxy {
@@ -65,6 +68,9 @@ struct proxy {
     struct ctl_listener *lis;
     struct route route; /* candidates; re-resolved while held */
     char account_id[24];
+    int64_t account_num;
+    int leased; /* a lease reservation to end (lease_end) when the transfer is over */
+    int sent;   /* some runtime may have received the request */
     char model[208];
     int64_t hold_until_ms;
     char url[320];    /* the candidate being tried: its base URL + path */
@@ -492,6 +498,28 @@ static int hold(struct proxy *p)
     return 0;
 }
 
+/* Ends the request's lease reservation: returned whole when no runtime received the request or
+ * the runtime refused it (4xx), reduced to the actual cost when the reply carried usage;
+ * otherwise it stays reserved until the usage event arrives (lease.h). */
+static void lease_return(struct proxy *p)
+{
+    int64_t actual = -1;
+    pthread_mutex_lock(&p->lock);
+    int not_sent = !p->sent || (p->headers_done && p->status >= 400 && p->status < 500);
+    if (!not_sent && p->headers_done && !p->streaming && p->status == 200 && !p->failed) {
+        json_t *j = json_loadb(p->data.data, p->data.len, 0, NULL);
+        json_t *u = json_object_get(j, "usage");
+        json_t *pt = json_object_get(u, "prompt_tokens"),
+               *ct = json_object_get(u, "completion_tokens");
+        if (json_is_integer(pt) && json_is_integer(ct))
+            actual = lease_cost(json_integer_value(pt), json_integer_value(ct), p->route.in_price,
+                                p->route.out_price);
+        json_decref(j);
+    }
+    pthread_mutex_unlock(&p->lock);
+    lease_end(p->lis->ctl->lease, p->account_num, p->request_id, actual, not_sent);
+}
+
 static void *proxy_thread(void *arg)
 {
     struct proxy *p = arg;
@@ -507,6 +535,7 @@ static void *proxy_thread(void *arg)
         snprintf(p->url, sizeof p->url, "%s%s", p->route.cand[i].url, p->path);
         rc = attempt(p, c, i);
         pthread_mutex_lock(&p->lock);
+        if (rc != CURLE_COULDNT_CONNECT && !p->swallow) p->sent = 1; /* it may have run */
         /* Nothing reached the client: a refused connection or a held-back 503 may be retried
          * on another replica (the runtime never saw the request, or refused it whole). */
         int retry = !p->headers_done && untried_left(&p->route) &&
@@ -520,6 +549,7 @@ static void *proxy_thread(void *arg)
         pthread_mutex_unlock(&p->lock);
         if (!retry) break;
     }
+    if (p->leased) lease_return(p);
     pthread_mutex_lock(&p->lock);
     if (rc != CURLE_OK && !p->err_status) {
         p->failed = 1;
@@ -615,8 +645,10 @@ static enum route_rc resolve_db(PGconn *c, const char *account_id, const char *m
         c,
         "SELECT e.id, e.state, e.state_reason, "
         "  (SELECT COALESCE(sum(l.amount_micros), 0) FROM ledger_entries l "
-        "   WHERE l.account_id = $1::bigint), x.id, x.address, x.port, x.secret "
-        "FROM endpoints e LEFT JOIN LATERAL ("
+        "   WHERE l.account_id = $1::bigint), x.id, x.address, x.port, x.secret, "
+        "  e.billing_mode, m.input_price_micros_per_mtok, m.output_price_micros_per_mtok, "
+        "  m.context_length "
+        "FROM endpoints e JOIN models m ON m.id = e.model_id LEFT JOIN LATERAL ("
         "  SELECT r.id, h.address, r.port, r.secret FROM replicas r "
         "  JOIN hosts h ON h.id = r.host_id AND h.state = 'ready' "
         "  WHERE r.endpoint_id = e.id AND r.state = 'ready' AND r.port IS NOT NULL "
@@ -631,9 +663,15 @@ static enum route_rc resolve_db(PGconn *c, const char *account_id, const char *m
     } else {
         snprintf(rt->endpoint_id, sizeof rt->endpoint_id, "%s", PQgetvalue(r, 0, 0));
         snprintf(rt->reason, sizeof rt->reason, "%s", PQgetvalue(r, 0, 2));
+        rt->value = !strcmp(PQgetvalue(r, 0, 8), "value");
+        rt->in_price = db_int(r, 0, 9);
+        rt->out_price = db_int(r, 0, 10);
+        rt->context_length = db_int(r, 0, 11);
+        /* Time-billed: an account with nothing left is refused. Value-billed requests are
+         * admitted against a balance lease instead (lease.h), by their maximum cost. */
         if (!strcmp(PQgetvalue(r, 0, 1), "stopped"))
             rc = ROUTE_STOPPED;
-        else if (db_int(r, 0, 3) <= 0)
+        else if (!rt->value && db_int(r, 0, 3) <= 0)
             rc = ROUTE_NO_FUNDS;
         for (int i = 0; rc == ROUTE_OK && i < PQntuples(r) && i < GW_MAX_CANDIDATES; i++) {
             if (PQgetisnull(r, i, 4)) continue;
@@ -671,8 +709,7 @@ static int resolve(struct httpd_req *req, const struct auth_ctx *a, const char *
                     rt->reason);
         return -1;
     case ROUTE_NO_FUNDS:
-        /* Admission: an account with nothing left is refused before any work is done. (Balance
-         * leases, which bound concurrent spending by each request's maximum cost, are next.) */
+        /* Admission (time-billed): an account with nothing left is refused before any work. */
         httpd_error(req, 402, "insufficient_balance", NULL,
                     "your balance is used up; add credit to continue");
         return -1;
@@ -771,6 +808,21 @@ static int rate_limit(struct httpd_req *req, const struct auth_ctx *a)
     return -1;
 }
 
+/* The most a value-billed request can cost: every byte of the body counted as a prompt token
+ * (byte-level BPE never makes more tokens than bytes, and a chat template adds fewer tokens per
+ * message than the message's JSON syntax has bytes), and max_tokens (or the model's context
+ * length when absent) completion tokens, at the model's prices, rounded up. */
+static int64_t max_cost(const struct httpd_req *req, json_t *body, const struct route *rt)
+{
+    int64_t ctx = rt->context_length > 0 ? rt->context_length : INT32_MAX;
+    int64_t ct = ctx;
+    json_t *mt = json_object_get(body, "max_tokens");
+    if (!json_is_integer(mt)) mt = json_object_get(body, "max_completion_tokens");
+    if (json_is_integer(mt) && json_integer_value(mt) > 0 && json_integer_value(mt) < ctx)
+        ct = json_integer_value(mt);
+    return lease_cost((int64_t)req->body.len, ct, rt->in_price, rt->out_price);
+}
+
 /* Both generation routes: the same admission, routing and proxying; the runtime does the rest. */
 static void proxy_generation(struct httpd_req *req, const char *path)
 {
@@ -810,6 +862,7 @@ static void proxy_generation(struct httpd_req *req, const char *path)
         json_decref(body);
         return;
     }
+    int64_t cost = rt.value ? max_cost(req, body, &rt) : 0;
 
     struct proxy *p = calloc(1, sizeof *p);
     char hex[25];
@@ -833,6 +886,30 @@ static void proxy_generation(struct httpd_req *req, const char *path)
     p->timeout_s = l->ctl->cfg.stream_timeout_s;
     p->last_data_ms = util_now_ms();
     snprintf(p->request_id, sizeof p->request_id, "req_%s", hex);
+    p->account_num = a.account_id;
+    if (rt.value) {
+        /* Value-billed: the request's maximum cost is reserved from this process's lease on the
+         * account's balance (no database round trip while the lease has room). */
+        enum lease_rc lr = lease_admit(l->ctl->lease, a.account_id, p->request_id, cost);
+        if (lr != LEASE_OK) {
+            pthread_mutex_destroy(&p->lock);
+            pthread_cond_destroy(&p->cv);
+            free(p);
+            if (lr == LEASE_SHORT) {
+                httpd_error(req, 402, "insufficient_balance", NULL,
+                            "your balance cannot cover this request (up to %lld micro-units: "
+                            "its prompt and max_tokens at the model's prices); add credit or "
+                            "lower max_tokens",
+                            (long long)cost);
+            } else {
+                req->retry_after = 1;
+                httpd_error(req, 503, "database_unavailable", NULL,
+                            "could not reserve the request's cost; retry shortly");
+            }
+            return;
+        }
+        p->leased = 1;
+    }
     snprintf(req->id, sizeof req->id, "%s", p->request_id);
     p->body = malloc(req->body.len + 1);
     if (p->body) memcpy(p->body, req->body.data, req->body.len + 1);
@@ -853,6 +930,7 @@ static void proxy_generation(struct httpd_req *req, const char *path)
     if (err != 0) {
         p->refs--; /* no thread */
         pthread_mutex_unlock(&p->lock);
+        if (p->leased) lease_end(l->ctl->lease, p->account_num, p->request_id, -1, 1);
         req->retry_after = 1;
         httpd_error(req, 503, "overloaded", NULL, "the gateway cannot take more requests now");
         return;

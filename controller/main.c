@@ -31,6 +31,7 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "gateway.h"
+#include "lease.h"
 #include "hosts_api.h"
 #include "leader.h"
 #include "log.h"
@@ -84,6 +85,15 @@ static const struct cfg_opt serve_opts[] = {
     {"credit-grace-s", CFG_INT, "300",
      "how long an account may stay overdrawn before its time-billed endpoints stop",
      O(credit_grace_s)},
+    {"overdraft-micros", CFG_INT, "0",
+     "how far below zero value-billed requests admitted together may take a balance",
+     O(overdraft_micros)},
+    {"lease-ttl-s", CFG_INT, "60",
+     "a gateway's balance lease (its holds) lapses this long after its last renewal",
+     O(lease_ttl_s)},
+    {"lease-chunk-micros", CFG_INT, "1000000",
+     "how much of an account's balance a gateway reserves at a time for value-billed requests",
+     O(lease_chunk_micros)},
     {"no-leader", CFG_BOOL, "false", "never run the leader loops here", O(no_leader)},
     {"unlocked-leader", CFG_BOOL, "false",
      "TESTS ONLY: run the leader loops without election (proves metering is idempotent)",
@@ -463,6 +473,12 @@ static int cmd_serve(struct ctl_config *cfg)
     static struct ctl ctl;
     ctl.cfg = *cfg;
     ctl.rl = rl_new();
+    if (!strcmp(cfg->only, "all") || !strcmp(cfg->only, "gateway")) {
+        struct lease_config lc = {cfg->database_url, cfg->lease_ttl_s, cfg->lease_chunk_micros,
+                                  cfg->overdraft_micros, cfg->billing_period_s};
+        ctl.lease = lease_new(&lc);
+        if (!ctl.lease) log_error("cannot start the balance leases: value-billed requests get 503");
+    }
     struct listener_spec specs[] = {
         {"api", api_tables, NTABLES(api_tables), cfg->api_port},
         {"gateway", gateway_tables, NTABLES(gateway_tables), cfg->gateway_port},
@@ -521,6 +537,7 @@ static int cmd_serve(struct ctl_config *cfg)
         db_pool_free(lis[i].pool);
         free(routes[i]);
     }
+    lease_free(ctl.lease); /* after the listeners: no request is left to end its reservation */
     rl_free(ctl.rl);
     return 0;
 }

@@ -1,0 +1,113 @@
+// Balance leases (issue 7): value-billed requests are admitted against a lease on the account's
+// balance, each by its maximum cost, so that concurrent requests can never overspend it. An
+// account whose balance covers exactly N requests of a known maximum cost sends 200 at once:
+// exactly N are admitted and the rest get 402; once metered, the balance is not below zero, and
+// the gateway's holds are gone afterwards. Time-billed endpoints keep the balance > 0 rule.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Platform, waitFor } from './harness.js';
+
+const P = new Platform();
+const IN_PRICE = 1000; // micros per million input tokens
+const OUT_PRICE = 7000000; // micros per million output tokens
+const N = 20;
+const TOTAL = 200;
+let acct;
+let valueId;
+
+before(async () => {
+  await P.start({
+    cpuSlots: 2,
+    controllerArgs: ['--billing-period-s', '1', '--per-ip-connections', '0', '--lease-ttl-s', '5'],
+  });
+  // Prices first (versioned by the database), so that every period of the test is priced at them.
+  await P.db.query(
+    "UPDATE models SET input_price_micros_per_mtok = $1, output_price_micros_per_mtok = $2 WHERE name = 'demo-tiny'",
+    [IN_PRICE, OUT_PRICE]);
+  valueId = await P.deploy('metered', { billing_mode: 'value' });
+  acct = (await P.db.query('SELECT account_id FROM endpoints WHERE id = $1', [valueId])).rows[0].account_id;
+  const q = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, {
+    body: { requests_per_min: 1000000, requests_burst: 100000 },
+  });
+  assert.equal(q.status, 200, q.text);
+}, { timeout: 180000 });
+
+after(async () => {
+  if (process.exitCode) console.error(P.log('controller').slice(-4000));
+  await P.stop();
+});
+
+const balance = async (a) => BigInt((await P.db.query(
+  'SELECT COALESCE(sum(amount_micros), 0)::bigint AS s FROM ledger_entries WHERE account_id = $1', [a])).rows[0].s);
+
+async function post(key, body) {
+  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body,
+  });
+  const text = await res.text();
+  let json;
+  try { json = JSON.parse(text); } catch { json = undefined; }
+  return { status: res.status, json, text };
+}
+
+test('a balance that covers N requests admits exactly N of 200 concurrent ones', { timeout: 180000 }, async () => {
+  const body = JSON.stringify({ model: 'metered', messages: [{ role: 'user', content: 'hello' }], max_tokens: 1 });
+  // The maximum: every body byte a prompt token, max_tokens completion tokens, rounded up.
+  const bytes = BigInt(Buffer.byteLength(body));
+  const M = (bytes * BigInt(IN_PRICE) + 1n * BigInt(OUT_PRICE) + 999999n) / 1000000n;
+  assert.equal(M, 8n);
+  // Set the balance to exactly N × M (an operator adjustment, a new ledger entry).
+  await P.db.query(
+    "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) VALUES ($1, $2, 'adjustment', 'lease-test')",
+    [acct, (BigInt(N) * M - await balance(acct)).toString()]);
+  assert.equal(await balance(acct), BigInt(N) * M);
+
+  const results = await Promise.all([...Array(TOTAL).keys()].map(() => post(P.adminKey, body)));
+  const by = {};
+  for (const r of results) by[r.status] = (by[r.status] ?? 0) + 1;
+  assert.equal(by[200], N, JSON.stringify(by));
+  assert.equal(by[402], TOTAL - N, JSON.stringify(by));
+  const refused = results.find((r) => r.status === 402).json.error;
+  assert.equal(refused.code, 'insufficient_balance');
+  assert.match(refused.message, /balance cannot cover this request/);
+
+  // Metering closes the periods: every admitted request is billed, the balance is not below zero.
+  await waitFor('every usage event billed', async () => {
+    const r = await P.db.query(
+      'SELECT count(*)::int AS n, count(billed_in)::int AS b FROM usage_events WHERE endpoint_id = $1', [valueId]);
+    return r.rows[0].n === N && r.rows[0].b === N;
+  }, 60000, 250);
+  const left = await balance(acct);
+  assert.ok(left >= 0n, `balance ${left} after metering`);
+  const charged = BigInt((await P.db.query(
+    "SELECT COALESCE(-sum(amount_micros), 0)::bigint AS s FROM ledger_entries WHERE endpoint_id = $1 AND kind = 'usage_value'",
+    [valueId])).rows[0].s);
+  assert.ok(charged > 0n && charged <= BigInt(N) * M, `charged ${charged}`);
+  assert.equal(left, BigInt(N) * M - charged);
+
+  // The gateway lets go of its hold once nothing is pending (or it lapses after --lease-ttl-s).
+  await waitFor('no live hold', async () => (await P.db.query(
+    'SELECT count(*)::int AS n FROM holds WHERE account_id = $1 AND expires_at > now()', [acct])).rows[0].n === 0, 30000, 250);
+
+  // What is left covers only whole requests: one more than that is refused.
+  const more = Number(left / M);
+  const again = await Promise.all([...Array(more + 3).keys()].map(() => post(P.adminKey, body)));
+  assert.equal(again.filter((r) => r.status === 200).length, more, again.map((r) => r.status).join(','));
+  assert.equal(again.filter((r) => r.status === 402).length, 3);
+});
+
+test('time-billed endpoints are unaffected: balance > 0 admits, no hold is taken', { timeout: 180000 }, async () => {
+  const key = P.newAccountKey('timed@example.com');
+  const other = (await P.db.query("SELECT account_id FROM users WHERE email = 'timed@example.com'")).rows[0].account_id;
+  const r = await P.api('POST', '/v1/endpoints', { key, body: { name: 'timed', model: 'demo-tiny' } });
+  assert.equal(r.status, 201, r.text);
+  await waitFor('the endpoint to be ready', async () => (await P.api('GET', `/v1/endpoints/${r.json.id}`, { key })).json.status === 'ready', 90000, 300);
+  const body = JSON.stringify({ model: 'timed', messages: [{ role: 'user', content: 'hi' }] });
+  assert.equal((await post(key, body)).status, 200);
+  assert.equal((await P.db.query('SELECT count(*)::int AS n FROM holds WHERE account_id = $1', [other])).rows[0].n, 0);
+  // Nothing left: the time-billed rule refuses it (within the 1 s route cache).
+  await P.db.query(
+    "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) SELECT $1, -sum(amount_micros), 'adjustment', 'lease-test-drain' FROM ledger_entries WHERE account_id = $1",
+    [other]);
+  await waitFor('a 402 for the drained account', async () => (await post(key, body)).status === 402, 10000, 250);
+});
