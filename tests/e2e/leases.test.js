@@ -5,7 +5,7 @@
 // the gateway's holds are gone afterwards. Time-billed endpoints keep the balance > 0 rule.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Platform, waitFor } from './harness.js';
+import { Platform, bin, freePort, waitFor } from './harness.js';
 
 const P = new Platform();
 const IN_PRICE = 1000; // micros per million input tokens
@@ -40,8 +40,8 @@ after(async () => {
 const balance = async (a) => BigInt((await P.db.query(
   'SELECT COALESCE(sum(amount_micros), 0)::bigint AS s FROM ledger_entries WHERE account_id = $1', [a])).rows[0].s);
 
-async function post(key, body) {
-  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+async function post(key, body, url = P.gatewayUrl) {
+  const res = await fetch(`${url}/chat/completions`, {
     method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body,
   });
   const text = await res.text();
@@ -110,4 +110,47 @@ test('time-billed endpoints are unaffected: balance > 0 admits, no hold is taken
     "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) SELECT $1, -sum(amount_micros), 'adjustment', 'lease-test-drain' FROM ledger_entries WHERE account_id = $1",
     [other]);
   await waitFor('a 402 for the drained account', async () => (await post(key, body)).status === 402, 10000, 250);
+});
+
+test('two more gateways, each with its own lease on one balance, never overspend it', { timeout: 180000 }, async (t) => {
+  // Small chunks, so that both hold part of the balance and top up while the burst runs.
+  const urls = [];
+  for (const name of ['gw-a', 'gw-b']) {
+    const port = await freePort();
+    P.spawn(name, bin.controller, ['serve', '--database-url', P.dbUrl, '--only', 'gateway',
+      '--gateway-port', String(port), '--no-leader', '--per-ip-connections', '0',
+      '--billing-period-s', '1', '--lease-ttl-s', '5', '--lease-chunk-micros', '40']);
+    const url = `http://127.0.0.1:${port}/v1`;
+    await waitFor(`${name} to listen`, async () => {
+      try { return (await fetch(`http://127.0.0.1:${port}/healthz`)).status < 500; } catch { return false; }
+    }, 20000, 100);
+    urls.push(url);
+  }
+  const body = JSON.stringify({ model: 'metered', messages: [{ role: 'user', content: 'hello' }], max_tokens: 1 });
+  const M = 8n;
+  // Nothing pending from the tests before: every event billed, no live hold.
+  await waitFor('a settled account', async () => {
+    const u = await P.db.query('SELECT count(*)::int AS n FROM usage_events WHERE billed_in IS NULL');
+    const h = await P.db.query('SELECT count(*)::int AS n FROM holds WHERE account_id = $1 AND expires_at > now()', [acct]);
+    return u.rows[0].n === 0 && h.rows[0].n === 0;
+  }, 30000, 250);
+  await P.db.query(
+    "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) VALUES ($1, $2, 'adjustment', 'lease-test-2')",
+    [acct, (BigInt(N) * M - await balance(acct)).toString()]);
+  const before = await P.db.query('SELECT count(*)::int AS n FROM usage_events WHERE endpoint_id = $1', [valueId]);
+  const results = await Promise.all([...Array(TOTAL).keys()].map((i) => post(P.adminKey, body, urls[i % 2])));
+  const ok = results.filter((r) => r.status === 200).length;
+  const refused = results.filter((r) => r.status === 402).length;
+  assert.equal(ok + refused, TOTAL, results.filter((r) => r.status !== 200 && r.status !== 402).map((r) => r.text).join('\n'));
+  t.diagnostic(`admitted ${ok} of ${TOTAL} through two gateways (the balance covers ${N})`);
+  // A balance split between leases may strand a little room, but never admits more than it covers.
+  assert.ok(ok <= N && ok >= N / 2, `admitted ${ok} of a balance that covers ${N}`);
+  await waitFor('every admitted request billed', async () => {
+    const r = await P.db.query(
+      'SELECT count(*)::int AS n, count(billed_in)::int AS b FROM usage_events WHERE endpoint_id = $1', [valueId]);
+    return r.rows[0].n === before.rows[0].n + ok && r.rows[0].b === r.rows[0].n;
+  }, 60000, 250);
+  assert.ok(await balance(acct) >= 0n);
+  await waitFor('no live hold', async () => (await P.db.query(
+    'SELECT count(*)::int AS n FROM holds WHERE account_id = $1 AND expires_at > now()', [acct])).rows[0].n === 0, 30000, 250);
 });
