@@ -74,21 +74,7 @@ export class Platform {
   }
 
   async start({ cpuSlots = 2, controllerArgs = [] } = {}) {
-    const pgPort = await freePort();
-    this.pgDir = path.join(this.tmp, 'pg');
-    this.run(path.join(root, 'ops/pg'), ['init', this.pgDir, String(pgPort)]);
-    this.run(path.join(root, 'ops/pg'), ['start', this.pgDir]);
-    this.dbUrl = this.run(path.join(root, 'ops/pg'), ['url', this.pgDir]);
-    this.db = new pg.Pool({ host: this.pgDir, port: pgPort, user: 'orp', database: 'openrunpod', max: 2 });
-
-    this.modelDir = path.join(this.tmp, 'demo-model');
-    this.run(bin.runtime, ['make-model', '--out', this.modelDir]);
-
-    const db = ['--database-url', this.dbUrl];
-    this.run(bin.controller, ['migrate', ...db]);
-    this.run(bin.controller, ['model', 'add', '--name', 'demo-tiny', '--source', this.modelDir,
-      '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu', ...db]);
-    this.adminKey = this.run(bin.controller, ['admin', 'create', '--email', 'admin@example.com', ...db]);
+    const db = await this.startDatabase();
 
     this.ports = { api: await freePort(), gateway: await freePort(), agent: await freePort() };
     this.agentToken = 'e2e-agent-token';
@@ -108,6 +94,27 @@ export class Platform {
     await waitFor('the agent to register', async () =>
       (await this.db.query("SELECT count(*)::int AS n FROM gpus")).rows[0].n === cpuSlots, 20000);
     return this;
+  }
+
+  // A throwaway PostgreSQL, migrated, with the demo model in the catalog and an operator account
+  // (adminKey). Returns the --database-url arguments for the controller.
+  async startDatabase() {
+    const pgPort = await freePort();
+    this.pgDir = path.join(this.tmp, 'pg');
+    this.run(path.join(root, 'ops/pg'), ['init', this.pgDir, String(pgPort)]);
+    this.run(path.join(root, 'ops/pg'), ['start', this.pgDir]);
+    this.dbUrl = this.run(path.join(root, 'ops/pg'), ['url', this.pgDir]);
+    this.db = new pg.Pool({ host: this.pgDir, port: pgPort, user: 'orp', database: 'openrunpod', max: 2 });
+
+    this.modelDir = path.join(this.tmp, 'demo-model');
+    this.run(bin.runtime, ['make-model', '--out', this.modelDir]);
+
+    const db = ['--database-url', this.dbUrl];
+    this.run(bin.controller, ['migrate', ...db]);
+    this.run(bin.controller, ['model', 'add', '--name', 'demo-tiny', '--source', this.modelDir,
+      '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu', ...db]);
+    this.adminKey = this.run(bin.controller, ['admin', 'create', '--email', 'admin@example.com', ...db]);
+    return db;
   }
 
   async startController() {

@@ -19,8 +19,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
-import { Platform, bin, freePort, root, waitFor } from './harness.js';
+import { Platform, bin, freePort, waitFor } from './harness.js';
 
 const ip = (...args) => execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
@@ -112,20 +111,7 @@ export class MultiHost extends Platform {
   async start({ cpuSlots = 1, heartbeatMs = 400, livenessMs = 3000 } = {}) {
     this.net.setup();
     this.timers = { heartbeatMs, livenessMs };
-    const pgPort = await freePort();
-    this.pgDir = path.join(this.tmp, 'pg');
-    this.run(path.join(root, 'ops/pg'), ['init', this.pgDir, String(pgPort)]);
-    this.run(path.join(root, 'ops/pg'), ['start', this.pgDir]);
-    this.dbUrl = this.run(path.join(root, 'ops/pg'), ['url', this.pgDir]);
-    this.db = new pg.Pool({ host: this.pgDir, port: pgPort, user: 'orp', database: 'openrunpod', max: 2 });
-
-    this.modelDir = path.join(this.tmp, 'demo-model');
-    this.run(bin.runtime, ['make-model', '--out', this.modelDir]);
-    const db = ['--database-url', this.dbUrl];
-    this.run(bin.controller, ['migrate', ...db]);
-    this.run(bin.controller, ['model', 'add', '--name', 'demo-tiny', '--source', this.modelDir,
-      '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu', ...db]);
-    this.adminKey = this.run(bin.controller, ['admin', 'create', '--email', 'admin@example.com', ...db]);
+    const db = await this.startDatabase();
 
     const addr = this.net.bridgeAddr;
     this.ports = { api: await freePort(), gateway: await freePort(), agent: await freePort() };
