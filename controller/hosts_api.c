@@ -200,17 +200,25 @@ enum db_status hosts_revoke(PGconn *c, const char *id, json_t **host)
     return st;
 }
 
-static void h_revoke_host(struct httpd_req *req)
+/* For /v1/admin/hosts/{id}/...: an admin caller and an id that can exist (404 otherwise, before
+ * any query). A connection, or NULL after answering. */
+static PGconn *host_route(struct httpd_req *req, const char *what)
 {
     struct auth_ctx a;
-    const char *id = req->params[0];
-    PGconn *c = admin_db(req, &a, "revoke hosts");
-    if (!c) return;
-    if (!is_host_id(id)) {
+    PGconn *c = admin_db(req, &a, what);
+    if (c && !is_host_id(req->params[0])) {
         ctl_db_done(req, c);
-        httpd_error(req, 404, "not_found", NULL, "host %s does not exist", id);
-        return;
+        httpd_error(req, 404, "not_found", NULL, "host %s does not exist", req->params[0]);
+        return NULL;
     }
+    return c;
+}
+
+static void h_revoke_host(struct httpd_req *req)
+{
+    const char *id = req->params[0];
+    PGconn *c = host_route(req, "revoke hosts");
+    if (!c) return;
     json_t *host;
     enum db_status st = hosts_revoke(c, id, &host);
     ctl_db_done(req, c);
@@ -267,15 +275,9 @@ enum db_status hosts_set_schedulable(PGconn *c, const char *id, const char *acti
 
 static void h_host_action(struct httpd_req *req, const char *action)
 {
-    struct auth_ctx a;
     const char *id = req->params[0];
-    PGconn *c = admin_db(req, &a, "cordon, uncordon or drain hosts");
+    PGconn *c = host_route(req, "cordon, uncordon or drain hosts");
     if (!c) return;
-    if (!is_host_id(id)) {
-        ctl_db_done(req, c);
-        httpd_error(req, 404, "not_found", NULL, "host %s does not exist", id);
-        return;
-    }
     json_t *host;
     enum db_status st = hosts_set_schedulable(c, id, action, &host);
     ctl_db_done(req, c);
