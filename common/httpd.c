@@ -57,6 +57,43 @@ int httpd_match_route(const char *pattern, const char *path, struct httpd_req *r
     return 1;
 }
 
+/* 1 when s is well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF). */
+int httpd_utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p, n, min, cp;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1, min = 0x80, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2, min = 0x800, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3, min = 0x10000, cp = c & 0x07;
+        else
+            return 0;
+        for (unsigned i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80) return 0;
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+        p += n + 1;
+    }
+    return 1;
+}
+
+static enum MHD_Result arg_utf8(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    (void)kind;
+    int *ok = cls;
+    if (!httpd_utf8_valid(key) || (value && !httpd_utf8_valid(value))) *ok = 0;
+    return *ok ? MHD_YES : MHD_NO;
+}
+
 /* Finds the route; sets *method_mismatch when the path exists under another method. */
 static const struct httpd_route *find_route(struct httpd_server *s, struct httpd_req *req,
                                             int *method_mismatch)
@@ -332,6 +369,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->start_ms = util_now_ms();
         if (util_random_hex(req->id, 8) != 0) snprintf(req->id, sizeof req->id, "unknown");
         *con_cls = req;
+        /* Every handler, and PostgreSQL behind it, may take the path and the query as text: bytes
+         * that are not UTF-8 are the client's error here, not a database error later. */
+        int utf8 = httpd_utf8_valid(url);
+        if (utf8) MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, arg_utf8, &utf8);
+        if (!utf8) {
+            httpd_error(req, 400, "invalid_encoding", NULL,
+                        "the request's path and query must be UTF-8 text");
+            return MHD_YES;
+        }
         int mismatch;
         req->route = find_route(s, req, &mismatch);
         if (!req->route) {

@@ -98,6 +98,10 @@ void httpd_error(struct httpd_req *req, unsigned status, const char *code, const
                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 const char *httpd_error_type(unsigned status);
 
+/* 1 when s is well-formed UTF-8. Paths and query strings that are not get 400 invalid_encoding
+ * before any route runs. */
+int httpd_utf8_valid(const char *s);
+
 /* Bodies nested deeper than this are refused before parsing: no request of ours needs more than
  * a handful of levels, and a parser (or the code walking its tree) should not be made to recurse
  * thousands deep by "[[[[...". */

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "accounts_api.h"
+#include "admin_api.h"
 #include "agentapi.h"
 #include "api.h"
 #include "audit.h"
@@ -442,7 +443,8 @@ struct listener_spec {
 static const struct route_table api_tables[] = {
     {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
     {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
-    {openapi_routes, &openapi_nroutes},   {api_routes, &api_nroutes}};
+    {openapi_routes, &openapi_nroutes},   {admin_routes, &admin_nroutes},
+    {api_routes, &api_nroutes}};
 static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
 static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
 #define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
