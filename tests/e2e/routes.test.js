@@ -10,11 +10,14 @@
 // enrollment token revocation, endpoint pagination and filters. One platform for the file.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
+import tls from 'node:tls';
 import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
-import { Platform, root, sleep, waitFor } from './harness.js';
+import { Platform, bin, freePort, root, sleep, waitFor } from './harness.js';
 
 const P = new Platform();
 const doc = JSON.parse(fs.readFileSync(path.join(root, 'docs/openapi.json'), 'utf8'));
@@ -735,4 +738,50 @@ test('endpoints: cursor pagination with a limit cap, filters by state, model and
   const stoppedReps = await call('GET', `/v1/endpoints/${made[1].id}/replicas?include_stopped=true`, { key: C.key });
   assert.ok(stoppedReps.json.data.length >= 1 && stoppedReps.json.data.every((r) => ['stopped', 'stopping'].includes(r.state)), stoppedReps.text);
   assert.equal((await call('GET', `/v1/endpoints/${made[1].id}/replicas`, { key: C.key })).json.data.filter((r) => r.state === 'stopped').length, 0);
+});
+
+// ---- the HTTP front: libmicrohttpd's own TLS, idle timeout, memory per connection ----
+
+function httpsCall(port, ca, method, p, body) {
+  return new Promise((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port, method, path: p, ca, headers: body ? { 'Content-Type': 'application/json' } : {} }, (res) => {
+      let text = '';
+      res.on('data', (c) => { text += c; });
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text, json: JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    req.end(body ? JSON.stringify(body) : undefined);
+  });
+}
+
+test('TLS with --tls-cert/--tls-key: HTTPS only, Secure cookies; idle connections time out; oversized headers are refused', { timeout: 60000 }, async () => {
+  const cert = path.join(P.tmp, 'cert.pem'), keyFile = path.join(P.tmp, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile,
+    '-out', cert, '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1'], { stdio: 'ignore' });
+  const port = await freePort();
+  const args = [...P.controllerArgs];
+  args[args.indexOf('--api-port') + 1] = String(port);
+  P.spawn('controller-tls', bin.controller, [...args, '--only', 'api', '--no-leader', '--tls-cert', cert, '--tls-key', keyFile,
+    '--connection-timeout-s', '1']);
+  const ca = fs.readFileSync(cert);
+  await waitFor('the TLS listener', async () => (await httpsCall(port, ca, 'GET', '/healthz').catch(() => ({}))).status === 200, 20000, 100);
+  const login = await httpsCall(port, ca, 'POST', '/v1/auth/login', { email: ctx.user.email, password: 'long enough pw' });
+  assert.equal(login.status, 200, login.text);
+  assert.match(login.headers['set-cookie'].join(';'), /orp_session=[0-9a-f]{64};.*HttpOnly; SameSite=Lax;.*Secure/);
+  assert.ok(login.json.csrf_token);
+  // Plain HTTP on the TLS port gets no HTTP answer.
+  await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`));
+  // An idle connection (TLS handshake done, no request) is closed after --connection-timeout-s.
+  const closed = await new Promise((resolve) => {
+    const t0 = Date.now();
+    const sock = tls.connect({ port, host: '127.0.0.1', ca });
+    sock.on('close', () => resolve(Date.now() - t0));
+    sock.on('error', () => {});
+    setTimeout(() => { sock.destroy(); resolve(-1); }, 10000);
+  });
+  assert.ok(closed > 0, 'the idle connection was closed by the server');
+  // Headers beyond the per-connection memory (64 KiB) are refused, not buffered.
+  const big = await fetch(`${P.apiUrl}/healthz`, { headers: { 'X-Big': 'x'.repeat(100 * 1024) } }).then((r) => r.status, () => 'closed');
+  assert.ok([413, 431, 'closed'].includes(big), `oversized headers: ${big}`);
+  assert.equal((await fetch(`${P.apiUrl}/healthz`, { headers: { 'X-Big': 'x'.repeat(16 * 1024) } })).status, 200, 'ordinary large headers pass');
 });
