@@ -278,7 +278,8 @@ static int cors(struct httpd_req *req)
     add_header(req, "Access-Control-Allow-Origin", origin);
     add_header(req, "Access-Control-Allow-Credentials", "true");
     add_header(req, "Access-Control-Expose-Headers",
-               "x-request-id, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset");
+               "x-request-id, x-client-request-id, openrunpod-fingerprint, retry-after, "
+               "ratelimit-limit, ratelimit-remaining, ratelimit-reset");
     add_header(req, "Vary", "Origin");
     return 1;
 }
@@ -292,6 +293,22 @@ static void h_preflight(struct httpd_req *req)
         add_header(req, "Access-Control-Max-Age", "600");
     }
     httpd_reply_raw(req, 204, NULL, "", 0);
+}
+
+/* The id a client gave its request (X-Client-Request-Id, or X-Request-Id) is echoed back as
+ * X-Client-Request-Id so it can match replies, and used for nothing else: the request id that
+ * logs and billing use is made here (X-Request-Id). Up to 128 visible ASCII characters; anything
+ * else is dropped rather than refused. */
+#define GW_CLIENT_ID_MAX 128
+static void echo_client_id(struct httpd_req *req)
+{
+    const char *id = httpd_header(req, "X-Client-Request-Id");
+    if (!id) id = httpd_header(req, "X-Request-Id");
+    if (!id) return;
+    size_t n = 0;
+    for (; id[n] && n <= GW_CLIENT_ID_MAX; n++)
+        if (id[n] < 0x21 || id[n] > 0x7e) return;
+    if (n > 0 && n <= GW_CLIENT_ID_MAX) add_header(req, "X-Client-Request-Id", id);
 }
 
 /* The account's request rate (quotas.requests_per_min, burst requests_burst): 0, or -1 after
@@ -336,6 +353,7 @@ static void proxy_generation(struct httpd_req *req, const char *path)
     }
     pthread_once(&gw_once, gw_init);
     cors(req);
+    echo_client_id(req);
     struct ctl_listener *l = req->app;
     struct auth_ctx a;
     if (gw_authenticate(req, &a) != 0) return;

@@ -62,6 +62,11 @@
 #define GW_LOOP_IDLE_HANDLES 256
 /* Keep-alive connections a loop's cache may hold, over all runtimes. */
 #define GW_LOOP_MAX_CONNECTS 1024L
+/* Connections this gateway process opens to one runtime, over all its loops: the runtime serves
+ * each connection with a thread and accepts 256 at most (runtime/server.c), and its agent's
+ * probes need some. Requests beyond it wait inside curl for a connection, in order, under their
+ * own deadline; the runtime's queue decides what waits longer. */
+#define GW_REPLICA_CONNECTIONS 192
 #define GW_MAX_LOOPS 64
 
 struct gw_loop;
@@ -614,6 +619,8 @@ static int loops_init(struct ctl_listener *l)
             break;
         }
         curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, GW_LOOP_MAX_CONNECTS);
+        curl_multi_setopt(lp->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                          (long)(GW_REPLICA_CONNECTIONS / n > 0 ? GW_REPLICA_CONNECTIONS / n : 1));
         curl_multi_setopt(lp->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
         curl_multi_setopt(lp->multi, CURLMOPT_SOCKETDATA, lp);
         curl_multi_setopt(lp->multi, CURLMOPT_TIMERFUNCTION, on_timer);
