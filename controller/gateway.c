@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "billing_api.h"
 #include "ctl.h"
 #include "gateway_proxy.h"
 #include "jsonx.h"
@@ -135,19 +136,24 @@ static enum gw_route_rc resolve_db(PGconn *c, const char *account_id, const char
 {
     const char *p[] = {account_id, model};
     PGresult *r;
+    /* The caller's own endpoint of that name, else the shared one of that name. The account's
+     * balance, and its monthly spend cap against this month's charges, come with it. */
     enum db_status st = db_exec(
         c,
+        "WITH e AS (SELECT e.* FROM endpoints e WHERE (e.account_id = $1::bigint OR e.shared) "
+        "  AND e.name = $2 AND e.state IN ('active', 'stopped') "
+        "  ORDER BY e.account_id = $1::bigint DESC LIMIT 1) "
         "SELECT e.id, e.state, e.state_reason, "
         "  (SELECT COALESCE(sum(l.amount_micros), 0) FROM ledger_entries l "
         "   WHERE l.account_id = $1::bigint), x.id, x.address, x.port, x.secret, "
         "  e.billing_mode, m.input_price_micros_per_mtok, m.output_price_micros_per_mtok, "
-        "  m.context_length "
-        "FROM endpoints e JOIN models m ON m.id = e.model_id LEFT JOIN LATERAL ("
+        "  m.context_length, e.shared AND e.account_id <> $1::bigint, "
+        "  account_spend_cap($1::bigint), account_month_spend($1::bigint) "
+        "FROM e JOIN models m ON m.id = e.model_id LEFT JOIN LATERAL ("
         "  SELECT r.id, h.address, r.port, r.secret FROM replicas r "
         "  JOIN hosts h ON h.id = r.host_id AND h.state = 'ready' "
         "  WHERE r.endpoint_id = e.id AND r.state = 'ready' AND r.port IS NOT NULL "
-        "  ORDER BY random() LIMIT 8) x ON true "
-        "WHERE e.account_id = $1::bigint AND e.name = $2 AND e.state IN ('active', 'stopped')",
+        "  ORDER BY random() LIMIT 8) x ON true",
         2, p, &r, NULL);
     memset(rt, 0, sizeof *rt);
     if (st < 0) return ROUTE_DB;
@@ -161,12 +167,18 @@ static enum gw_route_rc resolve_db(PGconn *c, const char *account_id, const char
         rt->in_price = db_int(r, 0, 9);
         rt->out_price = db_int(r, 0, 10);
         rt->context_length = db_int(r, 0, 11);
-        /* Time-billed: an account with nothing left is refused. Value-billed requests are
-         * admitted against a balance lease instead (lease.h), by their maximum cost. */
+        rt->shared = !strcmp(PQgetvalue(r, 0, 12), "t");
+        rt->spend_cap = PQgetisnull(r, 0, 13) ? -1 : db_int(r, 0, 13);
+        rt->month_spend = db_int(r, 0, 14);
+        /* Time-billed: an account with nothing left, or at its monthly spend cap, is refused.
+         * Value-billed requests are admitted against a balance lease instead (lease.h), by
+         * their maximum cost, and the lease keeps them within the cap. */
         if (!strcmp(PQgetvalue(r, 0, 1), "stopped"))
             rc = ROUTE_STOPPED;
         else if (!rt->value && db_int(r, 0, 3) <= 0)
             rc = ROUTE_NO_FUNDS;
+        else if (!rt->value && rt->spend_cap >= 0 && rt->month_spend >= rt->spend_cap)
+            rc = ROUTE_CAP;
         for (int i = 0; rc == ROUTE_OK && i < PQntuples(r) && i < GW_MAX_CANDIDATES; i++) {
             if (PQgetisnull(r, i, 4)) continue;
             struct gw_candidate *cd = &rt->cand[rt->ncand++];
@@ -188,6 +200,18 @@ enum gw_route_rc gw_route_db(struct ctl_listener *l, const char *account_id, con
     enum gw_route_rc rc = resolve_db(c, account_id, model, rt);
     db_release(l->pool, c);
     return rc;
+}
+
+/* 402 spend_cap_reached: the account's usage charges this month reached its monthly spend cap. */
+static void cap_error(struct httpd_req *req, int64_t cap, int64_t spent)
+{
+    char c[40], sp[40];
+    billing_display(cap, c, sizeof c);
+    billing_display(spent, sp, sizeof sp);
+    httpd_error(req, 402, "spend_cap_reached", NULL,
+                "your monthly spend cap of %s is reached (%s charged this month%s); the operator "
+                "can raise it, or wait for the next month (UTC)",
+                c, sp, spent > cap ? "" : " and reserved");
 }
 
 /* Routes a request (through the cache): 0, or -1 after answering. */
@@ -216,6 +240,9 @@ static int resolve(struct httpd_req *req, const struct auth_ctx *a, const char *
         /* Admission (time-billed): an account with nothing left is refused before any work. */
         httpd_error(req, 402, "insufficient_balance", NULL,
                     "your balance is used up; add credit to continue");
+        return -1;
+    case ROUTE_CAP:
+        cap_error(req, rt->spend_cap, rt->month_spend);
         return -1;
     }
     return -1;
@@ -386,13 +413,18 @@ static void proxy_generation(struct httpd_req *req, const char *path)
     }
     int64_t cost = rt.value ? max_cost(req, body, &rt) : 0;
 
-    char hex[25], request_id[40];
+    char hex[25], request_id[64];
     if (util_random_hex(hex, 12) != 0) {
         json_decref(body);
         httpd_error(req, 500, "internal_error", NULL, "could not make a request id");
         return;
     }
-    snprintf(request_id, sizeof request_id, "req_%s", hex);
+    /* A shared endpoint's caller pays: the id carries the caller's account, and the usage event
+     * is charged to it (schema/010's trigger). */
+    if (rt.shared)
+        snprintf(request_id, sizeof request_id, "req_%s_a%lld", hex, (long long)a.account_id);
+    else
+        snprintf(request_id, sizeof request_id, "req_%s", hex);
     struct gwp_request pr = {&rt, path, a.account_id_str, a.account_id, model, request_id, 0};
     if (rt.value) {
         /* Value-billed: the request's maximum cost is reserved from this process's lease on the
@@ -400,7 +432,9 @@ static void proxy_generation(struct httpd_req *req, const char *path)
         enum lease_rc lr = lease_admit(l->ctl->lease, a.account_id, request_id, cost);
         if (lr != LEASE_OK) {
             json_decref(body);
-            if (lr == LEASE_SHORT) {
+            if (lr == LEASE_CAP) {
+                cap_error(req, rt.spend_cap, rt.month_spend);
+            } else if (lr == LEASE_SHORT) {
                 httpd_error(req, 402, "insufficient_balance", NULL,
                             "your balance cannot cover this request (up to %lld micro-units: "
                             "its prompt and max_tokens at the model's prices); add credit or "
@@ -445,11 +479,15 @@ static void h_models(struct httpd_req *req)
     if (!c) return;
     const char *p[] = {a.account_id_str};
     PGresult *r;
-    enum db_status st = db_exec(c,
-                                "SELECT name, extract(epoch FROM created_at)::bigint, id FROM "
-                                "endpoints WHERE account_id = $1::bigint AND state = 'active' "
-                                "ORDER BY name",
-                                1, p, &r, NULL);
+    /* The caller's endpoints, and the shared ones (a shared name the caller also uses for an
+     * endpoint of its own is its own: that is what `model` resolves to). */
+    enum db_status st =
+        db_exec(c,
+                "SELECT DISTINCT ON (name) name, extract(epoch FROM created_at)::bigint, id, "
+                "  account_id FROM endpoints "
+                "WHERE (account_id = $1::bigint OR shared) AND state = 'active' "
+                "ORDER BY name, account_id = $1::bigint DESC",
+                1, p, &r, NULL);
     ctl_db_done(req, c);
     if (st < 0) {
         httpd_error(req, 503, "database_unavailable", NULL, "could not list models");
@@ -462,9 +500,10 @@ static void h_models(struct httpd_req *req)
         for (int k = 0; k < a.n_endpoint_ids && !listed; k++)
             listed = !strcmp(a.endpoint_ids[k], PQgetvalue(r, i, 2));
         if (!listed) continue;
-        json_array_append_new(
-            data, json_pack("{s:s, s:s, s:I, s:s}", "id", PQgetvalue(r, i, 0), "object", "model",
-                            "created", (json_int_t)db_int(r, i, 1), "owned_by", a.account_id_str));
+        json_array_append_new(data,
+                              json_pack("{s:s, s:s, s:I, s:s}", "id", PQgetvalue(r, i, 0), "object",
+                                        "model", "created", (json_int_t)db_int(r, i, 1), "owned_by",
+                                        PQgetvalue(r, i, 3)));
     }
     PQclear(r);
     httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));

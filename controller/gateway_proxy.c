@@ -92,7 +92,7 @@ struct proxy {
     int64_t hold_until_ms;
     char url[320];    /* the candidate being tried: its base URL + path */
     const char *path; /* the runtime route (static) */
-    char request_id[40];
+    char request_id[64];
     char *body;
     size_t body_len;
     long timeout_s;

@@ -22,14 +22,16 @@ struct gw_candidate {
 };
 
 /* What the routing query found. */
-enum gw_route_rc { ROUTE_OK, ROUTE_DB, ROUTE_NOT_FOUND, ROUTE_STOPPED, ROUTE_NO_FUNDS };
+enum gw_route_rc { ROUTE_OK, ROUTE_DB, ROUTE_NOT_FOUND, ROUTE_STOPPED, ROUTE_NO_FUNDS, ROUTE_CAP };
 
 struct gw_route {
     char endpoint_id[40];
     char reason[200];
     struct gw_candidate cand[GW_MAX_CANDIDATES];
     int ncand;
-    int value; /* billing_mode 'value': admitted against a balance lease (lease.h) */
+    int value;  /* billing_mode 'value': admitted against a balance lease (lease.h) */
+    int shared; /* another account's shared endpoint: the caller pays */
+    int64_t spend_cap, month_spend; /* the caller's monthly cap (-1: none) and charges so far */
     int64_t in_price, out_price, context_length; /* micros per million tokens; tokens */
 };
 
