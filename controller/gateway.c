@@ -209,9 +209,10 @@ static void cap_error(struct httpd_req *req, int64_t cap, int64_t spent)
     billing_display(cap, c, sizeof c);
     billing_display(spent, sp, sizeof sp);
     httpd_error(req, 402, "spend_cap_reached", NULL,
-                "your monthly spend cap of %s is reached (%s charged this month%s); the operator "
-                "can raise it, or wait for the next month (UTC)",
-                c, sp, spent > cap ? "" : " and reserved");
+                "your monthly spend cap of %s is reached (%s charged this month, plus what "
+                "requests in flight may cost); the operator can raise it, or wait for the next "
+                "month (UTC)",
+                c, sp);
 }
 
 /* Routes a request (through the cache): 0, or -1 after answering. */
