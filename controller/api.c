@@ -233,10 +233,12 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
 
 /* Deploy-time quotas (the account's row in quotas, else the defaults): devices of running
  * endpoints plus add_devices within max_devices, endpoints plus add_endpoints within
- * max_endpoints. 0, or -1 after answering 403 quota_exceeded (or 503). */
+ * max_endpoints. 0, or -1 after answering 403 quota_exceeded (or 503; 402 when the monthly
+ * spend cap is reached). */
 static int check_quota(struct httpd_req *req, PGconn *c, const char *acct, int64_t add_devices,
                        int add_endpoints)
 {
+    if (billing_spend_cap_check(req, c, acct) != 0) return -1; /* 402 at the monthly cap */
     const char *p[] = {acct};
     PGresult *r;
     enum db_status st = db_exec(
