@@ -72,7 +72,13 @@ function duration(ms) {
   return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
 }
 
-function gb(bytes) { return `${(bytes / 1e9).toFixed(bytes < 10e9 ? 2 : 0)} GB`; }
+function gb(bytes) {
+  if (bytes < 1e9) return `${(bytes / 1e6).toFixed(bytes < 10e6 ? 1 : 0)} MB`;
+  return `${(bytes / 1e9).toFixed(bytes < 10e9 ? 1 : 0)} GB`;
+}
+
+// Dollars on chart axes and legends: three significant digits, so small amounts stay apart.
+const dollars = (v) => `$${v === 0 ? '0' : Number(v.toPrecision(3))}`;
 
 function flash(msg) {
   $('flash').textContent = msg || '';
@@ -754,7 +760,7 @@ async function enterDashboard() {
 async function refreshDashboard() {
   try {
     const [b, eps] = await Promise.all([api('GET', '/v1/billing/balance'), api('GET', '/v1/endpoints')]);
-    $('dash-balance').textContent = usd(b.balance_micros);
+    $('dash-balance').textContent = usd(b.balance_micros, b.balance_micros % 10000 ? 4 : 2);
     $('dash-balance').title = b.balance_display;
     $('dash-balance').classList.toggle('negative', b.balance_micros < 0);
     state.endpoints = eps.data;
@@ -791,7 +797,7 @@ async function drawSpend() {
       return { x, v };
     };
     const d = bucket(hours.data, 24, 3600), m = bucket(days.data, 30, 86400);
-    const fmt = (v) => `$${v < 1 ? v.toFixed(v < 0.01 ? 4 : 2) : v.toFixed(0)}`;
+    const fmt = dollars;
     drawChart('chart-spend-day', { x: d.x, bars: true, yLabel: 'USD', valueFmt: fmt, series: [{ label: 'spend per hour', values: d.v }],
       summary: `Spend per hour over the last 24 hours: ${fmt(d.v.reduce((a, b) => a + b, 0))} in all` });
     drawChart('chart-spend-month', { x: m.x, bars: true, yLabel: 'USD', valueFmt: fmt, series: [{ label: 'spend per day', values: m.v }],
@@ -1017,7 +1023,7 @@ function drawUsage(rows) {
     const s = series[keys.indexOf(`${u.endpoint} · ${u.kind.replace('usage_', '')}`)];
     s.values[i] = (s.values[i] || 0) + u.cost_micros / 1e6;
   }
-  const fmt = (v) => `$${v < 0.01 ? v.toFixed(6) : v.toFixed(2)}`;
+  const fmt = dollars;
   drawChart('usage-chart', { x: periods.map((p) => Date.parse(p) / 1000), yLabel: 'USD', valueFmt: fmt, series,
     summary: `Cost per ${$('usage-granularity').value} by endpoint and kind, ${periods.length} periods` });
 }
