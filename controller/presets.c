@@ -36,13 +36,15 @@ static int better(const struct presets_gpu *a, int na, const struct presets_gpu 
 }
 
 int presets_choose(const struct presets_gpu *gpus, int ngpus, int64_t weights_bytes,
-                   int min_devices, const char *only_type, int *n)
+                   int min_devices, const char *only_type, int fixed_n, int *n)
 {
     int best = -1, best_n = 0;
     for (int i = 0; i < ngpus; i++) {
         if (only_type && strcmp(only_type, gpus[i].name) != 0) continue;
-        int k = presets_gpus_needed(weights_bytes, gpus[i].memory_mib, min_devices);
+        int k = fixed_n > 0 ? fixed_n
+                            : presets_gpus_needed(weights_bytes, gpus[i].memory_mib, min_devices);
         if (k == 0 || k > gpus[i].max_per_host) continue;
+        if (fixed_n > 0 && (int64_t)k * gpus[i].memory_mib * 1024 * 1024 < weights_bytes) continue;
         if (best < 0 || better(&gpus[i], k, &gpus[best], best_n)) {
             best = i;
             best_n = k;
@@ -140,7 +142,14 @@ int presets_apply(struct httpd_req *req, PGconn *c, const char *model, const cha
     }
     if (ntypes == 0) return 0; /* no GPUs yet: any GPU, width min_devices (scheduler says why) */
     int n = 0;
-    int pick = presets_choose(types, ntypes, weights, min_dev, NULL, &n);
+    int pick = presets_choose(types, ntypes, weights, min_dev, NULL, (int)*gpus, &n);
+    if (pick < 0 && *gpus) {
+        httpd_error(req, 400, "invalid_parameter", "gpus_per_replica",
+                    "model '%s' (%.1f GB of weights) fits on %lld GPUs of no type the fleet "
+                    "offers on one host (see GET /v1/catalog/presets)",
+                    model, (double)weights / 1e9, (long long)*gpus);
+        return -1;
+    }
     if (pick < 0) {
         httpd_error(req, 400, "invalid_parameter", "gpu_type",
                     "model '%s' (%.1f GB of weights) fits on no GPU type of the fleet: it needs "
@@ -193,7 +202,7 @@ static void h_presets(struct httpd_req *req)
         int min_dev = (int)db_int(r, i, 2);
         int on_gpu = PQgetvalue(r, i, 3)[0] == 't', on_cpu = PQgetvalue(r, i, 4)[0] == 't';
         int def_n = 0;
-        int def = on_gpu ? presets_choose(types, ntypes, weights, min_dev, NULL, &def_n) : -1;
+        int def = on_gpu ? presets_choose(types, ntypes, weights, min_dev, NULL, 0, &def_n) : -1;
         int gpu_first = !strcmp(PQgetvalue(r, i, 6), "gpu");
         json_t *list = json_array();
         for (int t = 0; on_gpu && t < ntypes; t++) {

@@ -46,9 +46,10 @@ int presets_gpus_needed(int64_t weights_bytes, int64_t memory_mib, int min_devic
 
 /* The default GPU type for a model: an index into gpus, with its GPUs per replica in *n; -1 when
  * no type fits (too small, or fewer GPUs per host than needed). only_type (NULL: any) limits the
- * choice to that name. */
+ * choice to that name. fixed_n > 0: the caller chose the width; a type fits when fixed_n of its
+ * GPUs are on one host and hold the weights (without the headroom: the caller's choice). */
 int presets_choose(const struct presets_gpu *gpus, int ngpus, int64_t weights_bytes,
-                   int min_devices, const char *only_type, int *n);
+                   int min_devices, const char *only_type, int fixed_n, int *n);
 
 /* For POST /v1/endpoints on GPUs: fills in the GPU type (*gpu_type, into buf; NULL stays NULL
  * when the fleet has no GPUs yet: any GPU, as before types) and GPUs per replica (*gpus, when 0)

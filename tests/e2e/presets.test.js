@@ -90,6 +90,12 @@ test('a deploy without GPU type or width gets the default, placed on that type o
   assert.equal(small.json.gpus_per_replica, 1);
   const on = await waitFor('small placed', async () => (await P.api('GET', `/v1/endpoints/${small.json.id}`)).json.replica_states[0].host, 20000, 200);
   assert.equal(on, 'h100-box');
+
+  // A width without a type: a type whose that many GPUs hold the weights (one 141 GB GPU does).
+  const one = await P.api('POST', '/v1/endpoints', { body: { name: 'one-gpu', model: 'llama-70b', gpus_per_replica: 1 } });
+  assert.equal(one.status, 201, one.text);
+  assert.equal(one.json.gpu_type, H200);
+  assert.equal(one.json.gpus_per_replica, 1);
 });
 
 test('a GPU type that cannot hold the model, an unknown type, a type on CPU: 400 naming the field', async () => {
