@@ -170,10 +170,18 @@ function drawChart(id, { x, series, bars = false, yLabel = '', valueFmt = (v) =>
     }))],
   };
   const data = [x, ...series.map((s) => s.values)];
-  state.charts[id]?.destroy();
+  box.setAttribute('aria-label', summary || series.map((s) => s.label).join(', '));
+  // The same chart again (a refresh): new data in place, so the legend and the hover stay.
+  const old = state.charts[id];
+  if (old && old.root.isConnected && old.series.length === series.length + 1 &&
+      series.every((s, i) => old.series[i + 1].label === s.label)) {
+    if (box.clientWidth && old.width !== width) old.setSize({ width, height: 200 });
+    old.setData(data);
+    return;
+  }
+  old?.destroy();
   box.replaceChildren();
   box.setAttribute('role', 'img');
-  box.setAttribute('aria-label', summary || series.map((s) => s.label).join(', '));
   state.charts[id] = new uPlot(opts, data, box);
 }
 
@@ -340,6 +348,8 @@ function presetLabel(p) {
 
 async function enterCatalog() {
   showError('catalog-error', null);
+  // Fresh cards each visit (prices and free capacity change); none of the old ones meanwhile.
+  $('catalog').replaceChildren(el('p', { class: 'hint' }, 'Loading the catalog…'));
   try {
     await loadCatalog();
   } catch (e) { showError('catalog-error', e); return; }

@@ -180,6 +180,10 @@ describe('the console in Chromium', { skip }, () => {
     await page.goto('/');
     await page.waitForSelector('#view-auth:not([hidden])');
     await shot('login');
+    await page.setViewportSize({ width: 390, height: 844 });
+    await assertFits('login');
+    await shot('login');
+    await page.setViewportSize({ width: 1280, height: 900 });
     await page.getByLabel('Account name').fill('Dana Labs');
     await page.locator('#signup-email').fill(EMAIL);
     await page.locator('#signup-password').fill(PASSWORD);
