@@ -13,6 +13,7 @@
 #include "ctl.h"
 #include "jsonx.h"
 #include "log.h"
+#include "presets.h"
 #include "replica.h"
 #include "util.h"
 
@@ -100,7 +101,7 @@ static void h_catalog(struct httpd_req *req)
     "(SELECT COALESCE(json_agg(" REPLICA_JSON " ORDER BY r.ordinal), '[]') "                       \
     " FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "                                      \
     " WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')), "             \
-    "e.state_reason, e.pool "
+    "e.state_reason, e.pool, e.gpu_type "
 
 static json_t *endpoint_json(PGresult *r, int i)
 {
@@ -133,6 +134,8 @@ static json_t *endpoint_json(PGresult *r, int i)
                           "created_at", PQgetvalue(r, i, 8), "replica_states", reps);
     json_object_set_new(o, "pool",
                         PQgetisnull(r, i, 11) ? json_null() : json_string(PQgetvalue(r, i, 11)));
+    json_object_set_new(o, "gpu_type",
+                        PQgetisnull(r, i, 12) ? json_null() : json_string(PQgetvalue(r, i, 12)));
     return o;
 }
 
@@ -186,8 +189,9 @@ static int valid_pool(const char *s)
 }
 
 struct create_ep {
-    const char *acct, *name, *model, *kind, *billing, *pool;
+    const char *acct, *name, *model, *kind, *billing, *pool, *gpu_type;
     int64_t gpus, replicas;
+    char type_buf[96];
     char id[40];
     int conflict;
     struct idem im;
@@ -205,14 +209,15 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
     char g[24], n[24], ss[6];
     snprintf(g, sizeof g, "%lld", (long long)ce->gpus);
     snprintf(n, sizeof n, "%lld", (long long)ce->replicas);
-    const char *p[] = {ce->acct, ce->name, ce->model, ce->kind, g, n, ce->billing, ce->pool};
+    const char *p[] = {ce->acct, ce->name,    ce->model, ce->kind,    g,
+                       n,        ce->billing, ce->pool,  ce->gpu_type};
     PGresult *r;
     st = db_exec(c,
                  "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
-                 "  gpus_per_replica, replicas, billing_mode, pool) "
-                 "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8 "
+                 "  gpus_per_replica, replicas, billing_mode, pool, gpu_type) "
+                 "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8, $9 "
                  "FROM models m WHERE m.name = $3 AND m.retired_at IS NULL RETURNING id",
-                 8, p, &r, ss);
+                 9, p, &r, ss);
     if (st < 0) {
         if (!strcmp(ss, "23505")) ce->conflict = 1;
         return st;
@@ -272,8 +277,9 @@ static int check_quota(struct httpd_req *req, PGconn *c, const char *acct, int64
     return rc;
 }
 
-static const char *const create_fields[] = {
-    "name", "model", "gpus_per_replica", "replicas", "device_kind", "billing_mode", "pool", NULL};
+static const char *const create_fields[] = {"name",     "model",       "gpus_per_replica",
+                                            "replicas", "device_kind", "billing_mode",
+                                            "pool",     "gpu_type",    NULL};
 
 static void h_create_endpoint(struct httpd_req *req)
 {
@@ -301,7 +307,8 @@ static void h_create_endpoint(struct httpd_req *req)
         (rc = jsonx_get_int(body, "replicas", 0, 1, 16, &ce.replicas, &je)) == JSONX_BAD ||
         (rc = jsonx_get_string(body, "device_kind", 0, &ce.kind, 8, &je)) == JSONX_BAD ||
         (rc = jsonx_get_string(body, "billing_mode", 0, &ce.billing, 8, &je)) == JSONX_BAD ||
-        (rc = jsonx_get_string(body, "pool", 0, &ce.pool, 63, &je)) == JSONX_BAD) {
+        (rc = jsonx_get_string(body, "pool", 0, &ce.pool, 63, &je)) == JSONX_BAD ||
+        (rc = jsonx_get_string(body, "gpu_type", 0, &ce.gpu_type, 95, &je)) == JSONX_BAD) {
         httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
                     je.param, "%s", je.message);
         goto out;
@@ -371,6 +378,15 @@ static void h_create_endpoint(struct httpd_req *req)
         goto out;
     }
     ce.kind = kind;
+    if (ce.gpu_type && strcmp(kind, "gpu")) {
+        httpd_error(req, 400, "invalid_parameter", "gpu_type",
+                    "field 'gpu_type' needs device_kind \"gpu\"");
+        goto out;
+    }
+    /* GPU type and width from the model's size when not given (presets.h). */
+    if (!strcmp(kind, "gpu") && presets_apply(req, c, ce.model, ce.pool, &ce.gpu_type, ce.type_buf,
+                                              sizeof ce.type_buf, &gpus) != 0)
+        goto out;
     ce.gpus = gpus ? gpus : min_dev;
     if (ce.gpus < min_dev) {
         httpd_error(req, 400, "invalid_parameter", "gpus_per_replica",

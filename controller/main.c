@@ -29,6 +29,7 @@
 #include "audit.h"
 #include "auth.h"
 #include "billing_api.h"
+#include "console_api.h"
 #include "cfg.h"
 #include "ctl.h"
 #include "gateway.h"
@@ -38,6 +39,7 @@
 #include "log.h"
 #include "migrate.h"
 #include "openapi_api.h"
+#include "presets.h"
 #include "ratelimit.h"
 #include "util.h"
 
@@ -460,6 +462,7 @@ struct listener_spec {
 };
 
 static const struct route_table api_tables[] = {
+    {presets_routes, &presets_nroutes},   {console_routes, &console_nroutes},
     {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
     {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
     {openapi_routes, &openapi_nroutes},   {admin_routes, &admin_nroutes},

@@ -11,9 +11,10 @@
 #include "util.h"
 
 /* A device this request may use. */
-static int usable(const struct sched_device *d, const char *kind)
+static int usable(const struct sched_device *d, const struct sched_req *rq)
 {
-    return d->free && d->healthy && !strcmp(d->kind, kind);
+    return d->free && d->healthy && !strcmp(d->kind, rq->kind) &&
+           (!rq->gpu_type || !rq->gpu_type[0] || !strcmp(d->model, rq->gpu_type));
 }
 
 static int numa_match(int a, int b)
@@ -35,8 +36,8 @@ struct pick {
 
 /* Greedy set from seed: the lowest-indexed usable devices that are NVLink peers of all taken so
  * far (when need_peers) and on the seed's NUMA node (when same_numa). 1 when n were found. */
-static int grow(const struct sched_host *h, const char *kind, int n, int seed, int need_peers,
-                int same_numa, int *out)
+static int grow(const struct sched_host *h, const struct sched_req *rq, int n, int seed,
+                int need_peers, int same_numa, int *out)
 {
     int got = 0, numa = h->devices[seed].numa;
     out[got++] = seed;
@@ -44,7 +45,7 @@ static int grow(const struct sched_host *h, const char *kind, int n, int seed, i
         int best = -1;
         for (int d = 0; d < h->ndevices; d++) {
             const struct sched_device *dv = &h->devices[d];
-            if (!usable(dv, kind)) continue;
+            if (!usable(dv, rq)) continue;
             int taken = 0, ok = 1;
             for (int k = 0; k < got; k++) {
                 taken |= out[k] == d;
@@ -62,7 +63,8 @@ static int grow(const struct sched_host *h, const char *kind, int n, int seed, i
 }
 
 /* The best set of n usable devices on host h, or 0 when fewer than n are usable. */
-static int best_on_host(const struct sched_host *h, const char *kind, int n, struct pick *best)
+static int best_on_host(const struct sched_host *h, const struct sched_req *rq, int n,
+                        struct pick *best)
 {
     static const struct {
         int peers, numa;
@@ -70,11 +72,11 @@ static int best_on_host(const struct sched_host *h, const char *kind, int n, str
     for (int t = 0; t < 4; t++) {
         int found = 0;
         for (int seed = 0; seed < h->ndevices; seed++) {
-            if (!usable(&h->devices[seed], kind)) continue;
+            if (!usable(&h->devices[seed], rq)) continue;
             struct pick p = {.tier = t, .island = 0};
-            if (!grow(h, kind, n, seed, tiers[t].peers, tiers[t].numa, p.dev)) continue;
+            if (!grow(h, rq, n, seed, tiers[t].peers, tiers[t].numa, p.dev)) continue;
             for (int d = 0; d < h->ndevices; d++)
-                if (usable(&h->devices[d], kind) && (d == seed || is_peer(h, seed, d))) p.island++;
+                if (usable(&h->devices[d], rq) && (d == seed || is_peer(h, seed, d))) p.island++;
             /* Fewer free in the island first, then the lower first device index. */
             if (!found || p.island < best->island ||
                 (p.island == best->island &&
@@ -99,9 +101,9 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
         eligible++;
         int nfree = 0;
         for (int d = 0; d < hh->ndevices; d++)
-            nfree += usable(&hh->devices[d], req->kind);
+            nfree += usable(&hh->devices[d], req);
         if (nfree > largest) largest = nfree;
-        if (nfree < req->n || !best_on_host(hh, req->kind, req->n, &p)) continue;
+        if (nfree < req->n || !best_on_host(hh, req, req->n, &p)) continue;
         if (best < 0 || p.tier < bp.tier || (p.tier == bp.tier && p.island < bp.island) ||
             (p.tier == bp.tier && p.island == bp.island && nfree < best_free)) {
             best = h;
@@ -111,7 +113,9 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
     }
     if (best < 0) {
         if (why) {
-            const char *k = !strcmp(req->kind, "cpu") ? "CPU" : "GPU";
+            const char *k = !strcmp(req->kind, "cpu")           ? "CPU"
+                            : req->gpu_type && req->gpu_type[0] ? req->gpu_type
+                                                                : "GPU";
             if (pool && !eligible)
                 snprintf(why, whylen, "no capacity: no schedulable host in pool '%s'", pool);
             else
@@ -177,7 +181,8 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         "SELECT g.host_id, g.uuid, g.kind, g.idx, "
         "  NOT EXISTS (SELECT 1 FROM replicas r WHERE r.host_id = g.host_id "
         "     AND r.state <> 'stopped' AND r.state <> 'pending' AND g.uuid = ANY (r.devices)), "
-        "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned "
+        "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned, "
+        "  g.model "
         "FROM gpus g JOIN hosts h ON h.id = g.host_id WHERE h.state = 'ready' "
         "ORDER BY g.host_id, g.idx",
         0, NULL, &r, NULL);
@@ -199,6 +204,7 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         struct sched_device *d = &hh->devices[hh->ndevices++];
         snprintf(d->uuid, sizeof d->uuid, "%s", PQgetvalue(r, i, 1));
         snprintf(d->kind, sizeof d->kind, "%s", PQgetvalue(r, i, 2));
+        snprintf(d->model, sizeof d->model, "%s", PQgetvalue(r, i, 10));
         d->idx = (int)db_int(r, i, 3);
         d->free = PQgetvalue(r, i, 4)[0] == 't';
         d->healthy = PQgetvalue(r, i, 5)[0] == 't';
@@ -227,7 +233,7 @@ static enum db_status pass_txn(PGconn *c, void *arg)
     /* SKIP LOCKED: a replica being changed by someone else is placed on the next pass. */
     enum db_status st = db_exec(c,
                                 "SELECT r.id, e.device_kind, e.gpus_per_replica, r.reason, "
-                                "  COALESCE(e.pool, '') "
+                                "  COALESCE(e.pool, ''), COALESCE(e.gpu_type, '') "
                                 "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
                                 "WHERE r.state = 'pending' ORDER BY r.created_at, r.ordinal "
                                 "FOR UPDATE OF r SKIP LOCKED",
@@ -246,7 +252,8 @@ static enum db_status pass_txn(PGconn *c, void *arg)
         const char *rid = PQgetvalue(pend, i, 0);
         struct sched_req rq = {.kind = PQgetvalue(pend, i, 1),
                                .n = (int)db_int(pend, i, 2),
-                               .pool = PQgetvalue(pend, i, 4)};
+                               .pool = PQgetvalue(pend, i, 4),
+                               .gpu_type = PQgetvalue(pend, i, 5)};
         int chosen[SCHED_MAX_DEVICES];
         char why[200];
         int h = sched_place(p->hosts, p->nhosts, &rq, chosen, why, sizeof why);

@@ -33,7 +33,8 @@
 
 struct sched_device {
     char uuid[96];
-    char kind[8]; /* gpu | cpu */
+    char kind[8];   /* gpu | cpu */
+    char model[96]; /* the GPU type: gpus.model, "NVIDIA H100 80GB HBM3" */
     int idx;
     int free;       /* not held by a live replica */
     int healthy;    /* no uncorrected ECC errors or retired pages reported */
@@ -49,11 +50,12 @@ struct sched_host {
     struct sched_device devices[SCHED_MAX_DEVICES];
 };
 
-/* What one replica needs. pool NULL or "": any pool. */
+/* What one replica needs. pool NULL or "": any pool; gpu_type NULL or "": any model. */
 struct sched_req {
     const char *kind;
     int n;
     const char *pool;
+    const char *gpu_type;
 };
 
 /* Chooses a host for req. Returns the index into hosts and fills chosen[0..n) with device

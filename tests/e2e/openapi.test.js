@@ -125,6 +125,8 @@ test('happy-path replies validate against the schemas', async () => {
   assert.ok(ep.replica_states[0].host && ep.replica_states[0].ready_at);
   await api('GET', '/v1/endpoints', '/v1/endpoints');
   assert.ok((await api('GET', '/v1/catalog', '/v1/catalog')).data.length >= 1);
+  assert.ok((await api('GET', '/v1/catalog/presets', '/v1/catalog/presets')).data.length >= 1);
+  assert.ok((await api('GET', '/v1/quotas', '/v1/quotas')).devices_in_use >= 1);
   check('GET', '/v1/endpoints/{id}', await P.api('GET', '/v1/endpoints/00000000-0000-0000-0000-000000000000'));
 
   // The gateway.
@@ -143,6 +145,9 @@ test('happy-path replies validate against the schemas', async () => {
   assert.equal(ledger.has_more, true);
   assert.ok(ledger.next_starting_after);
   assert.ok((await api('GET', '/v1/billing/usage', '/v1/billing/usage?granularity=minute')).data.length >= 1);
+  const stats = await api('GET', '/v1/endpoints/{id}/stats', `/v1/endpoints/${id}/stats?granularity=minute`);
+  assert.equal(stats.data.length, 60);
+  assert.ok(stats.data.reduce((n, p) => n + p.requests, 0) >= 1);
   const month = new Date().toISOString().slice(0, 7);
   const stmt = await api('GET', '/v1/billing/statements/{month}', `/v1/billing/statements/${month}`);
   assert.ok(stmt.lines.some((l) => l.kind === 'usage_time') && stmt.lines.some((l) => l.kind === 'credit'));

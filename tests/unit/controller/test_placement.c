@@ -222,8 +222,32 @@ static void test_pools_and_cordon(void)
     CHECK_STR_EQ(idxs(&h[2], chosen, 2), "6,7");
 }
 
+/* An endpoint that names a GPU type gets GPUs of that model only (presets.h picks it). */
+static void test_gpu_type(void)
+{
+    struct sched_host h[2];
+    gpu_host(&h[0], 1, "a", NVSWITCH, 0);
+    gpu_host(&h[1], 2, "b", NVSWITCH, 0x0f); /* 4 of 8 busy: the best fit without a type */
+    for (int i = 0; i < 8; i++) {
+        snprintf(h[0].devices[i].model, sizeof h[0].devices[i].model, "NVIDIA H200");
+        snprintf(h[1].devices[i].model, sizeof h[1].devices[i].model, "NVIDIA H100 80GB HBM3");
+    }
+    int chosen[SCHED_MAX_DEVICES];
+    char why[200] = "";
+    struct sched_req rq = {.kind = "gpu", .n = 2, .gpu_type = "NVIDIA H200"};
+    CHECK_INT_EQ(sched_place(h, 2, &rq, chosen, why, sizeof why), 0);
+    rq.gpu_type = "";
+    CHECK_INT_EQ(sched_place(h, 2, &rq, chosen, why, sizeof why), 1);
+    rq.gpu_type = "NVIDIA H100 80GB HBM3";
+    rq.n = 4;
+    CHECK_INT_EQ(sched_place(h, 2, &rq, chosen, why, sizeof why), -1);
+    CHECK_STR_EQ(why, "no capacity: needs 4\u00d7NVIDIA H100 80GB HBM3 on one host; largest free "
+                      "block is 2");
+}
+
 int main(void)
 {
+    test_gpu_type();
     test_best_fit_and_kinds();
     test_islands();
     test_topology_beats_fit();
