@@ -205,6 +205,9 @@ int rtc_sample(struct rtc_ctx *ctx, int32_t *d_out, const float *d_logits,
  * seconds of a `bytes` cudaMemcpy, best of `reps`. *gbps in GB/s (1e9). */
 int rtc_measure_d2d(struct rtc_ctx *ctx, size_t bytes, int reps, double *gbps);
 
+/* Free and total memory of the context's device (cudaMemGetInfo). */
+int rtc_mem_info(struct rtc_ctx *ctx, size_t *free_bytes, size_t *total_bytes);
+
 /* CUDA-graph capture on the context's stream in thread-local mode (cudaStreamCaptureModeThread-
  * Local): another thread's CUDA calls (a loader, another rank) cannot invalidate it, and this
  * thread's unsafe calls fail instead of breaking someone else's capture. end instantiates the

@@ -713,6 +713,13 @@ extern "C" int rtc_measure_d2d(struct rtc_ctx *ctx, size_t bytes, int reps, doub
     return rc;
 }
 
+extern "C" int rtc_mem_info(struct rtc_ctx *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    CUDA_CHECK(cudaSetDevice(ctx->device));
+    CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return RTC_OK;
+}
+
 struct rtc_graph {
     cudaGraph_t g;
     cudaGraphExec_t exec;

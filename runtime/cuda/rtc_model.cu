@@ -1013,3 +1013,8 @@ extern "C" void rtc_model_debug_stall(struct rtc_model *m, int rank, int ms)
 {
     if (rank >= 0 && rank < m->tp) m->rk[rank].stall_ms = ms;
 }
+
+extern "C" int rtc_model_mem_info(struct rtc_model *m, size_t *free_bytes, size_t *total_bytes)
+{
+    return rtc_mem_info(m->rk[0].ctx, free_bytes, total_bytes);
+}

@@ -59,6 +59,9 @@ void rtc_model_get_info(const struct rtc_model *rm, struct rtc_model_info *out);
 /* Device-to-device bandwidth on rank 0's GPU (rtc_measure_d2d). */
 int rtc_model_measure_d2d(struct rtc_model *rm, size_t bytes, int reps, double *gbps);
 
+/* Free and total memory of rank 0's GPU now. */
+int rtc_model_mem_info(struct rtc_model *rm, size_t *free_bytes, size_t *total_bytes);
+
 /* Test hook: rank `rank` sleeps ms before its first all-reduce of the next step (a stuck rank,
  * for the watchdog test). */
 void rtc_model_debug_stall(struct rtc_model *rm, int rank, int ms);
