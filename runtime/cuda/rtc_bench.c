@@ -271,7 +271,9 @@ static int run(const char *dir, int tp, const char *json_out)
     struct rtc_model_opts o;
     rtc_model_opts_default(&o);
     o.tp = tp;
-    o.coll = tp > 1 && rtc_device_count() < tp ? RTC_COLL_DEVICE : RTC_COLL_NCCL;
+    /* NCCL when there is a GPU per rank; else (and at TP 1, where no collective runs) the device
+     * collective, which does not insist on using every visible GPU. */
+    o.coll = tp > 1 && rtc_device_count() == tp ? RTC_COLL_NCCL : RTC_COLL_DEVICE;
     char err[4096];
     struct rtc_model *rm = rtc_model_open(dir, &o, err, sizeof err);
     if (!rm) {

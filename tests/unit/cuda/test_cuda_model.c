@@ -60,7 +60,7 @@ static struct model *open_cuda(const char *dir, int tp, int blocks)
     struct rtc_model_opts o;
     rtc_model_opts_default(&o);
     o.tp = tp;
-    o.coll = tp > 1 ? RTC_COLL_DEVICE : RTC_COLL_NCCL;
+    o.coll = RTC_COLL_DEVICE; /* any GPU count: ranks go round-robin (all on one GPU here) */
     o.mem_fraction = 0.5;
     o.max_rows = 48; /* < the 60 rows of the first step: it runs in two pieces */
     o.max_logits = 4;
@@ -173,7 +173,8 @@ static void test_no_alloc(const char *tmp)
     char err[1024];
     struct rtc_model_opts o;
     rtc_model_opts_default(&o);
-    o.mem_fraction = 0.5, o.max_rows = 48, o.max_logits = 4, o.kv_blocks_max = 40;
+    o.coll = RTC_COLL_DEVICE, o.mem_fraction = 0.5, o.max_rows = 48, o.max_logits = 4;
+    o.kv_blocks_max = 40;
     struct rtc_model *rm = rtc_model_open(dir, &o, err, sizeof err);
     CHECK(rm != NULL);
     size_t f0, f1, total;
