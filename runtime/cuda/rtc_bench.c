@@ -1,6 +1,6 @@
 /* rtc_bench (orp-gpu-bench): the CUDA backend's benchmark, run by ops/bench/gpu.sh on a GPU.
  *
- *   orp-gpu-bench make-8b --out DIR     a checkpoint with Llama-3-8B's shapes (32 layers, dim 4096,
+ *   orp-gpu-bench make-8b --out DIR [--layers N]   a checkpoint with Llama-3-8B's shapes (32 layers, dim 4096,
  *                                       GQA 32/8, MLP 14336, vocab 128256, llama3 RoPE), random
  *                                       BF16 weights written by 16 threads; make-model's tokenizer
  *   orp-gpu-bench run --model DIR [--tp N] [--json FILE]
@@ -106,7 +106,7 @@ static void *gen_worker(void *arg)
     return NULL;
 }
 
-static int make_8b(const char *out)
+static int make_8b(const char *out, int layers)
 {
     struct mm_opts o;
     mm_defaults(&o);
@@ -116,7 +116,7 @@ static int make_8b(const char *out)
         fprintf(stderr, "make-8b: %s\n", err);
         return 1;
     }
-    const int dim = 4096, ffn = 14336, layers = 32, heads = 32, kv = 8, hd = 128, vocab = 128256;
+    const int dim = 4096, ffn = 14336, heads = 32, kv = 8, hd = 128, vocab = 128256;
     json_t *cfg = json_pack(
         "{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:i,s:i,s:b,s:i,s:i,s:s,s:{s:s,s:f,s:f,s:f,"
         "s:i},s:s}",
@@ -343,16 +343,18 @@ int main(int argc, char **argv)
 {
     log_init("orp-gpu-bench", "info");
     const char *out = NULL, *model = NULL, *json = NULL;
-    int tp = 1;
+    int tp = 1, layers = 32;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--out")) out = argv[i + 1];
         else if (!strcmp(argv[i], "--model")) model = argv[i + 1];
         else if (!strcmp(argv[i], "--json")) json = argv[i + 1];
         else if (!strcmp(argv[i], "--tp")) tp = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
     }
-    if (argc > 1 && !strcmp(argv[1], "make-8b") && out) return make_8b(out);
+    if (argc > 1 && !strcmp(argv[1], "make-8b") && out && layers >= 1 && layers <= 64)
+        return make_8b(out, layers);
     if (argc > 1 && !strcmp(argv[1], "run") && model) return run(model, tp, json);
-    fprintf(stderr, "usage: orp-gpu-bench make-8b --out DIR\n"
+    fprintf(stderr, "usage: orp-gpu-bench make-8b --out DIR [--layers N (32)]\n"
                     "       orp-gpu-bench run --model DIR [--tp N] [--json FILE]\n");
     return 2;
 }
