@@ -36,6 +36,7 @@
 #include "leader.h"
 #include "log.h"
 #include "migrate.h"
+#include "logs.h"
 #include "openapi_api.h"
 #include "ratelimit.h"
 #include "util.h"
@@ -440,6 +441,7 @@ struct listener_spec {
 };
 
 static const struct route_table api_tables[] = {
+    {logs_routes, &logs_nroutes},
     {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
     {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
     {openapi_routes, &openapi_nroutes},   {api_routes, &api_nroutes}};
