@@ -38,6 +38,7 @@
 #include "leader.h"
 #include "log.h"
 #include "migrate.h"
+#include "logs.h"
 #include "openapi_api.h"
 #include "presets.h"
 #include "ratelimit.h"
@@ -463,6 +464,7 @@ struct listener_spec {
 
 static const struct route_table api_tables[] = {
     {presets_routes, &presets_nroutes},   {console_routes, &console_nroutes},
+    {logs_routes, &logs_nroutes},
     {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
     {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
     {openapi_routes, &openapi_nroutes},   {admin_routes, &admin_nroutes},
