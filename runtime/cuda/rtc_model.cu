@@ -229,9 +229,10 @@ static void *watchdog(void *arg)
     while (!__atomic_load_n(&m->wd_stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST)) {
         usleep(50 * 1000);
         long long t0 = __atomic_load_n(&m->step_start_ms, __ATOMIC_SEQ_CST);
-        if (t0 && now_ms() - t0 > m->o.step_timeout_ms) {
+        int limit = __atomic_load_n(&m->o.step_timeout_ms, __ATOMIC_SEQ_CST);
+        if (t0 && now_ms() - t0 > limit) {
             char why[128];
-            snprintf(why, sizeof why, "a step has run for more than %d ms", m->o.step_timeout_ms);
+            snprintf(why, sizeof why, "a step has run for more than %d ms", limit);
             abort_all(m, why);
             break;
         }
@@ -1017,4 +1018,9 @@ extern "C" void rtc_model_debug_stall(struct rtc_model *m, int rank, int ms)
 extern "C" int rtc_model_mem_info(struct rtc_model *m, size_t *free_bytes, size_t *total_bytes)
 {
     return rtc_mem_info(m->rk[0].ctx, free_bytes, total_bytes);
+}
+
+extern "C" void rtc_model_set_step_timeout(struct rtc_model *m, int ms)
+{
+    __atomic_store_n(&m->o.step_timeout_ms, ms, __ATOMIC_SEQ_CST);
 }

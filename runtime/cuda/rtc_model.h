@@ -62,6 +62,9 @@ int rtc_model_measure_d2d(struct rtc_model *rm, size_t bytes, int reps, double *
 /* Free and total memory of rank 0's GPU now. */
 int rtc_model_mem_info(struct rtc_model *rm, size_t *free_bytes, size_t *total_bytes);
 
+/* Changes the watchdog's step timeout (tests shorten it once the warm-up has run). */
+void rtc_model_set_step_timeout(struct rtc_model *rm, int ms);
+
 /* Test hook: rank `rank` sleeps ms before its first all-reduce of the next step (a stuck rank,
  * for the watchdog test). */
 void rtc_model_debug_stall(struct rtc_model *rm, int rank, int ms);

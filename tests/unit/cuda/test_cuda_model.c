@@ -209,7 +209,7 @@ static void test_watchdog(const char *tmp)
     struct rtc_model_opts o;
     rtc_model_opts_default(&o);
     o.tp = 2, o.coll = RTC_COLL_DEVICE, o.mem_fraction = 0.5, o.max_rows = 48;
-    o.max_logits = 4, o.kv_blocks_max = 8, o.step_timeout_ms = 400;
+    o.max_logits = 4, o.kv_blocks_max = 8;
     o.on_abort = on_abort;
     struct rtc_model *rm = rtc_model_open(dir, &o, err, sizeof err);
     CHECK(rm != NULL);
@@ -218,6 +218,7 @@ static void test_watchdog(const char *tmp)
     struct model_kv *kv = model_kv_new(m, 8);
     struct model_ctx *c = model_ctx_new_in(m, kv, 16);
     CHECK(kv && c);
+    rtc_model_set_step_timeout(rm, 400); /* after the warm-up, which may load modules */
     rtc_model_debug_stall(rm, 1, 1500);
     CHECK(model_forward(m, c, 5) == NULL);
     CHECK(aborted);
