@@ -40,21 +40,11 @@ mkdir -p "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 STEPS=$WORK/steps.tsv
 : >"$STEPS"
-NCPU=$(nproc)
-[ "$NCPU" -le 16 ] || NCPU=16
 PY=$(command -v python3 || echo /usr/bin/python3)
 T0=$SECONDS
-
-log() { echo "gpu.sh: $*" | tee -a "$LOG"; }
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$STEPS"; log "$1: $2${3:+ ($3)}"; }
-step() {
-  local name=$1 t=$SECONDS rc=0
-  shift
-  log "== $name: $*"
-  "$@" >>"$LOG" 2>&1 || rc=$?
-  if [ $rc -eq 0 ]; then record "$name" ok "$((SECONDS - t)) s"; else record "$name" failed "exit $rc after $((SECONDS - t)) s"; fi
-  return $rc
-}
+TAG=gpu.sh
+# shellcheck source=ops/gpu/steps.sh
+. "$SRC/ops/gpu/steps.sh"
 
 GPU=1
 nvidia-smi -L >>"$LOG" 2>&1 || GPU=0
@@ -66,7 +56,6 @@ if ! ls /usr/local/cuda/lib64/libnccl.so* >/dev/null 2>&1; then
   [ -z "$NR" ] && NR=$("$PY" -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
   if [ -n "$NR" ]; then
     export NCCL_ROOT=$NR LD_LIBRARY_PATH=$NR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    [ -e "$NR/lib/libnccl.so" ] || ln -sf "$NR"/lib/libnccl.so.2 "$WORK/libnccl.so" 2>/dev/null || true
     log "NCCL from $NR"
   fi
 fi
@@ -74,8 +63,8 @@ fi
 # ---- 1 build ----
 if [ -z "$BUILD" ]; then
   BUILD=$WORK/build
-  step gpu_configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release &&
-    step gpu_build cmake --build "$BUILD" -j"$NCPU" --target orp-runtime orp-gpu-bench test_cuda_kernels \
+  step gpu_configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release
+  ok gpu_configure && step gpu_build cmake --build "$BUILD" -j"$NCPU" --target orp-runtime orp-gpu-bench test_cuda_kernels \
       test_cuda_model test_rtc_plan test_cpu_ref
 else
   record gpu_build ok "reused $BUILD"

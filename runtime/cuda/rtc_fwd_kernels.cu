@@ -395,79 +395,12 @@ extern "C" int rtc_silu_mul(struct rtc_ctx *ctx, uint16_t *d_h, const float *d_g
 
 /* ---- GEMM with BF16 activations ----------------------------------------------------------- */
 
-enum { MV_WARPS = 8, MV_UNROLL = 4 };
-
-static __device__ __forceinline__ float dot8(uint4 w, uint4 x)
-{
-    const uint32_t ws[4] = {w.x, w.y, w.z, w.w}, xs[4] = {x.x, x.y, x.z, x.w};
-    float s = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        s += __uint_as_float(ws[k] << 16) * __uint_as_float(xs[k] << 16);
-        s += __uint_as_float(ws[k] & 0xffff0000u) * __uint_as_float(xs[k] & 0xffff0000u);
-    }
-    return s;
-}
-
-/* One warp per row; MV_UNROLL 16-byte weight loads per lane in flight. cols % 8 == 0, 16-byte
- * aligned w and x. The weights stream past L1 (read once per step); x stays in cache. */
-static __global__ void __launch_bounds__(MV_WARPS * 32)
-    matvec_bf16x_kernel(float *y, const uint4 *w, const uint4 *x, int rows, int cols)
-{
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const int nvec = cols / 8;
-    const uint4 *wr = w + (size_t)row * nvec;
-    float acc = 0.0f;
-    for (int base = lane; base < nvec; base += 32 * MV_UNROLL) {
-        uint4 wv[MV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < MV_UNROLL; u++) {
-            const int v = base + 32 * u;
-            wv[u] = v < nvec ? __ldcs(wr + v) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < MV_UNROLL; u++) {
-            const int v = base + 32 * u;
-            if (v < nvec) acc += dot8(wv[u], __ldg(x + v));
-        }
-    }
-    acc = fwd_warp_sum(acc);
-    if (lane == 0) y[row] = acc;
-}
-
-static __global__ void __launch_bounds__(MV_WARPS * 32)
-    matvec_bf16x_scalar_kernel(float *y, const __nv_bfloat16 *w, const __nv_bfloat16 *x, int rows,
-                               int cols)
-{
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const __nv_bfloat16 *wr = w + (size_t)row * cols;
-    float acc = 0.0f;
-    for (int c = lane; c < cols; c += 32)
-        acc += __bfloat162float(wr[c]) * __bfloat162float(x[c]);
-    acc = fwd_warp_sum(acc);
-    if (lane == 0) y[row] = acc;
-}
-
 extern "C" int rtc_gemm_bf16x(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w,
                               const uint16_t *d_x, int n, int rows, int cols)
 {
     ARG_CHECK(n >= 0 && rows > 0 && cols > 0);
     if (n == 0) return RTC_OK;
-    if (n == 1) {
-        const unsigned blocks = (unsigned)((rows + MV_WARPS - 1) / MV_WARPS);
-        if (cols % 8 == 0 && (uintptr_t)d_w % 16 == 0 && (uintptr_t)d_x % 16 == 0)
-            matvec_bf16x_kernel<<<blocks, MV_WARPS * 32, 0, ctx->stream>>>(
-                d_y, (const uint4 *)d_w, (const uint4 *)d_x, rows, cols);
-        else
-            matvec_bf16x_scalar_kernel<<<blocks, MV_WARPS * 32, 0, ctx->stream>>>(
-                d_y, (const __nv_bfloat16 *)d_w, (const __nv_bfloat16 *)d_x, rows, cols);
-        LAUNCH_CHECK();
-        return RTC_OK;
-    }
+    if (n == 1) return rtc_matvec_bf16_xbf16(ctx, d_y, d_w, d_x, rows, cols);
     /* Row-major Y[n, rows] = X W^T is column-major Y^T = W X^T: "TN" (see rtc_gemm_bf16). */
     const float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasGemmEx(ctx->cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, d_w,
