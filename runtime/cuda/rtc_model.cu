@@ -77,15 +77,13 @@ extern "C" {
 /* What the rank threads are asked to do. */
 enum job { JOB_LOAD, JOB_KV, JOB_STEP, JOB_FREE };
 
+/* A layer on one rank: the device tensors of rtc_plan's slots (rtc_plan_layer_copies fills
+ * them); BF16 matrices, F32 vectors, NULL where the architecture has none. */
 struct dev_layer {
-    uint16_t *wqkv;  /* [(heads + 2 kv) * hd, dim] this rank's q, k, v rows */
-    uint16_t *wo;    /* [dim, heads * hd] this rank's columns */
-    uint16_t *wgu;   /* [2 ffn, dim] gate rows then up rows */
-    uint16_t *wdown; /* [dim, ffn] this rank's columns */
-    float *bqkv;     /* [(heads + 2 kv) * hd] or NULL (Qwen2) */
-    float *attn_norm, *ffn_norm; /* [dim] */
-    float *q_norm, *k_norm;      /* [hd] or NULL (Qwen3) */
+    void *w[RTC_W_NSLOTS];
 };
+#define W16(L, slot) ((const uint16_t *)(L)->w[slot])
+#define W32(L, slot) ((const float *)(L)->w[slot])
 
 /* A host barrier that an abort opens for good. */
 struct hbar {
@@ -407,52 +405,20 @@ static int load_layer(struct rank *rk, int l)
 {
     struct rtc_model *m = rk->m;
     const struct model_config *c = &m->cfg;
-    const struct rtc_shard *sh = &rk->sh;
     struct dev_layer *L = &rk->layer[l];
-    int64_t hd = c->head_dim, dim = c->dim, qd = (int64_t)c->heads * hd;
-    int64_t kvd = (int64_t)c->kv_heads * hd, qdl = (int64_t)sh->heads * hd;
-    int64_t kvl = (int64_t)sh->kv_heads * hd, q0 = (int64_t)sh->q_head0 * hd;
-    int64_t k0 = (int64_t)sh->kv_first * hd, f = sh->ffn, f0 = sh->f0;
-    NEED(wq, l, "self_attn.q_proj.weight", qd, dim);
-    NEED(wk, l, "self_attn.k_proj.weight", kvd, dim);
-    NEED(wv, l, "self_attn.v_proj.weight", kvd, dim);
-    NEED(wo, l, "self_attn.o_proj.weight", dim, qd);
-    NEED(wg, l, "mlp.gate_proj.weight", c->ffn, dim);
-    NEED(wu, l, "mlp.up_proj.weight", c->ffn, dim);
-    NEED(wd, l, "mlp.down_proj.weight", dim, c->ffn);
-    NEED(an, l, "input_layernorm.weight", dim, 0);
-    NEED(fn, l, "post_attention_layernorm.weight", dim, 0);
-    RTC(dalloc(&L->wqkv, (size_t)rk->qkv_rows * dim * 2));
-    RTC(up_bf16(rk, L->wqkv, wq, q0, qdl, 0, dim));
-    RTC(up_bf16(rk, L->wqkv + qdl * dim, wk, k0, kvl, 0, dim));
-    RTC(up_bf16(rk, L->wqkv + (qdl + kvl) * dim, wv, k0, kvl, 0, dim));
-    RTC(dalloc(&L->wo, (size_t)(dim * qdl) * 2));
-    RTC(up_bf16(rk, L->wo, wo, 0, dim, q0, qdl));
-    RTC(dalloc(&L->wgu, (size_t)(2 * f * dim) * 2));
-    RTC(up_bf16(rk, L->wgu, wg, f0, f, 0, dim));
-    RTC(up_bf16(rk, L->wgu + f * dim, wu, f0, f, 0, dim));
-    RTC(dalloc(&L->wdown, (size_t)(dim * f) * 2));
-    RTC(up_bf16(rk, L->wdown, wd, 0, dim, f0, f));
-    RTC(dalloc(&L->attn_norm, (size_t)dim * 4));
-    RTC(up_f32(rk, L->attn_norm, an, 0, dim));
-    RTC(dalloc(&L->ffn_norm, (size_t)dim * 4));
-    RTC(up_f32(rk, L->ffn_norm, fn, 0, dim));
-    if (c->qkv_bias) {
-        NEED(bq, l, "self_attn.q_proj.bias", qd, 0);
-        NEED(bk, l, "self_attn.k_proj.bias", kvd, 0);
-        NEED(bv, l, "self_attn.v_proj.bias", kvd, 0);
-        RTC(dalloc(&L->bqkv, (size_t)rk->qkv_rows * 4));
-        RTC(up_f32(rk, L->bqkv, bq, q0, qdl));
-        RTC(up_f32(rk, L->bqkv + qdl, bk, k0, kvl));
-        RTC(up_f32(rk, L->bqkv + qdl + kvl, bv, k0, kvl));
+    for (int sl = 0; sl < RTC_W_NSLOTS; sl++) {
+        int64_t n = rtc_plan_slot_elems(c, &rk->sh, (enum rtc_wslot)sl);
+        if (n) RTC(dalloc(&L->w[sl], (size_t)n * (rtc_plan_slot_is_matrix((enum rtc_wslot)sl) ? 2 : 4)));
     }
-    if (c->qk_norm) {
-        NEED(qn, l, "self_attn.q_norm.weight", hd, 0);
-        NEED(kn, l, "self_attn.k_norm.weight", hd, 0);
-        RTC(dalloc(&L->q_norm, (size_t)hd * 4));
-        RTC(up_f32(rk, L->q_norm, qn, 0, hd));
-        RTC(dalloc(&L->k_norm, (size_t)hd * 4));
-        RTC(up_f32(rk, L->k_norm, kn, 0, hd));
+    struct rtc_copy cp[RTC_MAX_COPIES];
+    int ncp = rtc_plan_layer_copies(c, &rk->sh, cp);
+    for (int i = 0; i < ncp; i++) {
+        const struct rtc_copy *k = &cp[i];
+        NEED(t, l, k->suffix, k->d0, k->d1);
+        if (rtc_plan_slot_is_matrix(k->slot))
+            RTC(up_bf16(rk, (uint16_t *)L->w[k->slot] + k->dst, t, k->r0, k->nr, k->c0, k->nc));
+        else
+            RTC(up_f32(rk, (float *)L->w[k->slot] + k->dst, t, k->r0, k->nr));
     }
     return RTC_OK;
 }
@@ -553,7 +519,8 @@ static int rank_step(struct rank *rk)
     RTC(rtc_ctx_use(ctx));
     CUDA_CHECK(cudaMemcpyAsync(rk->d_step, m->h_step, st->words * 4, cudaMemcpyHostToDevice, s));
     RTC(rtc_embed(ctx, rk->x, rk->embed, d + st->off_tokens, n, dim));
-    RTC(rtc_add_rmsnorm(ctx, rk->x, NULL, rk->layer[0].attn_norm, rk->xb, n, dim, c->eps));
+    RTC(rtc_add_rmsnorm(ctx, rk->x, NULL, W32(&rk->layer[0], RTC_W_ATTN_NORM), rk->xb, n, dim,
+                        c->eps));
     struct rtc_attn_args a;
     memset(&a, 0, sizeof a);
     a.q = rk->q, a.kc = rk->kc, a.vc = rk->vc, a.pos = d + st->off_pos;
@@ -565,20 +532,22 @@ static int rank_step(struct rank *rk)
     struct rtc_qkv_shape qs = {sh->heads, sh->kv_heads, hd, c->layers, 0, c->eps};
     for (int l = 0; l < c->layers; l++) {
         const struct dev_layer *L = &rk->layer[l];
-        RTC(rtc_gemm_bf16x(ctx, rk->qkv, L->wqkv, rk->xb, n, rk->qkv_rows, dim));
+        RTC(rtc_gemm_bf16x(ctx, rk->qkv, W16(L, RTC_W_QKV), rk->xb, n, rk->qkv_rows, dim));
         qs.layer = l;
-        RTC(rtc_qkv_rope_cache(ctx, rk->q, rk->qkv, L->bqkv, L->q_norm, L->k_norm, rk->inv_freq,
-                               d + st->off_pos, d + st->off_slot, rk->kc, rk->vc, &qs, n));
+        RTC(rtc_qkv_rope_cache(ctx, rk->q, rk->qkv, W32(L, RTC_W_BQKV), W32(L, RTC_W_QNORM),
+                               W32(L, RTC_W_KNORM), rk->inv_freq, d + st->off_pos,
+                               d + st->off_slot, rk->kc, rk->vc, &qs, n));
         a.layer = l;
         RTC(rtc_attention_paged(ctx, &a));
-        RTC(rtc_gemm_bf16x(ctx, rk->o, L->wo, rk->att, n, dim, qdl));
+        RTC(rtc_gemm_bf16x(ctx, rk->o, W16(L, RTC_W_O), rk->att, n, dim, qdl));
         RTC(allreduce(rk, rk->o, (size_t)n * dim));
-        RTC(rtc_add_rmsnorm(ctx, rk->x, rk->o, L->ffn_norm, rk->xb, n, dim, c->eps));
-        RTC(rtc_gemm_bf16x(ctx, rk->gu, L->wgu, rk->xb, n, 2 * f, dim));
+        RTC(rtc_add_rmsnorm(ctx, rk->x, rk->o, W32(L, RTC_W_FFN_NORM), rk->xb, n, dim, c->eps));
+        RTC(rtc_gemm_bf16x(ctx, rk->gu, W16(L, RTC_W_GU), rk->xb, n, 2 * f, dim));
         RTC(rtc_silu_mul(ctx, rk->h, rk->gu, n, f));
-        RTC(rtc_gemm_bf16x(ctx, rk->o, L->wdown, rk->h, n, dim, f));
+        RTC(rtc_gemm_bf16x(ctx, rk->o, W16(L, RTC_W_DOWN), rk->h, n, dim, f));
         RTC(allreduce(rk, rk->o, (size_t)n * dim));
-        const float *next = l + 1 < c->layers ? rk->layer[l + 1].attn_norm : rk->final_norm;
+        const float *next =
+            l + 1 < c->layers ? W32(&rk->layer[l + 1], RTC_W_ATTN_NORM) : rk->final_norm;
         RTC(rtc_add_rmsnorm(ctx, rk->x, rk->o, next, rk->xb, n, dim, c->eps));
     }
     if (rk->rank == 0 && st->nlogits > 0) {
@@ -597,11 +566,8 @@ static void rank_free(struct rank *rk)
     if (!rk->ctx) return;
     rtc_ctx_use(rk->ctx);
     for (int l = 0; rk->layer && l < rk->m->cfg.layers; l++) {
-        struct dev_layer *L = &rk->layer[l];
-        void *ps[] = {L->wqkv, L->wo, L->wgu, L->wdown, L->bqkv,
-                      L->attn_norm, L->ffn_norm, L->q_norm, L->k_norm};
-        for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
-            rtc_free(ps[i]);
+        for (int sl = 0; sl < RTC_W_NSLOTS; sl++)
+            rtc_free(rk->layer[l].w[sl]);
     }
     free(rk->layer);
     if (rk->lm_head != rk->embed) rtc_free(rk->lm_head);

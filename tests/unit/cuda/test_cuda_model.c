@@ -9,7 +9,9 @@
  *
  * Tolerance ("bf16 tolerance"): the GPU rounds every GEMM input (activations, and weights that
  * are F32 on disk) and the KV cache to BF16, 2^-9 relative each, which over 2 layers moves
- * logits of size ~1 by ~1e-2: |cuda - cpu| <= 0.06 + 0.03 |cpu|. Top-1 must agree on >= 99 % of
+ * logits of size ~1 by ~1e-2, and a logit's error grows with the size of its terms, which the
+ * row's largest logit reflects (tied embeddings give logits near 100): |cuda - cpu| <= 0.06 +
+ * 0.03 |cpu| + 0.03 / 8 max |cpu row| (one BF16 step of the largest). Top-1 must agree on >= 99 % of
  * the rows whose CPU top-2 margin exceeds 0.2 (where the rounding cannot swap them). TP ranks on
  * the device collective sum in a different order than one GPU: 0.02 + 0.01 |tp1|.
  *
@@ -78,12 +80,15 @@ static struct model *open_cuda(const char *dir, int tp, int blocks)
 static double cmp_row(const char *what, const float *got, const float *ref, int vocab, double ta,
                       double tr)
 {
-    double worst = 0;
+    double worst = 0, rowmax = 0;
     int best = 0, second = -1, gbest = 0;
+    for (int i = 0; i < vocab; i++)
+        if (fabs(ref[i]) > rowmax) rowmax = fabs(ref[i]);
     for (int i = 0; i < vocab; i++) {
-        double b = ta + tr * fabs(ref[i]), e = fabs((double)got[i] - ref[i]);
+        double b = ta + tr * fabs(ref[i]) + tr / 8 * rowmax, e = fabs((double)got[i] - ref[i]);
         if (!(e <= b)) {
-            fprintf(stderr, "%s: logit %d: cuda %g, reference %g\n", what, i, got[i], ref[i]);
+            fprintf(stderr, "%s: logit %d: cuda %g, reference %g (row max %g)\n", what, i,
+                    got[i], ref[i], rowmax);
             exit(1);
         }
         if (e / b > worst) worst = e / b;
