@@ -1,27 +1,18 @@
-/* test_rtc_pipeline: the CUDA backend's step, run on the CPU: the same weight copies
- * (rtc_plan_layer_copies: fused QKV and gate/up, column slices of o_proj and down_proj, per TP
- * rank), the same step plans (rtc_plan_step: KV slots in shuffled pages, page tables, runs), the
- * same sequence of operations as rtc_model.cu's rank_step, each done by the kernel's C twin in
- * cpu_ref.c (BF16 GEMM inputs, BF16 KV cache, BF16 attention output, F32 residual), and the
- * all-reduce as a rank-order sum. Its logits must match the CPU backend's (model.c, itself
- * checked against NumPy and transformers) for every architecture at TP 1, 2 and 4, within the
- * BF16 tolerance test_cuda_model uses on the GPU (0.06 + 0.03 |ref| + max |ref| / 256, top-1 >= 99 %
- * where the reference's margin exceeds 0.2). So what the GPU runs is checked here, kernel by
- * kernel against its twin (test_cuda_kernels) and as a whole against the CPU model, except the
- * CUDA code itself. Needs no GPU. */
-#include <jansson.h>
-#include <math.h>
-
+/* test_rtc_pipeline: the CUDA backend's step, run on the CPU as a model.h device backend (the
+ * "twin"): the same weight copies (rtc_plan_layer_copies: fused QKV and gate/up, column slices of
+ * o_proj and down_proj, per TP rank), the same step plans (rtc_plan_step: KV slots in the pool's
+ * pages, page tables, runs), the same sequence of operations as rtc_model.cu's rank_step, each
+ * done by the kernel's C twin in cpu_ref.c (BF16 GEMM inputs, BF16 KV cache, BF16 attention
+ * output, F32 residual), the all-reduce as a rank-order sum, all driven through model.c's device
+ * hook (model_new_dev) like the GPU backend. Its logits must match the CPU backend's for every
+ * architecture at TP 1, 2 and 4, and the Hugging Face goldens when present, within the BF16
+ * tolerance test_cuda_model uses on the GPU (model_check.h). So what the GPU runs is checked
+ * here as a whole, and kernel by kernel against the same twins by test_cuda_kernels; only the
+ * CUDA code itself is not. Needs no GPU. */
 #include "cpu_ref.h"
+#include "model_check.h"
 #include "rtc_plan.h"
-#include "runtime/rt_test.h"
-#include "safetensors.h"
-#include "sampler.h"
 
-#define TOL_ABS 0.06
-#define TOL_REL 0.03
-#define TOL_ROW (1.0 / 256) /* of the row's largest logit: see test_cuda_model */
-#define MARGIN 0.2
 #define MAX_TP 4
 #define NBLOCKS 64
 
@@ -43,8 +34,6 @@ struct twin {
     uint16_t *embed, *lm_head; /* [vocab, dim] */
     float *final_norm, *inv_freq;
 };
-
-static int top1_total, top1_same;
 
 /* Copies one rtc_copy from the checkpoint (any dtype) into host memory, as the GPU load does. */
 static void run_copy(const struct st_set *st, int l, const struct rtc_copy *k, void *slot)
@@ -234,121 +223,74 @@ static void twin_step(struct twin *tw, const struct model_dev_row *rows, int n)
     free(buf);
 }
 
-static double cmp_logits(const char *what, const float *got, const float *ref, int vocab)
+/* The twin as a model.h device backend: model.c's hook drives it as it drives the GPU's. */
+static size_t twin_block_bytes(void *self)
 {
-    double worst = 0, rowmax = 0;
-    int best = 0, second = -1, gbest = 0;
-    for (int i = 0; i < vocab; i++)
-        if (fabs(ref[i]) > rowmax) rowmax = fabs(ref[i]);
-    for (int i = 0; i < vocab; i++) {
-        double b = TOL_ABS + TOL_REL * fabs(ref[i]) + TOL_ROW * rowmax;
-        double e = fabs((double)got[i] - ref[i]);
-        if (!(e <= b)) {
-            fprintf(stderr, "%s: logit %d: twin %g, cpu %g (row max |cpu| %g)\n", what, i,
-                    got[i], ref[i], rowmax);
-            exit(1);
-        }
-        if (e / b > worst) worst = e / b;
-        if (ref[i] > ref[best])
-            second = best, best = i;
-        else if (i != best && (second < 0 || ref[i] > ref[second]))
-            second = i;
-        if (got[i] > got[gbest]) gbest = i;
-    }
-    if (second >= 0 && ref[best] - ref[second] > MARGIN) {
-        top1_total++;
-        top1_same += gbest == best;
-    }
-    return worst;
+    struct twin *tw = self;
+    return rtc_plan_block_bytes(&tw->c, &tw->rk[0].sh) * (size_t)tw->tp;
 }
 
-/* Two contexts in shuffled pages; a batch of 53 + 7 prompt rows with the second context's rows
- * interleaved into the first's, then 12 decode steps teacher-forced with the CPU's argmax. */
-static void check(const char *dir, const char *arch, int tp)
+static int twin_blocks(void *self)
 {
-    char err[1024], what[96];
-    struct model *m = model_load(dir, 1, err, sizeof err);
+    (void)self;
+    return NBLOCKS;
+}
+
+static int twin_forward(void *self, const struct model_dev_row *rows, int n)
+{
+    twin_step(self, rows, n);
+    return 0;
+}
+
+static void twin_release(void *self)
+{
+    twin_free(self);
+    free(self);
+}
+
+static const struct model_dev_ops twin_ops = {"cpu-twin", twin_block_bytes, twin_blocks,
+                                              twin_forward, twin_release};
+
+static struct model *twin_open(const char *dir, int tp)
+{
+    struct twin *tw = calloc(1, sizeof *tw);
+    CHECK(tw != NULL);
+    twin_load(tw, dir, tp);
+    char err[256];
+    struct model *m = model_new_dev(&tw->c, tp, &twin_ops, tw, err, sizeof err);
     CHECK(m != NULL);
-    struct twin tw;
-    memset(&tw, 0, sizeof tw);
-    twin_load(&tw, dir, tp);
-    int vocab = tw.c.vocab;
-    struct model_ctx *mc[2] = {model_ctx_new(m, 100), model_ctx_new(m, 40)};
-    CHECK(mc[0] && mc[1]);
-    static const int blocks0[] = {17, 3, 40, 9, 22, 61, 5}, blocks1[] = {8, 33, 1};
-    const int *bl[2] = {blocks0, blocks1}, nbl[2] = {7, 3};
-    char seq[2];
-    float *lt = malloc(2 * (size_t)vocab * 4), *lm = malloc(2 * (size_t)vocab * 4);
-    struct model_dev_row dr[64];
-    struct model_row mr[64];
-    CHECK(lt && lm);
-    int n = 0, p0 = 0, p1 = 0;
-    for (int i = 0; i < 60; i++, n++) {
-        int cx = i >= 20 && i < 27 ? 1 : 0; /* context 1's rows sit inside context 0's */
-        int last = (cx == 0 && p0 == 52) || (cx == 1 && p1 == 6);
-        int tok = (i * 37 + 11) % (vocab - 10) + 3, p = cx ? p1++ : p0++;
-        dr[n] = (struct model_dev_row){tok, p, bl[cx], nbl[cx], &seq[cx],
-                                       last ? lt + (size_t)cx * vocab : NULL};
-        mr[n] = (struct model_row){mc[cx], tok, last ? lm + (size_t)cx * vocab : NULL};
-    }
-    int pos[2] = {53, 7};
-    CHECK(model_forward_batch(m, mr, n) == 0);
-    twin_step(&tw, dr, n);
-    double worst = 0;
-    for (int step = 0; step < 12; step++) {
-        for (int cx = 0; cx < 2; cx++) {
-            snprintf(what, sizeof what, "%s tp %d step %d context %d", arch, tp, step, cx);
-            double w = cmp_logits(what, lt + (size_t)cx * vocab, lm + (size_t)cx * vocab, vocab);
-            if (w > worst) worst = w;
-        }
-        for (int cx = 0; cx < 2; cx++) {
-            int tok = sampler_argmax(lm + (size_t)cx * vocab, vocab);
-            dr[cx] = (struct model_dev_row){tok, pos[cx]++, bl[cx], nbl[cx], &seq[cx],
-                                            lt + (size_t)cx * vocab};
-            mr[cx] = (struct model_row){mc[cx], tok, lm + (size_t)cx * vocab};
-        }
-        CHECK(model_forward_batch(m, mr, 2) == 0);
-        twin_step(&tw, dr, 2);
-    }
-    printf("  %-8s tp %d: ok (worst error %.2f of the bound)\n", arch, tp, worst);
-    model_ctx_free(mc[0]), model_ctx_free(mc[1]);
-    free(lt), free(lm);
-    twin_free(&tw);
-    model_free(m);
+    CHECK_INT_EQ(model_kv_blocks_max(m), NBLOCKS);
+    CHECK(model_kv_new(m, NBLOCKS + 1) == NULL); /* more than the backend holds */
+    return m;
+}
+
+static struct model *twin_open_hf(const char *dir)
+{
+    return twin_open(dir, 1);
 }
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0);
     char tmp[512];
     rt_tmpdir(tmp, sizeof tmp);
     const char *archs[] = {"llama", "qwen2", "qwen3", "mistral"};
     for (int a = 0; a < 4; a++) {
-        char dir[700];
+        char dir[700], err[512], what[96];
         snprintf(dir, sizeof dir, "%s/%s", tmp, archs[a]);
-        struct mm_opts o;
-        mm_defaults(&o);
-        o.out = dir, o.arch = archs[a], o.dim = 128, o.heads = 4, o.kv_heads = 2, o.ffn = 256;
-        o.layers = 2, o.context = 512, o.seed = 7;
-        char err[512];
-        CHECK(mm_make(&o, err, sizeof err) == 0);
-        char path[800];
-        snprintf(path, sizeof path, "%s/config.json", dir);
-        json_t *c = json_load_file(path, 0, NULL);
-        CHECK(c != NULL);
-        if (a == 0) /* llama3 rope scaling with all three bands in a short context */
-            json_object_set_new(c, "rope_scaling",
-                                json_pack("{s:s,s:f,s:f,s:f,s:i}", "rope_type", "llama3", "factor",
-                                          8.0, "low_freq_factor", 1.0, "high_freq_factor", 4.0,
-                                          "original_max_position_embeddings", 32));
-        if (a == 3) json_object_set_new(c, "sliding_window", json_integer(24));
-        CHECK(json_dump_file(c, path, JSON_INDENT(1)) == 0);
-        json_decref(c);
-        for (int tp = 1; tp <= 4; tp *= 2)
-            check(dir, archs[a], tp);
+        make(dir, archs[a]);
+        struct model *cpu = model_load(dir, 1, err, sizeof err);
+        CHECK(cpu != NULL);
+        for (int tp = 1; tp <= MAX_TP; tp *= 2) {
+            struct model *tw = twin_open(dir, tp);
+            snprintf(what, sizeof what, "%s: the step on the CPU, tp %d, vs model.c", archs[a], tp);
+            run_pair(what, tw, cpu, TOL_ABS, TOL_REL);
+            model_free(tw);
+        }
+        model_free(cpu);
     }
-    printf("test_rtc_pipeline: top-1 agreement %d / %d rows with a clear margin\n", top1_same,
-           top1_total);
-    CHECK(top1_total > 0 && top1_same * 100 >= top1_total * 99);
+    test_hf(twin_open_hf);
+    check_top1("test_rtc_pipeline");
     rt_rmtree(tmp);
     printf("test_rtc_pipeline: ok\n");
     return 0;
