@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # ops/bench/gpu.sh: the CUDA backend on a GPU machine (H100/H200) in one command of at most 10
 # minutes, everything under OUTDIR:
-#   1 build    (unless --build-dir) -DORP_CUDA=ON, sm_90a, -Werror: orp-runtime, orp-gpu-bench, tests
+#   1 build    (unless --build-dir) -DORP_CUDA=ON, sm_90a, -Werror: orp-runtime and the tests
 #   2 correct  test_rtc_plan, test_cpu_ref, test_rtc_pipeline (the step's CPU twin, with the HF
 #              goldens too), then the gpu-labelled tests (test_cuda_kernels: every kernel vs
 #              cpu_ref; test_cuda_model: CUDA vs CPU logits per architecture, TP 1/2/4 over the
 #              device collective, watchdog, no allocation after warm-up, and the Hugging Face
 #              goldens of --hf DIR when given); a skip (77) on a GPU machine is a failure
-#   3 bench    orp-gpu-bench make-8b (Llama-3-8B shapes, random BF16), then orp-gpu-bench run: load
+#   3 bench    orp-runtime bench --make-8b (Llama-3-8B shapes, random BF16), then --model: load
 #              time, TTFT 128/2048, decode tokens/s at batch 1/8/32/64, HBM roofline at batch 1
 #   4 memcheck compute-sanitizer --tool memcheck on a short serving run (orp-runtime serve --device
 #              cuda, two concurrent completions, SIGTERM): 0 errors and a clean exit
@@ -72,13 +72,13 @@ fi
 if [ -z "$BUILD" ]; then
   BUILD=$WORK/build
   step gpu_configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release
-  ok gpu_configure && step gpu_build cmake --build "$BUILD" -j"$NCPU" --target orp-runtime orp-gpu-bench test_cuda_kernels \
+  ok gpu_configure && step gpu_build cmake --build "$BUILD" -j"$NCPU" --target orp-runtime test_cuda_kernels \
       test_cuda_model test_rtc_plan test_cpu_ref test_rtc_pipeline
 else
   record gpu_build ok "reused $BUILD"
 fi
-RT=$BUILD/runtime/orp-runtime BENCH=$BUILD/runtime/cuda/orp-gpu-bench
-if [ ! -x "$BENCH" ]; then
+RT=$BUILD/runtime/orp-runtime
+if [ ! -x "$RT" ]; then
   record gpu_correct skipped "not built"
 else
   # ---- 2 correctness ----
@@ -107,9 +107,9 @@ else
       CK=/dev/shm/orp-gpu-bench-llama8b
       trap 'rm -rf "$WORK" "$CK"' EXIT
     fi
-    step make_8b timeout "$(budget 180 120)" "$BENCH" make-8b --out "$CK"
+    step make_8b timeout "$(budget 180 120)" "$RT" bench --make-8b "$CK"
     if ok make_8b; then
-      step bench timeout "$(budget 240 60)" "$BENCH" run --model "$CK" --json "$WORK/bench.json"
+      step bench timeout "$(budget 240 60)" "$RT" bench --model "$CK" --json "$WORK/bench.json"
     else
       record bench failed "no checkpoint"
     fi
