@@ -124,9 +124,9 @@ struct model_dev_row {
 };
 
 struct model_dev_ops {
-    const char *name;                    /* "cuda" */
+    const char *name;                     /* "cuda" */
     size_t (*kv_block_bytes)(void *self); /* of every rank together */
-    int (*kv_blocks)(void *self);        /* the blocks its memory holds */
+    int (*kv_blocks)(void *self);         /* the blocks its memory holds */
     /* 0, or -1 (nothing advanced; the backend logged why). */
     int (*forward)(void *self, const struct model_dev_row *rows, int n);
     void (*free)(void *self);

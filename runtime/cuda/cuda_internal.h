@@ -65,8 +65,8 @@ struct rtc_ctx {
 #define RTC_CUBLAS_WS_BYTES (32u << 20)
 
 /* rtc_matvec_bf16 with BF16 activations (the forward pass's decode GEMMs at one row). */
-int rtc_matvec_bf16_xbf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w,
-                          const uint16_t *d_x, int rows, int cols);
+int rtc_matvec_bf16_xbf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w, const uint16_t *d_x,
+                          int rows, int cols);
 
 /* The stream of a context (for the other .cu files of this directory). */
 static inline cudaStream_t rtc_stream(const struct rtc_ctx *ctx)

@@ -77,7 +77,8 @@ extern "C" int rtc_ctx_new(int device, struct rtc_ctx **out)
     }
     cublasStatus_t st = cublasCreate(&ctx->cublas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(ctx->cublas, ctx->stream);
-    if (st == CUBLAS_STATUS_SUCCESS && cudaMalloc(&ctx->cublas_ws, RTC_CUBLAS_WS_BYTES) != cudaSuccess)
+    if (st == CUBLAS_STATUS_SUCCESS &&
+        cudaMalloc(&ctx->cublas_ws, RTC_CUBLAS_WS_BYTES) != cudaSuccess)
         st = CUBLAS_STATUS_ALLOC_FAILED;
     if (st == CUBLAS_STATUS_SUCCESS)
         st = cublasSetWorkspace(ctx->cublas, ctx->cublas_ws, RTC_CUBLAS_WS_BYTES);
@@ -408,8 +409,8 @@ extern "C" int rtc_matvec_bf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *
     return matvec_launch<float4, float>(ctx, d_y, d_w, d_x, rows, cols);
 }
 
-int rtc_matvec_bf16_xbf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w,
-                          const uint16_t *d_x, int rows, int cols)
+int rtc_matvec_bf16_xbf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w, const uint16_t *d_x,
+                          int rows, int cols)
 {
     return matvec_launch<uint4, __nv_bfloat16>(ctx, d_y, d_w, d_x, rows, cols);
 }

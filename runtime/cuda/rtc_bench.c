@@ -247,8 +247,9 @@ static double decode(struct model *m, struct model_kv *kv, int b, float *lg)
         if (!(c[i] = model_ctx_new_in(m, kv, prompt + warm + steps + 1))) goto out;
     for (int i = 0; i < b; i++)
         for (int k = 0; k < prompt; k++)
-            rows[i * prompt + k] = (struct model_row){c[i], (i * 31 + k * 17) % 5000 + 10,
-                                                      k == prompt - 1 ? lg + (size_t)i * vocab : NULL};
+            rows[i * prompt + k] =
+                (struct model_row){c[i], (i * 31 + k * 17) % 5000 + 10,
+                                   k == prompt - 1 ? lg + (size_t)i * vocab : NULL};
     if (model_forward_batch(m, rows, b * prompt) != 0) goto out;
     double t0 = 0;
     for (int s = 0; s < warm + steps; s++) {
@@ -325,12 +326,11 @@ static int run(const char *dir, int tp, const char *json_out)
     if (json_out) {
         json_t *j = json_pack(
             "{s:s,s:i,s:f,s:f,s:f,s:f,s:f,s:[f,f,f,f],s:[f,f,f,f],s:f,s:f,s:f,s:i}", "model", dir,
-            "tp", tp, "load_s", info.load_s, "upload_gb", info.upload_bytes / 1e9, "d2d_gbps",
-            gbps, "ttft_128_ms", tt[0] * 1e3, "ttft_2048_ms", tt[1] * 1e3, "decode_tokens_per_s",
-            tps[0], tps[1], tps[2], tps[3], "decode_step_ms", step[0] * 1e3, step[1] * 1e3,
-            step[2] * 1e3, step[3] * 1e3, "step_weight_gb", info.step_weight_bytes / 1e9,
-            "roofline_floor_ms", floor_s * 1e3, "roofline_fraction", frac, "kv_blocks",
-            info.kv_blocks);
+            "tp", tp, "load_s", info.load_s, "upload_gb", info.upload_bytes / 1e9, "d2d_gbps", gbps,
+            "ttft_128_ms", tt[0] * 1e3, "ttft_2048_ms", tt[1] * 1e3, "decode_tokens_per_s", tps[0],
+            tps[1], tps[2], tps[3], "decode_step_ms", step[0] * 1e3, step[1] * 1e3, step[2] * 1e3,
+            step[3] * 1e3, "step_weight_gb", info.step_weight_bytes / 1e9, "roofline_floor_ms",
+            floor_s * 1e3, "roofline_fraction", frac, "kv_blocks", info.kv_blocks);
         if (!j || json_dump_file(j, json_out, JSON_INDENT(1)) != 0) return 1;
         json_decref(j);
     }

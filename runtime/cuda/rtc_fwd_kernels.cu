@@ -142,8 +142,8 @@ static __global__ void __launch_bounds__(QKV_WARPS * 32)
 #pragma unroll
         for (int j = 0; j < HD_J; j++) {
             const int d = lane + 32 * j;
-            val[j] = d < hd ? row[(size_t)v * hd + d] + (bias ? bias[(size_t)v * hd + d] : 0.0f)
-                            : 0.0f;
+            val[j] =
+                d < hd ? row[(size_t)v * hd + d] + (bias ? bias[(size_t)v * hd + d] : 0.0f) : 0.0f;
         }
         if (kind < 2) {
             const float *nw = kind == 0 ? qnorm : knorm;
@@ -249,7 +249,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_paged_kernel(struc
         for (int j = 0; j < NJ; j++) {
             const int d = lane + 32 * j;
             acc[u][j] = 0.0f;
-            qr[u][j] = act[u] && d < hd ? a.q[((size_t)qrow[u] * a.heads + qhead[u]) * hd + d] : 0.0f;
+            qr[u][j] =
+                act[u] && d < hd ? a.q[((size_t)qrow[u] * a.heads + qhead[u]) * hd + d] : 0.0f;
         }
     }
     const size_t kvd = (size_t)a.kv_heads * hd;
@@ -425,8 +426,8 @@ extern "C" int rtc_gather_rows(struct rtc_ctx *ctx, uint16_t *d_out, const uint1
 {
     ARG_CHECK(n >= 0 && dim > 0);
     if (n == 0) return RTC_OK;
-    gather_rows_kernel<<<n, 256, 0, ctx->stream>>>(
-        (__nv_bfloat16 *)d_out, (const __nv_bfloat16 *)d_in, d_idx, dim);
+    gather_rows_kernel<<<n, 256, 0, ctx->stream>>>((__nv_bfloat16 *)d_out,
+                                                   (const __nv_bfloat16 *)d_in, d_idx, dim);
     LAUNCH_CHECK();
     return RTC_OK;
 }
@@ -621,9 +622,9 @@ extern "C" int rtc_measure_d2d(struct rtc_ctx *ctx, size_t bytes, int reps, doub
         rc = RTC_ENOMEM;
     }
     /* Random-looking data, not zeros (see METHOD.md); then one untimed copy. */
-    if (rc == RTC_OK && (cudaMemsetAsync(a, 0x5a, bytes, ctx->stream) != cudaSuccess ||
-                         cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, ctx->stream) !=
-                             cudaSuccess))
+    if (rc == RTC_OK &&
+        (cudaMemsetAsync(a, 0x5a, bytes, ctx->stream) != cudaSuccess ||
+         cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, ctx->stream) != cudaSuccess))
         rc = RTC_ECUDA;
     for (int r = 0; rc == RTC_OK && r < reps; r++) {
         float ms = 0.0f;
@@ -636,8 +637,8 @@ extern "C" int rtc_measure_d2d(struct rtc_ctx *ctx, size_t bytes, int reps, doub
         else if (best == 0.0f || ms < best)
             best = ms;
     }
-    if (rc == RTC_ECUDA) log_error("CUDA: the bandwidth measure failed: %s",
-                                   cudaGetErrorString(cudaGetLastError()));
+    if (rc == RTC_ECUDA)
+        log_error("CUDA: the bandwidth measure failed: %s", cudaGetErrorString(cudaGetLastError()));
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
     cudaFree(a);

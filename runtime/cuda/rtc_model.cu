@@ -161,8 +161,8 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen,
-                                                         const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
+                                                         ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -224,7 +224,8 @@ static void abort_all(struct rtc_model *m, const char *why)
 static void *watchdog(void *arg)
 {
     struct rtc_model *m = (struct rtc_model *)arg;
-    while (!__atomic_load_n(&m->wd_stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST)) {
+    while (!__atomic_load_n(&m->wd_stop, __ATOMIC_SEQ_CST) &&
+           !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST)) {
         usleep(50 * 1000);
         long long t0 = __atomic_load_n(&m->step_start_ms, __ATOMIC_SEQ_CST);
         int limit = __atomic_load_n(&m->o.step_timeout_ms, __ATOMIC_SEQ_CST);
@@ -341,8 +342,8 @@ static int up_bf16(struct rank *rk, uint16_t *dst, const struct st_tensor *t, in
         }
         for (int64_t i = 0; i < k; i++)
             to_bf16(t, (r0 + r + i) * cols + c0, nc, buf + i * nc);
-        CUDA_CHECK(cudaMemcpyAsync(dst + r * nc, buf, (size_t)(k * nc) * 2, cudaMemcpyHostToDevice,
-                                   s));
+        CUDA_CHECK(
+            cudaMemcpyAsync(dst + r * nc, buf, (size_t)(k * nc) * 2, cudaMemcpyHostToDevice, s));
         CUDA_CHECK(cudaEventRecord(rk->stage_ev[which], s));
     }
     rk->uploaded += 2.0 * (double)(nr * nc);
@@ -377,8 +378,8 @@ static int dalloc(void *pp, size_t bytes)
 }
 
 /* The tensor `name` (layer l when l >= 0) with the shape config.json implies. */
-static const struct st_tensor *need(const struct rtc_model *m, int l, const char *name,
-                                    int64_t d0, int64_t d1)
+static const struct st_tensor *need(const struct rtc_model *m, int l, const char *name, int64_t d0,
+                                    int64_t d1)
 {
     char full[200];
     if (l >= 0)
@@ -408,7 +409,9 @@ static int load_layer(struct rank *rk, int l)
     struct dev_layer *L = &rk->layer[l];
     for (int sl = 0; sl < RTC_W_NSLOTS; sl++) {
         int64_t n = rtc_plan_slot_elems(c, &rk->sh, (enum rtc_wslot)sl);
-        if (n) RTC(dalloc(&L->w[sl], (size_t)n * (rtc_plan_slot_is_matrix((enum rtc_wslot)sl) ? 2 : 4)));
+        if (n)
+            RTC(dalloc(&L->w[sl],
+                       (size_t)n * (rtc_plan_slot_is_matrix((enum rtc_wslot)sl) ? 2 : 4)));
     }
     struct rtc_copy cp[RTC_MAX_COPIES];
     int ncp = rtc_plan_layer_copies(c, &rk->sh, cp);
@@ -535,8 +538,8 @@ static int rank_step(struct rank *rk)
         RTC(rtc_gemm_bf16x(ctx, rk->qkv, W16(L, RTC_W_QKV), rk->xb, n, rk->qkv_rows, dim));
         qs.layer = l;
         RTC(rtc_qkv_rope_cache(ctx, rk->q, rk->qkv, W32(L, RTC_W_BQKV), W32(L, RTC_W_QNORM),
-                               W32(L, RTC_W_KNORM), rk->inv_freq, d + st->off_pos,
-                               d + st->off_slot, rk->kc, rk->vc, &qs, n));
+                               W32(L, RTC_W_KNORM), rk->inv_freq, d + st->off_pos, d + st->off_slot,
+                               rk->kc, rk->vc, &qs, n));
         a.layer = l;
         RTC(rtc_attention_paged(ctx, &a));
         RTC(rtc_gemm_bf16x(ctx, rk->o, W16(L, RTC_W_O), rk->att, n, dim, qdl));
@@ -571,9 +574,9 @@ static void rank_free(struct rank *rk)
     }
     free(rk->layer);
     if (rk->lm_head != rk->embed) rtc_free(rk->lm_head);
-    void *ps[] = {rk->embed, rk->final_norm, rk->inv_freq, rk->kc,   rk->vc,   rk->x,
-                  rk->qkv,   rk->q,          rk->o,        rk->gu,   rk->part, rk->logits,
-                  rk->xb,    rk->att,        rk->h,        rk->xl,   rk->d_step};
+    void *ps[] = {rk->embed, rk->final_norm, rk->inv_freq, rk->kc, rk->vc,    rk->x,
+                  rk->qkv,   rk->q,          rk->o,        rk->gu, rk->part,  rk->logits,
+                  rk->xb,    rk->att,        rk->h,        rk->xl, rk->d_step};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         rtc_free(ps[i]);
     for (int i = 0; i < 2; i++) {
@@ -606,8 +609,8 @@ static void *rank_thread(void *arg)
         seen = m->gen;
         int job = m->job;
         pthread_mutex_unlock(&m->mu);
-        int rc = job == JOB_LOAD ? rank_load(rk)
-                 : job == JOB_KV ? rank_alloc_kv(rk)
+        int rc = job == JOB_LOAD   ? rank_load(rk)
+                 : job == JOB_KV   ? rank_alloc_kv(rk)
                  : job == JOB_STEP ? rank_step(rk)
                                    : (rank_free(rk), RTC_OK);
         rk->rc = rc;
@@ -667,7 +670,8 @@ static int dev_forward(void *self, const struct model_dev_row *rows, int n)
     struct rtc_model *m = (struct rtc_model *)self;
     for (int r0 = 0; r0 < n;) {
         int k = 0, nl = 0;
-        while (r0 + k < n && k < m->o.max_rows && nl + (rows[r0 + k].logits != NULL) <= m->o.max_logits) {
+        while (r0 + k < n && k < m->o.max_rows &&
+               nl + (rows[r0 + k].logits != NULL) <= m->o.max_logits) {
             nl += rows[r0 + k].logits != NULL;
             k++;
         }
@@ -693,8 +697,8 @@ static void dev_free(void *self)
     rtc_model_free((struct rtc_model *)self);
 }
 
-static const struct model_dev_ops rtc_ops = {"cuda", dev_kv_block_bytes, dev_kv_blocks,
-                                             dev_forward, dev_free};
+static const struct model_dev_ops rtc_ops = {"cuda", dev_kv_block_bytes, dev_kv_blocks, dev_forward,
+                                             dev_free};
 
 /* ---- open / free --------------------------------------------------------------------------- */
 
@@ -725,7 +729,7 @@ static int warm_up(struct rtc_model *m)
         blocks[i] = i;
     for (int r = 0; rc == 0 && r <= rows; r++)
         dr[r] = (struct model_dev_row){0, r, blocks, nb, m, r == rows - 1 ? lg : NULL};
-    if (rc == 0) rc = dev_forward(m, dr, rows);          /* a prompt chunk */
+    if (rc == 0) rc = dev_forward(m, dr, rows);                           /* a prompt chunk */
     if (rc == 0) dr[rows].logits = lg, rc = dev_forward(m, dr + rows, 1); /* a decode row */
     free(blocks);
     free(dr);
@@ -885,7 +889,8 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
     m->step_words = rtc_plan_step_words(o->max_rows, m->kv_blocks, group);
     cudaSetDevice(m->rk[0].device);
     if (cudaMallocHost((void **)&m->h_step, m->step_words * 4) != cudaSuccess ||
-        cudaMallocHost((void **)&m->h_logits, (size_t)o->max_logits * c->vocab * 4) != cudaSuccess) {
+        cudaMallocHost((void **)&m->h_logits, (size_t)o->max_logits * c->vocab * 4) !=
+            cudaSuccess) {
         seterr(err, errlen, "cannot pin host memory for the step plan and the logits");
         rtc_model_free(m);
         return NULL;
@@ -924,7 +929,8 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
         up += m->rk[r].uploaded;
     log_info("CUDA model loaded in %.2f s: %.2f GiB of BF16 weights on %d GPU%s, tp %d (%s)",
              m->load_s, up / (1 << 30), m->ngpus < m->tp ? m->ngpus : m->tp,
-             m->ngpus == 1 ? "" : "s", m->tp, o->coll == RTC_COLL_NCCL ? "NCCL" : "device collective");
+             m->ngpus == 1 ? "" : "s", m->tp,
+             o->coll == RTC_COLL_NCCL ? "NCCL" : "device collective");
     return m;
 }
 
@@ -943,7 +949,8 @@ extern "C" void rtc_model_free(struct rtc_model *m)
     int all = 1;
     for (int r = 0; r < m->tp; r++)
         all &= m->rk[r].started;
-    if (all && !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST)) run_job(m, JOB_FREE); /* each rank frees on its own thread */
+    if (all && !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST))
+        run_job(m, JOB_FREE); /* each rank frees on its own thread */
     pthread_mutex_lock(&m->mu);
     m->stop = 1;
     pthread_cond_broadcast(&m->cv_work);

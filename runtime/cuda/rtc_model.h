@@ -47,8 +47,8 @@ struct model *rtc_model_as_model(struct rtc_model *rm, char *err, size_t errlen)
 void rtc_model_free(struct rtc_model *rm); /* accepts NULL; only for one never wrapped */
 
 struct rtc_model_info {
-    double load_s;           /* from opening the checkpoint to the end of the warm-up */
-    double upload_bytes;     /* weights copied to the GPUs, every rank */
+    double load_s;            /* from opening the checkpoint to the end of the warm-up */
+    double upload_bytes;      /* weights copied to the GPUs, every rank */
     double step_weight_bytes; /* read by rank 0 per decode step (rtc_plan_weight_bytes) */
     int kv_blocks;
     double kv_bytes; /* every rank */

@@ -246,8 +246,8 @@ int rtc_plan_step(const struct model_dev_row *rows, int n, int group, int kv_hea
             for (int g0 = 0; g0 < group; g0 += heads_per) {
                 if ((size_t)st->nitems >= max_items) return -1;
                 int32_t *it = items + 4 * (size_t)st->nitems++;
-                it[0] = t, it[1] = nr, it[2] = g0, it[3] = group - g0 < heads_per ? group - g0
-                                                                                    : heads_per;
+                it[0] = t, it[1] = nr, it[2] = g0,
+                it[3] = group - g0 < heads_per ? group - g0 : heads_per;
             }
         }
         r = end;

@@ -65,13 +65,15 @@ static double cmp_row(const char *what, const float *got, const float *ref, int 
     for (int i = 0; i < vocab; i++) {
         double b = ta + tr * fabs(ref[i]) + tr / 8 * rowmax, e = fabs((double)got[i] - ref[i]);
         if (!(e <= b)) {
-            fprintf(stderr, "%s: logit %d: cuda %g, reference %g (row max %g)\n", what, i,
-                    got[i], ref[i], rowmax);
+            fprintf(stderr, "%s: logit %d: cuda %g, reference %g (row max %g)\n", what, i, got[i],
+                    ref[i], rowmax);
             exit(1);
         }
         if (e / b > worst) worst = e / b;
-        if (ref[i] > ref[best]) second = best, best = i;
-        else if (i != best && (second < 0 || ref[i] > ref[second])) second = i;
+        if (ref[i] > ref[best])
+            second = best, best = i;
+        else if (i != best && (second < 0 || ref[i] > ref[second]))
+            second = i;
         if (got[i] > got[gbest]) gbest = i;
     }
     rows_checked++;

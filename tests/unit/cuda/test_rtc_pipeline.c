@@ -208,8 +208,8 @@ static void twin_step(struct twin *tw, const struct model_dev_row *rows, int n)
         }
         allreduce(o, tp, nd);
         for (int r = 0; r < tp; r++) {
-            const float *next = l + 1 < c->layers ? tw->rk[r].L[l + 1].w[RTC_W_ATTN_NORM]
-                                                  : tw->final_norm;
+            const float *next =
+                l + 1 < c->layers ? tw->rk[r].L[l + 1].w[RTC_W_ATTN_NORM] : tw->final_norm;
             ref_add_rmsnorm(x[r], o[r], next, xb[r], n, dim, c->eps);
         }
     }
