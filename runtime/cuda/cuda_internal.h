@@ -28,6 +28,14 @@ extern "C" {
         }                                                                                          \
     } while (0)
 
+/* For calls whose failure the caller cannot return (cleanup, void functions): logged with
+ * file:line, then carried on. */
+#define CUDA_LOG(call)                                                                             \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) log_error("CUDA: %s failed: %s", #call, cudaGetErrorString(e_));    \
+    } while (0)
+
 #define CUBLAS_CHECK(call)                                                                         \
     do {                                                                                           \
         cublasStatus_t st_ = (call);                                                               \

@@ -85,8 +85,8 @@ extern "C" int rtc_ctx_new(int device, struct rtc_ctx **out)
     if (st != CUBLAS_STATUS_SUCCESS) {
         log_error("cuBLAS: handle setup failed: %s", cublasGetStatusString(st));
         if (ctx->cublas) cublasDestroy(ctx->cublas);
-        cudaFree(ctx->cublas_ws);
-        cudaStreamDestroy(ctx->stream);
+        CUDA_LOG(cudaFree(ctx->cublas_ws));
+        CUDA_LOG(cudaStreamDestroy(ctx->stream));
         free(ctx);
         return RTC_ECUBLAS;
     }
@@ -97,12 +97,13 @@ extern "C" int rtc_ctx_new(int device, struct rtc_ctx **out)
 extern "C" void rtc_ctx_free(struct rtc_ctx *ctx)
 {
     if (!ctx) return;
-    cudaSetDevice(ctx->device);
-    cudaStreamSynchronize(ctx->stream);
-    cublasDestroy(ctx->cublas);
-    cudaFree(ctx->cublas_ws);
-    cudaFree(ctx->scratch);
-    cudaStreamDestroy(ctx->stream);
+    CUDA_LOG(cudaSetDevice(ctx->device));
+    CUDA_LOG(cudaStreamSynchronize(ctx->stream));
+    if (cublasDestroy(ctx->cublas) != CUBLAS_STATUS_SUCCESS)
+        log_error("cuBLAS: cublasDestroy failed");
+    CUDA_LOG(cudaFree(ctx->cublas_ws));
+    CUDA_LOG(cudaFree(ctx->scratch));
+    CUDA_LOG(cudaStreamDestroy(ctx->stream));
     free(ctx);
 }
 
@@ -127,7 +128,7 @@ extern "C" int rtc_malloc(void **d_out, size_t bytes)
 
 extern "C" void rtc_free(void *d_ptr)
 {
-    if (d_ptr) cudaFree(d_ptr);
+    if (d_ptr) CUDA_LOG(cudaFree(d_ptr));
 }
 
 extern "C" int rtc_upload(struct rtc_ctx *ctx, void *d_dst, const void *src, size_t bytes)
@@ -430,7 +431,7 @@ extern "C" int rtc_gemm_bf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_
     if (need > ctx->scratch_bytes) {
         /* Work still queued may read the old buffer: let it finish before freeing. */
         CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-        cudaFree(ctx->scratch);
+        CUDA_LOG(cudaFree(ctx->scratch));
         ctx->scratch = NULL;
         ctx->scratch_bytes = 0;
         CUDA_CHECK(cudaMalloc(&ctx->scratch, need));

@@ -639,10 +639,10 @@ extern "C" int rtc_measure_d2d(struct rtc_ctx *ctx, size_t bytes, int reps, doub
     }
     if (rc == RTC_ECUDA)
         log_error("CUDA: the bandwidth measure failed: %s", cudaGetErrorString(cudaGetLastError()));
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
-    cudaFree(a);
-    cudaFree(b);
+    if (e0) CUDA_LOG(cudaEventDestroy(e0));
+    if (e1) CUDA_LOG(cudaEventDestroy(e1));
+    CUDA_LOG(cudaFree(a));
+    CUDA_LOG(cudaFree(b));
     if (rc == RTC_OK) *gbps = 2.0 * (double)bytes / (best / 1e3) / 1e9;
     return rc;
 }
@@ -691,7 +691,7 @@ extern "C" int rtc_graph_launch(struct rtc_ctx *ctx, struct rtc_graph *g)
 extern "C" void rtc_graph_free(struct rtc_graph *g)
 {
     if (!g) return;
-    cudaGraphExecDestroy(g->exec);
-    cudaGraphDestroy(g->g);
+    CUDA_LOG(cudaGraphExecDestroy(g->exec));
+    CUDA_LOG(cudaGraphDestroy(g->g));
     free(g);
 }

@@ -492,7 +492,7 @@ static int rank_load(struct rank *rk)
     RTC(alloc_buffers(rk));
     RTC(rtc_sync(rk->ctx));
     for (int i = 0; i < 2; i++) {
-        cudaFreeHost(rk->stage[i]);
+        CUDA_LOG(cudaFreeHost(rk->stage[i]));
         rk->stage[i] = NULL;
     }
     return RTC_OK;
@@ -580,12 +580,13 @@ static void rank_free(struct rank *rk)
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         rtc_free(ps[i]);
     for (int i = 0; i < 2; i++) {
-        if (rk->stage[i]) cudaFreeHost(rk->stage[i]);
-        if (rk->stage_ev[i]) cudaEventDestroy(rk->stage_ev[i]);
+        if (rk->stage[i]) CUDA_LOG(cudaFreeHost(rk->stage[i]));
+        if (rk->stage_ev[i]) CUDA_LOG(cudaEventDestroy(rk->stage_ev[i]));
     }
-    if (rk->ev_ready) cudaEventDestroy(rk->ev_ready);
+    if (rk->ev_ready) CUDA_LOG(cudaEventDestroy(rk->ev_ready));
 #ifdef ORP_HAVE_NCCL
-    if (rk->comm) ncclCommDestroy(rk->comm);
+    if (rk->comm && ncclCommDestroy(rk->comm) != ncclSuccess)
+        log_error("NCCL: ncclCommDestroy failed");
 #endif
     rtc_ctx_free(rk->ctx);
     rk->ctx = NULL;
@@ -832,7 +833,7 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
 #endif
     if (m->tp > 1 && o->coll == RTC_COLL_DEVICE) {
         /* Rank 0's kernel reads and writes every rank's buffer: the other GPUs must be peers. */
-        cudaSetDevice(m->rk[0].device);
+        CUDA_LOG(cudaSetDevice(m->rk[0].device));
         for (int r = 1; r < m->tp; r++) {
             int d = m->rk[r].device, ok = 0;
             if (d == m->rk[0].device) continue;
@@ -887,7 +888,7 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
     m->kv_blocks = (int)(blocks > INT32_MAX / 2 ? INT32_MAX / 2 : blocks);
     int group = m->rk[0].sh.heads / m->rk[0].sh.kv_heads;
     m->step_words = rtc_plan_step_words(o->max_rows, m->kv_blocks, group);
-    cudaSetDevice(m->rk[0].device);
+    CUDA_LOG(cudaSetDevice(m->rk[0].device));
     if (cudaMallocHost((void **)&m->h_step, m->step_words * 4) != cudaSuccess ||
         cudaMallocHost((void **)&m->h_logits, (size_t)o->max_logits * c->vocab * 4) !=
             cudaSuccess) {
@@ -897,7 +898,7 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
     }
     /* d_step was sized before the pool's size was known: size it now, then the KV. */
     for (int r = 0; r < m->tp; r++) {
-        cudaSetDevice(m->rk[r].device);
+        CUDA_LOG(cudaSetDevice(m->rk[r].device));
         rtc_free(m->rk[r].d_step);
         m->rk[r].d_step = NULL;
         if (rtc_malloc((void **)&m->rk[r].d_step, m->step_words * 4) != RTC_OK) {
@@ -957,9 +958,9 @@ extern "C" void rtc_model_free(struct rtc_model *m)
     pthread_mutex_unlock(&m->mu);
     for (int r = 0; r < m->tp; r++)
         if (m->rk[r].started) pthread_join(m->rk[r].th, NULL);
-    if (m->ev_sum) cudaEventDestroy(m->ev_sum);
-    if (m->h_step) cudaFreeHost(m->h_step);
-    if (m->h_logits) cudaFreeHost(m->h_logits);
+    if (m->ev_sum) CUDA_LOG(cudaEventDestroy(m->ev_sum));
+    if (m->h_step) CUDA_LOG(cudaFreeHost(m->h_step));
+    if (m->h_logits) CUDA_LOG(cudaFreeHost(m->h_logits));
     free(m->rk);
     free(m);
 }
