@@ -575,8 +575,10 @@ static void set_suspended(struct httpd_req *req, int suspend)
         httpd_error(req, 409, "operator_account", NULL,
                     "account %s is the operator's: it cannot be suspended", s.id);
     } else {
-        /* Its keys may be in this process's cache: the next request must be refused. */
+        /* Its keys may be in this process's caches: the next request must be refused, and its
+         * listing show the stopped endpoints. */
         auth_cache_forget();
+        api_endpoints_changed();
         if (suspend)
             log_warn("account %s suspended (%s); %d endpoint(s) stopped", s.id, s.reason,
                      s.stopped);

@@ -723,6 +723,13 @@ test('endpoints: cursor pagination with a limit cap, filters by state, model and
     after = `&starting_after=${r.json.next_starting_after}`;
   }
   assert.deepEqual(seen, made.map((e) => e.id));
+  // The listing cache: this API's own changes show at once (the stop above); a change made
+  // elsewhere (here: straight in the database, as the scheduler would) shows within its TTL.
+  const before = (await call('GET', `/v1/endpoints?name=${made[1].name}`, { key: C.key })).json.data[0];
+  assert.equal(before.status_reason, 'stopped by its owner');
+  await P.db.query("UPDATE endpoints SET state_reason = 'changed elsewhere' WHERE id = $1", [made[1].id]);
+  await waitFor('the listing to show it', async () =>
+    (await call('GET', `/v1/endpoints?name=${made[1].name}`, { key: C.key })).json.data[0].status_reason === 'changed elsewhere', 5000, 50);
   const stopped = await call('GET', '/v1/endpoints?state=stopped', { key: C.key });
   assert.deepEqual(stopped.json.data.map((e) => e.id), [made[1].id]);
   assert.deepEqual((await call('GET', `/v1/endpoints?name=${made[3].name}`, { key: C.key })).json.data.map((e) => e.id), [made[3].id]);
