@@ -162,10 +162,7 @@ static int valid_name(const char *s)
 
 static int valid_pool(const char *s)
 {
-    if (!*s) return 0;
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
-    return 1;
+    return *s && jsonx_printable(s);
 }
 
 struct create_ep {
