@@ -116,6 +116,10 @@ static const struct cfg_opt serve_opts[] = {
     {"connection-memory-kib", CFG_INT, "64",
      "memory per connection for its request line, headers and buffers (larger headers: 431)",
      O(connection_memory_kib)},
+    {"list-cache-ms", CFG_INT, "250",
+     "reuse an account's GET /v1/endpoints page this long (0: off); this API's own changes "
+     "empty it at once",
+     O(list_cache_ms)},
 };
 #define NOPTS (sizeof serve_opts / sizeof serve_opts[0])
 
