@@ -150,3 +150,28 @@ test('monthly spend cap: time-billed endpoints stop when the month\'s charges re
   assert.equal((await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: limits })).status, 200);
   assert.equal((await as('POST', `/v1/endpoints/${epId}/start`)).status, 200);
 });
+
+test('a scripted burst against a rate limit admits burst + rate × t (± 1)', async () => {
+  const RATE = 600; // per minute: one every 100 ms
+  const BURST = 20;
+  const q = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { requests_per_min: RATE, requests_burst: BURST } });
+  assert.equal(q.status, 200);
+  await new Promise((r) => setTimeout(r, 3500)); // the gateway's 1 s key cache, and a full bucket
+  // One request every 10 ms for 3 s. The limit is checked before routing, so a model that does
+  // not exist costs the runtime nothing: every answer but 429 was admitted by the limiter.
+  const t0 = performance.now();
+  const sent = [];
+  const pending = [];
+  for (let i = 0; i <= 300; i++) {
+    const due = t0 + i * 10;
+    while (performance.now() < due) await new Promise((r) => setTimeout(r, Math.max(0, due - performance.now())));
+    sent.push(performance.now());
+    pending.push(chat('no-such-model'));
+  }
+  const results = await Promise.all(pending);
+  const admitted = results.filter((r) => r.status !== 429).length;
+  assert.ok(results.every((r) => r.status === 429 || r.status === 404), results.map((r) => r.status).join(','));
+  const t = (sent[sent.length - 1] - sent[0]) / 1000;
+  const want = BURST + (RATE / 60) * t;
+  assert.ok(Math.abs(admitted - want) <= 1, `admitted ${admitted} over ${t.toFixed(3)} s; burst + rate × t = ${want.toFixed(2)}`);
+});
