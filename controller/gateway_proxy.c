@@ -43,6 +43,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "jsonx.h"
 #include "lease.h"
 #include "log.h"
@@ -495,6 +496,90 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
     lp->active = p;
 }
 
+/* ---- a stream cut mid-way ----
+ *
+ * When a runtime's stream breaks after the client has seen events (its endpoint was stopped
+ * because the owner ran out of credit or reached the spend cap, or was stopped or deleted, or the
+ * runtime died, or the stream's deadline passed), the client gets one last SSE event saying why,
+ * in OpenAI's error shape, and the stream ends cleanly rather than with a broken connection.
+ * Why it broke is read from the endpoint's state, which the stop wrote before the runtime was
+ * told to stop; the query blocks, so it runs on a thread of its own (a rare path). */
+struct cut {
+    struct proxy *p;
+    char error[128];
+    int timed_out;
+};
+
+static void *explain_thread(void *arg)
+{
+    struct cut *ct = arg;
+    struct proxy *p = ct->p;
+    char msg[400], code[40] = "stream_interrupted";
+    const char *type = "server_error";
+    if (ct->timed_out)
+        snprintf(msg, sizeof msg, "the stream reached its deadline of %ld s and was ended",
+                 p->timeout_s);
+    else
+        snprintf(msg, sizeof msg, "the replica ended the stream early (%s); retry the request",
+                 ct->error);
+    PGconn *c = ct->timed_out ? NULL : db_acquire(p->lis->pool);
+    if (c) {
+        const char *prm[] = {p->route.endpoint_id};
+        PGresult *r;
+        if (db_exec(c, "SELECT state, state_reason FROM endpoints WHERE id = $1::uuid", 1, prm, &r,
+                    NULL) == DB_ROWS) {
+            if (!strcmp(PQgetvalue(r, 0, 0), "stopped")) {
+                snprintf(msg, sizeof msg, "endpoint '%.100s' was stopped during the stream: %.250s",
+                         p->model, PQgetvalue(r, 0, 1));
+                snprintf(code, sizeof code, "endpoint_stopped");
+                /* Out of credit and the spend cap are a payment matter, like a 402. */
+                if (strstr(PQgetvalue(r, 0, 1), "credit") || strstr(PQgetvalue(r, 0, 1), "cap"))
+                    type = "insufficient_quota";
+            } else if (!strcmp(PQgetvalue(r, 0, 0), "deleted")) {
+                snprintf(msg, sizeof msg, "endpoint '%.100s' was deleted during the stream",
+                         p->model);
+                snprintf(code, sizeof code, "endpoint_deleted");
+            }
+            PQclear(r);
+        }
+        db_release(p->lis->pool, c);
+    }
+    json_t *body = jsonx_error_body(msg, type, NULL, code);
+    char *text = jsonx_dump(body);
+    json_decref(body);
+    pthread_mutex_lock(&p->lock);
+    if (text) {
+        buf_append(&p->data, "data: ", 6);
+        buf_append(&p->data, text, strlen(text));
+        buf_append(&p->data, "\n\n", 2);
+    }
+    pthread_mutex_unlock(&p->lock);
+    free(text);
+    log_warn("request %s: stream cut mid-way: %s", p->request_id, msg);
+    free(ct);
+    finish(p, CURLE_OK); /* the stream ends normally after that event */
+    return NULL;
+}
+
+/* 0 when a thread took over p to end it with a final event; -1 to finish it as it is. */
+static int explain_cut(struct proxy *p, CURLcode rc)
+{
+    struct cut *ct = calloc(1, sizeof *ct);
+    if (!ct) return -1;
+    ct->p = p;
+    ct->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
+    snprintf(ct->error, sizeof ct->error, "%s", curl_easy_strerror(rc));
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t th;
+    int err = pthread_create(&th, &attr, explain_thread, ct);
+    pthread_attr_destroy(&attr);
+    if (err) free(ct);
+    return err ? -1 : 0;
+}
+
 /* A transfer ended (or was cancelled: rc CURLE_ABORTED_BY_CALLBACK). Retries another candidate
  * when nothing reached the client and the runtime never saw the request or refused it whole. */
 static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
@@ -525,6 +610,10 @@ static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
     }
     curl_slist_free_all(p->hl);
     p->hl = NULL;
+    pthread_mutex_lock(&p->lock);
+    int cut = rc != CURLE_OK && p->streaming && p->req != NULL;
+    pthread_mutex_unlock(&p->lock);
+    if (cut && explain_cut(p, rc) == 0) return;
     finish(p, rc);
 }
 
