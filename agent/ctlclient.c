@@ -291,7 +291,9 @@ int ctl_parse_reply(const char *body, size_t len, struct ctl_reply *out, char *e
     }
     int rc = -1;
     json_t *desired = json_object_get(o, "desired");
+    out->logs_acked = -1;
     if (jsonx_get_int(o, "usage_acked", 1, 0, INT64_MAX, &out->usage_acked, &je) != JSONX_OK ||
+        jsonx_get_int(o, "logs_acked", 0, 0, INT64_MAX, &out->logs_acked, &je) == JSONX_BAD ||
         jsonx_get_int(o, "heartbeat_ms", 0, 1, 3600000, &out->heartbeat_ms, &je) == JSONX_BAD) {
         snprintf(err, errlen, "%s", je.message);
         goto done;
@@ -336,11 +338,13 @@ void ctl_reply_free(struct ctl_reply *r)
     r->ndesired = 0;
 }
 
-enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, struct ctl_reply *out)
+enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, json_t *logs,
+                          struct ctl_reply *out)
 {
     memset(out, 0, sizeof *out);
     json_t *body =
         json_pack("{s:s, s:O, s:O}", "host_id", c->host_id, "replicas", replicas, "usage", usage);
+    if (body && logs && json_array_size(logs)) json_object_set(body, "logs", logs);
     if (!body) {
         log_error("cannot build the heartbeat");
         return CTL_BAD_REPLY;

@@ -37,6 +37,7 @@ struct ctl_reply {
     struct sup_spec *desired; /* owned */
     size_t ndesired;
     int64_t usage_acked;
+    int64_t logs_acked;   /* -1 when the reply did not say (a controller without log intake) */
     int64_t heartbeat_ms; /* 0 when the reply did not say */
 };
 
@@ -59,9 +60,10 @@ enum ctl_rc ctl_register(struct ctl *c, json_t *register_body, const char *finge
  * presents the host key we hold (no enrollment token needed). Clears c->registered. */
 void ctl_reregister(struct ctl *c);
 
-/* POSTs a heartbeat with replicas and usage (both borrowed). On CTL_OK, out is filled (free with
- * ctl_reply_free()). CTL_UNAUTHORIZED clears c->registered. */
-enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, struct ctl_reply *out);
+/* POSTs a heartbeat with replicas, usage and logs (all borrowed; logs may be NULL: none). On
+ * CTL_OK, out is filled (free with ctl_reply_free()). CTL_UNAUTHORIZED clears c->registered. */
+enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, json_t *logs,
+                          struct ctl_reply *out);
 
 /* Parses and validates a heartbeat reply. 0, or -1 with a message in err. Exposed for tests. */
 int ctl_parse_reply(const char *body, size_t len, struct ctl_reply *out, char *err, size_t errlen);

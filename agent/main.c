@@ -13,12 +13,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include "cfg.h"
+#include "cgroup.h"
 #include "ctlclient.h"
 #include "inventory.h"
 #include "jsonx.h"
+#include "logship.h"
 #include "log.h"
 #include "metrics.h"
 #include "supervisor.h"
@@ -60,6 +63,12 @@ struct agent_config {
     int64_t heartbeat_ms;
     int64_t port_base;
     int64_t start_timeout_s;
+    const char *runtime_user;
+    const char *cgroup_root;
+    int64_t runtime_memory_max;
+    int64_t runtime_cpu_millis;
+    int64_t log_max_bytes;
+    int stop_runtimes_on_exit;
     int print_config;
 };
 
@@ -98,6 +107,21 @@ static const struct cfg_opt options[] = {
         "weights cache for models with a remote source [default: STATE_DIR/models]", cache_dir),
     OPT("cache-max-bytes", CFG_INT, "0",
         "evict least recently used unused models past this size (0: no limit)", cache_max_bytes),
+    OPT("runtime-user", CFG_STRING, "orp-runtime",
+        "when the agent runs as root, runtimes run as this user (ops/install-deps creates it; "
+        "'-': as root)",
+        runtime_user),
+    OPT("cgroup-root", CFG_STRING, "",
+        "cgroup v2 mount for the runtimes' cgroups ['': find it; 'off': none]", cgroup_root),
+    OPT("runtime-memory-max", CFG_INT, "0", "each runtime's cgroup memory.max in bytes (0: none)",
+        runtime_memory_max),
+    OPT("runtime-cpu-millis", CFG_INT, "0",
+        "each runtime's cgroup cpu.max in thousandths of a CPU (0: none)", runtime_cpu_millis),
+    OPT("log-max-bytes", CFG_INT, "8388608",
+        "a runtime's stdout.log / runtime.log is cut back to empty past this size", log_max_bytes),
+    OPT("stop-runtimes-on-exit", CFG_BOOL, "true",
+        "stop every runtime on SIGTERM; false leaves them for the next run to adopt (upgrades)",
+        stop_runtimes_on_exit),
     OPT("nvml-lib", CFG_STRING, "libnvidia-ml.so.1", "the NVML library to load", nvml_lib),
     OPT("log-level", CFG_STRING, "info", "debug, info, warn or error", log_level),
     OPT("print-config", CFG_BOOL, "false", "print the effective configuration and exit",
@@ -152,6 +176,10 @@ static int check_config(const struct agent_config *c, char *err, size_t n)
         snprintf(err, n, "--cpu-slots must be between 0 and 1024");
     else if (c->start_timeout_s < 1)
         snprintf(err, n, "--start-timeout-s must be positive");
+    else if (c->runtime_memory_max < 0 || c->runtime_cpu_millis < 0)
+        snprintf(err, n, "--runtime-memory-max and --runtime-cpu-millis must not be negative");
+    else if (c->log_max_bytes < 65536)
+        snprintf(err, n, "--log-max-bytes must be at least 65536");
     else if (c->metrics_port < 0 || c->metrics_port > 65535)
         snprintf(err, n, "--metrics-port must be a TCP port, or 0 for none");
     else if (c->inventory_interval_s < AGENT_INVENTORY_MIN_S ||
@@ -225,17 +253,24 @@ static int inventory_changed(const struct agent_config *cfg, struct inv *inv, js
 
 /* One heartbeat: report, receive the desired list, apply it, advance the usage journals. */
 static enum ctl_rc heartbeat_once(struct ctl *ctl, struct sup *sup, const char *replicas_dir,
-                                  int64_t *heartbeat_ms)
+                                  int64_t log_max_bytes, int64_t *heartbeat_ms)
 {
     json_t *replicas = sup_report(sup);
     json_t *usage = json_array();
     struct usage_batch batch;
     usage_collect(replicas_dir, USAGE_MAX_ITEMS, usage, &batch);
+    json_t *logs = json_array();
+    struct logship_batch lbatch;
+    logship_collect(replicas_dir, log_max_bytes, LOGSHIP_MAX_ITEMS, logs, &lbatch);
     struct ctl_reply reply;
-    enum ctl_rc rc = ctl_heartbeat(ctl, replicas, usage, &reply);
+    enum ctl_rc rc = ctl_heartbeat(ctl, replicas, usage, logs, &reply);
     json_decref(replicas);
     json_decref(usage);
+    json_decref(logs);
     if (rc == CTL_OK) {
+        /* Lines the controller did not take all of are sent again (it stores each position once).
+         */
+        if (reply.logs_acked == (int64_t)lbatch.items) logship_commit(&lbatch);
         sup_report_delivered(sup);
         sup_apply_desired(sup, reply.desired, reply.ndesired);
         if (reply.usage_acked == (int64_t)batch.items)
@@ -250,6 +285,7 @@ static enum ctl_rc heartbeat_once(struct ctl *ctl, struct sup *sup, const char *
         ctl_reply_free(&reply);
     }
     usage_batch_free(&batch);
+    logship_batch_free(&lbatch);
     return rc;
 }
 
@@ -320,6 +356,29 @@ int main(int argc, char **argv)
     scfg.state_dir = cfg.state_dir;
     scfg.port_base = (int)cfg.port_base;
     scfg.start_timeout_ms = cfg.start_timeout_s * 1000;
+    struct cg cg;
+    char scope[65], *state_real = realpath(cfg.state_dir, NULL);
+    const char *sd = state_real ? state_real : cfg.state_dir;
+    util_sha256_hex(sd, strlen(sd), scope);
+    scope[16] = '\0';
+    free(state_real);
+    cg_init(&cg, cfg.cgroup_root, scope);
+    scfg.cg = &cg;
+    scfg.memory_max = cfg.runtime_memory_max;
+    scfg.cpu_millis = cfg.runtime_cpu_millis;
+    if (geteuid() == 0 && cfg.runtime_user && cfg.runtime_user[0] &&
+        strcmp(cfg.runtime_user, "-")) {
+        struct passwd *pw = getpwnam(cfg.runtime_user);
+        if (pw) {
+            scfg.runtime_uid = pw->pw_uid;
+            scfg.runtime_gid = pw->pw_gid;
+            log_info("runtimes run as %s (uid %lld)", cfg.runtime_user, (long long)pw->pw_uid);
+        } else {
+            log_warn("no user '%s' on this host (ops/install-deps creates it): runtimes run as "
+                     "root",
+                     cfg.runtime_user);
+        }
+    }
     struct sup *sup = sup_new(&scfg);
     if (!sup) {
         log_error("out of memory");
@@ -399,7 +458,8 @@ int main(int argc, char **argv)
                 revoked = rc == CTL_REVOKED;
             }
             if (ctl.registered) {
-                if (heartbeat_once(&ctl, sup, replicas_dir, &heartbeat_ms) == CTL_OK) {
+                if (heartbeat_once(&ctl, sup, replicas_dir, cfg.log_max_bytes, &heartbeat_ms) ==
+                    CTL_OK) {
                     snap.heartbeat_ok++;
                     snap.last_heartbeat_ms = util_now_ms();
                 } else {
@@ -424,12 +484,19 @@ int main(int argc, char **argv)
         int64_t wait = next_hb - util_now_ms();
         nap(wait < AGENT_TICK_MS ? (wait > 0 ? wait : 0) : AGENT_TICK_MS);
     }
-    log_info("signal %d: stopping every runtime", (int)stop_signal);
+    if (cfg.stop_runtimes_on_exit)
+        log_info("signal %d: stopping every runtime", (int)stop_signal);
+    else
+        log_info("signal %d: leaving the runtimes running for the next run of the agent to adopt",
+                 (int)stop_signal);
     metrics_stop(metrics);
     metrics_snapshot_free(&snap);
     free(gpu_samples);
     inv_nvml_close(nvml);
-    sup_stop_all(sup);
+    if (cfg.stop_runtimes_on_exit) {
+        sup_stop_all(sup);
+        cg_remove(cg.dir); /* empty now; the next run makes it again */
+    }
     sup_free(sup);
     weights_free(weights);
     json_decref(reg);

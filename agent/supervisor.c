@@ -4,9 +4,10 @@
  *  - Each runtime is the leader of its own process group, so a stop reaches whatever it forked
  *    too. Both parent and child call setpgid(), which closes the window in which the parent could
  *    signal a group that does not exist yet.
- *  - The child asks for SIGKILL when the agent dies (PR_SET_PDEATHSIG), so a killed agent leaves no
- *    runtime holding GPUs. The agent is single-threaded: the signal follows the death of the thread
- *    that forked, which is then the whole agent.
+ *  - A runtime outlives its agent: a killed or upgraded agent must not take serving replicas down.
+ *    The next run of the agent adopts those still desired and kills the others (below), so none is
+ *    left holding GPUs. Each runtime runs in its own cgroup where there is cgroup v2 (cgroup.h),
+ *    which also finds whatever it forked, and as --runtime-user when the agent runs as root.
  *  - Everything the child needs (argv, envp, paths) is built before fork(); between fork() and
  *    exec() the child makes only async-signal-safe calls.
  *  - Exits are noticed with waitid(WNOWAIT): the dead leader stays a zombie while we SIGKILL what
@@ -23,6 +24,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <grp.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -31,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -68,6 +69,8 @@ void sup_config_defaults(struct sup_config *cfg)
     cfg->backoff_max_ms = 30000;
     cfg->probe_interval_ms = 500;
     cfg->probe_timeout_ms = 1000;
+    cfg->runtime_uid = -1;
+    cfg->runtime_gid = -1;
 }
 
 static const char *const state_names[] = {
@@ -313,28 +316,74 @@ static void free_strv(char **v)
     free(v);
 }
 
+/* What the child needs between fork and exec, all of it prepared before fork(). */
+struct child_plan {
+    const char *bin;
+    char *const *argv;
+    char *const *envp;
+    const char *out_path, *err_path; /* stdout.log and runtime.log (stderr) */
+    int cg_fd;                       /* the runtime's cgroup.procs, or -1 */
+    int64_t uid, gid;                /* -1: keep the agent's */
+};
+
 /* In the child, between fork and exec: async-signal-safe calls only. Never returns. */
-static void child_exec(const char *bin, char *const argv[], char *const envp[],
-                       const char *log_path, pid_t parent)
+static void child_exec(const struct child_plan *cp)
 {
     setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(126); /* the agent died before prctl took effect */
+    /* Into its cgroup before anything else runs: "0" is the writing process itself. */
+    if (cp->cg_fd >= 0 && write(cp->cg_fd, "0", 1) != 1) {
+        static const char msg[] = "orp-agent: cannot join the runtime's cgroup\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL); /* ignored dispositions survive exec; the agent ignores SIGPIPE */
     int in = open("/dev/null", O_RDONLY);
-    int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (in < 0 || out < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0) _exit(125);
+    int out = open(cp->out_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int err = open(cp->err_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+        _exit(125);
+    if (cp->uid >= 0 &&
+        (setgroups(0, NULL) != 0 || setgid((gid_t)cp->gid) != 0 || setuid((uid_t)cp->uid) != 0)) {
+        static const char msg[] = "orp-agent: cannot switch to the runtime user\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        _exit(124);
+    }
     if (close_range(3, ~0u, 0) != 0)
         for (int fd = 3; fd < 65536; fd++)
             close(fd); /* kernels before 5.9 */
-    execve(bin, argv, envp);
+    execve(cp->bin, cp->argv, cp->envp);
     static const char msg[] = "orp-agent: exec of the runtime failed\n";
     ssize_t w = write(2, msg, sizeof msg - 1);
     (void)w;
     _exit(127);
+}
+
+/* The cgroup of r (named like its directory), "" without cgroups. */
+static void replica_cgroup(const struct sup *s, const struct sup_replica *r, char *out, size_t n)
+{
+    const char *slash = strrchr(r->dir, '/');
+    if (s->cfg.cg)
+        cg_path(s->cfg.cg, slash ? slash + 1 : r->dir, out, n);
+    else if (n)
+        out[0] = '\0';
+}
+
+/* After r's process is gone: whatever is left in its cgroup is killed, the cgroup removed. */
+static void release_cgroup(const struct sup *s, const struct sup_replica *r)
+{
+    char cgp[PATH_MAX];
+    replica_cgroup(s, r, cgp, sizeof cgp);
+    if (!cgp[0]) return;
+    int left = cg_kill_all(cgp);
+    if (left)
+        log_warn("replica %s/%lld: killed %d process(es) left in its cgroup", r->spec.replica_id,
+                 (long long)r->spec.epoch, left);
+    else
+        cg_remove(cgp);
 }
 
 static void spawn(struct sup *s, struct sup_replica *r);
@@ -437,12 +486,23 @@ static void spawn(struct sup *s, struct sup_replica *r)
         fail(s, r, "no free port");
         return;
     }
-    char port_s[16], tp_s[24], usage_log[PATH_MAX + 16], log_path[PATH_MAX + 16];
+    char port_s[16], tp_s[24], usage_log[PATH_MAX + 16], log_path[PATH_MAX + 16],
+        out_path[PATH_MAX + 16];
     snprintf(port_s, sizeof port_s, "%d", port);
     /* The replica's devices are its tensor-parallel ranks (GPUs, or CPU slots as threads). */
     snprintf(tp_s, sizeof tp_s, "%lld", (long long)(r->spec.tp > 0 ? r->spec.tp : 1));
     snprintf(usage_log, sizeof usage_log, "%s/usage.jsonl", r->dir);
     snprintf(log_path, sizeof log_path, "%s/runtime.log", r->dir);
+    snprintf(out_path, sizeof out_path, "%s/stdout.log", r->dir);
+    /* The runtime writes its usage journal into its directory; the agent reads it. */
+    if (s->cfg.runtime_uid >= 0 &&
+        chown(r->dir, (uid_t)s->cfg.runtime_uid, (gid_t)s->cfg.runtime_gid) != 0) {
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot give %s to the runtime user: %s", r->dir,
+                 strerror(errno));
+        fail(s, r, why);
+        return;
+    }
     char *argv[] = {(char *)s->cfg.runtime_bin,
                     "serve",
                     "--model",
@@ -465,10 +525,18 @@ static void spawn(struct sup *s, struct sup_replica *r)
     }
     struct stat lst;
     int64_t log_start = stat(log_path, &lst) == 0 ? (int64_t)lst.st_size : 0;
-    pid_t parent = getpid();
+    char cgp[PATH_MAX] = "";
+    const char *slash = strrchr(r->dir, '/');
+    int cg_fd = s->cfg.cg ? cg_prepare(s->cfg.cg, slash ? slash + 1 : r->dir, s->cfg.memory_max,
+                                       s->cfg.cpu_millis, cgp, sizeof cgp)
+                          : -1;
+    struct child_plan plan = {
+        s->cfg.runtime_bin, argv, envp, out_path, log_path, cg_fd, s->cfg.runtime_uid,
+        s->cfg.runtime_gid};
     pid_t pid = fork();
-    if (pid == 0) child_exec(s->cfg.runtime_bin, argv, envp, log_path, parent);
+    if (pid == 0) child_exec(&plan);
     int fork_errno = errno;
+    if (cg_fd >= 0) close(cg_fd);
     free_strv(envp);
     if (pid < 0) {
         char why[128];
@@ -727,6 +795,7 @@ static void handle_exit(struct sup *s, struct sup_replica *r, const siginfo_t *s
     while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
     }
     pidfile_remove(r->dir);
+    release_cgroup(s, r);
     int64_t ran_ms = util_now_ms() - r->state_since_ms;
     r->pid = 0;
     r->adopted = 0;
@@ -755,6 +824,7 @@ static int adopted_gone(struct sup *s, struct sup_replica *r)
     if (process_alive(r->pid, r->starttime)) return 0;
     signal_group(r, SIGKILL); /* whatever it forked; the group id is not reused while it has any */
     pidfile_remove(r->dir);
+    release_cgroup(s, r);
     r->pid = 0;
     r->adopted = 0;
     if (r->state == SUP_STOPPING) {
@@ -785,6 +855,7 @@ static void reap(struct sup *s)
                       (long long)r->spec.epoch, (int)r->pid);
             r->pid = 0;
             pidfile_remove(r->dir);
+            release_cgroup(s, r);
             if (r->state == SUP_STOPPING)
                 set_state(r, SUP_STOPPED, "process vanished");
             else
@@ -1096,6 +1167,35 @@ static int adopt(struct sup *s, struct sup_replica *r)
     return 0;
 }
 
+/* Every runtime cgroup that no supervised replica owns holds what a previous run of the agent left
+ * (a runtime whose pid file was lost, or something a runtime forked that left its process group):
+ * it is killed and the cgroup removed, so nothing unsupervised keeps a device. */
+static void kill_stray_cgroups(struct sup *s)
+{
+    if (!s->cfg.cg || !s->cfg.cg->dir[0]) return;
+    DIR *d = opendir(s->cfg.cg->dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || e->d_type != DT_DIR) continue;
+        int owned = 0;
+        for (struct sup_replica *r = s->list; r && !owned; r = r->next) {
+            const char *slash = strrchr(r->dir, '/');
+            owned = r->pid > 0 && !strcmp(slash ? slash + 1 : r->dir, e->d_name);
+        }
+        if (owned) continue;
+        char p[PATH_MAX];
+        cg_path(s->cfg.cg, e->d_name, p, sizeof p);
+        int n = cg_kill_all(p);
+        if (n)
+            log_warn("killed %d process(es) left in cgroup %s by a previous run of the agent", n,
+                     p);
+        for (int tries = 0; tries < 20 && rmdir(p) != 0 && errno == EBUSY; tries++)
+            util_sleep_ms(25); /* the killed processes take a moment to leave it */
+    }
+    closedir(d);
+}
+
 /* Kills the leftovers nobody adopted (SIGTERM, SIGKILL after the grace time) and forgets them all.
  * Blocks for at most the grace time. */
 static void settle_leftovers(struct sup *s)
@@ -1138,6 +1238,7 @@ static void settle_leftovers(struct sup *s)
     }
     for (size_t i = 0; i < n; i++)
         if (!lo[i].adopted) unlink(lo[i].pidfile);
+    kill_stray_cgroups(s);
     free(s->leftovers);
     s->leftovers = NULL;
     s->nleftovers = 0;

@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
+
 /* Field sizes: replica ids and epochs become directory names, devices become
  * CUDA_VISIBLE_DEVICES; ctlclient rejects any desired entry that does not fit. */
 #define SUP_ID_MAX 128
@@ -120,6 +122,11 @@ struct sup_config {
     int64_t backoff_max_ms;
     int64_t probe_interval_ms;
     long probe_timeout_ms;
+    const struct cg *cg; /* borrowed, may be NULL: runtimes get no cgroup */
+    int64_t memory_max;  /* each runtime's memory.max in bytes (0: no limit) */
+    int64_t cpu_millis;  /* each runtime's cpu.max in thousandths of a CPU (0: no limit) */
+    int64_t runtime_uid; /* runtimes run as this user (-1: as the agent) */
+    int64_t runtime_gid;
 };
 
 struct sup_leftover;

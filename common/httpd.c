@@ -14,6 +14,11 @@
 #include "jsonx.h"
 #include "log.h"
 
+/* What one connection may hold in MHD's own pool (request line, headers, read and write buffers):
+ * MHD's default of 32 KiB refuses a request with a few long cookies; 64 KiB does not, and bounds
+ * what --max-connections idle clients can pin at 64 KiB each. */
+#define HTTPD_CONN_MEMORY_DEFAULT (64u * 1024)
+
 /* A body over max_body is still read (and dropped) up to this size so the client can read its 413;
  * beyond it the connection is cut: reading more would let one client make us swallow gigabytes. */
 #define HTTPD_DISCARD_LIMIT (16u * 1024 * 1024)
@@ -55,6 +60,43 @@ int httpd_match_route(const char *pattern, const char *path, struct httpd_req *r
     if (*u) return 0;
     req->nparams = np;
     return 1;
+}
+
+/* 1 when s is well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF). */
+int httpd_utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p, n, min, cp;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1, min = 0x80, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2, min = 0x800, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3, min = 0x10000, cp = c & 0x07;
+        else
+            return 0;
+        for (unsigned i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80) return 0;
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+        p += n + 1;
+    }
+    return 1;
+}
+
+static enum MHD_Result arg_utf8(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    (void)kind;
+    int *ok = cls;
+    if (!httpd_utf8_valid(key) || (value && !httpd_utf8_valid(value))) *ok = 0;
+    return *ok ? MHD_YES : MHD_NO;
 }
 
 /* Finds the route; sets *method_mismatch when the path exists under another method. */
@@ -332,6 +374,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->start_ms = util_now_ms();
         if (util_random_hex(req->id, 8) != 0) snprintf(req->id, sizeof req->id, "unknown");
         *con_cls = req;
+        /* Every handler, and PostgreSQL behind it, may take the path and the query as text: bytes
+         * that are not UTF-8 are the client's error here, not a database error later. */
+        int utf8 = httpd_utf8_valid(url);
+        if (utf8) MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, arg_utf8, &utf8);
+        if (!utf8) {
+            httpd_error(req, 400, "invalid_encoding", NULL,
+                        "the request's path and query must be UTF-8 text");
+            return MHD_YES;
+        }
         int mismatch;
         req->route = find_route(s, req, &mismatch);
         if (!req->route) {
@@ -439,6 +490,23 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
         return NULL;
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    int tls = cfg->tls_cert_pem && cfg->tls_key_pem;
+    if (tls && !httpd_tls_supported()) {
+        snprintf(err, errlen, "%s listener: this libmicrohttpd has no TLS support", cfg->name);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return NULL;
+    }
+    if (tls) flags |= MHD_USE_TLS;
+    /* Options that depend on the configuration, passed as one array. */
+    struct MHD_OptionItem extra[] = {
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+         (intptr_t)(cfg->conn_memory_limit ? cfg->conn_memory_limit : HTTPD_CONN_MEMORY_DEFAULT),
+         NULL},
+        {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, (void *)cfg->tls_key_pem},
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cfg->tls_cert_pem},
+        {MHD_OPTION_END, 0, NULL},
+    };
     if (cfg->thread_per_connection)
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     else
@@ -452,7 +520,7 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
         MHD_OPTION_CONNECTION_LIMIT, cfg->conn_limit ? cfg->conn_limit : 1000u,
         /* 0 is MHD's own "no limit". */
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->per_ip_limit, MHD_OPTION_CONNECTION_TIMEOUT,
-        cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
+        cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u, MHD_OPTION_ARRAY, extra,
         /* A pool of one is no pool: MHD then uses its one internal thread. */
         cfg->thread_per_connection || cfg->threads == 1 ? MHD_OPTION_END
                                                         : MHD_OPTION_THREAD_POOL_SIZE,
@@ -467,6 +535,11 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info ? info->port : cfg->port;
     return s;
+}
+
+int httpd_tls_supported(void)
+{
+    return MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES;
 }
 
 int httpd_port(const struct httpd_server *s)

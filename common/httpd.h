@@ -70,12 +70,18 @@ struct httpd_config {
     unsigned per_ip_limit;   /* connections one client address may hold; 0: no limit */
     unsigned conn_timeout_s; /* idle timeout; suspended connections do not time out */
     size_t max_body;
+    size_t conn_memory_limit; /* bytes MHD may use per connection (headers, buffers); 0: 64 KiB */
+    /* PEM texts (borrowed, kept for the server's life): both set, the listener speaks HTTPS only
+     * (libmicrohttpd's own TLS, GnuTLS); both NULL, plain HTTP. */
+    const char *tls_cert_pem, *tls_key_pem;
     const struct httpd_route *routes;
     size_t nroutes;
     void *app;
 };
 
 struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size_t errlen);
+/* 1 when this libmicrohttpd was built with TLS support. */
+int httpd_tls_supported(void);
 /* Resumes every suspended connection, then stops the daemon. Accepts NULL. */
 void httpd_stop(struct httpd_server *s);
 int httpd_port(const struct httpd_server *s);
@@ -97,6 +103,10 @@ void httpd_reply_response(struct httpd_req *req, unsigned status, struct MHD_Res
 void httpd_error(struct httpd_req *req, unsigned status, const char *code, const char *param,
                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 const char *httpd_error_type(unsigned status);
+
+/* 1 when s is well-formed UTF-8. Paths and query strings that are not get 400 invalid_encoding
+ * before any route runs. */
+int httpd_utf8_valid(const char *s);
 
 /* Bodies nested deeper than this are refused before parsing: no request of ours needs more than
  * a handful of levels, and a parser (or the code walking its tree) should not be made to recurse

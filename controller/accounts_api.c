@@ -822,7 +822,8 @@ static void h_revoke_key(struct httpd_req *req)
     enum db_status st = DB_NONE;
     if (digits(id)) {
         const char *p[] = {id, a.account_id_str};
-        /* Checked on every request (no cache): the next request with the key is refused. */
+        /* This process forgets its cached keys below, so the next request with the key is
+         * refused (other processes: within auth.c's cache time). */
         st = db_exec(c,
                      "WITH k AS (UPDATE api_keys SET revoked_at = now() WHERE id = $1::bigint "
                      "  AND account_id = $2::bigint AND revoked_at IS NULL RETURNING *) "
@@ -835,6 +836,7 @@ static void h_revoke_key(struct httpd_req *req)
     } else if (st == DB_NONE) {
         httpd_error(req, 404, "api_key_not_found", NULL, "API key %s does not exist", id);
     } else {
+        auth_cache_forget();
         log_info("API key %s revoked", id);
         httpd_reply_json(req, 200, key_json(r, 0));
     }

@@ -15,9 +15,16 @@
 #include "replica.h"
 #include "util.h"
 
-#define AGENT_MAX_DEVICES 64   /* per host: an 8-GPU box, or CPU slots for development */
-#define AGENT_MAX_REPLICAS 128 /* reports per heartbeat */
-#define AGENT_MAX_USAGE 1000   /* usage items per heartbeat; the agent sends at most 500 */
+#define AGENT_MAX_DEVICES 64    /* per host: an 8-GPU box, or CPU slots for development */
+#define AGENT_MAX_REPLICAS 128  /* reports per heartbeat */
+#define AGENT_MAX_USAGE 1000    /* usage items per heartbeat; the agent sends at most 500 */
+#define AGENT_MAX_LOGS 2000     /* log lines per heartbeat; the agent sends at most 1 000 */
+#define AGENT_LOG_LINE_MAX 4096 /* bytes of one log line; the agent cuts lines at 2 048 */
+/* Log lines kept per replica: what a customer scrolls back through in the console; older lines
+ * are deleted as new ones arrive, so the table stays bounded by live replicas × this. */
+#define LOGS_KEEP_PER_REPLICA 2000
+/* Advisory lock class of log inserts (the second key is the endpoint): see schema 011. */
+#define LOGS_LOCK_CLASS 7311100
 
 /* ---- register ---- */
 
@@ -325,6 +332,9 @@ out:
 struct beat {
     int64_t host_id;
     json_t *replicas, *usage;
+    json_t *logs;  /* the well-formed log lines, new reference */
+    char *log_ids; /* text[] literal of the replicas they belong to */
+    size_t logs_acked;
     json_t *desired; /* new reference, built inside the transaction */
     size_t usage_stored;
 };
@@ -537,6 +547,91 @@ static enum db_status beat_txn(PGconn *c, void *arg)
     return load_desired(c, b);
 }
 
+/* Keeps the well-formed lines of logs (borrowed) in b->logs and their replica ids in b->log_ids.
+ * A malformed line is dropped with a warning and counted as acknowledged: resending cannot fix it,
+ * and refusing the heartbeat over it would block every good line behind it. */
+static int pick_logs(struct beat *b, json_t *logs)
+{
+    b->logs = json_array();
+    struct buf ids = {0};
+    buf_append(&ids, "{", 1);
+    size_t i, n = 0;
+    json_t *u;
+    json_array_foreach(logs, i, u)
+    {
+        struct jsonx_err je = {0};
+        const char *rid = NULL, *stream = NULL, *line;
+        int64_t v;
+        if (!json_is_object(u) || jsonx_get_string(u, "replica_id", 1, &rid, 40, &je) != JSONX_OK ||
+            !api_is_uuid(rid) || jsonx_get_int(u, "epoch", 1, 1, INT64_MAX, &v, &je) != JSONX_OK ||
+            jsonx_get_string(u, "stream", 1, &stream, 8, &je) != JSONX_OK ||
+            (strcmp(stream, "stdout") && strcmp(stream, "stderr")) ||
+            jsonx_get_int(u, "pos", 1, 0, INT64_MAX, &v, &je) != JSONX_OK ||
+            jsonx_get_int(u, "at_ms", 1, 0, INT64_C(253402300799999), &v, &je) != JSONX_OK ||
+            jsonx_get_string(u, "line", 1, &line, AGENT_LOG_LINE_MAX, &je) != JSONX_OK ||
+            /* PostgreSQL text cannot hold a NUL: one such line would fail every retry. */
+            strlen(line) != json_string_length(json_object_get(u, "line"))) {
+            log_warn("logs[%zu] from the agent is malformed and was dropped: %s", i,
+                     je.message[0] ? je.message : "bad replica_id or stream");
+            continue;
+        }
+        json_array_append(b->logs, u);
+        if (!strstr(ids.data, rid)) buf_printf(&ids, "%s\"%s\"", n++ ? "," : "", rid);
+    }
+    buf_append(&ids, "}", 1);
+    b->log_ids = ids.data;
+    return 0;
+}
+
+/* Stores b->logs once each (a resent line is known by its position) and prunes every replica it
+ * touched to its last LOGS_KEEP_PER_REPLICA lines. A line is taken for the replica's current
+ * placement only from the host it is placed on; lines of its earlier epochs from anyone who ran
+ * them. */
+static enum db_status logs_txn(PGconn *c, void *arg)
+{
+    struct beat *b = arg;
+    char hid[24], keep[24];
+    snprintf(hid, sizeof hid, "%lld", (long long)b->host_id);
+    snprintf(keep, sizeof keep, "%d", LOGS_KEEP_PER_REPLICA - 1);
+    char cls[16];
+    snprintf(cls, sizeof cls, "%d", LOGS_LOCK_CLASS);
+    const char *pl[] = {b->log_ids, cls};
+    /* One endpoint's lines get their ids (event ids) in commit order: see schema 011. */
+    enum db_status st =
+        db_cmd(c,
+               "SELECT pg_advisory_xact_lock($2::int, hashtext(e.endpoint_id::text)) FROM ("
+               "  SELECT DISTINCT endpoint_id FROM replicas WHERE id = ANY ($1::uuid[]) "
+               "  ORDER BY endpoint_id) e",
+               2, pl);
+    if (st < 0) return st;
+    char *txt = jsonx_dump(b->logs);
+    if (!txt) return DB_HARD;
+    const char *pi[] = {txt, hid};
+    st = db_cmd(c,
+                "INSERT INTO replica_logs (replica_id, endpoint_id, account_id, epoch, stream, "
+                "  pos, at, line) "
+                "SELECT r.id, r.endpoint_id, r.account_id, x.epoch, x.stream, x.pos, "
+                "  to_timestamp(x.at_ms / 1000.0), x.line "
+                "FROM json_to_recordset($1::json) AS x(replica_id uuid, epoch bigint, "
+                "  stream text, pos bigint, at_ms bigint, line text) "
+                "JOIN replicas r ON r.id = x.replica_id "
+                "WHERE x.epoch < r.epoch OR (x.epoch = r.epoch AND r.host_id = $2::bigint) "
+                "ORDER BY x.at_ms, x.replica_id, x.stream, x.pos "
+                "ON CONFLICT (replica_id, epoch, stream, pos) DO NOTHING",
+                2, pi);
+    free(txt);
+    if (st < 0) return st;
+    const char *pp[] = {b->log_ids, keep};
+    st = db_cmd(c,
+                "DELETE FROM replica_logs l USING ("
+                "  SELECT k.id, (SELECT x.id FROM replica_logs x WHERE x.replica_id = k.id "
+                "                ORDER BY x.id DESC OFFSET $2::int LIMIT 1) AS oldest "
+                "  FROM unnest($1::uuid[]) AS k(id)) k "
+                "WHERE l.replica_id = k.id AND l.id < k.oldest",
+                2, pp);
+    return st < 0 ? st : DB_ROWS;
+}
+
 static void h_heartbeat(struct httpd_req *req)
 {
     struct ctl_listener *l = req->app;
@@ -568,7 +663,14 @@ static void h_heartbeat(struct httpd_req *req)
                     "field 'usage' must be an array of at most %d items", AGENT_MAX_USAGE);
         goto out;
     }
+    json_t *logs = json_object_get(body, "logs");
+    if (logs && (!json_is_array(logs) || json_array_size(logs) > AGENT_MAX_LOGS)) {
+        httpd_error(req, 400, "invalid_parameter", "logs",
+                    "field 'logs' must be an array of at most %d lines", AGENT_MAX_LOGS);
+        goto out;
+    }
     if (check_reports(req, b.replicas) != 0) goto out;
+    if (logs) pick_logs(&b, logs);
     PGconn *c = ctl_db(req);
     if (!c) goto out;
     char hash[65];
@@ -589,20 +691,31 @@ static void h_heartbeat(struct httpd_req *req)
     b.host_id = db_int(r, 0, 0);
     PQclear(r);
     st = db_txn_run(c, beat_txn, &b);
+    /* Logs in a transaction of their own, after the heartbeat's: a problem storing them must not
+     * cost the heartbeat, and the heartbeat's locks are not held while they are written. */
+    if (st >= 0 && logs) {
+        if (json_array_size(b.logs) == 0 || db_txn_run(c, logs_txn, &b) >= 0)
+            b.logs_acked = json_array_size(logs);
+        else
+            log_warn("host %lld: could not store %zu log lines; the agent sends them again",
+                     (long long)b.host_id, json_array_size(b.logs));
+    }
     ctl_db_done(req, c);
     if (st < 0) {
         httpd_error(req, 503, "database_unavailable", NULL, "could not record the heartbeat");
         goto out;
     }
     httpd_reply_json(req, 200,
-                     json_pack("{s:o, s:I, s:I}", "desired", b.desired, "usage_acked",
-                               (json_int_t)b.usage_stored, "heartbeat_ms",
-                               (json_int_t)l->ctl->cfg.heartbeat_ms));
+                     json_pack("{s:o, s:I, s:I, s:I}", "desired", b.desired, "usage_acked",
+                               (json_int_t)b.usage_stored, "logs_acked", (json_int_t)b.logs_acked,
+                               "heartbeat_ms", (json_int_t)l->ctl->cfg.heartbeat_ms));
     b.desired = NULL;
 out:
     json_decref(b.desired);
     json_decref(b.replicas);
     json_decref(b.usage);
+    json_decref(b.logs);
+    free(b.log_ids);
     json_decref(body);
 }
 

@@ -56,52 +56,49 @@ static void reply_list(struct httpd_req *req, PGresult *r, json_t *(*row)(PGresu
     httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
 }
 
-/* ---- catalog ---- */
-
-static json_t *model_json(PGresult *r, int i)
+/* Column 0 of row i: a JSON object the statement built (new reference; null if unparsable). */
+static json_t *json_row(PGresult *r, int i)
 {
-    json_t *kinds = json_array();
-    /* device_kinds arrives as a text[] literal: {cpu,gpu} */
-    char tmp[128];
-    snprintf(tmp, sizeof tmp, "%s", PQgetvalue(r, i, 5));
-    for (char *tok = strtok(tmp, "{},"); tok; tok = strtok(NULL, "{},"))
-        json_array_append_new(kinds, json_string(tok));
-    return json_pack(
-        "{s:s, s:s, s:s, s:I, s:I, s:o, s:I, s:I}", "id", PQgetvalue(r, i, 0), "object", "model",
-        "family", PQgetvalue(r, i, 1), "context_length", (json_int_t)db_int(r, i, 2), "min_devices",
-        (json_int_t)db_int(r, i, 3), "device_kinds", kinds, "input_price_micros_per_mtok",
-        (json_int_t)db_int(r, i, 6), "output_price_micros_per_mtok", (json_int_t)db_int(r, i, 7));
+    json_error_t je;
+    json_t *o = json_loads(PQgetvalue(r, i, 0), 0, &je);
+    return o ? o : json_null();
 }
 
+/* ---- catalog ---- */
+
+/* The models no one retired (retired ones stay deployable nowhere, running where they run). */
 static void h_catalog(struct httpd_req *req)
 {
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
     if (!c) return;
     PGresult *r;
-    enum db_status st = db_exec(c,
-                                "SELECT name, family, context_length, min_devices, source, "
-                                "device_kinds, input_price_micros_per_mtok, "
-                                "output_price_micros_per_mtok FROM models ORDER BY name",
-                                0, NULL, &r, NULL);
+    enum db_status st =
+        db_exec(c,
+                "SELECT " API_MODEL_JSON("m") " FROM models m "
+                                              "WHERE m.retired_at IS NULL ORDER BY m.name",
+                0, NULL, &r, NULL);
     ctl_db_done(req, c);
     if (st < 0) {
         httpd_error(req, 500, "internal_error", NULL, "could not read the catalog");
         return;
     }
-    reply_list(req, r, model_json);
+    reply_list(req, r, json_row);
 }
 
 /* ---- endpoints ---- */
+
+/* A replica (r) on its host (h, may be NULL) as the API shows it. */
+#define REPLICA_JSON                                                                               \
+    "json_build_object('id', r.id, 'ordinal', r.ordinal, 'state', r.state, 'reason', r.reason, "   \
+    "  'epoch', r.epoch, 'host', h.name, 'devices', r.devices, 'ready_at', r.ready_at)"
 
 /* Columns every endpoint query selects, in this order (see endpoint_json). The replica summary
  * is aggregated in the same statement so a listing is one query. */
 #define ENDPOINT_COLUMNS                                                                           \
     "e.id, e.name, m.name, e.device_kind, e.gpus_per_replica, e.replicas, e.billing_mode, "        \
     "e.state, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "        \
-    "(SELECT COALESCE(json_agg(json_build_object('id', r.id, 'ordinal', r.ordinal, "               \
-    "   'state', r.state, 'reason', r.reason, 'epoch', r.epoch, 'host', h.name, "                  \
-    "   'devices', r.devices, 'ready_at', r.ready_at) ORDER BY r.ordinal), '[]') "                 \
+    "(SELECT COALESCE(json_agg(" REPLICA_JSON " ORDER BY r.ordinal), '[]') "                       \
     " FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "                                      \
     " WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')), "             \
     "e.state_reason, e.pool, e.gpu_type "
@@ -219,7 +216,7 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
                  "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
                  "  gpus_per_replica, replicas, billing_mode, pool, gpu_type) "
                  "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8, $9 "
-                 "FROM models m WHERE m.name = $3 RETURNING id",
+                 "FROM models m WHERE m.name = $3 AND m.retired_at IS NULL RETURNING id",
                  9, p, &r, ss);
     if (st < 0) {
         if (!strcmp(ss, "23505")) ce->conflict = 1;
@@ -241,10 +238,12 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
 
 /* Deploy-time quotas (the account's row in quotas, else the defaults): devices of running
  * endpoints plus add_devices within max_devices, endpoints plus add_endpoints within
- * max_endpoints. 0, or -1 after answering 403 quota_exceeded (or 503). */
+ * max_endpoints. 0, or -1 after answering 403 quota_exceeded (or 503; 402 when the monthly
+ * spend cap is reached). */
 static int check_quota(struct httpd_req *req, PGconn *c, const char *acct, int64_t add_devices,
                        int add_endpoints)
 {
+    if (billing_spend_cap_check(req, c, acct) != 0) return -1; /* 402 at the monthly cap */
     const char *p[] = {acct};
     PGresult *r;
     enum db_status st = db_exec(
@@ -356,7 +355,7 @@ static void h_create_endpoint(struct httpd_req *req)
     enum db_status st = db_exec(c,
                                 "SELECT min_devices, device_kinds[1], "
                                 "  ($2::text IS NULL OR $2 = ANY (device_kinds)) "
-                                "FROM models WHERE name = $1",
+                                "FROM models WHERE name = $1 AND retired_at IS NULL",
                                 2, (const char *[]){ce.model, ce.kind}, &r, NULL);
     if (st < 0) {
         httpd_error(req, 500, "internal_error", NULL, "could not read the catalog");
@@ -421,25 +420,66 @@ out_db:
     ctl_db_done(req, c);
 }
 
+#define ENDPOINTS_PAGE_MAX 200 /* endpoints per page: bounds one reply and one query */
+
+/* GET /v1/endpoints[?limit=&starting_after=<id>&state=active|stopped|deleted&model=&name=]:
+ * oldest first; without a state, every endpoint but the deleted ones. One query. */
 static void h_list_endpoints(struct httpd_req *req)
 {
+    static const char *const states[] = {"active", "stopped", "deleted"};
+    int64_t limit = httpd_query_int(req, "limit", ENDPOINTS_PAGE_MAX, ENDPOINTS_PAGE_MAX);
+    if (limit < 0) return;
+    const char *after = httpd_query(req, "starting_after"), *state = httpd_query(req, "state");
+    const char *model = httpd_query(req, "model"), *name = httpd_query(req, "name");
+    int state_ok = !state;
+    for (size_t i = 0; i < sizeof states / sizeof states[0] && !state_ok; i++)
+        state_ok = !strcmp(state, states[i]);
+    if (after && !api_is_uuid(after)) {
+        httpd_error(req, 400, "invalid_parameter", "starting_after",
+                    "query parameter 'starting_after' must be an endpoint id");
+        return;
+    }
+    if (!state_ok) {
+        httpd_error(req, 400, "invalid_parameter", "state",
+                    "query parameter 'state' must be active, stopped or deleted");
+        return;
+    }
+    if ((model && strlen(model) > 200) || (name && strlen(name) > 63)) {
+        httpd_error(req, 400, "invalid_parameter", model && strlen(model) > 200 ? "model" : "name",
+                    "query parameter too long");
+        return;
+    }
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
     if (!c) return;
+    char lim[24];
+    snprintf(lim, sizeof lim, "%lld", (long long)limit + 1); /* one more: is there a next page? */
+    const char *p[] = {a.account_id_str, state, model, name, after, lim};
     PGresult *r;
-    const char *p[] = {a.account_id_str};
     enum db_status st =
         db_exec(c,
                 "SELECT " ENDPOINT_COLUMNS "FROM endpoints e JOIN models m ON m.id = e.model_id "
-                "WHERE e.account_id = $1::bigint AND e.state <> 'deleted' "
-                "ORDER BY e.created_at",
-                1, p, &r, NULL);
+                "WHERE e.account_id = $1::bigint "
+                "  AND (e.state = $2 OR ($2::text IS NULL AND e.state <> 'deleted')) "
+                "  AND ($3::text IS NULL OR m.name = $3) AND ($4::text IS NULL OR e.name = $4) "
+                "  AND ($5::uuid IS NULL OR (e.created_at, e.id) > (SELECT x.created_at, x.id "
+                "       FROM endpoints x WHERE x.id = $5::uuid AND x.account_id = $1::bigint)) "
+                "ORDER BY e.created_at, e.id LIMIT $6::int",
+                6, p, &r, NULL);
     ctl_db_done(req, c);
     if (st < 0) {
         httpd_error(req, 500, "internal_error", NULL, "could not list endpoints");
         return;
     }
-    reply_list(req, r, endpoint_json);
+    int n = PQntuples(r), more = n > limit;
+    if (more) n = (int)limit;
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(data, endpoint_json(r, i));
+    json_t *o = json_pack("{s:s, s:o, s:b}", "object", "list", "data", data, "has_more", more);
+    if (more) json_object_set_new(o, "next_starting_after", json_string(PQgetvalue(r, n - 1, 0)));
+    PQclear(r);
+    httpd_reply_json(req, 200, o);
 }
 
 /* For routes on /v1/endpoints/{id}: the caller authenticated, and an id that cannot exist answered
@@ -464,6 +504,42 @@ static void h_get_endpoint(struct httpd_req *req)
     if (!c) return;
     reply_endpoint(req, c, a.account_id_str, id, 200);
     ctl_db_done(req, c);
+}
+
+/* GET /v1/endpoints/{id}/replicas[?include_stopped=true]: the replicas with state, reason, host and
+ * devices; stopped ones (history of earlier placements) only when asked. */
+static void h_list_replicas(struct httpd_req *req)
+{
+    const char *all = httpd_query(req, "include_stopped");
+    if (all && strcmp(all, "true") && strcmp(all, "false")) {
+        httpd_error(req, 400, "invalid_parameter", "include_stopped",
+                    "query parameter 'include_stopped' must be true or false");
+        return;
+    }
+    struct auth_ctx a;
+    PGconn *c = endpoint_route(req, &a);
+    if (!c) return;
+    const char *p[] = {req->params[0], a.account_id_str, all && !strcmp(all, "true") ? "t" : "f"};
+    PGresult *r;
+    enum db_status st = db_exec(
+        c,
+        "SELECT (SELECT COALESCE(json_agg(" REPLICA_JSON " ORDER BY r.ordinal, r.created_at), "
+        "  '[]') FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "
+        "  WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR $3::boolean)) "
+        "FROM endpoints e WHERE e.id = $1::uuid AND e.account_id = $2::bigint",
+        3, p, &r, NULL);
+    ctl_db_done(req, c);
+    if (st < 0) {
+        httpd_error(req, 500, "internal_error", NULL, "could not read the replicas");
+    } else if (st == DB_NONE) {
+        PQclear(r);
+        httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist",
+                    req->params[0]);
+    } else {
+        json_t *data = json_row(r, 0);
+        PQclear(r);
+        httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+    }
 }
 
 struct delete_ep {
@@ -741,6 +817,7 @@ const struct httpd_route api_routes[] = {
     {"PATCH", "/v1/endpoints/{}", h_patch_endpoint},
     {"POST", "/v1/endpoints/{}/stop", h_stop_endpoint},
     {"POST", "/v1/endpoints/{}/start", h_start_endpoint},
+    {"GET", "/v1/endpoints/{}/replicas", h_list_replicas},
     {"GET", "/*", h_static},
 };
 const size_t api_nroutes = sizeof api_routes / sizeof api_routes[0];

@@ -9,6 +9,17 @@
 extern const struct httpd_route api_routes[];
 extern const size_t api_nroutes;
 
+/* A catalog model as the API shows it, built by the statement from the models row aliased t
+ * (customers: GET /v1/catalog; operators: /v1/admin/catalog). */
+#define API_MODEL_JSON(t)                                                                          \
+    "json_build_object('id', " t ".name, 'object', 'model', 'family', " t ".family, "              \
+    "  'context_length', " t ".context_length, 'min_devices', " t ".min_devices, "                 \
+    "  'device_kinds', " t ".device_kinds, "                                                       \
+    "  'input_price_micros_per_mtok', " t ".input_price_micros_per_mtok, "                         \
+    "  'output_price_micros_per_mtok', " t ".output_price_micros_per_mtok, "                       \
+    "  'parameter_count', " t ".parameter_count, 'source', " t ".source, 'sha256', " t ".sha256, " \
+    "  'gpu_requirements', " t ".gpu_requirements, 'retired_at', " t ".retired_at)"
+
 /* 1 when s looks like a UUID (8-4-4-4-12 hex); path ids are checked before any query. */
 int api_is_uuid(const char *s);
 

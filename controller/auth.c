@@ -4,6 +4,7 @@
 #include <argon2.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -206,6 +207,80 @@ static int db_down(struct httpd_req *req, const char *what)
     return -1;
 }
 
+/* ---- the key cache: no database round trip to authenticate a busy key ----
+ *
+ * A key's successful look-up is kept for AUTH_CACHE_MS (never past the key's own expiry), so that
+ * a key making many requests costs its handler's query alone. Revoking a key and suspending or
+ * unsuspending an account empty the cache of this process at once (auth_cache_forget); another
+ * controller process behind the same balancer notices within AUTH_CACHE_MS. Slots are overwritten
+ * by hash: memory stays bounded whatever the number of keys. Sessions are not cached: log-out and
+ * password changes must end them on the next request. */
+#define AUTH_CACHE_MS 1000
+#define AUTH_CACHE_SLOTS 1024
+
+struct key_slot {
+    char key_hash[65];
+    struct auth_ctx a;
+    int64_t until_ms; /* monotonic */
+    uint64_t gen;
+};
+
+static struct key_slot key_cache[AUTH_CACHE_SLOTS];
+static uint64_t key_cache_gen = 1; /* slots of an older generation are stale */
+static pthread_mutex_t key_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct key_slot *key_slot_of(const char *hash)
+{
+    uint32_t h = 2166136261u;
+    for (const char *s = hash; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return &key_cache[h % AUTH_CACHE_SLOTS];
+}
+
+void auth_cache_forget(void)
+{
+    pthread_mutex_lock(&key_cache_lock);
+    key_cache_gen++;
+    pthread_mutex_unlock(&key_cache_lock);
+}
+
+static int key_cached(const char *hash, struct auth_ctx *out)
+{
+    struct key_slot *sl = key_slot_of(hash);
+    pthread_mutex_lock(&key_cache_lock);
+    int hit =
+        sl->gen == key_cache_gen && !strcmp(sl->key_hash, hash) && sl->until_ms > util_now_ms();
+    if (hit) *out = sl->a;
+    pthread_mutex_unlock(&key_cache_lock);
+    return hit;
+}
+
+/* expires_ms: the key's expiry (wall clock, ms), 0 when it has none. */
+static void key_remember(const char *hash, const struct auth_ctx *a, int64_t expires_ms)
+{
+    int64_t ttl = AUTH_CACHE_MS;
+    if (expires_ms > 0 && expires_ms - util_wall_ms() < ttl) ttl = expires_ms - util_wall_ms();
+    if (ttl <= 0) return;
+    struct key_slot *sl = key_slot_of(hash);
+    pthread_mutex_lock(&key_cache_lock);
+    snprintf(sl->key_hash, sizeof sl->key_hash, "%s", hash);
+    sl->a = *a;
+    sl->until_ms = util_now_ms() + ttl;
+    sl->gen = key_cache_gen;
+    pthread_mutex_unlock(&key_cache_lock);
+}
+
+/* -1 after answering 403 account_suspended when column col of r says the account is suspended
+ * (col + 1 holds the reason). */
+static int refuse_suspended(struct httpd_req *req, PGresult *r, int col)
+{
+    if (PQgetvalue(r, 0, col)[0] != 't') return 0;
+    const char *why = PQgetvalue(r, 0, col + 1);
+    httpd_error(req, 403, "account_suspended", NULL,
+                "this account is suspended%s%s: contact the operator", *why ? ": " : "", why);
+    return -1;
+}
+
 static int by_key(struct httpd_req *req, PGconn *c, const char *key, struct auth_ctx *out)
 {
     if (!auth_key_well_formed(key)) {
@@ -214,13 +289,14 @@ static int by_key(struct httpd_req *req, PGconn *c, const char *key, struct auth
     }
     char hash[65];
     util_sha256_hex(key, strlen(key), hash);
+    if (key_cached(hash, out)) return 0;
     const char *p[] = {hash};
     PGresult *r;
     /* last_used_at is refreshed at most once a minute so that a busy key does not turn every
      * request into a row write. A key made before scopes existed ('{}') has every scope. */
     enum db_status st = db_exec(
         c,
-        "WITH x AS (SELECT k.id, k.account_id, k.user_id, k.scopes, k.endpoint_ids, "
+        "WITH x AS (SELECT k.id, k.account_id, k.user_id, k.scopes, k.endpoint_ids, k.expires_at, "
         "  COALESCE((SELECT u.role FROM users u WHERE u.id = k.user_id), 'member') AS role "
         "  FROM api_keys k WHERE k.secret_hash = $1 AND k.revoked_at IS NULL "
         "  AND (k.expires_at IS NULL OR k.expires_at > now())), "
@@ -229,13 +305,19 @@ static int by_key(struct httpd_req *req, PGconn *c, const char *key, struct auth
         "SELECT x.id, x.account_id, x.role, q.requests_per_min, q.requests_burst, x.user_id, "
         "  x.scopes = '{}' OR 'inference' = ANY (x.scopes), "
         "  x.scopes = '{}' OR 'manage' = ANY (x.scopes), x.endpoint_ids IS NOT NULL, "
-        "  array_to_string(x.endpoint_ids, ',') "
-        "FROM x " QUOTA_JOIN,
+        "  array_to_string(x.endpoint_ids, ','), "
+        "  COALESCE((extract(epoch FROM x.expires_at) * 1000)::bigint, 0), "
+        "  ac.suspended_at IS NOT NULL, ac.suspend_reason "
+        "FROM x JOIN accounts ac ON ac.id = x.account_id " QUOTA_JOIN,
         1, p, &r, NULL);
     if (st < 0) return db_down(req, "API key");
     if (st == DB_NONE) {
         PQclear(r);
         httpd_error(req, 401, "invalid_api_key", NULL, "invalid API key");
+        return -1;
+    }
+    if (refuse_suspended(req, r, 11) != 0) {
+        PQclear(r);
         return -1;
     }
     out->key_id = db_int(r, 0, 0);
@@ -246,6 +328,7 @@ static int by_key(struct httpd_req *req, PGconn *c, const char *key, struct auth
     for (char *t = strtok_r(ids, ",", &save); t && out->n_endpoint_ids < AUTH_KEY_ENDPOINTS_MAX;
          t = strtok_r(NULL, ",", &save))
         snprintf(out->endpoint_ids[out->n_endpoint_ids++], sizeof out->endpoint_ids[0], "%s", t);
+    key_remember(hash, out, db_int(r, 0, 10));
     PQclear(r);
     return 0;
 }
@@ -258,20 +341,27 @@ static int by_session(struct httpd_req *req, PGconn *c, const char *token, struc
     PGresult *r;
     enum db_status st =
         db_exec(c,
-                "WITH x AS (SELECT s.id, u.account_id, u.role, u.id AS user_id "
-                "  FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 "
+                "WITH x AS (SELECT s.id, u.account_id, u.role, u.id AS user_id, "
+                "  ac.suspended_at IS NOT NULL AS suspended, ac.suspend_reason "
+                "  FROM sessions s JOIN users u ON u.id = s.user_id "
+                "  JOIN accounts ac ON ac.id = u.account_id WHERE s.token_hash = $1 "
                 "  AND s.expires_at > now() "
                 "  AND s.last_seen_at > now() - interval '" SESSION_IDLE "'), "
                 "upd AS (UPDATE sessions SET last_seen_at = now() WHERE id = (SELECT id FROM x) "
                 "  AND last_seen_at < now() - interval '1 minute') "
                 "SELECT x.id, x.account_id, x.role, q.requests_per_min, q.requests_burst, "
-                "  x.user_id, true, true, false FROM x " QUOTA_JOIN,
+                "  x.user_id, true, true, false, x.suspended, x.suspend_reason "
+                "FROM x " QUOTA_JOIN,
                 1, p, &r, NULL);
     if (st < 0) return db_down(req, "session");
     if (st == DB_NONE) {
         PQclear(r);
         httpd_error(req, 401, "invalid_session", NULL,
                     "your session has ended: log in again (POST /v1/auth/login)");
+        return -1;
+    }
+    if (refuse_suspended(req, r, 9) != 0) {
+        PQclear(r);
         return -1;
     }
     out->session_id = db_int(r, 0, 0);

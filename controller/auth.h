@@ -12,7 +12,9 @@
  * Passwords are hashed with argon2id at OWASP's parameters (19 MiB, 2 passes, 1 lane). Sessions
  * are a cookie holding 256 random bits, of which only the SHA-256 is stored; the CSRF token of a
  * session is derived from its secret (so it is not stored either) and must come back in the
- * X-CSRF-Token header of every state-changing request authenticated by the cookie. */
+ * X-CSRF-Token header of every state-changing request authenticated by the cookie.
+ *
+ * A suspended account's keys and sessions get 403 account_suspended, on every listener. */
 #ifndef ORP_AUTH_H
 #define ORP_AUTH_H
 
@@ -76,6 +78,10 @@ int auth_endpoint_allowed(struct httpd_req *req, const struct auth_ctx *a, const
 /* A pooled connection with the caller authenticated into a, or NULL after answering (401/503).
  * Release it with ctl_db_done(). */
 PGconn *auth_db(struct httpd_req *req, struct auth_ctx *a);
+
+/* Empties this process's cache of authenticated keys (auth.c keeps each for a second): called
+ * when a key is revoked or an account suspended, so that it takes effect on the next request. */
+void auth_cache_forget(void);
 
 /* The bearer token of a request, or NULL. Borrowed. */
 const char *auth_bearer(struct httpd_req *req);

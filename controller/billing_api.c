@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api.h"
 #include "auth.h"
 #include "ctl.h"
 #include "jsonx.h"
@@ -471,6 +472,108 @@ out:
     ctl_db_done(req, c);
 }
 
+/* ---- the monthly spend cap ---- */
+
+int billing_spend_cap_check(struct httpd_req *req, PGconn *c, const char *account_id)
+{
+    const char *p[] = {account_id};
+    PGresult *r;
+    enum db_status st = db_exec(
+        c, "SELECT account_spend_cap($1::bigint), account_month_spend($1::bigint)", 1, p, &r, NULL);
+    if (st < 0) {
+        httpd_error(req, 503, "database_unavailable", NULL, "could not read the spend cap");
+        return -1;
+    }
+    int rc = 0;
+    if (!PQgetisnull(r, 0, 0) && db_int(r, 0, 1) >= db_int(r, 0, 0)) {
+        char cap[40], spent[40];
+        billing_display(db_int(r, 0, 0), cap, sizeof cap);
+        billing_display(db_int(r, 0, 1), spent, sizeof spent);
+        httpd_error(req, 402, "spend_cap_reached", NULL,
+                    "your monthly spend cap of %s is reached (%s charged this month); the operator "
+                    "can raise it, or wait for the next month (UTC)",
+                    cap, spent);
+        rc = -1;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* ---- shared endpoints (admin) ----
+ *
+ * PUT /v1/admin/endpoints/{id}/shared {"shared": true|false}: the operator offers one of its own
+ * value-billed endpoints to every account (callers name it as `model` and pay per token), or
+ * withdraws it. Shared names are unique among live shared endpoints. */
+static const char *const share_fields[] = {"shared", NULL};
+
+static void h_share(struct httpd_req *req)
+{
+    struct auth_ctx a;
+    PGconn *c = auth_db(req, &a);
+    if (!c) return;
+    json_t *body = NULL;
+    PGresult *r = NULL;
+    if (strcmp(a.role, "admin") != 0) {
+        httpd_error(req, 403, "admin_only", NULL, "only the operator may share endpoints");
+        goto out;
+    }
+    if (!api_is_uuid(req->params[0])) {
+        httpd_error(req, 404, "not_found", NULL, "endpoint %s does not exist", req->params[0]);
+        goto out;
+    }
+    body = httpd_body_object(req);
+    if (!body || httpd_reject_unknown(req, body, share_fields) != 0) goto out;
+    struct jsonx_err je = {0};
+    int shared;
+    enum jsonx_rc rc = jsonx_get_bool(body, "shared", 1, &shared, &je);
+    if (rc != JSONX_OK) {
+        httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
+                    "shared", "%s", je.message);
+        goto out;
+    }
+    const char *p[] = {req->params[0], a.account_id_str, shared ? "t" : "f"};
+    char ss[6];
+    enum db_status st = db_exec(c,
+                                "UPDATE endpoints SET shared = $3::boolean WHERE id = $1::uuid "
+                                "AND account_id = $2::bigint AND state <> 'deleted' "
+                                "AND (billing_mode = 'value' OR NOT $3::boolean) "
+                                "RETURNING id, name, shared",
+                                3, p, &r, ss);
+    if (st == DB_NONE) {
+        PQclear(r);
+        r = NULL;
+        st = db_exec(c,
+                     "SELECT billing_mode FROM endpoints WHERE id = $1::uuid "
+                     "AND account_id = $2::bigint AND state <> 'deleted'",
+                     2, p, &r, NULL);
+        if (st == DB_ROWS)
+            httpd_error(req, 409, "not_value_billed", "shared",
+                        "only a value-billed endpoint can be shared (its callers pay per token)");
+        else if (st == DB_NONE)
+            httpd_error(req, 404, "not_found", NULL, "endpoint %s does not exist", req->params[0]);
+        else
+            httpd_error(req, 503, "database_unavailable", NULL, "could not share the endpoint");
+        goto out;
+    }
+    if (st < 0) {
+        if (!strcmp(ss, "23505"))
+            httpd_error(req, 409, "name_taken", "shared",
+                        "another shared endpoint has this name already");
+        else
+            httpd_error(req, 503, "database_unavailable", NULL, "could not share the endpoint");
+        goto out;
+    }
+    log_info("endpoint %s %s", req->params[0], shared ? "shared" : "no longer shared");
+    httpd_reply_json(req, 200,
+                     json_pack("{s:s, s:s, s:s, s:b}", "object", "endpoint_sharing", "endpoint_id",
+                               PQgetvalue(r, 0, 0), "name", PQgetvalue(r, 0, 1), "shared",
+                               !strcmp(PQgetvalue(r, 0, 2), "t")));
+out:
+    PQclear(r);
+    json_decref(body);
+    ctl_db_done(req, c);
+}
+
 const struct httpd_route billing_routes[] = {
     {"GET", "/v1/billing/balance", h_balance},
     {"GET", "/v1/billing/ledger", h_ledger},
@@ -479,5 +582,6 @@ const struct httpd_route billing_routes[] = {
     {"POST", "/v1/admin/accounts/{}/credits", h_credit},
     {"GET", "/v1/admin/accounts/{}/quotas", h_get_quotas},
     {"PUT", "/v1/admin/accounts/{}/quotas", h_put_quotas},
+    {"PUT", "/v1/admin/endpoints/{}/shared", h_share},
 };
 const size_t billing_nroutes = sizeof billing_routes / sizeof billing_routes[0];

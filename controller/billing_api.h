@@ -21,6 +21,10 @@ enum db_status billing_credit(PGconn *c, int64_t account_id, int64_t amount_micr
 /* The account's balance (sum of its ledger entries) into *out. */
 enum db_status billing_balance(PGconn *c, const char *account_id, int64_t *out);
 
+/* The monthly spend cap at deploy and start time: 0 when the account's usage charges this month
+ * are below its cap (or it has none); -1 after answering 402 spend_cap_reached (or 503). */
+int billing_spend_cap_check(struct httpd_req *req, PGconn *c, const char *account_id);
+
 /* "12.345678 USD" style display of micro-units (out: at least 40 bytes). */
 void billing_display(int64_t micros, char *out, size_t n);
 

@@ -11,6 +11,21 @@ struct pass {
     int stopped;
 };
 
+/* Stops the replicas of the endpoints in r (id, name, account), which were just marked stopped;
+ * frees r. */
+static enum db_status stop_all(PGconn *c, PGresult *r, const char *why, int *n)
+{
+    enum db_status st = DB_ROWS;
+    *n = PQntuples(r);
+    for (int i = 0; i < PQntuples(r) && st >= 0; i++) {
+        st = replica_stop_endpoint(c, PQgetvalue(r, i, 0));
+        log_warn("endpoint %s (%s) of account %s stopped: %s", PQgetvalue(r, i, 0),
+                 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), why);
+    }
+    PQclear(r);
+    return st;
+}
+
 static enum db_status pass_txn(PGconn *c, void *arg)
 {
     struct pass *p = arg;
@@ -37,13 +52,28 @@ static enum db_status pass_txn(PGconn *c, void *arg)
                  "RETURNING e.id, e.name, a.id",
                  1, prm, &r, NULL);
     if (st < 0) return st;
-    p->stopped = PQntuples(r);
-    for (int i = 0; i < PQntuples(r) && st >= 0; i++) {
-        st = replica_stop_endpoint(c, PQgetvalue(r, i, 0));
-        log_warn("endpoint %s (%s) of account %s stopped: out of credit", PQgetvalue(r, i, 0),
-                 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2));
-    }
-    PQclear(r);
+    st = stop_all(c, r, "out of credit", &p->stopped);
+    if (st < 0) return st;
+    /* The monthly spend cap: time-billed endpoints of an account whose usage charges this month
+     * reached its cap stop at once (charges come per billing period, so they may pass the cap by
+     * up to one period's worth). Value-billed requests are held to the cap by the leases. */
+    st = db_exec(c,
+                 "WITH capped AS (SELECT a.id, account_spend_cap(a.id) AS cap, "
+                 "    account_month_spend(a.id) AS spent FROM accounts a "
+                 "  WHERE EXISTS (SELECT 1 FROM endpoints e WHERE e.account_id = a.id "
+                 "    AND e.state = 'active' AND e.billing_mode = 'time')) "
+                 "UPDATE endpoints e SET state = 'stopped', "
+                 "  state_reason = 'monthly spend cap of ' || to_char(k.cap / 1000000.0, "
+                 "    'FM999999999990.000000') || ' USD reached; the operator can raise it, or "
+                 "start it again next month' "
+                 "FROM capped k WHERE k.id = e.account_id AND k.cap IS NOT NULL "
+                 "  AND k.spent >= k.cap AND e.state = 'active' AND e.billing_mode = 'time' "
+                 "RETURNING e.id, e.name, k.id",
+                 0, NULL, &r, NULL);
+    if (st < 0) return st;
+    int capped = 0;
+    st = stop_all(c, r, "monthly spend cap reached", &capped);
+    p->stopped += capped;
     return st < 0 ? st : DB_ROWS;
 }
 

@@ -30,6 +30,9 @@ struct ctl_config {
     int unlocked_leader; /* tests only: run the leader loops without the election */
     const char *signup;  /* on | off: may anyone create an account with POST /v1/auth/signup */
     int cookie_secure;   /* session cookies get Secure (set it behind a TLS proxy) */
+    const char *tls_cert, *tls_key; /* PEM files: the api and gateway listeners speak HTTPS */
+    int64_t connection_timeout_s;   /* idle connections close after this */
+    int64_t connection_memory_kib;  /* MHD's memory per connection (headers and buffers) */
 };
 
 struct rl_table;

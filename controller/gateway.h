@@ -3,10 +3,10 @@
  * ready replica of the current epoch, makes the request id that billing will use, and proxies
  * the request to that replica's runtime, streaming the reply back as it arrives.
  *
- * Threads: a proxied request is carried by one proxy thread running a blocking libcurl transfer;
- * the client's connection is suspended in libmicrohttpd while it waits, and resumed when bytes
- * arrive. The proxy struct is shared by the two sides and freed by whichever lets go last
- * (a reference count under its mutex). No database connection is held while waiting on a
+ * Threads: the handler runs on the listener's libmicrohttpd threads and never blocks on a
+ * runtime; the transfer to the runtime runs on an upstream event loop (gateway_proxy.c), and the
+ * client's connection is suspended in libmicrohttpd while it waits, and resumed when bytes
+ * arrive. No database connection is held while waiting on a
  * runtime. */
 #ifndef ORP_GATEWAY_H
 #define ORP_GATEWAY_H

@@ -17,7 +17,7 @@
 #define LEASE_SETTLE_MAX 1000 /* request ids looked up per query */
 
 struct pend {
-    char rid[40];
+    char rid[64]; /* request ids are at most 4 + 24 + 2 + 19 characters */
     int64_t amount;
     int64_t ended_ms; /* 0 while the request runs */
 };
@@ -31,8 +31,9 @@ struct lacct {
     int64_t short_until_ms;
     int64_t renew_at_ms;
     int64_t last_use_ms;
-    int want;     /* the request path asked for a top-up */
-    int has_hold; /* our row exists */
+    int want;      /* the request path asked for a top-up */
+    int cap_bound; /* the last refresh was bounded by the monthly spend cap */
+    int has_hold;  /* our row exists */
     struct pend *pend;
     size_t npend, cap;
     struct lacct *next;
@@ -106,6 +107,7 @@ static void pend_drop(struct lacct *a, size_t i)
 struct refresh {
     struct lease *l;
     int64_t account_id, target, floor, amount;
+    int cap_bound; /* the spend cap, not the balance, bounded what may be held */
 };
 
 /* In one transaction: lock the account's row (holders of one account serialize here), compute
@@ -129,26 +131,36 @@ static enum db_status refresh_txn(PGconn *c, void *arg)
      * of arrival) at the price in force at the period's start, rounded up. */
     const char *p2[] = {acct, rf->l->holder, period, od};
     PGresult *r;
+    /* The monthly spend cap (quotas.monthly_spend_cap_micros, NULL: none) bounds the hold the
+     * same way: cap - this month's charges - unbilled usage - other holds. */
     st = db_exec(c,
                  "WITH s AS (SELECT u.endpoint_id, e.model_id, "
                  "    date_bin($3::interval, u.created_at, timestamptz 'epoch') AS ps, "
                  "    sum(u.prompt_tokens) AS pt, sum(u.completion_tokens) AS ct "
                  "  FROM usage_events u JOIN endpoints e ON e.id = u.endpoint_id "
                  "  WHERE u.account_id = $1::bigint AND u.billed_in IS NULL "
-                 "    AND e.billing_mode = 'value' GROUP BY 1, 2, 3) "
-                 "SELECT (SELECT COALESCE(sum(amount_micros), 0) FROM ledger_entries "
-                 "         WHERE account_id = $1::bigint) "
-                 "  - (SELECT COALESCE(sum(ceil((s.pt * p.i + s.ct * p.o) / 1000000.0)), 0) "
-                 "     FROM s CROSS JOIN LATERAL (SELECT mp.input_price_micros_per_mtok AS i, "
+                 "    AND e.billing_mode = 'value' GROUP BY 1, 2, 3), "
+                 "un AS (SELECT COALESCE(sum(ceil((s.pt * p.i + s.ct * p.o) / 1000000.0)), 0) "
+                 "         AS v FROM s CROSS JOIN LATERAL (SELECT "
+                 "       mp.input_price_micros_per_mtok AS i, "
                  "       mp.output_price_micros_per_mtok AS o FROM model_prices mp "
                  "       WHERE mp.model_id = s.model_id AND mp.effective_at <= s.ps "
-                 "       ORDER BY mp.effective_at DESC LIMIT 1) p) "
-                 "  - (SELECT COALESCE(sum(amount_micros), 0) FROM holds "
+                 "       ORDER BY mp.effective_at DESC LIMIT 1) p), "
+                 "oh AS (SELECT COALESCE(sum(amount_micros), 0) AS v FROM holds "
                  "     WHERE account_id = $1::bigint AND holder <> $2 AND expires_at > now()) "
-                 "  + $4::bigint",
+                 "SELECT (SELECT COALESCE(sum(amount_micros), 0) FROM ledger_entries "
+                 "         WHERE account_id = $1::bigint) - un.v - oh.v + $4::bigint, "
+                 "  account_spend_cap($1::bigint) - account_month_spend($1::bigint) "
+                 "    - un.v - oh.v "
+                 "FROM un, oh",
                  4, p2, &r, NULL);
     if (st < 0) return st;
     int64_t avail = db_int(r, 0, 0);
+    rf->cap_bound = 0;
+    if (!PQgetisnull(r, 0, 1) && db_int(r, 0, 1) < avail) {
+        avail = db_int(r, 0, 1);
+        rf->cap_bound = 1;
+    }
     PQclear(r);
     int64_t amount = avail < rf->target ? avail : rf->target;
     if (amount < rf->floor) amount = rf->floor; /* already admitted: keep it counted */
@@ -182,7 +194,7 @@ static int refresh(struct lease *l, struct lacct *a, int64_t need, int release)
 {
     pthread_mutex_lock(&l->mu);
     int64_t room = need > l->cfg.chunk_micros ? 2 * need : l->cfg.chunk_micros;
-    struct refresh rf = {l, a->id, release ? a->used : a->used + room, 0, 0};
+    struct refresh rf = {l, a->id, release ? a->used : a->used + room, 0, 0, 0};
     rf.floor = a->granted < rf.target ? a->granted : rf.target;
     a->granted = rf.floor;
     a->want = 0;
@@ -194,6 +206,7 @@ static int refresh(struct lease *l, struct lacct *a, int64_t need, int release)
     if (st >= 0) {
         a->granted = rf.amount;
         a->has_hold = rf.amount > 0;
+        a->cap_bound = rf.cap_bound;
         a->renew_at_ms = util_now_ms() + l->cfg.ttl_s * 1000 / 3;
     }
     pthread_mutex_unlock(&l->mu);
@@ -222,6 +235,8 @@ enum lease_rc lease_admit(struct lease *l, int64_t account_id, const char *reque
             }
         } else if (util_now_ms() >= a->short_until_ms) {
             ask = 1;
+        } else if (a->cap_bound) {
+            rc = LEASE_CAP;
         }
     }
     pthread_mutex_unlock(&l->mu);
@@ -238,7 +253,7 @@ enum lease_rc lease_admit(struct lease *l, int64_t account_id, const char *reque
     if (a->granted - a->used >= max_cost) {
         rc = pend_add(a, request_id, max_cost) == 0 ? LEASE_OK : LEASE_DB;
     } else {
-        rc = dbrc < 0 ? LEASE_DB : LEASE_SHORT;
+        rc = dbrc < 0 ? LEASE_DB : a->cap_bound ? LEASE_CAP : LEASE_SHORT;
         if (dbrc == 0 && !recent) a->short_until_ms = util_now_ms() + LEASE_SHORT_MS;
     }
     pthread_mutex_unlock(&l->mu);
@@ -284,7 +299,7 @@ static int settle(struct lease *l, struct lacct *a)
     if (give_up < 120000) give_up = 120000;
     int dropped = 0;
     size_t n = 0;
-    char(*ids)[40] = NULL;
+    char(*ids)[64] = NULL;
     pthread_mutex_lock(&l->mu);
     int64_t now = util_now_ms();
     for (size_t i = 0; i < a->npend;) {

@@ -11,8 +11,10 @@
  * at their expiry (--lease-ttl-s).
  *
  * The amount a holder may hold = sum(ledger) − unbilled value usage (priced exactly as metering
- * will price it) − other holders' live holds + the operator's overdraft, computed and written in
- * one transaction that locks the account's row, so that holders of one account serialize.
+ * will price it) − other holders' live holds + the operator's overdraft, and, when the account
+ * has a monthly spend cap, at most cap − this month's usage charges − unbilled value usage −
+ * other holders' live holds; computed and written in one transaction that locks the account's
+ * row, so that holders of one account serialize.
  * A reservation leaves this process's hold only once its cost is visible in the usage events (or
  * the request certainly never reached a runtime), so the sum of holds plus the database's view
  * never undercounts what was admitted. */
@@ -36,10 +38,11 @@ struct lease *lease_new(const struct lease_config *cfg);
 /* Stops the thread and deletes this holder's holds. Accepts NULL. */
 void lease_free(struct lease *l);
 
-enum lease_rc { LEASE_OK = 0, LEASE_SHORT = 1, LEASE_DB = -1 };
+enum lease_rc { LEASE_OK = 0, LEASE_SHORT = 1, LEASE_CAP = 2, LEASE_DB = -1 };
 
 /* Reserves max_cost for request_id of account_id: LEASE_OK, LEASE_SHORT (the balance cannot
- * cover it: answer 402), or LEASE_DB (the database could not be asked: answer 503). */
+ * cover it: answer 402), LEASE_CAP (the account's monthly spend cap cannot: 402 too), or
+ * LEASE_DB (the database could not be asked: answer 503). */
 enum lease_rc lease_admit(struct lease *l, int64_t account_id, const char *request_id,
                           int64_t max_cost);
 

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "accounts_api.h"
+#include "admin_api.h"
 #include "agentapi.h"
 #include "api.h"
 #include "audit.h"
@@ -37,6 +38,7 @@
 #include "leader.h"
 #include "log.h"
 #include "migrate.h"
+#include "logs.h"
 #include "openapi_api.h"
 #include "presets.h"
 #include "ratelimit.h"
@@ -105,6 +107,15 @@ static const struct cfg_opt serve_opts[] = {
      O(signup)},
     {"cookie-secure", CFG_BOOL, "false",
      "mark session cookies Secure (turn on behind a TLS-terminating proxy)", O(cookie_secure)},
+    {"tls-cert", CFG_STRING, NULL,
+     "PEM certificate (chain): with --tls-key, the api and gateway listeners speak HTTPS only",
+     O(tls_cert)},
+    {"tls-key", CFG_STRING, NULL, "PEM private key of --tls-cert", O(tls_key)},
+    {"connection-timeout-s", CFG_INT, "60", "idle connections close after this many seconds",
+     O(connection_timeout_s)},
+    {"connection-memory-kib", CFG_INT, "64",
+     "memory per connection for its request line, headers and buffers (larger headers: 431)",
+     O(connection_memory_kib)},
 };
 #define NOPTS (sizeof serve_opts / sizeof serve_opts[0])
 
@@ -150,6 +161,16 @@ static int parse(struct ctl_config *cfg, int argc, char **argv, int first, const
     if (!cfg->web_dir) cfg->web_dir = default_dir("web");
     if (!cfg->schema_dir) cfg->schema_dir = default_dir("schema");
     if (!cfg->openapi_file) cfg->openapi_file = default_dir("docs/openapi.json");
+    if (!cfg->tls_cert != !cfg->tls_key) {
+        fprintf(stderr, "orp-controller: --tls-cert and --tls-key go together\n");
+        return -1;
+    }
+    if (cfg->tls_cert) cfg->cookie_secure = 1; /* served over TLS: cookies never travel in clear */
+    if (cfg->connection_timeout_s < 1 || cfg->connection_memory_kib < 16) {
+        fprintf(stderr, "orp-controller: --connection-timeout-s must be >= 1 and "
+                        "--connection-memory-kib >= 16\n");
+        return -1;
+    }
     log_init("controller", cfg->log_level);
     return 0;
 }
@@ -443,9 +464,11 @@ struct listener_spec {
 
 static const struct route_table api_tables[] = {
     {presets_routes, &presets_nroutes},   {console_routes, &console_nroutes},
+    {logs_routes, &logs_nroutes},
     {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
     {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
-    {openapi_routes, &openapi_nroutes},   {api_routes, &api_nroutes}};
+    {openapi_routes, &openapi_nroutes},   {admin_routes, &admin_nroutes},
+    {api_routes, &api_nroutes}};
 static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
 static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
 #define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
@@ -487,6 +510,19 @@ static int cmd_serve(struct ctl_config *cfg)
         {"gateway", gateway_tables, NTABLES(gateway_tables), cfg->gateway_port},
         {"agent-api", agent_tables, NTABLES(agent_tables), cfg->agent_port},
     };
+    /* TLS material is read once; the listeners keep pointing at it until they stop. */
+    char *tls_cert = NULL, *tls_key = NULL;
+    if (cfg->tls_cert) {
+        size_t len;
+        tls_cert = util_read_file(cfg->tls_cert, &len);
+        tls_key = util_read_file(cfg->tls_key, &len);
+        if (!tls_cert || !tls_key) {
+            log_error("cannot read --tls-cert %s or --tls-key %s", cfg->tls_cert, cfg->tls_key);
+            free(tls_cert);
+            free(tls_key);
+            return 1;
+        }
+    }
     struct httpd_route *routes[3] = {0};
     struct ctl_listener lis[3];
     struct httpd_server *srv[3] = {0};
@@ -508,8 +544,12 @@ static int cmd_serve(struct ctl_config *cfg)
             .threads = (int)cfg->threads,
             .conn_limit = (unsigned)cfg->max_connections,
             .per_ip_limit = (unsigned)cfg->per_ip_connections,
-            .conn_timeout_s = 60,
+            .conn_timeout_s = (unsigned)cfg->connection_timeout_s,
             .max_body = (size_t)cfg->max_body,
+            .conn_memory_limit = (size_t)cfg->connection_memory_kib * 1024,
+            /* Agents talk to the agent listener on the operators' own network (docs). */
+            .tls_cert_pem = i < 2 ? tls_cert : NULL,
+            .tls_key_pem = i < 2 ? tls_key : NULL,
             .routes = routes[i],
             .nroutes = nroutes,
             .app = &lis[i],
@@ -522,8 +562,8 @@ static int cmd_serve(struct ctl_config *cfg)
                 httpd_stop(srv[j]);
             return 1;
         }
-        log_info("%s listener on http://%s:%d", specs[i].name, cfg->listen_host,
-                 httpd_port(srv[i]));
+        log_info("%s listener on %s://%s:%d", specs[i].name, tls_cert && i < 2 ? "https" : "http",
+                 cfg->listen_host, httpd_port(srv[i]));
         started++;
     }
     if (!started && strcmp(cfg->only, "none") != 0) {
@@ -542,6 +582,8 @@ static int cmd_serve(struct ctl_config *cfg)
     }
     lease_free(ctl.lease); /* after the listeners: no request is left to end its reservation */
     rl_free(ctl.rl);
+    free(tls_cert);
+    free(tls_key);
     return 0;
 }
 

@@ -61,7 +61,9 @@ static const char *const TIME_SQL =
     "  WHERE s.device_ms > 0), " METERING_TAIL;
 
 /* Usage events of closed periods (by arrival). Events of time-billed endpoints are marked as
- * covered by time billing; those of value-billed endpoints are charged at the model's prices. */
+ * covered by time billing; those of value-billed endpoints are charged at the model's prices.
+ * A shared endpoint has many payers (each caller's account, schema/010): its key carries the
+ * account, value:<endpoint>:a<account>:<period>, so each is charged once. */
 static const char *const USAGE_TIME_SQL =
     "UPDATE usage_events u SET billed_in = 'time' FROM endpoints e "
     "WHERE e.id = u.endpoint_id AND e.billing_mode = 'time' AND u.billed_in IS NULL "
@@ -69,7 +71,8 @@ static const char *const USAGE_TIME_SQL =
 
 static const char *const VALUE_SQL =
     "WITH marked AS ("
-    "  UPDATE usage_events u SET billed_in = 'value:' || u.endpoint_id || ':' || "
+    "  UPDATE usage_events u SET billed_in = 'value:' || u.endpoint_id || "
+    "    CASE WHEN e.shared THEN ':a' || u.account_id ELSE '' END || ':' || "
     "    extract(epoch FROM date_bin($1::interval, u.created_at, timestamptz 'epoch'))::bigint "
     "  FROM endpoints e "
     "  WHERE e.id = u.endpoint_id AND e.billing_mode = 'value' AND u.billed_in IS NULL "

@@ -103,6 +103,8 @@ struct model {
     struct shard *shard; /* [tp] */
     struct coll *coll;   /* NULL when tp == 1 */
     struct ranks ranks;
+    const struct model_dev_ops *dev; /* a device backend runs it (model_new_dev); else NULL */
+    void *dev_self;
 };
 
 /* A pool of KV blocks: block i holds, for every layer, MODEL_KV_BLOCK positions of k and of v:
@@ -813,6 +815,7 @@ int model_tp(const struct model *m)
 void model_free(struct model *m)
 {
     if (!m) return;
+    if (m->dev) m->dev->free(m->dev_self);
     ranks_stop(m);
     if (m->inv_freq) pool_stop(&m->pool); /* started right after inv_freq */
     for (int k = 0; m->tp > 1 && m->shard && k < m->tp; k++) {
@@ -855,11 +858,33 @@ int model_is_eos(const struct model *m, int id)
     return 0;
 }
 
+struct model *model_new_dev(const struct model_config *c, int tp, const struct model_dev_ops *ops,
+                            void *self, char *err, size_t errlen)
+{
+    struct model *m = calloc(1, sizeof *m);
+    if (!m) {
+        ops->free(self);
+        seterr(err, errlen, "out of memory");
+        return NULL;
+    }
+    m->cfg = *c;
+    m->tp = tp;
+    m->dev = ops;
+    m->dev_self = self;
+    return m;
+}
+
+int model_kv_blocks_max(const struct model *m)
+{
+    return m->dev ? m->dev->kv_blocks(m->dev_self) : 0;
+}
+
 /* ---- KV blocks and contexts ---- */
 
 size_t model_kv_block_bytes(const struct model *m)
 {
     const struct model_config *c = &m->cfg;
+    if (m->dev) return m->dev->kv_block_bytes(m->dev_self);
     return 2 * sizeof(float) * (size_t)c->layers * MODEL_KV_BLOCK * m->tp * m->shard[0].kv_heads *
            c->head_dim;
 }
@@ -867,11 +892,11 @@ size_t model_kv_block_bytes(const struct model *m)
 struct model_kv *model_kv_new(const struct model *m, int nblocks)
 {
     const struct model_config *c = &m->cfg;
-    if (nblocks < 1) return NULL;
+    if (nblocks < 1 || (m->dev && nblocks > m->dev->kv_blocks(m->dev_self))) return NULL;
     struct model_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return NULL;
     kv->layers = c->layers;
-    kv->kvd = m->shard[0].kv_heads * c->head_dim;
+    kv->kvd = m->dev ? 0 : m->shard[0].kv_heads * c->head_dim; /* a device keeps its own */
     kv->nblocks = kv->nfree = nblocks;
     kv->tp = m->tp;
     size_t n = (size_t)nblocks * c->layers * MODEL_KV_BLOCK * kv->kvd;
@@ -880,7 +905,7 @@ struct model_kv *model_kv_new(const struct model *m, int nblocks)
     kv->free = malloc((size_t)nblocks * sizeof *kv->free);
     pthread_mutex_init(&kv->mu, NULL);
     int ok = kv->k && kv->v && kv->free;
-    for (int r = 0; ok && r < m->tp; r++) {
+    for (int r = 0; ok && !m->dev && r < m->tp; r++) {
         kv->k[r] = malloc(n * sizeof(float));
         kv->v[r] = malloc(n * sizeof(float));
         ok = kv->k[r] && kv->v[r];
@@ -1215,11 +1240,36 @@ static void *rank_thread(void *arg)
     }
 }
 
+/* model_forward_batch on a device backend: the same positions and checks, then the backend. */
+static int dev_forward_batch(const struct model *m, const struct model_row *rows, int n)
+{
+    struct model_dev_row *dr = malloc((size_t)n * sizeof *dr);
+    if (!dr) return -1;
+    for (int r = 0; r < n; r++) {
+        struct model_ctx *x = rows[r].ctx;
+        int p = x->pos;
+        for (int e = 0; e < r; e++)
+            p += rows[e].ctx == x;
+        if (p >= x->len || rows[r].token < 0 || rows[r].token >= m->cfg.vocab) {
+            free(dr);
+            return -1;
+        }
+        dr[r] = (struct model_dev_row){rows[r].token, p, x->blocks, x->nblocks, x, rows[r].logits};
+    }
+    int rc = m->dev->forward(m->dev_self, dr, n);
+    free(dr);
+    if (rc == 0)
+        for (int r = 0; r < n; r++)
+            rows[r].ctx->pos++;
+    return rc;
+}
+
 int model_forward_batch(const struct model *m, const struct model_row *rows, int n)
 {
     const struct model_config *c = &m->cfg;
     int tp = m->tp;
     if (n < 1) return 0;
+    if (m->dev) return dev_forward_batch(m, rows, n);
     /* Each row's position: its context's next one, counting earlier rows of the same context. */
     int *pos = malloc((size_t)n * sizeof *pos), maxpos = 0;
     if (!pos) return -1;

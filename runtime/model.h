@@ -109,4 +109,34 @@ int model_forward_batch(const struct model *m, const struct model_row *rows, int
  * until the next call), or NULL when the context is full or the token is out of range. */
 const float *model_forward(const struct model *m, struct model_ctx *c, int token);
 
+/* ---- device backends (runtime/cuda/) ----
+ * A device backend runs the forward pass behind the calls above: it owns the weights, the KV
+ * memory (blocks numbered as the pool's) and the kernels; the model keeps the config, the KV
+ * block bookkeeping and the contexts, so the engine drives both backends the same way. */
+
+/* One row of a batch as the backend sees it: its position resolved, its context's blocks. */
+struct model_dev_row {
+    int token, pos;
+    const int *blocks; /* the context's block ids, nblocks of them */
+    int nblocks;
+    const void *seq; /* the same for the rows of one context */
+    float *logits;   /* [vocab] or NULL */
+};
+
+struct model_dev_ops {
+    const char *name;                    /* "cuda" */
+    size_t (*kv_block_bytes)(void *self); /* of every rank together */
+    int (*kv_blocks)(void *self);        /* the blocks its memory holds */
+    /* 0, or -1 (nothing advanced; the backend logged why). */
+    int (*forward)(void *self, const struct model_dev_row *rows, int n);
+    void (*free)(void *self);
+};
+
+/* A model run by a device backend: c is copied, self is taken (ops->free frees it with the
+ * model, also when this fails). NULL with err when memory is short. */
+struct model *model_new_dev(const struct model_config *c, int tp, const struct model_dev_ops *ops,
+                            void *self, char *err, size_t errlen);
+/* The KV blocks the backend's memory holds; 0 on the CPU (no bound but the pool's own). */
+int model_kv_blocks_max(const struct model *m);
+
 #endif

@@ -33,6 +33,9 @@
 #include "httpd.h"
 #include "jsonx.h"
 #include "log.h"
+#ifdef ORP_HAVE_CUDA
+#include "rtc_model.h"
+#endif
 #include "model.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -52,6 +55,7 @@ enum rt_state { RT_LOADING = 0, RT_READY, RT_FAILED };
 
 struct rt_config {
     const char *model, *host, *name, *usage_log, *device, *log_level;
+    const char *gpu_memory_fraction, *tp_collective; /* --device cuda */
     int64_t port, threads, max_body;
     int64_t kv_blocks, kv_memory_mib, max_batch, queue_limit, prefill_chunk, tp;
 };
@@ -71,8 +75,16 @@ static const struct cfg_opt rt_opts[] = {
     {"tp", CFG_INT, "1",
      "tensor parallel ranks (threads here, one per GPU on CUDA); must divide the attention heads",
      offsetof(struct rt_config, tp)},
-    {"device", CFG_STRING, "cpu", "compute device (this build: cpu)",
+    {"device", CFG_STRING, "cpu", "compute device: cpu, or cuda (builds with the CUDA backend)",
      offsetof(struct rt_config, device)},
+    {"gpu-memory-fraction", CFG_STRING, "0.9",
+     "cuda: fraction of each GPU's memory for this replica; the KV cache takes what the weights "
+     "leave of it",
+     offsetof(struct rt_config, gpu_memory_fraction)},
+    {"tp-collective", CFG_STRING, "nccl",
+     "cuda: nccl (one GPU per rank; --tp must equal the GPUs given) or device (an in-process "
+     "collective; ranks may share a GPU, for tests)",
+     offsetof(struct rt_config, tp_collective)},
     /* 8 MiB: a full 128k-token context of text with JSON escaping fits, and nothing larger can
      * be a valid request. */
     {"max-body", CFG_INT, "8388608", "largest request body in bytes",
@@ -1159,6 +1171,7 @@ static struct engine *start_engine(struct rt *rt, char *err, size_t errlen)
         blocks = (int64_t)((uint64_t)c->kv_memory_mib * 1024 * 1024 / bb);
         if (blocks > per_ctx * c->max_batch) blocks = per_ctx * c->max_batch;
     }
+    if (model_kv_blocks_max(rt->model) > 0) blocks = model_kv_blocks_max(rt->model); /* GPU */
     if (blocks < per_ctx) {
         log_warn("KV cache: %lld blocks cannot hold one full context of %d positions; using %lld",
                  (long long)blocks, rt->ctx_len, (long long)per_ctx);
@@ -1178,6 +1191,26 @@ static struct engine *start_engine(struct rt *rt, char *err, size_t errlen)
     return e;
 }
 
+/* The CUDA backend's model (runtime/cuda/rtc_model.h), sized for this server's batches. */
+static struct model *load_cuda(struct rt *rt, char *err, size_t errlen)
+{
+#ifdef ORP_HAVE_CUDA
+    struct rtc_model_opts o;
+    rtc_model_opts_default(&o);
+    o.tp = (int)rt->cfg.tp;
+    o.coll = strcmp(rt->cfg.tp_collective, "device") == 0 ? RTC_COLL_DEVICE : RTC_COLL_NCCL;
+    o.mem_fraction = strtod(rt->cfg.gpu_memory_fraction, NULL);
+    o.max_rows = (int)(rt->cfg.prefill_chunk + rt->cfg.max_batch);
+    o.max_logits = (int)rt->cfg.max_batch;
+    struct rtc_model *rm = rtc_model_open(rt->cfg.model, &o, err, errlen);
+    return rm ? rtc_model_as_model(rm, err, errlen) : NULL;
+#else
+    (void)rt;
+    snprintf(err, errlen, "this build has no CUDA backend");
+    return NULL;
+#endif
+}
+
 /* The background loader: tokenizer, model, template. On failure it logs why and signals the
  * main thread, which exits 1 (the agent reports the replica failed and restarts it). */
 static void *loader(void *arg)
@@ -1188,7 +1221,9 @@ static void *loader(void *arg)
     log_info("loading the model from %s", rt->cfg.model);
     snprintf(path, sizeof path, "%s/tokenizer.json", rt->cfg.model);
     rt->tok = tok_load(path, err, sizeof err);
-    if (rt->tok)
+    if (rt->tok && strcmp(rt->cfg.device, "cuda") == 0)
+        rt->model = load_cuda(rt, err, sizeof err);
+    else if (rt->tok)
         rt->model =
             model_load_tp(rt->cfg.model, (int)rt->cfg.threads, (int)rt->cfg.tp, err, sizeof err);
     if (rt->model && chat_tpl_load(&rt->tpl, rt->cfg.model, model_cfg(rt->model)->arch, rt->tok,
@@ -1223,7 +1258,7 @@ static int parse_config(struct rt *rt, int argc, char **argv, int first)
 {
     static const char usage[] =
         "usage: orp-runtime serve --model DIR --port N [--host ADDR] [--name NAME]\n"
-        "                         [--usage-log FILE] [--threads N] [--device cpu]\n"
+        "                         [--usage-log FILE] [--threads N] [--device cpu|cuda]\n"
         "                         [--max-body BYTES] [--log-level L] [--kv-blocks N]\n"
         "                         [--kv-memory-mib N] [--max-batch N] [--queue-limit N]\n"
         "                         [--prefill-chunk N] [--tp N]\n"
@@ -1255,9 +1290,20 @@ static int parse_config(struct rt *rt, int argc, char **argv, int first)
             rc = -1;
     if (rc == 0 && (c->max_body < 1024 || c->max_body > (1 << 30)))
         snprintf(err, sizeof err, "--max-body must be in [1024, 2^30]"), rc = -1;
+#ifdef ORP_HAVE_CUDA
+    char *fend = NULL;
+    double frac = strtod(c->gpu_memory_fraction, &fend);
+    if (rc == 0 && strcmp(c->device, "cpu") != 0 && strcmp(c->device, "cuda") != 0)
+        snprintf(err, sizeof err, "--device must be cpu or cuda"), rc = -1;
+    if (rc == 0 && (!fend || *fend || !(frac > 0 && frac <= 1)))
+        snprintf(err, sizeof err, "--gpu-memory-fraction must be a number in (0, 1]"), rc = -1;
+    if (rc == 0 && strcmp(c->tp_collective, "nccl") != 0 && strcmp(c->tp_collective, "device"))
+        snprintf(err, sizeof err, "--tp-collective must be nccl or device"), rc = -1;
+#else
     if (rc == 0 && strcmp(c->device, "cpu") != 0)
         snprintf(err, sizeof err, "--device %s: this build serves on the cpu only", c->device),
             rc = -1;
+#endif
     if (rc != 0) {
         fprintf(stderr, "orp-runtime serve: %s\n", err);
         return -1;

@@ -15,11 +15,11 @@ import sys
 import tarfile
 
 FILES = ["summary.json", "run.log", "ctest.log", "gpucheck.json", "nvml-agent.json",
-         "nvml-smi.json", "nvidia-smi-q.xml", "hf-golden.tar.gz"]
+         "nvml-smi.json", "gpu-bench.json", "hf-golden.tar.gz"]
 STEPS = ["configure", "build", "ctest_all", "ctest_cuda_runtime", "cuda_kernels_ran",
          "gpucheck_build", "gpucheck", "nvml_build", "nvml_agent", "nvml_smi", "hf_golden",
-         "hf_check"]
-GPU_STEPS = ["cuda_kernels_ran", "gpucheck", "nvml_agent", "nvml_smi"]
+         "hf_check", "gpu_bench"]
+GPU_STEPS = ["cuda_kernels_ran", "gpucheck", "nvml_agent", "nvml_smi", "gpu_bench"]
 
 
 def st_header(data):

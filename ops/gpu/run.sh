@@ -9,8 +9,11 @@
 #             `nvidia-smi -q -x` as JSON, cross-checked by UUID
 #   4 hf      ops/gpu/hf_golden.py: checkpoints and float32 logits from transformers' own classes,
 #             token ids from the `tokenizers` package; then test_rt_hf_golden against them
+#   5 gpu_bench ops/bench/gpu.sh on the same build: the CUDA backend's correctness (kernels, logits
+#             vs the CPU and these HF goldens, TP 1/2/4), memcheck, and the Llama-3-8B benchmark
 # OUTDIR ends with at most 8 files (what the device tool brings back): summary.json, run.log,
-# ctest.log, gpucheck.json, nvml-agent.json, nvml-smi.json, nvidia-smi-q.xml, hf-golden.tar.gz.
+# ctest.log, gpucheck.json, nvml-agent.json, nvml-smi.json, gpu-bench.json, hf-golden.tar.gz
+# (nvidia-smi -q -x itself stays in work: nvml-smi.json carries it whole, as "raw").
 # The build and scratch files live in OUTDIR/work, removed at the end (--keep-work keeps them).
 # Then, in a checkout: ops/gpu/import-fixtures.sh OUTDIR.
 #
@@ -109,7 +112,8 @@ if ok build; then
   # Everything ctest has (the controller's tests need PostgreSQL's initdb: informational), then
   # the CUDA and runtime tests, which must pass.
   rc=0
-  ctest --test-dir "$BUILD" -j"$NCPU" --output-on-failure --timeout 300 >"$OUTDIR/ctest.log" 2>&1 || rc=$?
+  # (-LE gpu: the CUDA backend's GPU tests run once, in step 5.)
+  ctest --test-dir "$BUILD" -j"$NCPU" -LE gpu --output-on-failure --timeout 300 >"$OUTDIR/ctest.log" 2>&1 || rc=$?
   record ctest_all "$([ $rc -eq 0 ] && echo ok || echo failed)" "$(grep -E 'tests passed|tests failed' "$OUTDIR/ctest.log" | tail -1)"
   step ctest_cuda_runtime ctest --test-dir "$BUILD" --output-on-failure -R '^(test_cpu_ref|test_cuda_kernels|test_rt_)'
   if [ "$GPU" = 1 ]; then
@@ -164,8 +168,8 @@ else
 fi
 if [ "$GPU" = 1 ]; then
   rc=0
-  { nvidia-smi -q -x >"$OUTDIR/nvidia-smi-q.xml" && "${PY:-python3}" "$SRC/ops/gpu/smi_to_json.py" \
-      <"$OUTDIR/nvidia-smi-q.xml" >"$OUTDIR/nvml-smi.json"; } 2>>"$LOG" || rc=$?
+  { nvidia-smi -q -x >"$WORK/nvidia-smi-q.xml" && "${PY:-python3}" "$SRC/ops/gpu/smi_to_json.py" \
+      <"$WORK/nvidia-smi-q.xml" >"$OUTDIR/nvml-smi.json"; } 2>>"$LOG" || rc=$?
   # XIDs are in the kernel log, where it can be read.
   { echo "== nvidia-smi topo -m"; nvidia-smi topo -m; echo "== nvidia-smi nvlink -s"; nvidia-smi nvlink -s;
     echo "== Xid lines in dmesg"; dmesg 2>&1 | grep -i xid || echo "(none readable)"; } >>"$LOG" 2>&1 || true
@@ -187,7 +191,6 @@ for d in a["devices"]:
   fi
 else
   echo '{"skipped": "no GPU"}' >"$OUTDIR/nvml-smi.json"
-  echo '<skipped>no GPU</skipped>' >"$OUTDIR/nvidia-smi-q.xml"
   record nvml_smi skipped "skipped: no GPU"
 fi
 
@@ -209,6 +212,19 @@ else
     tar -C "$HF" -czf "$OUTDIR/hf-golden.tar.gz" .
     step hf_check env ORP_HF_GOLDEN_DIR="$HF" "$BUILD/tests/unit/runtime/test_rt_hf_golden"
   fi
+fi
+
+# ---- 5 the CUDA backend: correctness, memcheck, benchmark (ops/bench/gpu.sh) ----
+if ok build && [ "$GPU" = 1 ]; then
+  HFARG=()
+  if ok hf_golden; then HFARG=(--hf "$HF"); fi
+  step gpu_bench "$SRC/ops/bench/gpu.sh" --build-dir "$BUILD" "${HFARG[@]}" --log "$LOG" "$OUTDIR"
+elif ok build; then
+  echo '{"skipped": "no GPU"}' >"$OUTDIR/gpu-bench.json"
+  record gpu_bench skipped "skipped: no GPU"
+else
+  echo '{"skipped": "build failed"}' >"$OUTDIR/gpu-bench.json"
+  record gpu_bench skipped "build failed"
 fi
 
 # ---- summary ----

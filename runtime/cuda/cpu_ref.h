@@ -67,6 +67,40 @@ void ref_attention(float *out, const float *q, const float *k_cache, const float
  * non-NaN value. x: [rows, n]; out: [rows]. */
 void ref_argmax(int32_t *out, const float *x, int rows, int n);
 
+/* ---- The forward pass's fused primitives (the twins of cuda_backend.h's second part) ---- */
+
+/* If delta: x += delta (x is updated). out = BF16(rmsnorm(x) * w); w F32. */
+void ref_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
+                     int dim, float eps);
+
+/* rtc_qkv_rope_cache's formula: per token t, q/k/v = qkv[t] (+ bias), q and k heads RMSNormed
+ * with qnorm / knorm when given, rotated by pos[t] * inv_freq[i] (angle in float, cos and sin of
+ * it in double), q to q_out, k and v rounded to BF16 into the paged caches at slot[t]. */
+void ref_qkv_rope_cache(float *q_out, const float *qkv, const float *bias, const float *qnorm,
+                        const float *knorm, const float *inv_freq, const int32_t *pos,
+                        const int32_t *slot, uint16_t *kc, uint16_t *vc, int heads, int kv_heads,
+                        int head_dim, int layers, int layer, float eps, int n);
+
+/* Attention of each row over its sequence's pages, directly (no items, no splits): row t at
+ * pos[t] of sequence row_seq[t] (pages blocks[seq_off[seq] ...]) attends positions
+ * max(0, pos - window + 1) .. pos (window 0: all). q: [n, heads * hd]; out [n, heads * hd] F32. */
+void ref_attention_paged(float *out, const float *q, const uint16_t *kc, const uint16_t *vc,
+                         const int32_t *pos, const int32_t *row_seq, const int32_t *seq_off,
+                         const int32_t *blocks, int n, int heads, int kv_heads, int head_dim,
+                         int layers, int layer, int window, float scale);
+
+/* h[r, i] = BF16(silu(gu[r, i]) * gu[r, f + i]). */
+void ref_silu_mul(uint16_t *h, const float *gu, int n, int f);
+
+/* rtc_sample's rule in double (see cuda_backend.h): one token per row. params as the kernel's:
+ * temperature, top_p, u, top_k. */
+struct ref_sample_param {
+    float temperature, top_p, u;
+    int32_t top_k;
+};
+void ref_sample(int32_t *out, const float *logits, const struct ref_sample_param *p, int rows,
+                int vocab);
+
 #ifdef __cplusplus
 }
 #endif

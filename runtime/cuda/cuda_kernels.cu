@@ -17,61 +17,10 @@
  * Accuracy: all arithmetic is float32 with accurate expf/sincosf/sqrtf (no --use_fast_math), so
  * results sit within float32 rounding of the double-precision references; the stated tolerances
  * are in tests/unit/cuda/test_cuda_kernels.c. */
-#include "cuda_backend.h"
+#include "cuda_internal.h"
 
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
 #include <math.h>
 #include <stdlib.h>
-
-extern "C" {
-#include "log.h"
-}
-
-/* ---- Error funnel ------------------------------------------------------------------------- */
-
-/* Logs the failed call with file:line (log_error records where the macro was expanded) and
- * returns an rtc_status from the enclosing function. For the request path: never exits. */
-#define CUDA_CHECK(call)                                                                           \
-    do {                                                                                           \
-        cudaError_t err_ = (call);                                                                 \
-        if (err_ != cudaSuccess) {                                                                 \
-            log_error("CUDA: %s failed: %s (%s)", #call, cudaGetErrorName(err_),                   \
-                      cudaGetErrorString(err_));                                                   \
-            return err_ == cudaErrorMemoryAllocation ? RTC_ENOMEM : RTC_ECUDA;                     \
-        }                                                                                          \
-    } while (0)
-
-#define CUBLAS_CHECK(call)                                                                         \
-    do {                                                                                           \
-        cublasStatus_t st_ = (call);                                                               \
-        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                        \
-            log_error("cuBLAS: %s failed: %s (%s)", #call, cublasGetStatusName(st_),               \
-                      cublasGetStatusString(st_));                                                 \
-            return st_ == CUBLAS_STATUS_ALLOC_FAILED ? RTC_ENOMEM : RTC_ECUBLAS;                   \
-        }                                                                                          \
-    } while (0)
-
-/* A launch error (bad configuration, no kernel image for this GPU) is reported at once; a fault
- * while the kernel runs comes back from the next synchronizing call. */
-#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
-
-#define ARG_CHECK(cond)                                                                            \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            log_error("rtc: bad argument: %s", #cond);                                             \
-            return RTC_EINVAL;                                                                     \
-        }                                                                                          \
-    } while (0)
-
-struct rtc_ctx {
-    int device;
-    cudaStream_t stream;
-    cublasHandle_t cublas;
-    void *scratch; /* BF16 copy of the activations for rtc_gemm_bf16; grows, never shrinks */
-    size_t scratch_bytes;
-};
 
 extern "C" const char *rtc_strerror(int status)
 {
@@ -128,9 +77,14 @@ extern "C" int rtc_ctx_new(int device, struct rtc_ctx **out)
     }
     cublasStatus_t st = cublasCreate(&ctx->cublas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(ctx->cublas, ctx->stream);
+    if (st == CUBLAS_STATUS_SUCCESS && cudaMalloc(&ctx->cublas_ws, RTC_CUBLAS_WS_BYTES) != cudaSuccess)
+        st = CUBLAS_STATUS_ALLOC_FAILED;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasSetWorkspace(ctx->cublas, ctx->cublas_ws, RTC_CUBLAS_WS_BYTES);
     if (st != CUBLAS_STATUS_SUCCESS) {
         log_error("cuBLAS: handle setup failed: %s", cublasGetStatusString(st));
         if (ctx->cublas) cublasDestroy(ctx->cublas);
+        cudaFree(ctx->cublas_ws);
         cudaStreamDestroy(ctx->stream);
         free(ctx);
         return RTC_ECUBLAS;
@@ -145,6 +99,7 @@ extern "C" void rtc_ctx_free(struct rtc_ctx *ctx)
     cudaSetDevice(ctx->device);
     cudaStreamSynchronize(ctx->stream);
     cublasDestroy(ctx->cublas);
+    cudaFree(ctx->cublas_ws);
     cudaFree(ctx->scratch);
     cudaStreamDestroy(ctx->stream);
     free(ctx);

@@ -86,3 +86,71 @@ test('CORS: the console\'s origin may call the gateway from a browser, others ma
   assert.equal(e.status, 401);
   assert.equal(e.headers.get('access-control-allow-origin'), 'http://console.test:8080');
 });
+
+// The replica the gateway would call, straight: its address and secret from the database.
+async function runtimeOf(endpointName) {
+  const r = await P.db.query(
+    `SELECT h.address, r.port, r.secret FROM replicas r JOIN hosts h ON h.id = r.host_id
+       JOIN endpoints e ON e.id = r.endpoint_id WHERE e.name = $1 AND r.state = 'ready' LIMIT 1`, [endpointName]);
+  return { url: `http://${r.rows[0].address}:${r.rows[0].port}`, secret: r.rows[0].secret };
+}
+
+test('the request id is the server\'s; the client\'s own id is only echoed', async () => {
+  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${P.adminKey}`, 'Content-Type': 'application/json', 'X-Request-Id': 'client-chosen-1' },
+    body: JSON.stringify({ model: 'fresh', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+  });
+  assert.equal(res.status, 200);
+  const rid = res.headers.get('x-request-id');
+  assert.match(rid, /^req_[0-9a-f]{24}$/);
+  assert.equal(res.headers.get('x-client-request-id'), 'client-chosen-1');
+  assert.equal((await res.json()).id, `chatcmpl-${rid}`);
+  await waitFor('its usage event', async () =>
+    (await P.db.query('SELECT 1 FROM usage_events WHERE request_id = $1', [rid])).rowCount === 1);
+  const forged = await P.db.query("SELECT count(*)::int AS n FROM usage_events WHERE request_id LIKE 'client-chosen%'");
+  assert.equal(forged.rows[0].n, 0);
+});
+
+test('the runtime\'s fingerprint header and body pass through unchanged', async () => {
+  const body = JSON.stringify({ model: 'fresh', messages: [{ role: 'user', content: 'same' }], max_tokens: 3, temperature: 0 });
+  const rt = await runtimeOf('fresh');
+  const direct = await fetch(`${rt.url}/v1/chat/completions`, {
+    method: 'POST', headers: { Authorization: `Bearer ${rt.secret}`, 'Content-Type': 'application/json' }, body,
+  });
+  const viaGw = await fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'POST', headers: { Authorization: `Bearer ${P.adminKey}`, 'Content-Type': 'application/json' }, body,
+  });
+  assert.equal(direct.status, 200);
+  assert.equal(viaGw.status, 200);
+  // Null on both sides until the runtime sends one; the same value once it does.
+  assert.equal(viaGw.headers.get('openrunpod-fingerprint'), direct.headers.get('openrunpod-fingerprint'));
+  const a = await direct.json();
+  const b = await viaGw.json();
+  assert.equal(b.choices[0].message.content, a.choices[0].message.content);
+  assert.equal(b.system_fingerprint, a.system_fingerprint);
+});
+
+test('a client that leaves mid-stream cancels the request at the runtime, which meters what it made', async () => {
+  const ac = new AbortController();
+  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'POST', signal: ac.signal,
+    headers: { Authorization: `Bearer ${P.adminKey}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: 'fresh', messages: [{ role: 'user', content: 'tell me a long story' }], stream: true, ignore_eos: true, max_tokens: 900 }),
+  });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'text/event-stream');
+  const rid = res.headers.get('x-request-id');
+  const reader = res.body.getReader();
+  const first = await reader.read(); // the first event arrives before the stream ends: no buffering
+  assert.match(new TextDecoder().decode(first.value), /^data: /);
+  ac.abort();
+  let row;
+  await waitFor('the cancelled request\'s usage event', async () => {
+    row = (await P.db.query('SELECT completion_tokens, finish_reason FROM usage_events WHERE request_id = $1', [rid])).rows[0];
+    return row;
+  });
+  assert.equal(row.finish_reason, 'cancelled', `${row.completion_tokens} tokens, ${row.finish_reason}`);
+  assert.ok(row.completion_tokens < 900);
+  assert.match(P.log('controller'), new RegExp(`request ${rid}: the client left; cancelling it upstream`));
+});

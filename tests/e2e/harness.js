@@ -46,6 +46,23 @@ export async function waitFor(what, fn, timeoutMs = 60000, everyMs = 200) {
   throw new Error(`timed out waiting for ${what}; last: ${last instanceof Error ? last.stack : JSON.stringify(last)}`);
 }
 
+// Pids of live orp-runtime processes whose command line mentions dir (an agent's state directory:
+// every runtime it starts gets --usage-log under it; or a test's temporary directory).
+export function runtimesUnder(dir) {
+  const pids = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    let argv;
+    try { argv = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0'); } catch { continue; }
+    if (argv[0] && path.basename(argv[0]) === 'orp-runtime' && argv.some((a) => a.startsWith(dir + '/'))) {
+      let state = '';
+      try { state = fs.readFileSync(`/proc/${e}/stat`, 'utf8').replace(/^.*\) /, '')[0]; } catch { continue; }
+      if (state !== 'Z') pids.push(Number(e));
+    }
+  }
+  return pids;
+}
+
 export class Platform {
   constructor() {
     this.procs = [];
@@ -190,6 +207,10 @@ export class Platform {
         await Promise.race([new Promise((r) => p.once('exit', r)), sleep(8000)]);
         if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
       }
+    }
+    // Runtimes outlive a SIGKILLed agent (its next run adopts them): one a test left behind dies here.
+    for (const pid of runtimesUnder(this.tmp)) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
     if (this.db) await this.db.end().catch(() => {});
     if (this.pgDir) {

@@ -19,7 +19,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Platform, bin, freePort, waitFor } from './harness.js';
+import { Platform, bin, freePort, runtimesUnder, waitFor } from './harness.js';
 
 const ip = (...args) => execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
@@ -83,22 +83,7 @@ export class Net {
   }
 }
 
-// Pids of orp-runtime processes whose command line mentions dir (an agent's state directory:
-// every runtime it starts gets --usage-log under it).
-export function runtimesUnder(dir) {
-  const pids = [];
-  for (const e of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    let argv;
-    try { argv = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0'); } catch { continue; }
-    if (argv[0] && path.basename(argv[0]) === 'orp-runtime' && argv.some((a) => a.startsWith(dir + '/'))) {
-      let state = '';
-      try { state = fs.readFileSync(`/proc/${e}/stat`, 'utf8').replace(/^.*\) /, '')[0]; } catch { continue; }
-      if (state !== 'Z') pids.push(Number(e));
-    }
-  }
-  return pids;
-}
+export { runtimesUnder };
 
 // A Platform whose controller listens on the bridge and whose agents each run in a namespace.
 export class MultiHost extends Platform {

@@ -159,6 +159,7 @@ test('happy-path replies validate against the schemas', async () => {
   await api('GET', '/v1/admin/accounts/{id}/quotas', `/v1/admin/accounts/${acct}/quotas`);
   await api('PUT', '/v1/admin/accounts/{id}/quotas', `/v1/admin/accounts/${acct}/quotas`,
     { body: { max_devices: 100, max_endpoints: 10, requests_per_min: 6000 } });
+  await api('PUT', '/v1/admin/endpoints/{id}/shared', `/v1/admin/endpoints/${id}/shared`, { body: { shared: false } });
 
   // Keys, people, the audit log.
   const key = await api('POST', '/v1/api-keys', '/v1/api-keys', { body: { name: 'oa', scopes: ['inference'], endpoint_ids: [id] } });

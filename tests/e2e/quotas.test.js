@@ -119,3 +119,34 @@ test('out of credit: requests get 402, and the endpoint stops after the grace pe
   assert.equal((await as('POST', `/v1/endpoints/${epId}/start`)).status, 200);
   await waitFor('ready after the refill', async () => (await as('GET', `/v1/endpoints/${epId}`)).json.status === 'ready');
 });
+
+test('monthly spend cap: time-billed endpoints stop when the month\'s charges reach it; deploys and starts get 402', async () => {
+  const spent = async () => Number((await P.db.query('SELECT account_month_spend($1) AS s', [acct])).rows[0].s);
+  await waitFor('some usage charged this month', async () => (await spent()) > 0);
+  const q = (await P.api('GET', `/v1/admin/accounts/${acct}/quotas`)).json;
+  const limits = { max_devices: q.max_devices, max_endpoints: q.max_endpoints, requests_per_min: q.requests_per_min, requests_burst: q.requests_burst };
+  const cap = (await spent()) + 3; // a few seconds more of ready time
+  const put = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { ...limits, monthly_spend_cap_micros: cap } });
+  assert.equal(put.status, 200);
+  assert.equal(put.json.monthly_spend_cap_micros, cap);
+  const ep = await waitFor('the endpoint to be stopped at the cap', async () => {
+    const g = await as('GET', `/v1/endpoints/${epId}`);
+    return g.json.status === 'stopped' ? g.json : false;
+  }, 30000, 300);
+  assert.match(ep.status_reason, /^monthly spend cap of [0-9.]+ USD reached/);
+  assert.ok(await spent() >= cap, 'stopped only once the charges reached the cap');
+  // Requests name the reason; new deploys and starts are refused with 402 while it holds.
+  const c = await chat();
+  assert.equal(c.status, 409);
+  assert.match(c.body.error.message, /monthly spend cap/);
+  const d = await as('POST', '/v1/endpoints', { body: { name: 'another', model: 'demo-tiny' } });
+  assert.equal(d.status, 402);
+  assert.equal(d.json.error.code, 'spend_cap_reached');
+  assert.match(d.json.error.message, /monthly spend cap of [0-9.]+ USD is reached/);
+  const s = await as('POST', `/v1/endpoints/${epId}/start`);
+  assert.equal(s.status, 402);
+  assert.equal(s.json.error.code, 'spend_cap_reached');
+  // The operator lifts the cap: it starts again.
+  assert.equal((await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: limits })).status, 200);
+  assert.equal((await as('POST', `/v1/endpoints/${epId}/start`)).status, 200);
+});

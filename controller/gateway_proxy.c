@@ -1,0 +1,817 @@
+/* gateway_proxy: see gateway_proxy.h.
+ *
+ * The task is to move bytes between a runtime and a client as cheaply as possible, without
+ * buffering a stream and without letting either side make the gateway wait.
+ *
+ * Upstream loops: one thread per gateway thread (--threads), each an epoll loop driving a libcurl
+ * multi handle (curl_multi_socket_action: only the sockets that are ready are looked at). A handler
+ * hands its request to a loop (round robin) through the loop's inbox and suspends the client's
+ * connection. The loop starts the transfer on a pooled easy handle; its connections to each runtime
+ * stay open and are reused by later requests (the multi handle's own connection cache). Every curl
+ * call on a transfer happens on its loop's thread. A thread per request (the first design) cost
+ * more than the rest of a small request: creating it, and the scheduler round trips of a blocking
+ * transfer (docs/benchmarks.md).
+ *
+ * The life of a proxied request:
+ *   1. gwp_start (MHD thread): the proxy is made (two references: the MHD side and the loop),
+ *      queued to a loop, the connection suspended. With no ready replica yet it goes to a hold
+ *      thread instead (rare: only while an endpoint is starting), which re-routes every 250 ms
+ *      up to --hold-s and then queues it, or answers 503.
+ *   2. the loop picks the untried candidate with the fewest requests outstanding from this
+ *      gateway and POSTs to it with the replica secret and the request id. A refused connection,
+ *      or a runtime 503 before any byte reached the client, moves on to the next candidate.
+ *   3. bytes arrive (write callback, loop thread): a 200 event stream resumes the client, whose
+ *      content reader (MHD thread) drains the buffer and suspends itself when it is empty; other
+ *      replies are answered whole when the transfer ends.
+ *   4. the client leaves (completion callback): the proxy's req is cleared and the loop poked; it
+ *      removes the transfer, which closes the connection, and the runtime sees the disconnect
+ *      and meters what it generated as cancelled.
+ *   5. whoever is last of the two sides frees the proxy.
+ * Limits: the buffer toward a slow client is bounded (PROXY_MAX_BUFFERED: the transfer is paused
+ * and resumed when the client has drained half of it); every transfer has a deadline
+ * (--stream-timeout-s); a quiet stream gets ": ping" comments so a departed client is noticed
+ * on the next write. */
+#include "gateway_proxy.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "jsonx.h"
+#include "lease.h"
+#include "log.h"
+#include "util.h"
+
+/* Bytes buffered between the runtime and the client before the transfer is paused: enough for
+ * thousands of SSE chunks, small enough that 10 000 slow streams fit in RAM. */
+#define PROXY_MAX_BUFFERED (256 * 1024)
+/* Non-streaming replies larger than this are refused: the runtime's replies are a few KB. */
+#define PROXY_MAX_REPLY (8 * 1024 * 1024)
+#define PROXY_PING_MS 10000
+#define GW_HOLD_POLL_MS 250
+/* The longest a loop sleeps without looking at its transfers (pings, departed clients that
+ * were not poked): short enough for a 10 s ping, long enough to cost nothing. */
+#define GW_LOOP_TICK_MS 1000
+/* Easy handles a loop keeps for reuse: creating one costs more than the rest of a small request. */
+#define GW_LOOP_IDLE_HANDLES 256
+/* Keep-alive connections a loop's cache may hold, over all runtimes. */
+#define GW_LOOP_MAX_CONNECTS 1024L
+/* Connections this gateway process opens to one runtime, over all its loops: the runtime serves
+ * each connection with a thread and accepts 256 at most (runtime/server.c), and its agent's
+ * probes need some. Requests beyond it wait inside curl for a connection, in order, under their
+ * own deadline; the runtime's queue decides what waits longer. */
+#define GW_REPLICA_CONNECTIONS 192
+#define GW_MAX_LOOPS 64
+
+struct gw_loop;
+
+struct proxy {
+    pthread_mutex_t lock;
+    int refs;              /* the MHD side and the loop (or the hold thread) */
+    struct httpd_req *req; /* NULL once the client's request is gone */
+    struct ctl_listener *lis;
+    struct gw_loop *loop;
+    struct proxy *next; /* in the loop's inbox, then in its active list (loop thread only) */
+    struct proxy *prev; /* in the active list */
+    CURL *easy;         /* while a transfer runs (loop thread only) */
+    struct curl_slist *hl;
+    int cand; /* the candidate being tried */
+
+    struct gw_route route; /* candidates; re-resolved while held */
+    char account_id[24];
+    int64_t account_num;
+    int leased; /* a lease reservation to end (lease_end) when the transfer is over */
+    int sent;   /* some runtime may have received the request */
+    char model[208];
+    int64_t hold_until_ms;
+    char url[320];    /* the candidate being tried: its base URL + path */
+    const char *path; /* the runtime route (static) */
+    char request_id[64];
+    char *body;
+    size_t body_len;
+    long timeout_s;
+
+    long status;
+    char content_type[128];
+    char fingerprint[128]; /* the runtime's OpenRunPod-Fingerprint header, passed through */
+    int headers_done;      /* status and first bytes known */
+    int streaming;         /* a 200 event stream: answered incrementally */
+    int finished;          /* transfer over */
+    int failed;            /* transport error */
+    int swallow;           /* a runtime 503 that another candidate may still fix: not relayed */
+    int paused;            /* the transfer waits for the client to drain the buffer */
+    char error[256];
+    unsigned err_status; /* the gateway's own answer (after holding), when non-zero */
+    char err_code[40], err_msg[200];
+    struct buf data; /* bytes not yet sent to the client start at data_off */
+    size_t data_off;
+    int64_t last_data_ms;
+};
+
+struct gw_loop {
+    pthread_t th;
+    CURLM *multi;
+    int epfd;              /* the sockets curl asked us to watch, and evfd */
+    int evfd;              /* written to wake the loop (new work, a poke) */
+    int64_t timer_at_ms;   /* when curl wants curl_multi_socket_action(TIMEOUT); -1: never */
+    pthread_mutex_t mu;    /* guards inbox and poke */
+    struct proxy *inbox;   /* newest first; started in arrival order */
+    int poke;              /* a client left or drained a paused stream: look at the transfers */
+    struct proxy *active;  /* loop thread only */
+    int64_t last_sweep_ms; /* loop thread only */
+    CURL *idle[GW_LOOP_IDLE_HANDLES];
+    int nidle;
+};
+
+static struct gw_loop *gw_loops;
+static int gw_nloops;
+static unsigned gw_next_loop;
+static pthread_mutex_t gw_init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void proxy_unref(struct proxy *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int left = --p->refs;
+    pthread_mutex_unlock(&p->lock);
+    if (left) return;
+    pthread_mutex_destroy(&p->lock);
+    buf_free(&p->data);
+    free(p->body);
+    free(p);
+}
+
+static void loop_wake(struct gw_loop *lp)
+{
+    uint64_t one = 1;
+    if (write(lp->evfd, &one, sizeof one) < 0) { /* EAGAIN: a wake-up is pending anyway */
+    }
+}
+
+/* Asks p's loop to look at its transfers soon (thread-safe). */
+static void poke_loop(struct gw_loop *lp)
+{
+    pthread_mutex_lock(&lp->mu);
+    lp->poke = 1;
+    pthread_mutex_unlock(&lp->mu);
+    loop_wake(lp);
+}
+
+/* MHD side lets go (completion callback): the client is gone or was answered. */
+static void proxy_state_free(void *state)
+{
+    struct proxy *p = state;
+    pthread_mutex_lock(&p->lock);
+    p->req = NULL;
+    struct gw_loop *lp = p->finished ? NULL : p->loop;
+    pthread_mutex_unlock(&p->lock);
+    if (lp) poke_loop(lp); /* cancel the transfer now, not at the next tick */
+    proxy_unref(p);
+}
+
+/* Called with p->lock held. */
+static void wake_client(struct proxy *p)
+{
+    if (p->req) httpd_resume(p->req);
+}
+
+/* ---- least-outstanding routing ----
+ *
+ * Requests outstanding from this gateway per replica. A fixed open-addressed table: a slot whose
+ * count is 0 carries no information and may be reused. */
+#define GW_LOAD_SLOTS 4096
+#define GW_LOAD_PROBES 32
+static struct {
+    char id[40];
+    int n;
+} gw_load[GW_LOAD_SLOTS];
+static pthread_mutex_t gw_load_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Adds d to id's count and returns the new count (d = 0 reads it). */
+static int load_add(const char *id, int d)
+{
+    uint32_t h = 2166136261u;
+    for (const char *c = id; *c; c++)
+        h = (h ^ (uint8_t)*c) * 16777619u;
+    pthread_mutex_lock(&gw_load_lock);
+    int slot = -1, free_slot = -1;
+    for (int i = 0; i < GW_LOAD_PROBES && slot < 0; i++) {
+        int k = (int)((h + (uint32_t)i) % GW_LOAD_SLOTS);
+        if (!strcmp(gw_load[k].id, id))
+            slot = k;
+        else if (gw_load[k].n == 0 && free_slot < 0)
+            free_slot = k;
+    }
+    int n = 0;
+    if (slot < 0 && d > 0 && free_slot >= 0) {
+        slot = free_slot;
+        snprintf(gw_load[slot].id, sizeof gw_load[slot].id, "%s", id);
+        gw_load[slot].n = 0;
+    }
+    if (slot >= 0) {
+        gw_load[slot].n += d;
+        if (gw_load[slot].n < 0) gw_load[slot].n = 0;
+        n = gw_load[slot].n;
+    }
+    pthread_mutex_unlock(&gw_load_lock);
+    return n;
+}
+
+/* The untried candidate with the fewest outstanding requests; ties are broken at random (the
+ * candidate list comes from a cache and keeps its order for a second, so "first" would send every
+ * request of that second to one replica). -1 when none is left. */
+static int pick_candidate(struct gw_route *rt)
+{
+    static _Thread_local uint32_t seed;
+    if (!seed) seed = (uint32_t)util_now_ms() ^ (uint32_t)(uintptr_t)&seed;
+    seed ^= seed << 13; /* xorshift32: cheap, and good enough to spread ties */
+    seed ^= seed >> 17;
+    seed ^= seed << 5;
+    int best = -1, best_n = 0;
+    for (int k = 0; k < rt->ncand; k++) {
+        int i = (int)((seed + (uint32_t)k) % (uint32_t)rt->ncand);
+        if (rt->cand[i].tried) continue;
+        int n = load_add(rt->cand[i].replica_id, 0);
+        if (best < 0 || n < best_n) {
+            best = i;
+            best_n = n;
+        }
+    }
+    return best;
+}
+
+static int untried_left(const struct gw_route *rt)
+{
+    for (int i = 0; i < rt->ncand; i++)
+        if (!rt->cand[i].tried) return 1;
+    return 0;
+}
+
+/* ---- curl callbacks (loop thread) ---- */
+
+/* Called with p->lock held. */
+static void note_headers(struct proxy *p)
+{
+    if (p->headers_done || p->swallow) return;
+    long status = 0;
+    curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &status);
+    /* A busy or dying runtime says 503: another replica may serve it, and the client has seen
+     * nothing yet. */
+    if (status == 503 && untried_left(&p->route)) {
+        p->swallow = 1;
+        return;
+    }
+    p->status = status;
+    char *ct = NULL;
+    curl_easy_getinfo(p->easy, CURLINFO_CONTENT_TYPE, &ct);
+    snprintf(p->content_type, sizeof p->content_type, "%s", ct ? ct : "application/json");
+    p->streaming = p->status == 200 && strstr(p->content_type, "text/event-stream") != NULL;
+    p->headers_done = 1;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct proxy *p = ud;
+    size_t n = size * nmemb;
+    pthread_mutex_lock(&p->lock);
+    note_headers(p);
+    if (p->swallow) {
+        pthread_mutex_unlock(&p->lock);
+        return n;
+    }
+    /* A slow client: pause rather than buffer without bound (curl keeps these bytes and hands
+     * them over again once unpaused). */
+    if (p->req && p->streaming && p->data.len - p->data_off > PROXY_MAX_BUFFERED) {
+        p->paused = 1;
+        pthread_mutex_unlock(&p->lock);
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    int ok = p->req != NULL && (p->streaming || p->data.len + n <= PROXY_MAX_REPLY);
+    if (ok) {
+        if (p->data_off > 0 && p->data_off == p->data.len) p->data.len = p->data_off = 0;
+        ok = buf_append(&p->data, ptr, n) == 0;
+        p->last_data_ms = util_now_ms();
+        if (p->streaming) wake_client(p);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ok ? n : 0; /* 0 aborts the transfer: the runtime sees the disconnect */
+}
+
+/* Keeps the one response header that is passed through: the runtime's fingerprint. */
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct proxy *p = ud;
+    size_t n = size * nmemb;
+    static const char name[] = "openrunpod-fingerprint:";
+    if (n > sizeof name - 1 && !strncasecmp(ptr, name, sizeof name - 1)) {
+        const char *v = ptr + sizeof name - 1;
+        size_t vn = n - (sizeof name - 1);
+        while (vn && (*v == ' ' || *v == '\t'))
+            v++, vn--;
+        while (vn && (v[vn - 1] == '\r' || v[vn - 1] == '\n' || v[vn - 1] == ' '))
+            vn--;
+        pthread_mutex_lock(&p->lock);
+        if (vn < sizeof p->fingerprint) {
+            memcpy(p->fingerprint, v, vn);
+            p->fingerprint[vn] = '\0';
+        }
+        pthread_mutex_unlock(&p->lock);
+    }
+    return n;
+}
+
+/* ---- the loop ---- */
+
+static void active_remove(struct gw_loop *lp, struct proxy *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        lp->active = p->next;
+    if (p->next) p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+}
+
+/* Ends the request's lease reservation: returned whole when no runtime received the request or
+ * the runtime refused it (4xx), reduced to the actual cost when the reply carried usage;
+ * otherwise it stays reserved until the usage event arrives (lease.h). */
+static void lease_return(struct proxy *p)
+{
+    int64_t actual = -1;
+    pthread_mutex_lock(&p->lock);
+    int not_sent = !p->sent || (p->headers_done && p->status >= 400 && p->status < 500);
+    if (!not_sent && p->headers_done && !p->streaming && p->status == 200 && !p->failed) {
+        json_t *j = json_loadb(p->data.data, p->data.len, 0, NULL);
+        json_t *u = json_object_get(j, "usage");
+        json_t *pt = json_object_get(u, "prompt_tokens"),
+               *ct = json_object_get(u, "completion_tokens");
+        if (json_is_integer(pt) && json_is_integer(ct))
+            actual = lease_cost(json_integer_value(pt), json_integer_value(ct), p->route.in_price,
+                                p->route.out_price);
+        json_decref(j);
+    }
+    pthread_mutex_unlock(&p->lock);
+    lease_end(p->lis->ctl->lease, p->account_num, p->request_id, actual, not_sent);
+}
+
+/* The transfer is over for good (loop thread, or the hold thread before any transfer): settle,
+ * tell the client, let go. rc: the last transfer's result. */
+static void finish(struct proxy *p, CURLcode rc)
+{
+    if (p->leased) lease_return(p);
+    pthread_mutex_lock(&p->lock);
+    if (rc != CURLE_OK && !p->err_status) {
+        p->failed = 1;
+        snprintf(p->error, sizeof p->error, "%s", curl_easy_strerror(rc));
+        if (p->req) log_warn("request %s: replica %s: %s", p->request_id, p->url, p->error);
+    }
+    p->finished = 1;
+    wake_client(p);
+    pthread_mutex_unlock(&p->lock);
+    proxy_unref(p);
+}
+
+static void handle_put(struct gw_loop *lp, CURL *c)
+{
+    if (lp->nidle < GW_LOOP_IDLE_HANDLES)
+        lp->idle[lp->nidle++] = c;
+    else
+        curl_easy_cleanup(c);
+}
+
+/* Starts a transfer to the best untried candidate; finishes the proxy when none is left. */
+static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
+{
+    int i = pick_candidate(&p->route);
+    CURL *c = i < 0 ? NULL : lp->nidle > 0 ? lp->idle[--lp->nidle] : curl_easy_init();
+    if (!c) {
+        finish(p, i < 0 ? last : CURLE_OUT_OF_MEMORY);
+        return;
+    }
+    struct gw_candidate *cd = &p->route.cand[i];
+    cd->tried = 1;
+    p->cand = i;
+    snprintf(p->url, sizeof p->url, "%s%s", cd->url, p->path);
+    char auth[128], rid[96];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", cd->secret);
+    snprintf(rid, sizeof rid, "X-ORP-Request-Id: %s", p->request_id);
+    curl_slist_free_all(p->hl);
+    p->hl = curl_slist_append(NULL, "Content-Type: application/json");
+    p->hl = curl_slist_append(p->hl, auth);
+    p->hl = curl_slist_append(p->hl, rid);
+    p->hl = curl_slist_append(p->hl, "Expect:");
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, p->url);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, p->hl);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, p->timeout_s);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, p);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, p);
+    curl_easy_setopt(c, CURLOPT_PRIVATE, p);
+    p->easy = c;
+    load_add(cd->replica_id, 1);
+    if (curl_multi_add_handle(lp->multi, c) != CURLM_OK) {
+        load_add(cd->replica_id, -1);
+        p->easy = NULL;
+        handle_put(lp, c);
+        finish(p, CURLE_FAILED_INIT);
+        return;
+    }
+    p->next = lp->active;
+    p->prev = NULL;
+    if (lp->active) lp->active->prev = p;
+    lp->active = p;
+}
+
+/* A transfer ended (or was cancelled: rc CURLE_ABORTED_BY_CALLBACK). Retries another candidate
+ * when nothing reached the client and the runtime never saw the request or refused it whole. */
+static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
+{
+    CURL *c = p->easy;
+    curl_multi_remove_handle(lp->multi, c);
+    load_add(p->route.cand[p->cand].replica_id, -1);
+    active_remove(lp, p);
+    pthread_mutex_lock(&p->lock);
+    if (rc == CURLE_OK) note_headers(p);
+    if (rc != CURLE_COULDNT_CONNECT && !p->swallow) p->sent = 1; /* it may have run */
+    int retry = p->req && !p->headers_done && untried_left(&p->route) &&
+                (p->swallow || rc == CURLE_COULDNT_CONNECT);
+    if (retry) {
+        log_warn("request %s: replica %s %s; trying another", p->request_id, p->url,
+                 p->swallow ? "is busy (503)" : "refused the connection");
+        p->swallow = 0;
+        p->data.len = p->data_off = 0;
+    }
+    p->easy = NULL;
+    p->paused = 0;
+    pthread_mutex_unlock(&p->lock);
+    handle_put(lp, c);
+    if (retry) {
+        attempt(lp, p, rc);
+        return;
+    }
+    curl_slist_free_all(p->hl);
+    p->hl = NULL;
+    finish(p, rc);
+}
+
+/* Looks at every transfer: cancels those whose client left, unpauses those whose client drained
+ * the buffer, pings quiet streams. */
+static void sweep(struct gw_loop *lp)
+{
+    int64_t now = util_now_ms();
+    lp->last_sweep_ms = now;
+    for (struct proxy *p = lp->active, *next; p; p = next) {
+        next = p->next;
+        pthread_mutex_lock(&p->lock);
+        int gone = p->req == NULL;
+        int unpause = !gone && p->paused && p->data.len - p->data_off <= PROXY_MAX_BUFFERED / 2;
+        if (!gone && p->streaming && now - p->last_data_ms > PROXY_PING_MS) {
+            buf_append(&p->data, ": ping\n\n", 8);
+            p->last_data_ms = now;
+            wake_client(p);
+        }
+        if (unpause) p->paused = 0;
+        pthread_mutex_unlock(&p->lock);
+        if (gone) {
+            log_info("request %s: the client left; cancelling it upstream", p->request_id);
+            transfer_done(lp, p, CURLE_ABORTED_BY_CALLBACK);
+        } else if (unpause) {
+            curl_easy_pause(p->easy, CURLPAUSE_CONT); /* may call on_body at once */
+        }
+    }
+}
+
+/* curl's socket callback: watch s for what curl waits for. */
+static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sockp)
+{
+    (void)e;
+    struct gw_loop *lp = ud;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(lp->epfd, EPOLL_CTL_DEL, s, NULL);
+        curl_multi_assign(lp->multi, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {0};
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    ev.data.fd = s;
+    if (epoll_ctl(lp->epfd, sockp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev) != 0)
+        epoll_ctl(lp->epfd, sockp ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, s, &ev);
+    if (!sockp) curl_multi_assign(lp->multi, s, lp); /* any non-NULL: "watched" */
+    return 0;
+}
+
+/* curl's timer callback: call socket_action(TIMEOUT) in timeout_ms (-1: no timer). */
+static int on_timer(CURLM *m, long timeout_ms, void *ud)
+{
+    (void)m;
+    struct gw_loop *lp = ud;
+    lp->timer_at_ms = timeout_ms < 0 ? -1 : util_now_ms() + timeout_ms;
+    return 0;
+}
+
+/* Transfers that ended: retried or finished. */
+static void reap(struct gw_loop *lp)
+{
+    CURLMsg *m;
+    int q;
+    while ((m = curl_multi_info_read(lp->multi, &q))) {
+        if (m->msg != CURLMSG_DONE) continue;
+        char *priv = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
+        if (priv) transfer_done(lp, (struct proxy *)priv, m->data.result);
+    }
+}
+
+#define GW_LOOP_EVENTS 256 /* events taken per epoll_wait: more simply wait for the next call */
+
+static void *loop_main(void *arg)
+{
+    struct gw_loop *lp = arg;
+    log_set_context("gateway-upstream");
+    struct epoll_event evs[GW_LOOP_EVENTS];
+    int running;
+    for (;;) {
+        int64_t now = util_now_ms();
+        int64_t wait = GW_LOOP_TICK_MS - (now - lp->last_sweep_ms);
+        if (lp->timer_at_ms >= 0 && lp->timer_at_ms - now < wait) wait = lp->timer_at_ms - now;
+        if (wait < 0) wait = 0;
+        int n = epoll_wait(lp->epfd, evs, GW_LOOP_EVENTS, (int)wait);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == lp->evfd) {
+                uint64_t v;
+                if (read(lp->evfd, &v, sizeof v) < 0) { /* EAGAIN: another read took it */
+                }
+                continue;
+            }
+            int fl = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                     (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                     (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+            curl_multi_socket_action(lp->multi, evs[i].data.fd, fl, &running);
+        }
+        if (lp->timer_at_ms >= 0 && util_now_ms() >= lp->timer_at_ms) {
+            lp->timer_at_ms = -1;
+            curl_multi_socket_action(lp->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+        reap(lp);
+
+        pthread_mutex_lock(&lp->mu);
+        struct proxy *in = lp->inbox;
+        lp->inbox = NULL;
+        int poke = lp->poke;
+        lp->poke = 0;
+        pthread_mutex_unlock(&lp->mu);
+        /* The inbox is newest first: start them oldest first. */
+        struct proxy *rev = NULL;
+        while (in) {
+            struct proxy *nx = in->next;
+            in->next = rev;
+            rev = in;
+            in = nx;
+        }
+        while (rev) {
+            struct proxy *nx = rev->next;
+            attempt(lp, rev, CURLE_COULDNT_CONNECT);
+            rev = nx;
+        }
+        if (poke || util_now_ms() - lp->last_sweep_ms >= GW_LOOP_TICK_MS) {
+            sweep(lp);
+            reap(lp); /* an unpaused transfer may have ended */
+        }
+    }
+    return NULL;
+}
+
+/* Starts the loops on first use: as many as the listener has threads. 0 or -1. */
+static int loops_init(struct ctl_listener *l)
+{
+    if (__atomic_load_n(&gw_nloops, __ATOMIC_ACQUIRE) > 0) return 0;
+    pthread_mutex_lock(&gw_init_lock);
+    int n = (int)l->ctl->cfg.threads;
+    if (n < 1) n = 1;
+    if (n > GW_MAX_LOOPS) n = GW_MAX_LOOPS;
+    if (!gw_loops) gw_loops = calloc((size_t)n, sizeof *gw_loops);
+    int started = 0;
+    for (int i = 0; gw_loops && gw_nloops == 0 && i < n; i++) {
+        struct gw_loop *lp = &gw_loops[i];
+        pthread_mutex_init(&lp->mu, NULL);
+        lp->timer_at_ms = -1;
+        lp->epfd = epoll_create1(EPOLL_CLOEXEC);
+        lp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        lp->multi = curl_multi_init();
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = lp->evfd};
+        if (!lp->multi || lp->epfd < 0 || lp->evfd < 0 ||
+            epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->evfd, &ev) != 0) {
+            if (lp->multi) curl_multi_cleanup(lp->multi);
+            if (lp->epfd >= 0) close(lp->epfd);
+            if (lp->evfd >= 0) close(lp->evfd);
+            break;
+        }
+        curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, GW_LOOP_MAX_CONNECTS);
+        curl_multi_setopt(lp->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                          (long)(GW_REPLICA_CONNECTIONS / n > 0 ? GW_REPLICA_CONNECTIONS / n : 1));
+        curl_multi_setopt(lp->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+        curl_multi_setopt(lp->multi, CURLMOPT_SOCKETDATA, lp);
+        curl_multi_setopt(lp->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+        curl_multi_setopt(lp->multi, CURLMOPT_TIMERDATA, lp);
+        if (pthread_create(&lp->th, NULL, loop_main, lp) != 0) {
+            curl_multi_cleanup(lp->multi);
+            close(lp->epfd);
+            close(lp->evfd);
+            break;
+        }
+        started++;
+    }
+    if (gw_nloops == 0 && started > 0) __atomic_store_n(&gw_nloops, started, __ATOMIC_RELEASE);
+    int rc = gw_nloops > 0 ? 0 : -1;
+    pthread_mutex_unlock(&gw_init_lock);
+    if (rc) log_error("gateway: cannot start the upstream loops");
+    return rc;
+}
+
+static void submit(struct proxy *p)
+{
+    struct gw_loop *lp = p->loop;
+    pthread_mutex_lock(&lp->mu);
+    p->next = lp->inbox;
+    lp->inbox = p;
+    pthread_mutex_unlock(&lp->mu);
+    loop_wake(lp);
+}
+
+/* While the endpoint has no ready replica: look again every GW_HOLD_POLL_MS (a pooled
+ * connection only for the query) until the hold deadline or the client leaves; then queue the
+ * request to its loop, or answer 503. A thread per held request: holding is rare (an endpoint
+ * starting) and the query blocks. */
+static void *hold_thread(void *arg)
+{
+    struct proxy *p = arg;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        int gone = p->req == NULL;
+        pthread_mutex_unlock(&p->lock);
+        if (gone || util_now_ms() >= p->hold_until_ms) break;
+        util_sleep_ms(GW_HOLD_POLL_MS);
+        struct gw_route rt;
+        enum gw_route_rc rc = gw_route_db(p->lis, p->account_id, p->model, &rt);
+        if (rc == ROUTE_OK && rt.ncand > 0) {
+            p->route = rt;
+            submit(p);
+            return NULL;
+        }
+        if (rc == ROUTE_NOT_FOUND || rc == ROUTE_STOPPED) break; /* deleted meanwhile */
+    }
+    pthread_mutex_lock(&p->lock);
+    p->err_status = 503;
+    snprintf(p->err_code, sizeof p->err_code, "endpoint_not_ready");
+    snprintf(p->err_msg, sizeof p->err_msg, "endpoint '%.100s' has no ready replica; retry shortly",
+             p->model);
+    pthread_mutex_unlock(&p->lock);
+    finish(p, CURLE_OK);
+    return NULL;
+}
+
+int gwp_start(struct httpd_req *req, const struct gwp_request *r)
+{
+    struct ctl_listener *l = req->app;
+    if (loops_init(l) != 0) return -1;
+    struct proxy *p = calloc(1, sizeof *p);
+    char *body = malloc(req->body.len + 1);
+    if (!p || !body) {
+        free(p);
+        free(body);
+        return -1;
+    }
+    memcpy(body, req->body.data, req->body.len + 1);
+    pthread_mutex_init(&p->lock, NULL);
+    p->refs = 2;
+    p->req = req;
+    p->lis = l;
+    p->route = *r->route;
+    p->path = r->path;
+    snprintf(p->account_id, sizeof p->account_id, "%s", r->account_id);
+    p->account_num = r->account_num;
+    snprintf(p->model, sizeof p->model, "%s", r->model);
+    snprintf(p->request_id, sizeof p->request_id, "%s", r->request_id);
+    p->leased = r->leased;
+    p->body = body;
+    p->body_len = req->body.len;
+    p->hold_until_ms = util_now_ms() + l->ctl->cfg.hold_s * 1000;
+    p->timeout_s = l->ctl->cfg.stream_timeout_s;
+    p->last_data_ms = util_now_ms();
+    unsigned k = __atomic_fetch_add(&gw_next_loop, 1, __ATOMIC_RELAXED);
+    p->loop = &gw_loops[k % (unsigned)gw_nloops];
+
+    /* The lock is held until the connection is suspended, so that the loop cannot resume it
+     * before. */
+    pthread_mutex_lock(&p->lock);
+    if (p->route.ncand == 0) {
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        pthread_t th;
+        int err = pthread_create(&th, &attr, hold_thread, p);
+        pthread_attr_destroy(&attr);
+        if (err != 0) {
+            pthread_mutex_unlock(&p->lock);
+            pthread_mutex_destroy(&p->lock);
+            free(p->body);
+            free(p);
+            return -1;
+        }
+    } else {
+        submit(p);
+    }
+    req->state = p;
+    req->state_free = proxy_state_free;
+    httpd_suspend(req);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+/* Content reader for a streaming reply: never returns 0 without suspending first (a reader
+ * that returns 0 makes libmicrohttpd poll it in a busy loop). */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
+{
+    (void)pos;
+    struct proxy *p = cls;
+    pthread_mutex_lock(&p->lock);
+    ssize_t n;
+    int poke = 0;
+    size_t avail = p->data.len - p->data_off;
+    if (avail > 0) {
+        n = (ssize_t)(avail < max ? avail : max);
+        memcpy(out, p->data.data + p->data_off, (size_t)n);
+        p->data_off += (size_t)n;
+        poke = p->paused && p->data.len - p->data_off <= PROXY_MAX_BUFFERED / 2;
+    } else if (p->finished || !p->req || httpd_stopping(p->req->srv)) {
+        n = p->failed ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        httpd_suspend(p->req);
+        n = 0;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (poke) poke_loop(p->loop);
+    return n;
+}
+
+void gwp_respond(struct httpd_req *req)
+{
+    struct proxy *p = req->state;
+    pthread_mutex_lock(&p->lock);
+    int ready = p->finished || (p->headers_done && p->streaming);
+    if (!ready && !httpd_stopping(req->srv)) {
+        httpd_suspend(req); /* woken early: wait for more */
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
+    if (p->err_status) {
+        unsigned st = p->err_status;
+        char code[40], msg[200];
+        snprintf(code, sizeof code, "%s", p->err_code);
+        snprintf(msg, sizeof msg, "%s", p->err_msg);
+        pthread_mutex_unlock(&p->lock);
+        req->retry_after = 5;
+        httpd_error(req, st, code, "model", "%s", msg);
+        return;
+    }
+    if (!ready || (p->failed && !p->headers_done)) {
+        pthread_mutex_unlock(&p->lock);
+        req->retry_after = 2;
+        httpd_error(req, 502, "replica_unavailable", NULL,
+                    "the endpoint's replica did not answer; retry shortly");
+        return;
+    }
+    char fp[sizeof p->fingerprint];
+    snprintf(fp, sizeof fp, "%s", p->fingerprint);
+    struct MHD_Response *r;
+    long status = 200;
+    if (p->streaming) {
+        pthread_mutex_unlock(&p->lock);
+        r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, p, NULL);
+        MHD_add_response_header(r, "Content-Type", "text/event-stream");
+        MHD_add_response_header(r, "Cache-Control", "no-cache");
+    } else {
+        status = p->status ? p->status : 502;
+        char ct[128];
+        snprintf(ct, sizeof ct, "%s", p->content_type);
+        r = MHD_create_response_from_buffer(p->data.len - p->data_off, p->data.data + p->data_off,
+                                            MHD_RESPMEM_MUST_COPY);
+        pthread_mutex_unlock(&p->lock);
+        MHD_add_response_header(r, "Content-Type", ct);
+    }
+    if (fp[0]) MHD_add_response_header(r, "OpenRunPod-Fingerprint", fp);
+    httpd_reply_response(req, (unsigned)status, r);
+}

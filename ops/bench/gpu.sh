@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# ops/bench/gpu.sh: the CUDA backend on a GPU machine (H100/H200) in one command of at most 10
+# minutes, everything under OUTDIR:
+#   1 build    (unless --build-dir) -DORP_CUDA=ON, sm_90a, -Werror: orp-runtime, orp-gpu-bench, tests
+#   2 correct  test_rtc_plan, test_cpu_ref, then `ctest -L gpu` (test_cuda_kernels: every kernel vs
+#              cpu_ref; test_cuda_model: CUDA vs CPU logits per architecture, TP 1/2/4 over the
+#              device collective, watchdog, no allocation after warm-up, and the Hugging Face
+#              goldens of --hf DIR when given); a skip (77) on a GPU machine is a failure
+#   3 memcheck compute-sanitizer --tool memcheck on a short serving run (orp-runtime serve --device
+#              cuda, two concurrent completions, SIGTERM): 0 errors and a clean exit
+#   4 bench    orp-gpu-bench make-8b (Llama-3-8B shapes, random BF16), then orp-gpu-bench run: load
+#              time, TTFT 128/2048, decode tokens/s at batch 1/8/32/64, HBM roofline at batch 1
+# Writes OUTDIR/gpu-bench.json (steps, results, the table) and its log to --log FILE (default
+# OUTDIR/gpu-bench.log); scratch in OUTDIR/gpu-work, removed at the end. ops/gpu/run.sh calls it
+# after its own steps, so one device call does both. Exit 0 when every step passed.
+#
+#   ops/bench/gpu.sh [--build-dir DIR] [--hf DIR] [--log FILE] OUTDIR
+set -uo pipefail
+
+usage() { echo "usage: $0 [--build-dir DIR] [--hf DIR] [--log FILE] OUTDIR" >&2; exit 2; }
+BUILD="" HF="" LOG="" OUTDIR=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) [ $# -ge 2 ] || usage; BUILD=$(realpath "$2"); shift ;;
+    --hf) [ $# -ge 2 ] || usage; HF=$(realpath "$2"); shift ;;
+    --log) [ $# -ge 2 ] || usage; LOG=$2; shift ;;
+    -*) usage ;;
+    *) [ -z "$OUTDIR" ] || usage; OUTDIR=$1 ;;
+  esac
+  shift
+done
+[ -n "$OUTDIR" ] || usage
+mkdir -p "$OUTDIR"
+OUTDIR=$(realpath "$OUTDIR")
+SRC=$(realpath "$(dirname "$0")/../..")
+LOG=${LOG:-$OUTDIR/gpu-bench.log}
+WORK=$OUTDIR/gpu-work
+rm -rf "$WORK"
+mkdir -p "$WORK"
+trap 'rm -rf "$WORK"' EXIT
+STEPS=$WORK/steps.tsv
+: >"$STEPS"
+NCPU=$(nproc)
+[ "$NCPU" -le 16 ] || NCPU=16
+PY=$(command -v python3 || echo /usr/bin/python3)
+T0=$SECONDS
+
+log() { echo "gpu.sh: $*" | tee -a "$LOG"; }
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$STEPS"; log "$1: $2${3:+ ($3)}"; }
+step() {
+  local name=$1 t=$SECONDS rc=0
+  shift
+  log "== $name: $*"
+  "$@" >>"$LOG" 2>&1 || rc=$?
+  if [ $rc -eq 0 ]; then record "$name" ok "$((SECONDS - t)) s"; else record "$name" failed "exit $rc after $((SECONDS - t)) s"; fi
+  return $rc
+}
+
+GPU=1
+nvidia-smi -L >>"$LOG" 2>&1 || GPU=0
+log "source $SRC, commit $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown), gpu=$GPU"
+
+# NCCL: the toolkit's, else the pip wheel's on the device image (NCCL_ROOT for CMake).
+if ! ls /usr/local/cuda/lib64/libnccl.so* >/dev/null 2>&1; then
+  NR=$("$PY" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null || true)
+  [ -z "$NR" ] && NR=$("$PY" -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
+  if [ -n "$NR" ]; then
+    export NCCL_ROOT=$NR LD_LIBRARY_PATH=$NR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    [ -e "$NR/lib/libnccl.so" ] || ln -sf "$NR"/lib/libnccl.so.2 "$WORK/libnccl.so" 2>/dev/null || true
+    log "NCCL from $NR"
+  fi
+fi
+
+# ---- 1 build ----
+if [ -z "$BUILD" ]; then
+  BUILD=$WORK/build
+  step gpu_configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release &&
+    step gpu_build cmake --build "$BUILD" -j"$NCPU" --target orp-runtime orp-gpu-bench test_cuda_kernels \
+      test_cuda_model test_rtc_plan test_cpu_ref
+else
+  record gpu_build ok "reused $BUILD"
+fi
+RT=$BUILD/runtime/orp-runtime BENCH=$BUILD/runtime/cuda/orp-gpu-bench
+if [ ! -x "$BENCH" ]; then
+  record gpu_correct skipped "not built"
+else
+  # ---- 2 correctness ----
+  step cpu_checks sh -c "'$BUILD/tests/unit/cuda/test_rtc_plan' && '$BUILD/tests/unit/cuda/test_cpu_ref'"
+  for t in test_cuda_kernels test_cuda_model; do
+    rc=0
+    env ${HF:+ORP_HF_GOLDEN_DIR=$HF} timeout 300 "$BUILD/tests/unit/cuda/$t" >>"$LOG" 2>&1 || rc=$?
+    case $rc in
+      0) record "$t" ok "ran on the GPU" ;;
+      77) record "$t" "$([ $GPU = 1 ] && echo failed || echo skipped)" "skipped (77)" ;;
+      *) record "$t" failed "exit $rc" ;;
+    esac
+  done
+  grep -E "top-1 agreement|hf |worst error" "$LOG" | tail -40 >"$WORK/accuracy.txt" || true
+
+  # ---- 3 memcheck on a short serving run ----
+  if [ $GPU = 1 ] && command -v compute-sanitizer >/dev/null; then
+    "$RT" make-model --out "$WORK/tiny" --dim 128 --heads 4 --kv-heads 2 --head-dim 32 --ffn 256 \
+      --layers 2 --context 256 >>"$LOG" 2>&1
+    PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    compute-sanitizer --tool memcheck --error-exitcode 9 --log-file "$WORK/memcheck.txt" \
+      "$RT" serve --model "$WORK/tiny" --device cuda --port "$PORT" --max-batch 4 \
+      --prefill-chunk 32 --gpu-memory-fraction 0.3 >>"$LOG" 2>&1 &
+    SP=$!
+    ready=0
+    for _ in $(seq 1 240); do
+      curl -sf "http://127.0.0.1:$PORT/health" 2>/dev/null | grep -q ok && { ready=1; break; }
+      kill -0 $SP 2>/dev/null || break
+      sleep 1
+    done
+    ok=0
+    if [ $ready = 1 ]; then
+      pids=()
+      for i in 1 2; do
+        curl -sf "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+          -d "{\"model\":\"tiny\",\"prompt\":\"Hello world number $i\",\"max_tokens\":12,\"temperature\":0.7}" \
+          >"$WORK/reply$i.json" 2>>"$LOG" &
+        pids+=($!)
+      done
+      wait "${pids[@]}"
+      grep -q '"text"' "$WORK/reply1.json" && grep -q '"text"' "$WORK/reply2.json" && ok=1
+      cat "$WORK/reply1.json" >>"$LOG"
+    fi
+    # The runtime is compute-sanitizer's child: it gets the SIGTERM (a clean stop), and the
+    # sanitizer then reports and exits with the runtime's status (9 on a memcheck error).
+    CP=$(pgrep -P $SP 2>/dev/null | head -1)
+    kill -TERM "${CP:-$SP}" 2>/dev/null
+    rc=0
+    wait $SP || rc=$?
+    cat "$WORK/memcheck.txt" >>"$LOG" 2>/dev/null
+    summary=$(grep -h "ERROR SUMMARY" "$WORK/memcheck.txt" 2>/dev/null | tail -1)
+    if [ $ready = 1 ] && [ $ok = 1 ] && [ $rc = 0 ] && echo "$summary" | grep -q "ERROR SUMMARY: 0 errors"; then
+      record memcheck ok "$summary"
+    else
+      record memcheck failed "ready=$ready replies=$ok exit=$rc ${summary:-no summary}"
+    fi
+  else
+    record memcheck skipped "no GPU or no compute-sanitizer"
+  fi
+
+  # ---- 4 benchmark ----
+  if [ $GPU = 1 ]; then
+    # 16 GB: in RAM (/dev/shm) when it has room, so writing it does not wait for the disk; the
+    # load time then reads it from memory, as from a warm page cache.
+    CK=$WORK/llama8b
+    if [ "$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')" -gt $((20 * 1024 * 1024)) ] 2>/dev/null; then
+      CK=/dev/shm/orp-gpu-bench-llama8b
+      trap 'rm -rf "$WORK" "$CK"' EXIT
+    fi
+    step make_8b "$BENCH" make-8b --out "$CK"
+    step bench "$BENCH" run --model "$CK" --json "$WORK/bench.json"
+    rm -rf "$CK"
+    sed -n '/^| metric/,$p' "$LOG" | grep '^|' | tail -12 >"$WORK/table.md" || true
+  else
+    record bench skipped "no GPU"
+  fi
+fi
+
+# ---- gpu-bench.json ----
+"$PY" - "$STEPS" "$WORK" "$OUTDIR/gpu-bench.json" "$GPU" "$(git -C "$SRC" rev-parse HEAD 2>/dev/null || echo unknown)" \
+  "$((SECONDS - T0))" <<'EOF'
+import datetime, json, os, subprocess, sys
+steps_path, work, out, gpu, commit, secs = sys.argv[1:7]
+steps = {}
+for line in open(steps_path):
+    name, status, detail = line.rstrip("\n").split("\t")
+    steps[name] = {"status": status, "detail": detail}
+def text(name):
+    p = os.path.join(work, name)
+    return open(p).read() if os.path.exists(p) else None
+bench = json.loads(text("bench.json")) if text("bench.json") else None
+gpu_name = None
+if gpu == "1":
+    try:
+        gpu_name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                  capture_output=True, text=True).stdout.strip().splitlines()[0]
+    except Exception:
+        pass
+s = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+     "commit": commit, "gpu": gpu_name, "seconds": int(secs), "steps": steps, "bench": bench,
+     "table": text("table.md"), "accuracy": text("accuracy.txt"),
+     "ok": all(v["status"] != "failed" for v in steps.values())}
+json.dump(s, open(out, "w"), indent=1)
+print("gpu.sh: %s in %s s" % ("ok" if s["ok"] else "FAILED", secs))
+for k, v in steps.items():
+    print("  %-20s %-8s %s" % (k, v["status"], v["detail"]))
+if s["table"]:
+    print(s["table"])
+sys.exit(0 if s["ok"] else 1)
+EOF
