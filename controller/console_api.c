@@ -84,8 +84,9 @@ static void h_stats(struct httpd_req *req)
     const char *p[] = {id, a.account_id_str, windows[w].granularity, windows[w].step, n};
     PGresult *r;
     /* One row per period of the window, oldest first; the endpoint must be the caller's (a
-     * deleted one still has its history). The window's events are read once, by the index on
-     * (endpoint_id, at), and counted per period; periods without any get zeros. */
+     * deleted one still has its history). The window's events are read once and counted per
+     * period; periods without any get zeros. It wants an index on usage_events (endpoint_id, at)
+     * (docs/benchmarks.md: without one, every call scans all accounts' events). */
     enum db_status st = db_exec(
         c,
         "WITH ep AS (SELECT id FROM endpoints WHERE id = $1::uuid AND account_id = $2::bigint), "

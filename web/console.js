@@ -796,13 +796,14 @@ async function refreshDashboard() {
 async function drawSpend() {
   try {
     const [hours, days] = await Promise.all([api('GET', '/v1/billing/usage?granularity=hour'), api('GET', '/v1/billing/usage?granularity=day')]);
+    // Each charge into the UTC period that holds its start (the database may truncate days in
+    // its own time zone; such a day still lands in one bar).
     const bucket = (rows, n, stepS) => {
       const x = periodStarts(n, stepS);
-      const at = new Map(x.map((t, i) => [t, i]));
       const v = new Array(n).fill(0);
       for (const u of rows) {
-        const i = at.get(Date.parse(u.period_start) / 1000);
-        if (i !== undefined) v[i] += u.cost_micros / 1e6;
+        const i = Math.floor((Date.parse(u.period_start) / 1000 - x[0]) / stepS);
+        if (i >= 0 && i < n) v[i] += u.cost_micros / 1e6;
       }
       return { x, v };
     };
