@@ -84,17 +84,20 @@ static void h_stats(struct httpd_req *req)
     const char *p[] = {id, a.account_id_str, windows[w].granularity, windows[w].step, n};
     PGresult *r;
     /* One row per period of the window, oldest first; the endpoint must be the caller's (a
-     * deleted one still has its history). */
+     * deleted one still has its history). The window's events are read once and counted per
+     * period; periods without any get zeros. It wants an index on usage_events (endpoint_id, at)
+     * (docs/benchmarks.md: without one, every call scans all accounts' events). */
     enum db_status st = db_exec(
         c,
         "WITH ep AS (SELECT id FROM endpoints WHERE id = $1::uuid AND account_id = $2::bigint), "
         "periods AS (SELECT generate_series(date_trunc($3, now()) - $5::int * $4::interval, "
-        "    date_trunc($3, now()), $4::interval) AS p) "
+        "    date_trunc($3, now()), $4::interval) AS p), "
+        "ev AS (SELECT date_trunc($3, u.at) AS p, count(*) AS n, sum(u.prompt_tokens) AS pt, "
+        "    sum(u.completion_tokens) AS ct FROM usage_events u JOIN ep ON u.endpoint_id = ep.id "
+        "  WHERE u.at >= date_trunc($3, now()) - $5::int * $4::interval GROUP BY 1) "
         "SELECT to_char(periods.p AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-        "  count(u.id), COALESCE(sum(u.prompt_tokens), 0), COALESCE(sum(u.completion_tokens), 0) "
-        "FROM ep CROSS JOIN periods LEFT JOIN usage_events u ON u.endpoint_id = ep.id "
-        "  AND u.at >= periods.p AND u.at < periods.p + $4::interval "
-        "GROUP BY periods.p ORDER BY periods.p",
+        "  COALESCE(ev.n, 0), COALESCE(ev.pt, 0), COALESCE(ev.ct, 0) "
+        "FROM ep CROSS JOIN periods LEFT JOIN ev ON ev.p = periods.p ORDER BY periods.p",
         5, p, &r, NULL);
     ctl_db_done(req, c);
     if (st < 0) {

@@ -95,12 +95,13 @@ static int load_types(PGconn *c, const char *kind, const char *pool, struct pres
     return n < max ? n : max;
 }
 
-/* The bytes of a model's weights: its manifest's *.safetensors files (0 when it has no
- * manifest: the size is unknown, and min_devices decides). */
+/* The bytes of a model's weights: its manifest's *.safetensors files; without a manifest, the
+ * parameter count the operator gave × 2 (BF16, what the runtime serves); else 0: the size is
+ * unknown, and min_devices decides. */
 #define WEIGHTS_SQL                                                                                \
     "COALESCE((SELECT sum((f->>'size')::bigint) FROM jsonb_array_elements("                        \
     "  CASE WHEN jsonb_typeof(m.manifest->'files') = 'array' THEN m.manifest->'files' "            \
-    "  ELSE '[]'::jsonb END) f WHERE f->>'path' LIKE '%.safetensors'), 0)"
+    "  ELSE '[]'::jsonb END) f WHERE f->>'path' LIKE '%.safetensors'), m.parameter_count * 2, 0)"
 
 int presets_apply(struct httpd_req *req, PGconn *c, const char *model, const char *pool,
                   const char **gpu_type, char *buf, size_t buflen, int64_t *gpus)
@@ -163,9 +164,9 @@ int presets_apply(struct httpd_req *req, PGconn *c, const char *model, const cha
     return 0;
 }
 
-/* GET /v1/catalog/presets[?pool=P]: for every model of the catalog, the GPU types it fits on with
- * GPUs per replica and the price of one replica per minute; the one a deploy without gpu_type
- * gets is marked default. CPU-only models list their CPU slots. */
+/* GET /v1/catalog/presets[?pool=P]: for every model of the catalog (not retired), the GPU types it
+ * fits on with GPUs per replica and the price of one replica per minute; the one a deploy without
+ * gpu_type gets is marked default. CPU-only models list their CPU slots. */
 static void h_presets(struct httpd_req *req)
 {
     struct auth_ctx a;
@@ -189,7 +190,7 @@ static void h_presets(struct httpd_req *req)
                             "  COALESCE((SELECT micros_per_device_hour FROM device_prices "
                             "    WHERE device_kind = 'cpu' AND effective_at <= now() "
                             "    ORDER BY effective_at DESC LIMIT 1), 0), m.device_kinds[1] "
-                            "FROM models m ORDER BY m.name",
+                            "FROM models m WHERE m.retired_at IS NULL ORDER BY m.name",
                             0, NULL, &r, NULL);
     ctl_db_done(req, c);
     if (st < 0) {

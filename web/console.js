@@ -96,7 +96,20 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+// Requests on their way: log-out and a password change (which rotates the session) wait for them,
+// so that none reaches the server with a session that just ended.
+const inflight = new Set();
+
+async function settle() { await Promise.allSettled([...inflight]); }
+
+function api(method, path, body) {
+  const p = apiCall(method, path, body);
+  inflight.add(p);
+  p.finally(() => inflight.delete(p)).catch(() => {});
+  return p;
+}
+
+async function apiCall(method, path, body) {
   const headers = {};
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET' && state.csrf) headers['X-CSRF-Token'] = state.csrf;
@@ -269,6 +282,8 @@ $('signup-form').addEventListener('submit', async (ev) => {
 });
 
 $('logout').addEventListener('click', async () => {
+  leaveView();
+  await settle();
   try { await api('POST', '/v1/auth/logout'); } catch { /* the session is gone either way */ }
   location.hash = '';
   signedOut('You are logged out.');
@@ -796,13 +811,14 @@ async function refreshDashboard() {
 async function drawSpend() {
   try {
     const [hours, days] = await Promise.all([api('GET', '/v1/billing/usage?granularity=hour'), api('GET', '/v1/billing/usage?granularity=day')]);
+    // Each charge into the UTC period that holds its start (the database may truncate days in
+    // its own time zone; such a day still lands in one bar).
     const bucket = (rows, n, stepS) => {
       const x = periodStarts(n, stepS);
-      const at = new Map(x.map((t, i) => [t, i]));
       const v = new Array(n).fill(0);
       for (const u of rows) {
-        const i = at.get(Date.parse(u.period_start) / 1000);
-        if (i !== undefined) v[i] += u.cost_micros / 1e6;
+        const i = Math.floor((Date.parse(u.period_start) / 1000 - x[0]) / stepS);
+        if (i >= 0 && i < n) v[i] += u.cost_micros / 1e6;
       }
       return { x, v };
     };
@@ -1114,6 +1130,8 @@ $('password-form').addEventListener('submit', async (ev) => {
   const body = { new_password: $('pw-new').value };
   if ($('pw-current').value) body.current_password = $('pw-current').value;
   try {
+    leaveView();
+    await settle();
     const r = await api('POST', '/v1/auth/password', body);
     if (r.csrf_token) state.csrf = r.csrf_token; // the session was rotated
     for (const id of ['pw-current', 'pw-new', 'pw-repeat']) $(id).value = '';
@@ -1166,24 +1184,41 @@ async function hostAction(h, what) {
 
 // ---- admin: accounts ----
 
-// The list needs GET /v1/admin/accounts; a controller without it answers 404 and the page says
-// so (an account is still opened by its id).
 async function enterAccounts() {
-  showError('accounts-error', null);
+  state.accountsCursor = null;
   $('accounts').replaceChildren();
+  loadAccounts();
+}
+
+async function loadAccounts() {
+  showError('accounts-error', null);
+  const params = new URLSearchParams({ limit: '50' });
+  if ($('accounts-filter').value) params.set('suspended', $('accounts-filter').value);
+  if (state.accountsCursor) params.set('starting_after', state.accountsCursor);
+  let page;
   try {
-    const list = await api('GET', '/v1/admin/accounts');
+    page = await api('GET', `/v1/admin/accounts?${params}`);
     $('accounts-note').textContent = '';
-    $('accounts').replaceChildren(...(list.data || []).map((a) => el('tr', { dataset: { id: a.id } },
-      el('td', {}, String(a.id)), el('th', { scope: 'row' }, a.name || ''),
-      el('td', {}, el('button', { type: 'button', class: 'secondary', 'aria-label': `Open account ${a.id}`,
-        onclick: () => { $('acct-id').value = a.id; openAccount(String(a.id)); } }, 'Open')))));
   } catch (e) {
     $('accounts-note').textContent = e.status === 404
-      ? 'This controller does not list accounts yet (GET /v1/admin/accounts): open one by its id.'
+      ? 'This controller does not list accounts (GET /v1/admin/accounts): open one by its id.'
       : `Could not list accounts: ${e.message}`;
+    return;
   }
+  $('accounts').append(...page.data.map((a) => el('tr', { dataset: { id: a.id } },
+    el('td', {}, a.id), el('th', { scope: 'row' }, a.name),
+    el('td', { class: `num ${a.balance_micros < 0 ? 'negative' : ''}` }, usd(a.balance_micros)),
+    el('td', {}, String(a.endpoints)),
+    el('td', { class: 'acct-state' }, a.operator ? 'operator' : a.suspended ? `suspended: ${a.suspend_reason || 'no reason given'}` : 'active'),
+    el('td', { class: 'actions' }, el('button', { type: 'button', class: 'secondary', 'aria-label': `Open account ${a.id} (${a.name})`,
+      onclick: () => { $('acct-id').value = a.id; openAccount(a.id); } }, 'Open')))));
+  if (!page.data.length && !state.accountsCursor) $('accounts').append(el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'No accounts.')));
+  state.accountsCursor = page.has_more ? page.next_starting_after : null;
+  $('accounts-more').hidden = !page.has_more;
 }
+
+$('accounts-more').addEventListener('click', loadAccounts);
+$('accounts-filter').addEventListener('change', enterAccounts);
 
 $('account-pick').addEventListener('submit', (ev) => {
   ev.preventDefault();
@@ -1192,19 +1227,57 @@ $('account-pick').addEventListener('submit', (ev) => {
   openAccount($('acct-id').value.trim());
 });
 
+// One account: its state (GET /v1/admin/accounts/{id} where the controller has it), credit and
+// quotas.
 async function openAccount(id) {
   showError('accounts-error', null);
-  let q;
-  try { q = await api('GET', `/v1/admin/accounts/${encodeURIComponent(id)}/quotas`); } catch (e) { showError('accounts-error', e); return; }
+  let q, a = null;
+  try {
+    q = await api('GET', `/v1/admin/accounts/${encodeURIComponent(id)}/quotas`);
+    a = await api('GET', `/v1/admin/accounts/${encodeURIComponent(id)}`).catch((e) => (e.status === 404 ? null : Promise.reject(e)));
+  } catch (e) { showError('accounts-error', e); return; }
   state.acct = id;
   state.creditKey = null;
-  $('acct-title').textContent = `Account ${id}`;
+  $('acct-title').textContent = a ? `Account ${id}: ${a.name}` : `Account ${id}`;
+  $('acct-status').textContent = a
+    ? `Balance ${usd(a.balance_micros)} · ${a.users} user${a.users === 1 ? '' : 's'} · ${a.endpoints} endpoint${a.endpoints === 1 ? '' : 's'} · ` +
+      (a.suspended ? `suspended since ${when(a.suspended_at)}: ${a.suspend_reason || 'no reason given'}` : 'active')
+    : '';
+  $('suspend-form').hidden = !a || a.suspended || a.operator;
+  $('unsuspend-button').hidden = !a || !a.suspended;
   $('acct-box').hidden = false;
   const f = $('quota-form').elements;
   for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst']) f[n].value = q[n] ?? '';
   f.monthly_spend_cap.value = q.monthly_spend_cap_micros === null ? '' : (q.monthly_spend_cap_micros / 1e6).toFixed(2);
   $('quota-source').textContent = q.defaults ? 'Showing the defaults: saving gives this account its own quotas.' : 'This account has its own quotas.';
 }
+
+async function refreshAccountRow() {
+  if (state.view === 'admin-accounts') { await enterAccounts(); await openAccount(state.acct); }
+}
+
+$('suspend-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  showError('accounts-error', null);
+  if (!confirm(`Suspend account ${state.acct}? Its keys and sessions stop working and its endpoints stop.`)) return;
+  try {
+    const body = {};
+    if ($('suspend-reason').value.trim()) body.reason = $('suspend-reason').value.trim();
+    await api('POST', `/v1/admin/accounts/${encodeURIComponent(state.acct)}/suspend`, body);
+    $('suspend-reason').value = '';
+    flash(`Account ${state.acct} suspended.`);
+    await refreshAccountRow();
+  } catch (e) { showError('accounts-error', e); }
+});
+
+$('unsuspend-button').addEventListener('click', async () => {
+  showError('accounts-error', null);
+  try {
+    await api('POST', `/v1/admin/accounts/${encodeURIComponent(state.acct)}/unsuspend`);
+    flash(`Account ${state.acct} is active again; its stopped endpoints stay stopped until started.`);
+    await refreshAccountRow();
+  } catch (e) { showError('accounts-error', e); }
+});
 
 $('credit-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
@@ -1221,72 +1294,184 @@ $('credit-form').addEventListener('submit', async (ev) => {
     state.creditKey = null;
     flash(`Credited ${usd(micros)} to account ${acct} (ledger entry ${r.id || 'stored'}).`);
     $('credit-amount').value = '';
+    await refreshAccountRow();
   } catch (e) { showError('accounts-error', e); }
 });
 
 $('credit-form').addEventListener('input', () => { state.creditKey = null; }); // another credit
 
+// Form fields by name → the label's words, for messages that say which field is wrong.
+function fieldName(input) { return input.closest('label')?.firstChild?.textContent.trim() || input.name; }
+
+// The browser's own checks on a form: the first bad field's message, in words, or null.
+function formProblem(form) {
+  for (const input of form.querySelectorAll('input, select')) {
+    if (!input.checkValidity()) { input.focus(); return new Error(`${fieldName(input)}: ${input.validationMessage}`); }
+  }
+  return null;
+}
+
+// An API error about one field of a form: named by its label when the param is one of them.
+function fieldError(form, e) {
+  const input = e.param && form.elements[e.param];
+  if (input && input.closest) { input.focus(); return new Error(`${fieldName(input)}: ${e.message}`); }
+  return e;
+}
+
 $('quota-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   showError('accounts-error', null);
-  const f = $('quota-form').elements;
+  const form = $('quota-form'), f = form.elements;
+  const bad = formProblem(form);
+  if (bad) { showError('accounts-error', bad); return; }
   const body = {};
-  for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst']) {
-    if (!f[n].checkValidity()) { showError('accounts-error', new Error(`${f[n].parentElement.firstChild.textContent.trim()}: ${f[n].validationMessage}`)); f[n].focus(); return; }
-    if (f[n].value !== '') body[n] = Number(f[n].value);
-  }
+  for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst']) if (f[n].value !== '') body[n] = Number(f[n].value);
   if (f.monthly_spend_cap.value !== '') body.monthly_spend_cap_micros = Math.round(Number(f.monthly_spend_cap.value) * 1e6);
   try {
     await api('PUT', `/v1/admin/accounts/${encodeURIComponent(state.acct)}/quotas`, body);
     flash(`Quotas of account ${state.acct} saved.`);
     openAccount(state.acct);
-  } catch (e) { showError('accounts-error', e); }
+  } catch (e) { showError('accounts-error', fieldError(form, e)); }
 });
 
 // ---- admin: GPU types, catalog ----
 
 async function enterGpus() {
   showError('gpus-error', null);
-  let hosts;
+  let hosts, types = null;
   try {
     [hosts] = await Promise.all([api('GET', '/v1/admin/hosts'), loadCatalog()]);
+    types = await api('GET', '/v1/admin/gpu-types').catch((e) => (e.status === 404 ? null : Promise.reject(e)));
   } catch (e) { showError('gpus-error', e); return; }
-  const types = new Map();
+  // What the hosts report, by model.
+  const fleet = new Map();
   for (const h of hosts.data) {
     if (h.state === 'revoked') continue;
     for (const d of h.devices || []) {
       const name = d.kind === 'cpu' ? 'CPU slot' : d.model || 'GPU';
-      const t = types.get(name) || { name, kind: d.kind, memory: d.memory_mib, n: 0, healthy: 0, hosts: new Set() };
+      const t = fleet.get(name) || { name, kind: d.kind, memory: d.memory_mib, n: 0, healthy: 0, hosts: new Set() };
       t.n++;
       if (d.healthy !== false) t.healthy++;
       t.hosts.add(h.name);
-      types.set(name, t);
+      fleet.set(name, t);
     }
   }
-  const price = (t) => {
+  const kindPrice = (t) => {
     for (const m of state.presets.values()) {
-      for (const p of m.presets) if (p.device_kind === t.kind && (t.kind === 'cpu' || p.gpu_type === t.name)) return usd(p.micros_per_device_hour);
+      for (const p of m.presets) if (p.device_kind === t.kind) return usd(p.micros_per_device_hour);
     }
     return '—';
   };
-  $('gpu-types').replaceChildren(...[...types.values()].map((t) => el('tr', {},
+  $('fleet-types').replaceChildren(...[...fleet.values()].map((t) => el('tr', {},
     el('th', { scope: 'row' }, t.name), el('td', {}, t.memory ? `${Math.round(t.memory / 1024)} GiB` : '—'),
-    el('td', {}, String(t.n)), el('td', {}, String(t.healthy)), el('td', {}, [...t.hosts].join(', ')), el('td', {}, price(t)))));
-  if (!types.size) $('gpu-types').append(el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'No hosts have registered.')));
+    el('td', {}, String(t.n)), el('td', {}, String(t.healthy)), el('td', {}, [...t.hosts].join(', ')), el('td', {}, kindPrice(t)))));
+  if (!fleet.size) $('fleet-types').append(el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'No hosts have registered.')));
+  $('fleet-models').replaceChildren(...[...fleet.values()].filter((t) => t.kind === 'gpu').map((t) => el('option', { value: t.name })));
+  state.fleet = fleet;
+
+  if (!types) {
+    $('gpu-types').replaceChildren(el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'This controller has no GPU type routes (GET /v1/admin/gpu-types).')));
+    return;
+  }
+  $('gpu-types').replaceChildren(...types.data.map((t) => {
+    const f = fleet.get(t.model_match);
+    const input = el('input', { type: 'number', min: 0, step: '0.01', class: 'narrow', 'aria-label': `New price of ${t.id} per GPU-hour (USD)` });
+    return el('tr', { dataset: { name: t.id } },
+      el('th', { scope: 'row' }, t.id), el('td', {}, t.model_match || '—'),
+      el('td', {}, t.memory_mib ? `${Math.round(t.memory_mib / 1024)} GiB` : '—'),
+      el('td', {}, f ? `${f.n} on ${f.hosts.size} host${f.hosts.size === 1 ? '' : 's'}` : 'none'),
+      el('td', {}, `${usd(t.micros_per_gpu_hour)} since ${when(t.price_effective_at)}`,
+        t.price_history.length > 1 ? el('div', { class: 'hint' }, `${t.price_history.length - 1} earlier price${t.price_history.length === 2 ? '' : 's'}`) : null),
+      el('td', { class: 'actions' }, input, el('button', { type: 'button', class: 'secondary', 'aria-label': `Set the price of ${t.id}`,
+        onclick: () => setGpuPrice(t, input) }, 'Set price')));
+  }));
+  if (!types.data.length) $('gpu-types').append(el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'No GPU types yet: add one below.')));
 }
+
+async function setGpuPrice(t, input) {
+  showError('gpus-error', null);
+  if (input.value === '' || !input.checkValidity()) { showError('gpus-error', new Error(`New price of ${t.id}: ${input.validationMessage || 'enter an amount in USD'}`)); input.focus(); return; }
+  try {
+    await api('PATCH', `/v1/admin/gpu-types/${encodeURIComponent(t.id)}`, { micros_per_gpu_hour: Math.round(Number(input.value) * 1e6) });
+    flash(`${t.id}: ${usd(Math.round(Number(input.value) * 1e6))} per GPU-hour from now on.`);
+    enterGpus();
+  } catch (e) { showError('gpus-error', e); }
+}
+
+// Picking a model the fleet reports fills in its memory.
+$('gpu-type-form').elements.model_match.addEventListener('change', () => {
+  const f = $('gpu-type-form').elements, t = state.fleet?.get(f.model_match.value);
+  if (t && !f.memory_mib.value) f.memory_mib.value = t.memory;
+});
+
+$('gpu-type-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  showError('gpus-error', null);
+  const form = $('gpu-type-form'), f = form.elements;
+  const bad = formProblem(form);
+  if (bad) { showError('gpus-error', bad); return; }
+  const body = { name: f.name.value.trim(), model_match: f.model_match.value.trim(), micros_per_gpu_hour: Math.round(Number(f.price.value) * 1e6) };
+  if (f.memory_mib.value !== '') body.memory_mib = Number(f.memory_mib.value);
+  try {
+    await api('POST', '/v1/admin/gpu-types', body);
+    flash(`GPU type ${body.name} added.`);
+    form.reset();
+    enterGpus();
+  } catch (e) { showError('gpus-error', fieldError(form, e)); }
+});
 
 async function enterAdminCatalog() {
   showError('acat-error', null);
-  try { await loadCatalog(); } catch (e) { showError('acat-error', e); return; }
+  let list;
+  try {
+    await loadCatalog();
+    list = (await api('GET', '/v1/admin/catalog').catch((e) => (e.status === 404 ? { data: state.catalog } : Promise.reject(e)))).data;
+  } catch (e) { showError('acat-error', e); return; }
   const price = (micros) => `$${(micros / 1e6).toFixed(2)}`;
-  $('admin-models').replaceChildren(...state.catalog.map((m) => {
+  $('admin-models').replaceChildren(...list.map((m) => {
     const pre = state.presets.get(m.id);
-    return el('tr', {}, el('th', { scope: 'row' }, m.id), el('td', {}, m.family), el('td', {}, String(m.context_length)),
-      el('td', {}, pre?.weights_bytes ? gb(pre.weights_bytes) : 'unknown'),
+    const size = pre?.weights_bytes ? gb(pre.weights_bytes) : m.parameter_count ? `${(m.parameter_count / 1e9).toFixed(1)} B parameters` : 'unknown';
+    return el('tr', { dataset: { model: m.id } }, el('th', { scope: 'row' }, m.id), el('td', {}, m.family), el('td', {}, String(m.context_length)),
+      el('td', {}, size),
       el('td', {}, `${m.device_kinds.join(', ')}, at least ${m.min_devices}`),
-      el('td', {}, `${price(m.input_price_micros_per_mtok)} / ${price(m.output_price_micros_per_mtok)}`));
+      el('td', {}, `${price(m.input_price_micros_per_mtok)} / ${price(m.output_price_micros_per_mtok)}`),
+      el('td', { class: 'model-state' }, m.retired_at ? `retired ${when(m.retired_at)}` : 'offered'),
+      el('td', { class: 'actions' }, m.retired_at || !('retired_at' in m) ? null : el('button', { type: 'button', class: 'danger',
+        'aria-label': `Retire ${m.id}`, onclick: () => retireModel(m) }, 'Retire')));
   }));
 }
+
+async function retireModel(m) {
+  if (!confirm(`Retire ${m.id}? Customers no longer see or deploy it; what runs keeps running.`)) return;
+  showError('acat-error', null);
+  try {
+    await api('POST', `/v1/admin/catalog/${encodeURIComponent(m.id)}/retire`);
+    flash(`${m.id} retired.`);
+    enterAdminCatalog();
+  } catch (e) { showError('acat-error', e); }
+}
+
+$('model-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  showError('acat-error', null);
+  const form = $('model-form'), f = form.elements;
+  const bad = formProblem(form);
+  if (bad) { showError('acat-error', bad); return; }
+  const body = {
+    name: f.name.value.trim(), family: f.family.value.trim(), source: f.source.value.trim(),
+    context_length: Number(f.context_length.value), device_kinds: f.device_kinds.value.split(','),
+    min_devices: Number(f.min_devices.value || 1),
+    input_price_micros_per_mtok: Math.round(Number(f.in_price.value || 0) * 1e6),
+    output_price_micros_per_mtok: Math.round(Number(f.out_price.value || 0) * 1e6),
+  };
+  if (f.parameters.value) body.parameter_count = Math.round(Number(f.parameters.value) * 1e9);
+  try {
+    await api('POST', '/v1/admin/catalog', body);
+    flash(`${body.name} added to the catalog.`);
+    form.reset();
+    enterAdminCatalog();
+  } catch (e) { showError('acat-error', fieldError(form, e)); }
+});
 
 // ---- admin: enrollment ----
 
@@ -1297,6 +1482,36 @@ function enterTokens() {
     const port = Number(location.port || (location.protocol === 'https:' ? 443 : 80)) + 2;
     $('token-agent-url').value = localStorage.getItem('orp-agent-url') || `${location.protocol}//${location.hostname}:${port}`;
   }
+  refreshTokens();
+}
+
+async function refreshTokens() {
+  let page, hosts;
+  try {
+    [page, hosts] = await Promise.all([api('GET', '/v1/admin/enrollment-tokens?limit=50'), api('GET', '/v1/admin/hosts')]);
+  } catch (e) {
+    $('tokens').replaceChildren(el('tr', {}, el('td', { colspan: 6, class: 'empty' },
+      e.status === 404 ? 'This controller does not list enrollment tokens.' : e.message)));
+    return;
+  }
+  const hostName = new Map(hosts.data.map((h) => [String(h.id), h.name]));
+  $('tokens').replaceChildren(...page.data.map((t) => el('tr', { dataset: { id: t.id, state: t.state } },
+    el('th', { scope: 'row' }, el('code', {}, `${t.prefix}…`)), el('td', {}, t.pool || '—'),
+    el('td', {}, when(t.created_at)), el('td', {}, when(t.expires_at)),
+    el('td', { class: 'token-state' }, t.state === 'used' ? `used by ${hostName.get(String(t.used_by_host)) || `host ${t.used_by_host}`}` : t.state),
+    el('td', { class: 'actions' }, t.state === 'active' ? el('button', { type: 'button', class: 'danger',
+      'aria-label': `Revoke token ${t.prefix}`, onclick: () => revokeToken(t) }, 'Revoke') : null))));
+  if (!page.data.length) $('tokens').append(el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'No enrollment tokens yet.')));
+}
+
+async function revokeToken(t) {
+  if (!confirm(`Revoke the enrollment token ${t.prefix}…? No host can enroll with it afterwards.`)) return;
+  showError('tokens-error', null);
+  try {
+    await api('DELETE', `/v1/admin/enrollment-tokens/${encodeURIComponent(t.id)}`);
+    flash('Enrollment token revoked.');
+    refreshTokens();
+  } catch (e) { showError('tokens-error', e); }
 }
 
 $('token-agent-url').addEventListener('change', () => localStorage.setItem('orp-agent-url', $('token-agent-url').value.trim()));
@@ -1323,6 +1538,7 @@ $('token-form').addEventListener('submit', async (ev) => {
     $('token-expires').textContent = `${when(t.expires_at)} UTC`;
     $('token-box').hidden = false;
     $('token-command-copy').focus();
+    refreshTokens();
   } catch (e) { showError('tokens-error', e); }
 });
 

@@ -159,9 +159,6 @@ describe('the console in Chromium', { skip }, () => {
       problems.push(`console error: ${text} (${url})`);
     });
     page.setDefaultTimeout(15000);
-    // Routes that other branches add: until they land, the pages that use them get a 404 and say so.
-    allow4xx(404, /\/v1\/endpoints\/[^/]+\/logs/);
-    allow4xx(404, /\/v1\/admin\/accounts$/);
   }, { timeout: 180000 });
 
   after(async () => {
@@ -258,15 +255,21 @@ describe('the console in Chromium', { skip }, () => {
     await shot('endpoint-ready');
   });
 
-  test('live logs: the page streams them, or says in words that the route is missing', { timeout: 30000 }, async () => {
-    await waitFor('a log line or a message', async () => (await page.locator('#ep-logs span').count()) > 0 ||
-      /not available/.test(await page.locator('#ep-logs-state').textContent()), 20000, 200);
-    const probe = await page.request.get(`/v1/endpoints/${epId}/logs?tail=1`, { headers: { Accept: 'text/event-stream' }, timeout: 3000 }).catch(() => null);
-    if (probe && probe.status() === 404) {
-      assert.match(await page.locator('#ep-logs-state').textContent(), /Live logs are not available: this controller does not serve/);
-    } else {
-      await waitFor('log lines', async () => (await page.locator('#ep-logs span').count()) > 0, 20000, 200);
-    }
+  test('live logs stream in; pausing and resuming (Last-Event-ID) repeats no line', { timeout: 30000 }, async () => {
+    const lines = page.locator('#ep-logs span');
+    await waitFor('the runtime\'s log lines', async () => /orp-runtime .*ready/.test(await page.locator('#ep-logs').textContent()), 20000, 200);
+    assert.match(await page.locator('#ep-logs-state').textContent(), /^Live/);
+    const n = await lines.count();
+    const text = await page.locator('#ep-logs').textContent();
+    await page.getByRole('button', { name: 'Pause' }).click();
+    assert.equal(await page.locator('#ep-logs-state').textContent(), 'Paused.');
+    await page.getByRole('button', { name: 'Resume' }).click();
+    await waitFor('live again', async () => /^Live/.test(await page.locator('#ep-logs-state').textContent()), 5000, 100);
+    await page.waitForTimeout(1500); // the stream's first poll after resuming
+    assert.ok((await page.locator('#ep-logs').textContent()).startsWith(text), 'the lines before stay as they were');
+    const all = await lines.allTextContents();
+    assert.equal(new Set(all).size, all.length, 'no line twice');
+    assert.ok(all.length >= n);
   });
 
   test('the endpoints list updates without reloading: stop and start', { timeout: 120000 }, async () => {
@@ -475,9 +478,13 @@ describe('the console in Chromium', { skip }, () => {
 
     await page.getByRole('link', { name: 'Accounts' }).click();
     await page.waitForSelector('#view-admin-accounts:not([hidden])');
-    await page.getByLabel('Account id').fill(String(acct));
-    await page.getByRole('button', { name: 'Open', exact: true }).click();
+    // The list: the customer's account with its balance; opened from its row.
+    const acctRow = page.locator(`#accounts tr[data-id="${acct}"]`);
+    await acctRow.waitFor();
+    assert.match(await acctRow.textContent(), /Dana Labs/);
+    await page.getByRole('button', { name: `Open account ${acct} (Dana Labs)` }).click();
     await page.waitForSelector('#acct-box:not([hidden])');
+    await waitFor('the account shown', async () => /Account \d+: Dana Labs/.test(await page.locator('#acct-title').textContent()), 5000, 100);
     assert.equal(await page.locator('#quota-form [name=max_devices]').inputValue(), '16');
     const before = (await P.db.query('SELECT COALESCE(sum(amount_micros), 0)::bigint AS b FROM ledger_entries WHERE account_id = $1', [acct])).rows[0].b;
     await page.getByLabel('Amount (USD)').fill('12.5');
@@ -488,17 +495,56 @@ describe('the console in Chromium', { skip }, () => {
     await page.locator('#quota-form [name=max_endpoints]').fill('3');
     await page.getByRole('button', { name: 'Save quotas' }).click();
     await waitFor('saved', async () => (await P.db.query('SELECT max_endpoints FROM quotas WHERE account_id = $1', [acct])).rows[0]?.max_endpoints === 3, 5000, 100);
+    // Suspend with a reason (confirmed), then lift it.
+    await page.getByLabel('Reason').fill('unpaid invoice');
+    await page.getByRole('button', { name: 'Suspend' }).click();
+    await waitFor('suspended in the list', async () => /suspended: unpaid invoice/.test(await acctRow.locator('.acct-state').textContent()), 5000, 100);
+    assert.equal((await P.db.query('SELECT suspend_reason FROM accounts WHERE id = $1', [acct])).rows[0].suspend_reason, 'unpaid invoice');
+    await shot('admin-account-suspended');
+    await page.getByRole('button', { name: 'Lift the suspension' }).click();
+    await waitFor('active again', async () => (await acctRow.locator('.acct-state').textContent()) === 'active', 5000, 100);
 
     await page.getByRole('link', { name: 'GPU types & prices' }).click();
-    await page.waitForSelector('#gpu-types tr');
-    const types = await page.locator('#gpu-types').textContent();
-    assert.match(types, /NVIDIA H100 80GB HBM3\s*80 GiB\s*8\s*8\s*h100-box\s*\$2\.00/);
-    assert.match(types, /NVIDIA H200\s*140 GiB\s*8\s*8\s*h200-box\s*\$2\.00/);
+    await page.waitForSelector('#fleet-types tr');
+    const fleet = await page.locator('#fleet-types').textContent();
+    assert.match(fleet, /NVIDIA H100 80GB HBM3\s*80 GiB\s*8\s*8\s*h100-box\s*\$2\.00/);
+    assert.match(fleet, /NVIDIA H200\s*140 GiB\s*8\s*8\s*h200-box\s*\$2\.00/);
+    // A GPU type for the H100s, its memory filled in from the fleet; then a new price.
+    const gf = page.locator('#gpu-type-form');
+    await gf.getByLabel('Name').fill('h100-80gb');
+    await gf.getByLabel('Devices reporting (NVML model)').fill('NVIDIA H100 80GB HBM3');
+    await gf.getByLabel('Devices reporting (NVML model)').dispatchEvent('change');
+    assert.equal(await gf.getByLabel('Memory (MiB)').inputValue(), '81559');
+    await gf.getByLabel('Price per GPU-hour (USD)').fill('2.5');
+    await gf.getByRole('button', { name: 'Add GPU type' }).click();
+    const typeRow = page.locator('#gpu-types tr[data-name="h100-80gb"]');
+    await typeRow.waitFor();
+    assert.match(await typeRow.textContent(), /NVIDIA H100 80GB HBM3\s*80 GiB\s*8 on 1 host\s*\$2\.50 since/);
+    await page.getByLabel('New price of h100-80gb per GPU-hour (USD)').fill('3');
+    await page.getByRole('button', { name: 'Set the price of h100-80gb' }).click();
+    await waitFor('the new price', async () => /\$3\.00 since.*1 earlier price/s.test(await page.locator('#gpu-types tr[data-name="h100-80gb"]').textContent()), 5000, 100);
 
     await page.getByRole('link', { name: 'Catalog', exact: true }).last().click();
     await page.waitForSelector('#view-admin-catalog:not([hidden])');
     await page.locator('#admin-models tr').first().waitFor();
     assert.match(await page.locator('#admin-models').textContent(), /llama-3\.1-70b.*141 GB/s);
+    // Add a 72B by its parameter count: the deploy defaults size it from that (72.7 B × 2 bytes).
+    const mf = page.locator('#model-form');
+    await mf.getByLabel('Name').fill('qwen2.5-72b');
+    await mf.getByLabel('Family').fill('qwen2');
+    await mf.getByLabel('Source').fill('https://weights.invalid/qwen2.5-72b/');
+    await mf.getByLabel('Context (tokens)').fill('32768');
+    await mf.getByLabel('Parameters (billions)').fill('72.7');
+    await mf.getByRole('button', { name: 'Add model' }).click();
+    const qwen = page.locator('#admin-models tr[data-model="qwen2.5-72b"]');
+    await qwen.waitFor();
+    assert.match(await qwen.textContent(), /145 GB/);
+    const pre = (await (await page.request.get('/v1/catalog/presets')).json()).data.find((m) => m.model === 'qwen2.5-72b');
+    assert.deepEqual(pre.presets.map((p) => `${p.gpu_type}:${p.gpus_per_replica}${p.default ? '*' : ''}`),
+      ['NVIDIA H100 80GB HBM3:4', 'NVIDIA H200:2*']);
+    await page.getByRole('button', { name: 'Retire qwen2.5-72b' }).click();
+    await waitFor('retired', async () => /retired/.test(await qwen.locator('.model-state').textContent()), 5000, 100);
+    assert.ok(!(await (await page.request.get('/v1/catalog')).json()).data.some((m) => m.id === 'qwen2.5-72b'), 'customers no longer see it');
 
     await page.getByRole('link', { name: 'Enrollment' }).click();
     await page.locator('#token-pool').fill('browser-pool');
@@ -516,6 +562,14 @@ describe('the console in Chromium', { skip }, () => {
     const agent = P.spawnAgent('enrolled-by-console', { token, cpuSlots: 1 });
     await waitFor('the new host', async () => (await P.db.query("SELECT pool FROM hosts WHERE name = 'enrolled-by-console'")).rows[0]?.pool === 'browser-pool', 20000, 300);
     agent.kill('SIGTERM');
+    // The list: that token used by the new host; another one revoked.
+    await page.getByRole('button', { name: 'Create enrollment token' }).click();
+    await waitFor('two tokens listed', async () => (await page.locator('#tokens tr[data-id]').count()) === 2, 5000, 100);
+    await page.reload();
+    await page.waitForSelector('#view-admin-tokens:not([hidden])');
+    await waitFor('used by the host', async () => /used by enrolled-by-console/.test(await page.locator('#tokens').textContent()), 5000, 100);
+    await page.locator('#tokens tr[data-state="active"]').getByRole('button', { name: /Revoke token/ }).click();
+    await waitFor('revoked', async () => (await page.locator('#tokens tr[data-state="revoked"]').count()) === 1, 5000, 100);
     await shot('admin-tokens');
   });
 
