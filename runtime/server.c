@@ -29,6 +29,7 @@
 #include "cfg.h"
 #include "chat.h"
 #include "engine.h"
+#include "fingerprint.h"
 #include "gen.h"
 #include "httpd.h"
 #include "jsonx.h"
@@ -108,6 +109,7 @@ struct rt {
     int ctx_len; /* max_position_embeddings */
     int64_t started_s;
     struct engine *eng; /* the scheduler: every generation runs there */
+    struct rt_fingerprint fp; /* set before state becomes RT_READY, constant after */
     pthread_mutex_t usage_mu;
     int usage_fd; /* -1: no journal */
 };
@@ -149,10 +151,21 @@ static void journal(struct rt *rt, const char *rid, int prompt, int completion, 
     buf_free(&b);
 }
 
+/* Every reply of a loaded runtime names the deployment that made it (fingerprint.h). */
+static void add_fingerprint(struct httpd_req *req)
+{
+    struct rt *rt = req->app;
+    if (atomic_load(&rt->state) != RT_READY) return;
+    size_t n = strlen(req->extra_headers);
+    snprintf(req->extra_headers + n, sizeof req->extra_headers - n,
+             "%sOpenRunPod-Fingerprint: %s", n ? "\r\n" : "", rt->fp.header);
+}
+
 /* Auth and readiness, before any handler but /health. 0: go on; else a reply is queued. */
 static int admit(struct httpd_req *req)
 {
     struct rt *rt = req->app;
+    add_fingerprint(req);
     if (rt->secret) {
         const char *h = httpd_header(req, "Authorization");
         if (!h || strncmp(h, "Bearer ", 7) != 0 || !util_ct_streq(h + 7, rt->secret)) {
@@ -615,9 +628,10 @@ static void reply_completion(struct httpd_req *req, struct rt *rt, const struct 
         json_t *choice = json_pack("{s:s%,s:i,s:n,s:s}", "text", content, content_len, "index", 0,
                                    "logprobs", "finish_reason", gen_finish_name(g->finish));
         json_t *body =
-            json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:n}", "id", id, "object", "text_completion",
+            json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:s}", "id", id, "object", "text_completion",
                       "created", (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices",
-                      choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint");
+                      choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint",
+                      rt->fp.system);
         if (!body)
             httpd_error(req, 500, "internal_error", NULL, "could not build the reply");
         else
@@ -630,9 +644,10 @@ static void reply_completion(struct httpd_req *req, struct rt *rt, const struct 
     json_t *choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "message", msg, "logprobs",
                                "finish_reason", gen_finish_name(g->finish));
     json_t *body =
-        json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:n}", "id", id, "object", "chat.completion",
+        json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:s}", "id", id, "object", "chat.completion",
                   "created", (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices",
-                  choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint");
+                  choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint",
+                  rt->fp.system);
     if (!body) {
         httpd_error(req, 500, "internal_error", NULL, "could not build the reply");
         return;
@@ -707,9 +722,10 @@ static int sse_chunk(struct sse *s, json_t *delta, const char *finish)
                            "finish_reason", finish ? json_string(finish) : json_null());
     }
     json_t *c =
-        json_pack("{s:s,s:s,s:I,s:s,s:n,s:[o]}", "id", s->id, "object",
+        json_pack("{s:s,s:s,s:I,s:s,s:s,s:[o]}", "id", s->id, "object",
                   s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk", "created",
-                  s->created, "model", s->rt->name, "system_fingerprint", "choices", choice);
+                  s->created, "model", s->rt->name, "system_fingerprint", s->rt->fp.system,
+                  "choices", choice);
     if (c && s->include_usage) json_object_set_new(c, "usage", json_null());
     return sse_event(s, c);
 }
@@ -723,10 +739,11 @@ static int sse_finish(struct sse *s)
              g->produced, gen_finish_name(g->finish));
     if (sse_chunk(s, json_object(), gen_finish_name(g->finish)) != 0) return -1;
     if (s->include_usage) {
-        json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:n,s:[],s:o}", "id", s->id, "object",
+        json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:s,s:[],s:o}", "id", s->id, "object",
                               s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk",
                               "created", s->created, "model", s->rt->name, "system_fingerprint",
-                              "choices", "usage", usage_json(g->n_prompt, g->produced));
+                              s->rt->fp.system, "choices", "usage",
+                              usage_json(g->n_prompt, g->produced));
         if (sse_event(s, u) != 0) return -1;
     }
     return buf_append(&s->out, "data: [DONE]\n\n", 14);
@@ -963,6 +980,7 @@ static void h_completions(struct httpd_req *req)
 static void h_health(struct httpd_req *req)
 {
     struct rt *rt = req->app;
+    add_fingerprint(req);
     if (atomic_load(&rt->state) == RT_READY)
         httpd_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
     else
@@ -1198,7 +1216,8 @@ static void *loader(void *arg)
                      "%s: the tokenizer has %d ids but config.json's vocab_size "
                      "is %d",
                      path, tok_vocab_size(rt->tok), model_cfg(rt->model)->vocab);
-        } else {
+        } else if (rt_fingerprint_compute(rt->cfg.model, model_tp(rt->model), rt->cfg.device,
+                                          &rt->fp, err, sizeof err) == 0) {
             rt->ctx_len = model_cfg(rt->model)->max_pos;
             rt->eng = start_engine(rt, err, sizeof err);
         }
@@ -1206,10 +1225,10 @@ static void *loader(void *arg)
             atomic_store(&rt->state, RT_READY);
             const struct model_config *c = model_cfg(rt->model);
             log_info("model '%s' ready in %lld ms: %s, %d layers, dim %d, vocab %d, context %d, "
-                     "%s chat format, tp %d",
+                     "%s chat format, tp %d; fingerprint %s",
                      rt->name, (long long)(util_now_ms() - t0), model_arch_name(c->arch), c->layers,
                      c->dim, c->vocab, c->max_pos, chat_family_name(rt->tpl.family),
-                     model_tp(rt->model));
+                     model_tp(rt->model), rt->fp.header);
             return NULL;
         }
     }

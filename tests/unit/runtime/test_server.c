@@ -2,7 +2,9 @@
  * and a usage journal, and checks the wire contract: /health, the secret, /v1/models,
  * non-streaming and streaming chat completions (the same greedy text both ways), the 4xx replies
  * to bad requests (each naming its param), /tokenize and /detokenize, a client that goes away
- * mid-stream (journaled as cancelled), the journal's lines, and a clean exit on SIGTERM. */
+ * mid-stream (journaled as cancelled), the journal's lines, the deployment fingerprint (the
+ * header on every reply, system_fingerprint derived from it, the weights digest recomputed here
+ * from the file), and a clean exit on SIGTERM. */
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
@@ -368,6 +370,100 @@ static void test_journal(void)
     free(all);
 }
 
+/* libcurl's header callback: keeps the OpenRunPod-Fingerprint value (without CRLF). */
+static size_t fp_header(char *line, size_t size, size_t n, void *arg)
+{
+    static const char name[] = "OpenRunPod-Fingerprint: ";
+    size_t len = size * n;
+    if (len > strlen(name) && strncasecmp(line, name, strlen(name)) == 0) {
+        struct buf *b = arg;
+        b->len = 0;
+        size_t v = len - strlen(name);
+        while (v && (line[strlen(name) + v - 1] == '\r' || line[strlen(name) + v - 1] == '\n'))
+            v--;
+        buf_append(b, line + strlen(name), v);
+    }
+    return len;
+}
+
+static size_t write_body(char *data, size_t size, size_t n, void *arg)
+{
+    return buf_append(arg, data, size * n) == 0 ? size * n : 0;
+}
+
+/* The fingerprint header of one request (a new string), and its body into body. */
+static char *fingerprint_of(const char *path, const char *post, struct buf *body)
+{
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    CURL *c = curl_easy_init();
+    CHECK(c != NULL);
+    struct curl_slist *h = curl_slist_append(NULL, "Authorization: Bearer " SECRET);
+    struct buf fp = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, fp_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &fp);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
+    if (post) curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
+    CHECK(curl_easy_perform(c) == CURLE_OK);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    buf_append(&fp, "", 0);
+    return fp.data ? fp.data : strdup("");
+}
+
+static void test_fingerprint(void)
+{
+    /* The weights digest, computed here: sha256 of "model.safetensors <sha256 of the file>\n". */
+    char path[400], file_hex[65], weights[65], want[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", mdir);
+    size_t n;
+    char *data = util_read_file(path, &n);
+    CHECK(data != NULL);
+    util_sha256_hex(data, n, file_hex);
+    free(data);
+    char line[100];
+    snprintf(line, sizeof line, "model.safetensors %s\n", file_hex);
+    util_sha256_hex(line, strlen(line), weights);
+    snprintf(want, sizeof want,
+             "weights=sha256:%.16s; dtype=bf16; tp=1; backend=cpu; version=0.3.0", weights);
+    char sys_hex[65], sys[32];
+    util_sha256_hex(want, strlen(want), sys_hex);
+    snprintf(sys, sizeof sys, "fp_%.12s", sys_hex);
+
+    struct buf body = {0};
+    char *fp = fingerprint_of("/v1/chat/completions", "{\"messages\":[{\"role\":\"user\","
+                                                      "\"content\":\"Hi\"}],\"max_tokens\":2}",
+                              &body);
+    CHECK_STR_EQ(fp, want);
+    json_t *j = json_loadb(body.data, body.len, 0, NULL);
+    if (!jstr(j, "system_fingerprint")) fprintf(stderr, "reply: %.*s\n", (int)body.len, body.data);
+    CHECK_STR_EQ(jstr(j, "system_fingerprint"), sys);
+    json_decref(j);
+    free(fp);
+    /* Streamed chunks carry it too. */
+    body.len = 0;
+    fp = fingerprint_of("/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":2,\"stream\":true}",
+                        &body);
+    CHECK_STR_EQ(fp, want);
+    buf_append(&body, "", 0);
+    char key[64];
+    snprintf(key, sizeof key, "\"system_fingerprint\":\"%s\"", sys);
+    CHECK_CONTAINS(body.data, key);
+    free(fp);
+    /* And so do every other reply: /health, /v1/models, an error. */
+    const char *paths[] = {"/health", "/v1/models", "/v1/chat/completions"};
+    for (int i = 0; i < 3; i++) {
+        body.len = 0;
+        fp = fingerprint_of(paths[i], i == 2 ? "{\"messages\":[]}" : NULL, &body);
+        CHECK_STR_EQ(fp, want);
+        free(fp);
+    }
+    buf_free(&body);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -385,6 +481,7 @@ int main(void)
     test_tokenize();
     test_cancel();
     test_journal();
+    test_fingerprint();
     CHECK(kill(child, SIGTERM) == 0);
     int status = 0;
     CHECK(waitpid(child, &status, 0) == child);
