@@ -13,7 +13,7 @@
 #include "safetensors.h"
 #include "util.h"
 
-/* sha256 of a whole file, through a read-only mapping (the model's own mapping shares the pages). */
+/* sha256 of a whole file, through a read-only mapping (the model's mapping shares its pages). */
 static int file_sha256(const char *path, char out[65])
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
