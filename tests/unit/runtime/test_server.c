@@ -101,16 +101,7 @@ static json_t *jpath(json_t *o, const char *path)
 
 static const char *jstr(json_t *o, const char *path)
 {
-    /* path like "choices.0.message.content" */
-    char key[64];
-    const char *p = path;
-    while (*p && o) {
-        size_t n = strcspn(p, ".");
-        snprintf(key, sizeof key, "%.*s", (int)n, p);
-        o = json_is_array(o) ? json_array_get(o, (size_t)atoi(key)) : json_object_get(o, key);
-        p += n + (p[n] == '.');
-    }
-    return o ? json_string_value(o) : NULL;
+    return json_string_value(jpath(o, path));
 }
 
 static void test_basics(void)
