@@ -4,8 +4,8 @@
  * to bad requests (each naming its param), /tokenize and /detokenize, a client that goes away
  * mid-stream (journaled as cancelled), the journal's lines, the deployment fingerprint (the
  * header on every reply, system_fingerprint derived from it, the weights digest recomputed here
- * from the file), logprobs in OpenAI's chat and legacy shapes (streaming and not), and a clean
- * exit on SIGTERM. */
+ * from the file), logprobs in OpenAI's chat and legacy shapes (streaming and not), a clean exit
+ * on SIGTERM, and `orp-runtime bench`'s output. */
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
@@ -607,6 +607,40 @@ static void test_fingerprint(void)
     buf_free(&body);
 }
 
+/* `orp-runtime bench` on the same checkpoint: a header line and one line per batch size, with
+ * positive speeds; a bad option is exit status 2. */
+static void test_bench(void)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s bench --model %s --batches 1,3 --prompt 5 --decode 2 --threads 2 --json",
+             ORP_RUNTIME_BIN, mdir);
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL);
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        CHECK(j != NULL);
+        if (n == 0) {
+            CHECK(json_number_value(json_object_get(j, "weight_bytes")) > 0);
+            CHECK(json_number_value(json_object_get(j, "copy_bytes_per_s")) > 0);
+        } else {
+            CHECK_INT_EQ((int)json_integer_value(json_object_get(j, "batch")), n == 1 ? 1 : 3);
+            CHECK(json_number_value(json_object_get(j, "prefill_tokens_per_s")) > 0);
+            CHECK(json_number_value(json_object_get(j, "decode_tokens_per_s")) > 0);
+            CHECK(json_number_value(json_object_get(j, "decode_roofline_tokens_per_s")) > 0);
+        }
+        json_decref(j);
+        n++;
+    }
+    CHECK_INT_EQ(pclose(f), 0);
+    CHECK_INT_EQ(n, 3);
+    snprintf(cmd, sizeof cmd, "%s bench --model %s --batches 0 2>/dev/null", ORP_RUNTIME_BIN, mdir);
+    int st = system(cmd);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -626,6 +660,7 @@ int main(void)
     test_journal();
     test_fingerprint();
     test_logprobs();
+    test_bench();
     CHECK(kill(child, SIGTERM) == 0);
     int status = 0;
     CHECK(waitpid(child, &status, 0) == child);
