@@ -7,7 +7,7 @@
 #              cpu_ref; test_cuda_model: CUDA vs CPU logits per architecture, TP 1/2/4 over the
 #              device collective, watchdog, no allocation after warm-up, and the Hugging Face
 #              goldens of --hf DIR when given); a skip (77) on a GPU machine is a failure
-#   3 bench    orp-runtime bench --make-8b (Llama-3-8B shapes, random BF16), then --model: load
+#   3 bench    orp-runtime gpu-bench --make-8b (Llama-3-8B shapes, random BF16), then --model: load
 #              time, TTFT 128/2048, decode tokens/s at batch 1/8/32/64, HBM roofline at batch 1
 #   4 memcheck compute-sanitizer --tool memcheck on a short serving run (orp-runtime serve --device
 #              cuda, two concurrent completions, SIGTERM): 0 errors and a clean exit
@@ -107,9 +107,9 @@ else
       CK=/dev/shm/orp-gpu-bench-llama8b
       trap 'rm -rf "$WORK" "$CK"' EXIT
     fi
-    step make_8b timeout "$(budget 180 120)" "$RT" bench --make-8b "$CK"
+    step make_8b timeout "$(budget 180 120)" "$RT" gpu-bench --make-8b "$CK"
     if ok make_8b; then
-      step bench timeout "$(budget 240 60)" "$RT" bench --model "$CK" --json "$WORK/bench.json"
+      step bench timeout "$(budget 240 60)" "$RT" gpu-bench --model "$CK" --json "$WORK/bench.json"
     else
       record bench failed "no checkpoint"
     fi

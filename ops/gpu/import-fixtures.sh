@@ -68,7 +68,7 @@ if b:
     text = add_row(text, "## CUDA backend: load, TTFT, decode, HBM roofline (issue 9)",
         "| date | GPU | commit | load | TTFT 128 ms | TTFT 2048 ms | decode tok/s b1 / 8 / 32 / 64 | D2D GB/s | roofline b1 |\n"
         "|---|---|---|---:|---:|---:|---|---:|---:|",
-        "`ops/gpu/run.sh OUTDIR` (its step 5 is `ops/bench/gpu.sh`: `orp-runtime bench` on a "
+        "`ops/gpu/run.sh OUTDIR` (its step 5 is `ops/bench/gpu.sh`: `orp-runtime gpu-bench` on a "
         "Llama-3-8B-shaped random BF16 checkpoint, TP 1), then `ops/gpu/import-fixtures.sh "
         "OUTDIR`. Roofline: 15.01 GB of weights per decode step (lm_head in, embedding out) / the "
         "D2D bandwidth of the same run / the measured batch-1 step. Target >= 70 %.", brow)

@@ -1,9 +1,9 @@
-/* rtc_bench: `orp-runtime bench`, the CUDA backend's benchmark (ops/bench/gpu.sh runs it):
+/* rtc_bench: `orp-runtime gpu-bench`, the CUDA backend's benchmark (ops/bench/gpu.sh runs it):
  *
- *   orp-runtime bench --make-8b DIR [--layers N]   a checkpoint with Llama-3-8B's shapes (32
+ *   orp-runtime gpu-bench --make-8b DIR [--layers N]   a checkpoint with Llama-3-8B's shapes (32
  *        layers, dim 4096, GQA 32/8, MLP 14336, vocab 128256, llama3 RoPE), random BF16 weights
  *        written by 16 threads, make-model's tokenizer
- *   orp-runtime bench --model DIR [--tp N] [--json FILE]
+ *   orp-runtime gpu-bench --model DIR [--tp N] [--json FILE]
  *
  * The second measures, through model.h exactly as the engine drives it (logits copied to the host
  * every step): the load time; the device-to-device bandwidth (1 GiB copy, best of 10, bytes read
@@ -279,7 +279,7 @@ static int run(const char *dir, int tp, const char *json_out)
     char err[4096];
     struct rtc_model *rm = rtc_model_open(dir, &o, err, sizeof err);
     if (!rm) {
-        fprintf(stderr, "orp-runtime bench: %s\n", err);
+        fprintf(stderr, "orp-runtime gpu-bench: %s\n", err);
         return 1;
     }
     struct rtc_model_info info;
@@ -364,7 +364,7 @@ int rtc_bench_main(int argc, char **argv, int first)
     }
     if (!bad && mk && !model && layers >= 1 && layers <= 64) return make_8b(mk, layers);
     if (!bad && model && !mk && tp >= 1 && tp <= RTC_MAX_RANKS) return run(model, tp, json);
-    fprintf(stderr, "usage: orp-runtime bench --model DIR [--tp N] [--json FILE]\n"
-                    "       orp-runtime bench --make-8b DIR [--layers N (32)]\n");
+    fprintf(stderr, "usage: orp-runtime gpu-bench --model DIR [--tp N] [--json FILE]\n"
+                    "       orp-runtime gpu-bench --make-8b DIR [--layers N (32)]\n");
     return 2;
 }

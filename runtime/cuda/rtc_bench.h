@@ -1,4 +1,4 @@
-/* rtc_bench: `orp-runtime bench` (see rtc_bench.c): the CUDA backend's benchmark on a Llama-3-8B-
+/* rtc_bench: `orp-runtime gpu-bench` (see rtc_bench.c): the CUDA backend's benchmark on a Llama-3-8B-
  * shaped checkpoint it can also make. */
 #ifndef ORP_RTC_BENCH_H
 #define ORP_RTC_BENCH_H
