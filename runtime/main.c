@@ -97,13 +97,9 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "gpu-bench")) return rtc_bench_main(argc, argv, 2); /* the CUDA backend's */
 #endif
     FILE *out = !strcmp(cmd, "--help") || !strcmp(cmd, "-h") ? stdout : stderr;
-    fprintf(out, "usage: orp-runtime serve --model DIR --port N [options]   (serve --help)
-"
-                 "       orp-runtime make-model --out DIR [options]         (make-model --help)
-"
-                 "       orp-runtime bench --model DIR [options]            (bench --help)
-"
-                 "       orp-runtime gpu-bench --model DIR [options]        (CUDA builds)
-");
+    fprintf(out, "usage: orp-runtime serve --model DIR --port N [options]   (serve --help)\n"
+                 "       orp-runtime make-model --out DIR [options]         (make-model --help)\n"
+                 "       orp-runtime bench --model DIR [options]            (bench --help)\n"
+                 "       orp-runtime gpu-bench --model DIR [options]        (CUDA builds)\n");
     return out == stdout ? 0 : 2;
 }
