@@ -599,6 +599,8 @@ test('suspension: 403 account_suspended on the API and the gateway, for keys and
   }
   const row = (await P.db.query('SELECT state, state_reason FROM endpoints WHERE id = $1', [ep.json.id])).rows[0];
   assert.deepEqual(row, { state: 'stopped', state_reason: 'account suspended: chargeback' });
+  err(await call('POST', '/v1/auth/login', { body: { email: u.email, password: 'long enough pw' } }), 403, 'account_suspended', 'log-in');
+  err(await call('POST', '/v1/auth/login', { body: { email: u.email, password: 'wrong password' } }), 401, 'invalid_credentials', 'a wrong password says nothing of it');
   const audit = (await call('GET', `/v1/audit-log?account_id=${ctx.adminAcct}`, { key: P.adminKey })).json.data;
   assert.ok(audit.some((e) => e.route === '/v1/admin/accounts/{}/suspend' && e.object_id === String(u.acct)), 'the suspension is in the audit log');
   const listed = await call('GET', '/v1/admin/accounts?suspended=true', { key: P.adminKey });
