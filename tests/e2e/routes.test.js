@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
+import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020.js';
@@ -789,6 +790,21 @@ test('TLS with --tls-cert/--tls-key: HTTPS only, Secure cookies; idle connection
     setTimeout(() => { sock.destroy(); resolve(-1); }, 10000);
   });
   assert.ok(closed > 0, 'the idle connection was closed by the server');
+  // On plain HTTP, a connection that never sends a byte, or stops mid-header, is closed too.
+  const plain = await freePort();
+  const pargs = [...P.controllerArgs];
+  pargs[pargs.indexOf('--api-port') + 1] = String(plain);
+  P.spawn('controller-timeout', bin.controller, [...pargs, '--only', 'api', '--no-leader', '--connection-timeout-s', '1']);
+  await waitFor('the plain listener', async () => (await fetch(`http://127.0.0.1:${plain}/healthz`).catch(() => ({}))).ok, 20000, 100);
+  for (const partial of ['', 'GET /healthz HTTP/1.1\r\nHost: x\r\n']) {
+    const gone = await new Promise((resolve) => {
+      const sock = net.connect(plain, '127.0.0.1', () => { if (partial) sock.write(partial); });
+      sock.on('close', () => resolve(true));
+      sock.on('error', () => {});
+      setTimeout(() => { sock.destroy(); resolve(false); }, 10000);
+    });
+    assert.ok(gone, `an idle connection (${JSON.stringify(partial)}) was closed by the server`);
+  }
   // Headers beyond the per-connection memory (64 KiB) are refused, not buffered.
   const big = await fetch(`${P.apiUrl}/healthz`, { headers: { 'X-Big': 'x'.repeat(100 * 1024) } }).then((r) => r.status, () => 'closed');
   assert.ok([413, 431, 'closed'].includes(big), `oversized headers: ${big}`);
