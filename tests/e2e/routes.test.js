@@ -675,7 +675,7 @@ test('GPU types: a price change is a new version, history is never rewritten', a
   assert.ok(list.json.data.some((g) => g.id === name && g.micros_per_gpu_hour === 1_800_000));
 });
 
-test('Idempotency-Key on the new creating POSTs: same key and body → the same reply; another body → 409', async () => {
+test('Idempotency-Key on the admin creating POSTs: same key and body → the same reply; another body → 409', async () => {
   for (const [p, body] of [['/v1/admin/gpu-types', { name: uniq('idem'), micros_per_gpu_hour: 1 }],
     ['/v1/admin/catalog', { name: uniq('idem'), family: 'f', source: '/x', context_length: 1 }]]) {
     const headers = { 'Idempotency-Key': uniq('ik') };
@@ -687,10 +687,24 @@ test('Idempotency-Key on the new creating POSTs: same key and body → the same 
     assert.deepEqual(r2.json, r1.json);
     err(await call('POST', p, { key: P.adminKey, body: { ...body, name: uniq('other') }, headers }), 409, 'idempotency_key_reused');
   }
+  // Enrollment tokens: the replay shows the token without its secret (only the hash exists).
+  const headers = { 'Idempotency-Key': uniq('ik') };
+  const t1 = await call('POST', '/v1/admin/enrollment-tokens', { key: P.adminKey, body: { ttl_s: 60 }, headers });
+  const t2 = await call('POST', '/v1/admin/enrollment-tokens', { key: P.adminKey, body: { ttl_s: 60 }, headers });
+  assert.equal(t1.status, 201, t1.text);
+  assert.match(t1.json.token, /^orp_et_/);
+  assert.equal(t2.status, 201, t2.text);
+  assert.equal(t2.headers.get('idempotent-replayed'), 'true');
+  assert.equal(t2.json.id, t1.json.id);
+  assert.equal(t2.json.token, undefined);
+  check('POST', '/v1/admin/enrollment-tokens', t2);
+  err(await call('POST', '/v1/admin/enrollment-tokens', { key: P.adminKey, body: { ttl_s: 61 }, headers }), 409, 'idempotency_key_reused');
+  const stored = (await P.db.query('SELECT body FROM idempotency_keys WHERE key = $1', [headers['Idempotency-Key']])).rows[0].body;
+  assert.ok(!stored.includes(t1.json.token), 'no secret in the idempotency row');
   // Concurrent duplicates make one GPU type.
   const name = uniq('race');
-  const headers = { 'Idempotency-Key': uniq('ik') };
-  const rs = await Promise.all(Array.from({ length: 20 }, () => call('POST', '/v1/admin/gpu-types', { key: P.adminKey, body: { name, micros_per_gpu_hour: 3 }, headers })));
+  const race = { 'Idempotency-Key': uniq('ik') };
+  const rs = await Promise.all(Array.from({ length: 20 }, () => call('POST', '/v1/admin/gpu-types', { key: P.adminKey, body: { name, micros_per_gpu_hour: 3 }, headers: race })));
   assert.ok(rs.every((r) => r.status === 201), rs.map((r) => r.status).join(','));
   assert.equal((await P.db.query('SELECT count(*)::int AS n FROM gpu_types WHERE name = $1', [name])).rows[0].n, 1);
 });
