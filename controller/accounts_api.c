@@ -257,7 +257,8 @@ static void h_login(struct httpd_req *req)
     if (!(c = ctl_db(req))) goto out;
     const char *p[] = {email};
     enum db_status st = db_exec(c,
-                                "SELECT u.id, u.password_hash, u.email, u.role, a.id, a.name "
+                                "SELECT u.id, u.password_hash, u.email, u.role, a.id, a.name, "
+                                "  a.suspended_at IS NOT NULL, a.suspend_reason "
                                 "FROM users u JOIN accounts a ON a.id = u.account_id "
                                 "WHERE lower(u.email) = lower($1)",
                                 1, p, &r, NULL);
@@ -276,6 +277,13 @@ static void h_login(struct httpd_req *req)
     }
     if (!ok) {
         httpd_error(req, 401, "invalid_credentials", NULL, "wrong e-mail or password");
+        goto out;
+    }
+    /* Only once the password is right: the answer must not tell strangers who is suspended. */
+    if (PQgetvalue(r, 0, 6)[0] == 't') {
+        const char *why = PQgetvalue(r, 0, 7);
+        httpd_error(req, 403, "account_suspended", NULL,
+                    "this account is suspended%s%s: contact the operator", *why ? ": " : "", why);
         goto out;
     }
     int64_t user = db_int(r, 0, 0);

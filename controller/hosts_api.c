@@ -12,6 +12,7 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "drain.h"
+#include "idempotency.h"
 #include "jsonx.h"
 #include "log.h"
 #include "replica.h"
@@ -106,24 +107,50 @@ enum db_status hosts_token_create(PGconn *c, int64_t ttl_s, const char *pool, in
     return DB_ROWS;
 }
 
+/* One token under an Idempotency-Key: the key is claimed first and the reply stored last, in the
+ * token's own transaction. The stored reply has no secret (only its hash exists anywhere), so a
+ * replay shows the token without it. */
+struct new_token {
+    int64_t ttl, key_id;
+    const char *pool;
+    struct idem im;
+    char token[HOSTS_TOKEN_MAX + 1];
+    json_t *tok; /* new reference, with the secret */
+};
+
+static enum db_status new_token_txn(PGconn *c, void *arg)
+{
+    struct new_token *nt = arg;
+    json_decref(nt->tok);
+    nt->tok = NULL;
+    enum db_status st = idem_claim(c, &nt->im);
+    if (st != DB_ROWS) return st;
+    if ((st = hosts_token_create(c, nt->ttl, nt->pool, nt->key_id, nt->token, &nt->tok)) < 0)
+        return st;
+    json_t *stored = json_deep_copy(nt->tok);
+    json_object_del(stored, "token");
+    st = idem_store(c, &nt->im, 201, stored);
+    json_decref(stored);
+    return st;
+}
+
 static void h_create_token(struct httpd_req *req)
 {
     static const char *const known[] = {"ttl_s", "pool", NULL};
     struct auth_ctx a;
     struct jsonx_err je = {0};
-    int64_t ttl = HOSTS_TOKEN_TTL_DEFAULT_S;
-    const char *pool = NULL;
+    struct new_token nt = {.ttl = HOSTS_TOKEN_TTL_DEFAULT_S};
     json_t *body = NULL;
     /* No body at all means every default. */
     if (req->body.len > 0 && !(body = httpd_body_object(req))) return;
     if (body && httpd_reject_unknown(req, body, known) != 0) goto out;
     if (body &&
-        (jsonx_get_int(body, "ttl_s", 0, 1, HOSTS_TOKEN_TTL_MAX_S, &ttl, &je) == JSONX_BAD ||
-         jsonx_get_string(body, "pool", 0, &pool, HOSTS_POOL_MAX, &je) == JSONX_BAD)) {
+        (jsonx_get_int(body, "ttl_s", 0, 1, HOSTS_TOKEN_TTL_MAX_S, &nt.ttl, &je) == JSONX_BAD ||
+         jsonx_get_string(body, "pool", 0, &nt.pool, HOSTS_POOL_MAX, &je) == JSONX_BAD)) {
         httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
         goto out;
     }
-    if (pool && !is_pool_name(pool)) {
+    if (nt.pool && !is_pool_name(nt.pool)) {
         httpd_error(req, 400, "invalid_parameter", "pool",
                     "field 'pool' must be 1 to %d printable characters without spaces",
                     HOSTS_POOL_MAX);
@@ -131,20 +158,28 @@ static void h_create_token(struct httpd_req *req)
     }
     PGconn *c = admin_db(req, &a, "create enrollment tokens");
     if (!c) goto out;
-    char token[HOSTS_TOKEN_MAX + 1];
-    json_t *tok = NULL;
-    enum db_status st = hosts_token_create(c, ttl, pool, a.key_id, token, &tok);
-    ctl_db_done(req, c);
-    if (st < 0) {
-        json_decref(tok);
-        httpd_error(req, 500, "internal_error", NULL, "could not create the token");
-        goto out;
+    char scope[40];
+    snprintf(scope, sizeof scope, "account:%s", a.account_id_str);
+    nt.key_id = a.key_id;
+    if (idem_begin(req, &nt.im, scope, a.account_id, req->body.data, req->body.len) == 0 &&
+        idem_replay(req, c, &nt.im) == 0) {
+        enum db_status st = db_txn_run(c, new_token_txn, &nt);
+        if (nt.im.replay) {
+            idem_answer(req, &nt.im);
+        } else if (st < 0 || !nt.tok) {
+            httpd_error(req, 500, "internal_error", NULL, "could not create the token");
+        } else {
+            log_info("enrollment token %s created (pool %s, valid %lld s)",
+                     json_string_value(json_object_get(nt.tok, "prefix")),
+                     nt.pool ? nt.pool : "default", (long long)nt.ttl);
+            httpd_reply_json(req, 201, json_incref(nt.tok));
+        }
     }
-    log_info("enrollment token %s created (pool %s, valid %lld s)",
-             json_string_value(json_object_get(tok, "prefix")), pool ? pool : "default",
-             (long long)ttl);
-    httpd_reply_json(req, 201, tok);
+    ctl_db_done(req, c);
 out:
+    json_decref(nt.tok);
+    idem_free(&nt.im);
+    memset(nt.token, 0, sizeof nt.token);
     json_decref(body);
 }
 

@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
+import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
 import Ajv2020 from 'ajv/dist/2020.js';
@@ -599,6 +600,8 @@ test('suspension: 403 account_suspended on the API and the gateway, for keys and
   }
   const row = (await P.db.query('SELECT state, state_reason FROM endpoints WHERE id = $1', [ep.json.id])).rows[0];
   assert.deepEqual(row, { state: 'stopped', state_reason: 'account suspended: chargeback' });
+  err(await call('POST', '/v1/auth/login', { body: { email: u.email, password: 'long enough pw' } }), 403, 'account_suspended', 'log-in');
+  err(await call('POST', '/v1/auth/login', { body: { email: u.email, password: 'wrong password' } }), 401, 'invalid_credentials', 'a wrong password says nothing of it');
   const audit = (await call('GET', `/v1/audit-log?account_id=${ctx.adminAcct}`, { key: P.adminKey })).json.data;
   assert.ok(audit.some((e) => e.route === '/v1/admin/accounts/{}/suspend' && e.object_id === String(u.acct)), 'the suspension is in the audit log');
   const listed = await call('GET', '/v1/admin/accounts?suspended=true', { key: P.adminKey });
@@ -672,7 +675,7 @@ test('GPU types: a price change is a new version, history is never rewritten', a
   assert.ok(list.json.data.some((g) => g.id === name && g.micros_per_gpu_hour === 1_800_000));
 });
 
-test('Idempotency-Key on the new creating POSTs: same key and body → the same reply; another body → 409', async () => {
+test('Idempotency-Key on the admin creating POSTs: same key and body → the same reply; another body → 409', async () => {
   for (const [p, body] of [['/v1/admin/gpu-types', { name: uniq('idem'), micros_per_gpu_hour: 1 }],
     ['/v1/admin/catalog', { name: uniq('idem'), family: 'f', source: '/x', context_length: 1 }]]) {
     const headers = { 'Idempotency-Key': uniq('ik') };
@@ -684,10 +687,24 @@ test('Idempotency-Key on the new creating POSTs: same key and body → the same 
     assert.deepEqual(r2.json, r1.json);
     err(await call('POST', p, { key: P.adminKey, body: { ...body, name: uniq('other') }, headers }), 409, 'idempotency_key_reused');
   }
+  // Enrollment tokens: the replay shows the token without its secret (only the hash exists).
+  const headers = { 'Idempotency-Key': uniq('ik') };
+  const t1 = await call('POST', '/v1/admin/enrollment-tokens', { key: P.adminKey, body: { ttl_s: 60 }, headers });
+  const t2 = await call('POST', '/v1/admin/enrollment-tokens', { key: P.adminKey, body: { ttl_s: 60 }, headers });
+  assert.equal(t1.status, 201, t1.text);
+  assert.match(t1.json.token, /^orp_et_/);
+  assert.equal(t2.status, 201, t2.text);
+  assert.equal(t2.headers.get('idempotent-replayed'), 'true');
+  assert.equal(t2.json.id, t1.json.id);
+  assert.equal(t2.json.token, undefined);
+  check('POST', '/v1/admin/enrollment-tokens', t2);
+  err(await call('POST', '/v1/admin/enrollment-tokens', { key: P.adminKey, body: { ttl_s: 61 }, headers }), 409, 'idempotency_key_reused');
+  const stored = (await P.db.query('SELECT body FROM idempotency_keys WHERE key = $1', [headers['Idempotency-Key']])).rows[0].body;
+  assert.ok(!stored.includes(t1.json.token), 'no secret in the idempotency row');
   // Concurrent duplicates make one GPU type.
   const name = uniq('race');
-  const headers = { 'Idempotency-Key': uniq('ik') };
-  const rs = await Promise.all(Array.from({ length: 20 }, () => call('POST', '/v1/admin/gpu-types', { key: P.adminKey, body: { name, micros_per_gpu_hour: 3 }, headers })));
+  const race = { 'Idempotency-Key': uniq('ik') };
+  const rs = await Promise.all(Array.from({ length: 20 }, () => call('POST', '/v1/admin/gpu-types', { key: P.adminKey, body: { name, micros_per_gpu_hour: 3 }, headers: race })));
   assert.ok(rs.every((r) => r.status === 201), rs.map((r) => r.status).join(','));
   assert.equal((await P.db.query('SELECT count(*)::int AS n FROM gpu_types WHERE name = $1', [name])).rows[0].n, 1);
 });
@@ -787,6 +804,21 @@ test('TLS with --tls-cert/--tls-key: HTTPS only, Secure cookies; idle connection
     setTimeout(() => { sock.destroy(); resolve(-1); }, 10000);
   });
   assert.ok(closed > 0, 'the idle connection was closed by the server');
+  // On plain HTTP, a connection that never sends a byte, or stops mid-header, is closed too.
+  const plain = await freePort();
+  const pargs = [...P.controllerArgs];
+  pargs[pargs.indexOf('--api-port') + 1] = String(plain);
+  P.spawn('controller-timeout', bin.controller, [...pargs, '--only', 'api', '--no-leader', '--connection-timeout-s', '1']);
+  await waitFor('the plain listener', async () => (await fetch(`http://127.0.0.1:${plain}/healthz`).catch(() => ({}))).ok, 20000, 100);
+  for (const partial of ['', 'GET /healthz HTTP/1.1\r\nHost: x\r\n']) {
+    const gone = await new Promise((resolve) => {
+      const sock = net.connect(plain, '127.0.0.1', () => { if (partial) sock.write(partial); });
+      sock.on('close', () => resolve(true));
+      sock.on('error', () => {});
+      setTimeout(() => { sock.destroy(); resolve(false); }, 10000);
+    });
+    assert.ok(gone, `an idle connection (${JSON.stringify(partial)}) was closed by the server`);
+  }
   // Headers beyond the per-connection memory (64 KiB) are refused, not buffered.
   const big = await fetch(`${P.apiUrl}/healthz`, { headers: { 'X-Big': 'x'.repeat(100 * 1024) } }).then((r) => r.status, () => 'closed');
   assert.ok([413, 431, 'closed'].includes(big), `oversized headers: ${big}`);
