@@ -1022,8 +1022,7 @@ json_t *sup_report(struct sup *s)
         if (r->state == SUP_NEW || r->state == SUP_STOPPING) continue;
         if (r->state == SUP_STOPPED) r->reported_stopped = 1;
         json_t *o = json_pack("{s:s, s:I, s:s, s:i, s:I, s:s}", "replica_id", r->spec.replica_id,
-                              "epoch", (json_int_t)r->spec.epoch, "state",
-                              state_names[r->state == SUP_FETCHING ? SUP_STARTING : r->state],
+                              "epoch", (json_int_t)r->spec.epoch, "state", state_names[r->state],
                               "pid", (int)(r->pid > 0 ? r->pid : 0), "restarts",
                               (json_int_t)r->restarts, "reason", r->reason);
         /* No port yet (still downloading, or failed before the first start): left out, since the

@@ -69,8 +69,8 @@ struct sup_spec {
     int64_t tp;
 };
 
-/* SUP_FETCHING [starting]: waiting for the weights cache to fetch the model (reason "downloading
- * weights: 37 %"); listed last so the other values keep their numbers. */
+/* SUP_FETCHING [downloading]: waiting for the weights cache to fetch the model (reason
+ * "downloading weights: 37 %"); listed last so the other values keep their numbers. */
 enum sup_state {
     SUP_NEW,
     SUP_STARTING,

@@ -90,6 +90,19 @@ int httpd_utf8_valid(const char *s)
     return 1;
 }
 
+/* 1..HTTPD_CLIENT_ID_MAX of [A-Za-z0-9._:-]: safe in logs, headers and JSON as it is. */
+#define HTTPD_CLIENT_ID_MAX 64
+static int request_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > HTTPD_CLIENT_ID_MAX) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || strchr("._:-", s[i])))
+            return 0;
+    return 1;
+}
+
 static enum MHD_Result arg_utf8(void *cls, enum MHD_ValueKind kind, const char *key,
                                 const char *value)
 {
@@ -372,7 +385,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         req->method = method;
         req->url = url; /* MHD passes the path without the query string */
         req->start_ms = util_now_ms();
-        if (util_random_hex(req->id, 8) != 0) snprintf(req->id, sizeof req->id, "unknown");
+        /* A client's own X-Request-Id is echoed when it is a plain token (so its logs and ours
+         * share the id); anything else gets one made here. The gateway replaces it with the
+         * billing request id, which is never the client's. */
+        const char *cid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+        if (cid && request_id_ok(cid))
+            snprintf(req->id, sizeof req->id, "%s", cid);
+        else if (util_random_hex(req->id, 8) != 0)
+            snprintf(req->id, sizeof req->id, "unknown");
         *con_cls = req;
         /* Every handler, and PostgreSQL behind it, may take the path and the query as text: bytes
          * that are not UTF-8 are the client's error here, not a database error later. */

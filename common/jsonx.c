@@ -136,6 +136,13 @@ enum jsonx_rc jsonx_get_bool(json_t *obj, const char *key, int required, int *ou
     return JSONX_OK;
 }
 
+int jsonx_printable(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
+    return 1;
+}
+
 char *jsonx_dump(const json_t *v)
 {
     return json_dumps(v, JSON_COMPACT);

@@ -35,6 +35,9 @@ enum jsonx_rc jsonx_get_number(json_t *obj, const char *key, int required, doubl
 enum jsonx_rc jsonx_get_bool(json_t *obj, const char *key, int required, int *out,
                              struct jsonx_err *err);
 
+/* 1 when s has no control characters (C0 or DEL): text we store and show as sent. */
+int jsonx_printable(const char *s);
+
 /* Serializes compactly; returns a new malloc'd string (caller frees) or NULL. */
 char *jsonx_dump(const json_t *v);
 

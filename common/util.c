@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
@@ -46,11 +47,37 @@ static void hex_encode(const unsigned char *in, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
+/* RAND_bytes costs about a microsecond a call (OpenSSL's locked DRBG), and the gateway draws two
+ * ids per request: small draws come from a per-thread buffer filled by one RAND_bytes call,
+ * each byte handed out once and wiped. A forked child refills first (the pid check), so it never
+ * repeats its parent's bytes. */
+#define UTIL_RAND_BUF 512
+static _Thread_local unsigned char rand_buf[UTIL_RAND_BUF];
+static _Thread_local size_t rand_left;
+static _Thread_local pid_t rand_pid;
+
+static int rand_take(unsigned char *out, size_t n)
+{
+    if (n > UTIL_RAND_BUF / 4) return RAND_bytes(out, (int)n) == 1 ? 0 : -1;
+    pid_t pid = getpid();
+    if (rand_left < n || rand_pid != pid) {
+        if (RAND_bytes(rand_buf, UTIL_RAND_BUF) != 1) return -1;
+        rand_left = UTIL_RAND_BUF;
+        rand_pid = pid;
+    }
+    unsigned char *from = rand_buf + UTIL_RAND_BUF - rand_left;
+    memcpy(out, from, n);
+    OPENSSL_cleanse(from, n);
+    rand_left -= n;
+    return 0;
+}
+
 int util_random_hex(char *out, size_t nbytes)
 {
     unsigned char raw[64];
-    if (nbytes > sizeof raw || RAND_bytes(raw, (int)nbytes) != 1) return -1;
+    if (nbytes > sizeof raw || rand_take(raw, nbytes) != 0) return -1;
     hex_encode(raw, nbytes, out);
+    OPENSSL_cleanse(raw, nbytes);
     return 0;
 }
 

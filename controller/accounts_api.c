@@ -41,13 +41,6 @@ static int signup_enabled(const char *v)
                  !strcmp(v, "1"));
 }
 
-static int printable(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
-    return 1;
-}
-
 /* A plausible address: local@domain.tld, no spaces or control characters. The real check is the
  * mail we do not send yet. */
 static int valid_email(const char *s)
@@ -180,7 +173,7 @@ static void h_signup(struct httpd_req *req)
                     "field 'email' is not an e-mail address");
         goto out;
     }
-    if (!*s.name || !printable(s.name)) {
+    if (!*s.name || !jsonx_printable(s.name)) {
         httpd_error(req, 400, "invalid_parameter", "account_name",
                     "field 'account_name' must be 1-%d printable characters", ACCOUNT_NAME_MAX);
         goto out;
@@ -691,7 +684,7 @@ static void h_create_key(struct httpd_req *req)
         bad_field(req, rc, &je);
         goto out;
     }
-    if (!printable(k.name)) {
+    if (!jsonx_printable(k.name)) {
         httpd_error(req, 400, "invalid_parameter", "name",
                     "field 'name' must be printable characters");
         goto out;

@@ -51,13 +51,6 @@ static int is_id(const char *s)
     return 1;
 }
 
-static int printable(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
-    return 1;
-}
-
 /* Catalog names: 1-100 of [A-Za-z0-9._-], starting with a letter or digit. */
 static int is_model_name(const char *s)
 {
@@ -259,7 +252,7 @@ static int read_fields(struct httpd_req *req, json_t *body, const struct field *
         if (f[i].type == F_STR) {
             const char *s = NULL;
             rc = jsonx_get_string(body, f[i].name, req_here, &s, (size_t)f[i].max, &je);
-            if (rc == JSONX_OK && (f[i].valid ? !f[i].valid(s) : (!*s || !printable(s)))) {
+            if (rc == JSONX_OK && (f[i].valid ? !f[i].valid(s) : (!*s || !jsonx_printable(s)))) {
                 httpd_error(req, 400, "invalid_parameter", f[i].name, "field '%s' must be %s",
                             f[i].name, f[i].shape ? f[i].shape : "non-empty printable text");
                 return -1;
@@ -323,10 +316,29 @@ struct created {
     enum db_status (*make)(PGconn *c, struct created *cr);
     const struct fvals *v;
     const char *what;
+    const char *reqs; /* gpu_requirements (JSON text) whose GPU types must exist, or NULL */
     int name_taken;
     char bad_type[80]; /* a gpu_requirements key that names no GPU type */
     json_t *reply;
 };
+
+/* DB_ROWS when every GPU type named in reqs (JSON text, may be NULL) exists; else DB_HARD with the
+ * first stranger in cr->bad_type. */
+static enum db_status check_gpu_types(PGconn *c, const char *reqs, struct created *cr)
+{
+    if (!reqs) return DB_ROWS;
+    const char *p[] = {reqs};
+    PGresult *r;
+    enum db_status st = db_exec(c,
+                                "SELECT k FROM jsonb_object_keys($1::jsonb) k "
+                                "WHERE NOT EXISTS (SELECT 1 FROM gpu_types g WHERE g.name = k) "
+                                "LIMIT 1",
+                                1, p, &r, NULL);
+    if (st < 0) return st;
+    if (st == DB_ROWS) snprintf(cr->bad_type, sizeof cr->bad_type, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return st == DB_ROWS ? DB_HARD : DB_ROWS;
+}
 
 static enum db_status created_txn(PGconn *c, void *arg)
 {
@@ -336,6 +348,7 @@ static enum db_status created_txn(PGconn *c, void *arg)
     cr->name_taken = 0;
     enum db_status st = idem_claim(c, &cr->im);
     if (st != DB_ROWS) return st;
+    if ((st = check_gpu_types(c, cr->reqs, cr)) < 0) return st;
     if ((st = cr->make(c, cr)) != DB_ROWS) return st < 0 ? st : DB_HARD;
     return idem_store(c, &cr->im, 201, cr->reply);
 }
@@ -388,24 +401,6 @@ static enum db_status one_object(PGconn *c, const char *sql, int n, const char *
     return st == DB_ROWS && !cr->reply ? DB_HARD : st;
 }
 
-/* DB_ROWS when every GPU type named in reqs (JSON text, may be NULL) exists; else DB_HARD with the
- * first stranger in cr->bad_type. */
-static enum db_status check_gpu_types(PGconn *c, const char *reqs, struct created *cr)
-{
-    if (!reqs) return DB_ROWS;
-    const char *p[] = {reqs};
-    PGresult *r;
-    enum db_status st = db_exec(c,
-                                "SELECT k FROM jsonb_object_keys($1::jsonb) k "
-                                "WHERE NOT EXISTS (SELECT 1 FROM gpu_types g WHERE g.name = k) "
-                                "LIMIT 1",
-                                1, p, &r, NULL);
-    if (st < 0) return st;
-    if (st == DB_ROWS) snprintf(cr->bad_type, sizeof cr->bad_type, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return st == DB_ROWS ? DB_HARD : DB_ROWS;
-}
-
 /* ---- accounts ---- */
 
 #define ACCOUNT_JSON                                                                               \
@@ -420,33 +415,41 @@ static enum db_status check_gpu_types(PGconn *c, const char *reqs, struct create
     "  'endpoints', (SELECT count(*) FROM endpoints e WHERE e.account_id = a.id "                  \
     "                AND e.state <> 'deleted'))"
 
+/* An admin listing: sql's $1 is the cursor, $2 the page size + 1, $3 (when nparams is 3) extra;
+ * its rows are (id, object) newest first; with paged 0 the whole table is one page. */
+static void admin_list(struct httpd_req *req, const char *sql, int nparams, const char *extra,
+                       int paged, const char *what)
+{
+    char lim[24] = "1000000", aft[24] = "9223372036854775807";
+    int64_t limit = INT64_MAX;
+    if (paged && page_params(req, lim, aft, &limit) != 0) return;
+    struct auth_ctx a;
+    PGconn *c = admin_db(req, &a);
+    if (!c) return;
+    const char *p[] = {aft, lim, extra};
+    PGresult *r;
+    enum db_status st = db_exec(c, sql, nparams, p, &r, NULL);
+    ctl_db_done(req, c);
+    if (st < 0)
+        httpd_error(req, 503, "database_unavailable", NULL, "could not list %s", what);
+    else
+        reply_page(req, r, limit);
+}
+
 static void h_list_accounts(struct httpd_req *req)
 {
-    char lim[24], aft[24];
-    int64_t limit;
     const char *susp = httpd_query(req, "suspended");
     if (susp && strcmp(susp, "true") && strcmp(susp, "false")) {
         httpd_error(req, 400, "invalid_parameter", "suspended",
                     "query parameter 'suspended' must be true or false");
         return;
     }
-    if (page_params(req, lim, aft, &limit) != 0) return;
-    struct auth_ctx a;
-    PGconn *c = admin_db(req, &a);
-    if (!c) return;
-    const char *p[] = {aft, lim, susp};
-    PGresult *r;
-    enum db_status st = db_exec(c,
-                                "SELECT a.id, " ACCOUNT_JSON " FROM accounts a "
-                                "WHERE a.id < $1::bigint AND ($3::boolean IS NULL "
-                                "  OR (a.suspended_at IS NOT NULL) = $3::boolean) "
-                                "ORDER BY a.id DESC LIMIT $2::int",
-                                3, p, &r, NULL);
-    ctl_db_done(req, c);
-    if (st < 0)
-        httpd_error(req, 503, "database_unavailable", NULL, "could not list accounts");
-    else
-        reply_page(req, r, limit);
+    admin_list(req,
+               "SELECT a.id, " ACCOUNT_JSON " FROM accounts a "
+               "WHERE a.id < $1::bigint AND ($3::boolean IS NULL "
+               "  OR (a.suspended_at IS NOT NULL) = $3::boolean) "
+               "ORDER BY a.id DESC LIMIT $2::int",
+               3, susp, 1, "accounts");
 }
 
 /* For /v1/admin/accounts/{id}...: an admin, and an id that can exist. NULL after answering. */
@@ -560,7 +563,7 @@ static void set_suspended(struct httpd_req *req, int suspend)
             goto out;
         }
         if (!s.reason) s.reason = "";
-        if (!printable(s.reason)) {
+        if (!jsonx_printable(s.reason)) {
             httpd_error(req, 400, "invalid_parameter", "reason",
                         "field 'reason' must be printable text");
             goto out;
@@ -575,8 +578,10 @@ static void set_suspended(struct httpd_req *req, int suspend)
         httpd_error(req, 409, "operator_account", NULL,
                     "account %s is the operator's: it cannot be suspended", s.id);
     } else {
-        /* Its keys may be in this process's cache: the next request must be refused. */
+        /* Its keys may be in this process's caches: the next request must be refused, and its
+         * listing show the stopped endpoints. */
         auth_cache_forget();
+        api_endpoints_changed();
         if (suspend)
             log_warn("account %s suspended (%s); %d endpoint(s) stopped", s.id, s.reason,
                      s.stopped);
@@ -620,8 +625,6 @@ static const struct field model_fields[] = {
 
 static enum db_status make_model(PGconn *c, struct created *cr)
 {
-    enum db_status st = check_gpu_types(c, cr->v->p[REQS_FIELD], cr);
-    if (st < 0) return st;
     return one_object(c,
                       "INSERT INTO models (name, family, source, context_length, parameter_count, "
                       "  sha256, min_devices, device_kinds, gpu_requirements, "
@@ -639,7 +642,7 @@ static void h_create_model(struct httpd_req *req)
     json_t *body = read_body(req, model_fields, N_MODEL_FIELDS, 1);
     if (!body) return;
     if (read_fields(req, body, model_fields, N_MODEL_FIELDS, 1, &v) == 0) {
-        struct created cr = {.make = make_model, .v = &v, .what = "model"};
+        struct created cr = {.make = make_model, .v = &v, .what = "model", .reqs = v.p[REQS_FIELD]};
         create_object(req, &cr);
     }
     fvals_free(&v);
@@ -648,8 +651,6 @@ static void h_create_model(struct httpd_req *req)
 
 static enum db_status update_model(PGconn *c, struct created *cr)
 {
-    enum db_status st = check_gpu_types(c, cr->v->p[REQS_FIELD], cr);
-    if (st < 0) return st;
     return one_object(c,
                       "UPDATE models SET family = COALESCE($2, family), "
                       "  source = COALESCE($3, source), "
@@ -673,7 +674,8 @@ static enum db_status update_txn(PGconn *c, void *arg)
     struct created *cr = arg;
     json_decref(cr->reply);
     cr->reply = NULL;
-    return cr->make(c, cr);
+    enum db_status st = check_gpu_types(c, cr->reqs, cr);
+    return st < 0 ? st : cr->make(c, cr);
 }
 
 /* PATCH-like updates of a named object (catalog model, GPU type): 200 with it, or 404. */
@@ -696,6 +698,7 @@ static void update_object(struct httpd_req *req, const struct field *f, size_t n
         goto out;
     v.p[0] = req->params[0];
     cr->v = &v;
+    if (f == model_fields && nf > REQS_FIELD) cr->reqs = v.p[REQS_FIELD];
     enum db_status st = db_txn_run(c, update_txn, cr);
     if (cr->bad_type[0])
         httpd_error(req, 400, "invalid_parameter", "gpu_requirements",
@@ -739,27 +742,11 @@ static void h_retire_model(struct httpd_req *req)
 
 static void h_admin_catalog(struct httpd_req *req)
 {
-    struct auth_ctx a;
-    PGconn *c = admin_db(req, &a);
-    if (!c) return;
-    PGresult *r;
-    enum db_status st =
-        db_exec(c,
-                "SELECT " API_MODEL_JSON("m") " FROM models m "
-                                              "ORDER BY m.retired_at IS NOT NULL, m.name",
-                0, NULL, &r, NULL);
-    ctl_db_done(req, c);
-    if (st < 0) {
-        httpd_error(req, 503, "database_unavailable", NULL, "could not read the catalog");
-        return;
-    }
-    json_t *data = json_array();
-    for (int i = 0; i < PQntuples(r); i++) {
-        json_t *o = row_object(r, i, 0);
-        if (o) json_array_append_new(data, o);
-    }
-    PQclear(r);
-    httpd_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+    admin_list(req,
+               "SELECT m.id, " API_MODEL_JSON(
+                   "m") " FROM models m WHERE m.id < $1::bigint "
+                        "ORDER BY m.retired_at IS NOT NULL, m.name LIMIT $2::int",
+               2, NULL, 0, "the catalog");
 }
 
 /* ---- GPU types and their prices ---- */
@@ -876,17 +863,9 @@ static void h_update_gpu_type(struct httpd_req *req)
 
 static void h_list_gpu_types(struct httpd_req *req)
 {
-    struct auth_ctx a;
-    PGconn *c = admin_db(req, &a);
-    if (!c) return;
-    PGresult *r;
-    enum db_status st =
-        db_exec(c, "SELECT g.id, " GPU_TYPE_JSON "ORDER BY g.name", 0, NULL, &r, NULL);
-    ctl_db_done(req, c);
-    if (st < 0)
-        httpd_error(req, 503, "database_unavailable", NULL, "could not list GPU types");
-    else
-        reply_page(req, r, INT64_MAX);
+    admin_list(
+        req, "SELECT g.id, " GPU_TYPE_JSON "WHERE g.id < $1::bigint ORDER BY g.name LIMIT $2::int",
+        2, NULL, 0, "GPU types");
 }
 
 /* ---- enrollment tokens ---- */
@@ -901,23 +880,10 @@ static void h_list_gpu_types(struct httpd_req *req)
 
 static void h_list_tokens(struct httpd_req *req)
 {
-    char lim[24], aft[24];
-    int64_t limit;
-    if (page_params(req, lim, aft, &limit) != 0) return;
-    struct auth_ctx a;
-    PGconn *c = admin_db(req, &a);
-    if (!c) return;
-    const char *p[] = {aft, lim};
-    PGresult *r;
-    enum db_status st = db_exec(c,
-                                "SELECT t.id, " TOKEN_JSON " FROM enrollment_tokens t "
-                                "WHERE t.id < $1::bigint ORDER BY t.id DESC LIMIT $2::int",
-                                2, p, &r, NULL);
-    ctl_db_done(req, c);
-    if (st < 0)
-        httpd_error(req, 503, "database_unavailable", NULL, "could not list enrollment tokens");
-    else
-        reply_page(req, r, limit);
+    admin_list(req,
+               "SELECT t.id, " TOKEN_JSON " FROM enrollment_tokens t "
+               "WHERE t.id < $1::bigint ORDER BY t.id DESC LIMIT $2::int",
+               2, NULL, 1, "enrollment tokens");
 }
 
 /* Revoking an unused token: it can no longer enroll anything (its expiry moves to now, which is

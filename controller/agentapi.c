@@ -339,7 +339,8 @@ struct beat {
     size_t usage_stored;
 };
 
-static const char *const report_states[] = {"starting", "ready", "failed", "stopped", NULL};
+static const char *const report_states[] = {"downloading", "starting", "ready",
+                                            "failed",      "stopped",  NULL};
 
 static int check_reports(struct httpd_req *req, json_t *reps)
 {
@@ -366,9 +367,11 @@ static int check_reports(struct httpd_req *req, json_t *reps)
         for (const char *const *k = report_states; *k; k++)
             ok |= !strcmp(*k, s);
         if (!ok) {
-            httpd_error(req, 400, "invalid_parameter", "replicas",
-                        "replicas[%zu].state '%s' is not one of starting, ready, failed, stopped",
-                        i, s);
+            httpd_error(
+                req, 400, "invalid_parameter", "replicas",
+                "replicas[%zu].state '%s' is not one of downloading, starting, ready, failed, "
+                "stopped",
+                i, s);
             return -1;
         }
     }
@@ -485,15 +488,16 @@ static enum db_status load_desired(PGconn *c, struct beat *b)
     snprintf(hid, sizeof hid, "%lld", (long long)b->host_id);
     const char *p[] = {hid};
     PGresult *r;
-    enum db_status st = db_exec(
-        c,
-        "SELECT r.id, r.epoch, m.name, m.source, e.name, array_to_json(r.devices), "
-        "  e.device_kind, r.secret, e.gpus_per_replica, m.manifest::text "
-        "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
-        "JOIN models m ON m.id = e.model_id "
-        "WHERE r.host_id = $1::bigint AND r.state IN ('assigned', 'starting', 'ready', 'failed') "
-        "ORDER BY r.created_at",
-        1, p, &r, NULL);
+    enum db_status st =
+        db_exec(c,
+                "SELECT r.id, r.epoch, m.name, m.source, e.name, array_to_json(r.devices), "
+                "  e.device_kind, r.secret, e.gpus_per_replica, m.manifest::text "
+                "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
+                "JOIN models m ON m.id = e.model_id "
+                "WHERE r.host_id = $1::bigint AND r.state IN ('assigned', 'downloading', "
+                "'starting', 'ready', 'failed') "
+                "ORDER BY r.created_at",
+                1, p, &r, NULL);
     if (st < 0) return st;
     json_decref(b->desired);
     b->desired = json_array();

@@ -2,6 +2,7 @@
 #include "api.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,63 +94,43 @@ static void h_catalog(struct httpd_req *req)
     "json_build_object('id', r.id, 'ordinal', r.ordinal, 'state', r.state, 'reason', r.reason, "   \
     "  'epoch', r.epoch, 'host', h.name, 'devices', r.devices, 'ready_at', r.ready_at)"
 
-/* Columns every endpoint query selects, in this order (see endpoint_json). The replica summary
- * is aggregated in the same statement so a listing is one query. */
-#define ENDPOINT_COLUMNS                                                                           \
-    "e.id, e.name, m.name, e.device_kind, e.gpus_per_replica, e.replicas, e.billing_mode, "        \
-    "e.state, to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "        \
-    "(SELECT COALESCE(json_agg(" REPLICA_JSON " ORDER BY r.ordinal), '[]') "                       \
-    " FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "                                      \
-    " WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')), "             \
-    "e.state_reason, e.pool, e.gpu_type "
-
-static json_t *endpoint_json(PGresult *r, int i)
-{
-    json_error_t je;
-    json_t *reps = json_loads(PQgetvalue(r, i, 9), 0, &je);
-    if (!reps) reps = json_array();
-    int ready = 0, failed = 0;
-    size_t k;
-    json_t *rep;
-    json_array_foreach(reps, k, rep)
-    {
-        const char *s = json_string_value(json_object_get(rep, "state"));
-        if (s && !strcmp(s, "ready")) ready++;
-        if (s && !strcmp(s, "failed")) failed++;
-    }
-    int want = (int)db_int(r, i, 5);
-    const char *state = PQgetvalue(r, i, 7);
-    /* status is derived, never stored: it cannot disagree with the replicas. */
-    const char *status = !strcmp(state, "deleted")   ? "deleted"
-                         : !strcmp(state, "stopped") ? "stopped"
-                         : ready == want             ? "ready"
-                         : failed > 0                ? (ready > 0 ? "degraded" : "failed")
-                                                     : "deploying";
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s, s:s, s:i, s:s, s:o}", "id",
-                          PQgetvalue(r, i, 0), "object", "endpoint", "name", PQgetvalue(r, i, 1),
-                          "model", PQgetvalue(r, i, 2), "device_kind", PQgetvalue(r, i, 3),
-                          "gpus_per_replica", (json_int_t)db_int(r, i, 4), "replicas",
-                          (json_int_t)want, "billing_mode", PQgetvalue(r, i, 6), "status", status,
-                          "status_reason", PQgetvalue(r, i, 10), "replicas_ready", ready,
-                          "created_at", PQgetvalue(r, i, 8), "replica_states", reps);
-    json_object_set_new(o, "pool",
-                        PQgetisnull(r, i, 11) ? json_null() : json_string(PQgetvalue(r, i, 11)));
-    json_object_set_new(o, "gpu_type",
-                        PQgetisnull(r, i, 12) ? json_null() : json_string(PQgetvalue(r, i, 12)));
-    return o;
-}
+/* An endpoint as the API shows it, built by the statement (one JSON text per row) so that the
+ * controller passes it on without parsing: a listing is one query and a memcpy per endpoint.
+ * status is derived here from the replicas on every read, never stored, so it cannot disagree
+ * with them. Use as "SELECT e.id, " ENDPOINT_JSON " " ENDPOINT_FROM "WHERE ...". */
+#define ENDPOINT_JSON                                                                              \
+    "json_build_object('id', e.id, 'object', 'endpoint', 'name', e.name, 'model', m.name, "        \
+    "  'device_kind', e.device_kind, 'gpus_per_replica', e.gpus_per_replica, "                     \
+    "  'replicas', e.replicas, 'billing_mode', e.billing_mode, "                                   \
+    "  'status', CASE WHEN e.state IN ('deleted', 'stopped') THEN e.state "                        \
+    "    WHEN rs.ready = e.replicas THEN 'ready' "                                                 \
+    "    WHEN rs.failed > 0 THEN CASE WHEN rs.ready > 0 THEN 'degraded' ELSE 'failed' END "        \
+    "    ELSE 'deploying' END, "                                                                   \
+    "  'status_reason', e.state_reason, 'replicas_ready', rs.ready, "                              \
+    "  'created_at', to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), " \
+    "  'replica_states', rs.list, 'pool', e.pool, 'gpu_type', e.gpu_type)"
+/* The replica summary is aggregated in the same statement (one lateral subquery per endpoint). */
+#define ENDPOINT_FROM                                                                              \
+    "FROM endpoints e JOIN models m ON m.id = e.model_id CROSS JOIN LATERAL ("                     \
+    "  SELECT COALESCE(json_agg(" REPLICA_JSON " ORDER BY r.ordinal), '[]') AS list, "             \
+    "    count(*) FILTER (WHERE r.state = 'ready') AS ready, "                                     \
+    "    count(*) FILTER (WHERE r.state = 'failed') AS failed "                                    \
+    "  FROM replicas r LEFT JOIN hosts h ON h.id = r.host_id "                                     \
+    "  WHERE r.endpoint_id = e.id AND (r.state <> 'stopped' OR e.state = 'deleted')) rs "
 
 /* One endpoint of an account into *out (new reference); DB_NONE when it is not there. */
 static enum db_status endpoint_load(PGconn *c, const char *acct, const char *id, json_t **out)
 {
     PGresult *r;
     const char *p[] = {id, acct};
-    enum db_status st =
-        db_exec(c,
-                "SELECT " ENDPOINT_COLUMNS "FROM endpoints e JOIN models m ON m.id = e.model_id "
-                "WHERE e.id = $1::uuid AND e.account_id = $2::bigint",
-                2, p, &r, NULL);
-    if (st == DB_ROWS) *out = endpoint_json(r, 0);
+    enum db_status st = db_exec(c,
+                                "SELECT e.id, " ENDPOINT_JSON " " ENDPOINT_FROM
+                                "WHERE e.id = $1::uuid AND e.account_id = $2::bigint",
+                                2, p, &r, NULL);
+    if (st == DB_ROWS) {
+        json_error_t je;
+        if (!(*out = json_loads(PQgetvalue(r, 0, 1), 0, &je))) st = DB_HARD;
+    }
     if (st >= 0) PQclear(r);
     return st;
 }
@@ -182,10 +163,7 @@ static int valid_name(const char *s)
 
 static int valid_pool(const char *s)
 {
-    if (!*s) return 0;
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
-    return 1;
+    return *s && jsonx_printable(s);
 }
 
 struct create_ep {
@@ -408,6 +386,7 @@ static void h_create_endpoint(struct httpd_req *req)
             httpd_error(req, 500, "internal_error", NULL, "could not create the endpoint");
         goto out;
     }
+    api_endpoints_changed();
     audit_set_object(c, a.audit_id, ce.id);
     log_info("endpoint %s (%s) created: model %s, %lld x %lld %s", ce.id, ce.name, ce.model,
              (long long)ce.replicas, (long long)ce.gpus, ce.kind);
@@ -418,6 +397,82 @@ out_db:
     json_decref(ce.reply);
     idem_free(&ce.im);
     ctl_db_done(req, c);
+}
+
+/* ---- the listing cache ----
+ *
+ * A page of GET /v1/endpoints is kept for --list-cache-ms (250 ms by default; 0: off) per account
+ * and query, so that clients polling their listing (the console, scripts waiting for "ready")
+ * cost no database round trip most of the time. Every endpoint change made through this process's
+ * API (create, delete, scale, stop, start, an account's suspension) empties it at once, so a
+ * client reads its own writes; what the scheduler, the agents or another controller change shows
+ * within the TTL. GET /v1/endpoints/{id} is never cached. Slots are overwritten by hash: memory
+ * is bounded whatever the number of accounts. */
+#define LIST_CACHE_SLOTS 256
+#define LIST_CACHE_KEY_MAX 512
+
+struct list_slot {
+    char key[LIST_CACHE_KEY_MAX];
+    char *body; /* malloc'd */
+    size_t len;
+    int64_t until_ms; /* monotonic */
+    uint64_t gen;
+};
+
+static struct list_slot list_cache[LIST_CACHE_SLOTS];
+static uint64_t list_gen = 1; /* slots of an older generation are stale */
+static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void api_endpoints_changed(void)
+{
+    pthread_mutex_lock(&list_lock);
+    list_gen++;
+    pthread_mutex_unlock(&list_lock);
+}
+
+static struct list_slot *list_slot_of(const char *key)
+{
+    uint32_t h = 2166136261u;
+    for (const char *k = key; *k; k++)
+        h = (h ^ (uint8_t)*k) * 16777619u;
+    return &list_cache[h % LIST_CACHE_SLOTS];
+}
+
+/* A copy of the cached page for key (caller frees), or NULL. */
+static char *list_cached(const char *key, size_t *len)
+{
+    struct list_slot *sl = list_slot_of(key);
+    char *out = NULL;
+    pthread_mutex_lock(&list_lock);
+    if (sl->body && sl->gen == list_gen && sl->until_ms > util_now_ms() && !strcmp(sl->key, key) &&
+        (out = malloc(sl->len)) != NULL) {
+        memcpy(out, sl->body, sl->len);
+        *len = sl->len;
+    }
+    pthread_mutex_unlock(&list_lock);
+    return out;
+}
+
+/* Keeps body (copied) under key for ttl_ms, unless the cache was emptied since gen was read. */
+static void list_remember(const char *key, uint64_t gen, const char *body, size_t len,
+                          int64_t ttl_ms)
+{
+    char *copy = malloc(len);
+    if (!copy) return;
+    memcpy(copy, body, len);
+    struct list_slot *sl = list_slot_of(key);
+    pthread_mutex_lock(&list_lock);
+    if (gen == list_gen) {
+        free(sl->body);
+        snprintf(sl->key, sizeof sl->key, "%s", key);
+        sl->body = copy;
+        sl->len = len;
+        sl->until_ms = util_now_ms() + ttl_ms;
+        sl->gen = gen;
+        copy = NULL;
+    }
+    pthread_mutex_unlock(&list_lock);
+    free(copy);
 }
 
 #define ENDPOINTS_PAGE_MAX 200 /* endpoints per page: bounds one reply and one query */
@@ -452,34 +507,60 @@ static void h_list_endpoints(struct httpd_req *req)
     struct auth_ctx a;
     PGconn *c = auth_db(req, &a);
     if (!c) return;
+    struct ctl_listener *l = req->app;
+    int64_t ttl = l && l->ctl ? l->ctl->cfg.list_cache_ms : 0;
+    char key[LIST_CACHE_KEY_MAX];
+    size_t cached_len = 0;
+    char *cached = NULL;
+    pthread_mutex_lock(&list_lock);
+    uint64_t gen = list_gen; /* read before the query: a change meanwhile keeps this page out */
+    pthread_mutex_unlock(&list_lock);
+    int keyed = snprintf(key, sizeof key, "%s\x1f%lld\x1f%s\x1f%s\x1f%s\x1f%s", a.account_id_str,
+                         (long long)limit, after ? after : "", state ? state : "",
+                         model ? model : "", name ? name : "") < (int)sizeof key;
+    if (ttl > 0 && keyed && (cached = list_cached(key, &cached_len)) != NULL) {
+        ctl_db_done(req, c);
+        httpd_reply_raw(req, 200, "application/json", cached, cached_len);
+        free(cached);
+        return;
+    }
     char lim[24];
     snprintf(lim, sizeof lim, "%lld", (long long)limit + 1); /* one more: is there a next page? */
     const char *p[] = {a.account_id_str, state, model, name, after, lim};
     PGresult *r;
-    enum db_status st =
-        db_exec(c,
-                "SELECT " ENDPOINT_COLUMNS "FROM endpoints e JOIN models m ON m.id = e.model_id "
-                "WHERE e.account_id = $1::bigint "
-                "  AND (e.state = $2 OR ($2::text IS NULL AND e.state <> 'deleted')) "
-                "  AND ($3::text IS NULL OR m.name = $3) AND ($4::text IS NULL OR e.name = $4) "
-                "  AND ($5::uuid IS NULL OR (e.created_at, e.id) > (SELECT x.created_at, x.id "
-                "       FROM endpoints x WHERE x.id = $5::uuid AND x.account_id = $1::bigint)) "
-                "ORDER BY e.created_at, e.id LIMIT $6::int",
-                6, p, &r, NULL);
+    enum db_status st = db_exec_prepared(
+        c, "api_list_endpoints",
+        "SELECT e.id, " ENDPOINT_JSON " " ENDPOINT_FROM "WHERE e.account_id = $1::bigint "
+        "  AND (e.state = $2 OR ($2::text IS NULL AND e.state <> 'deleted')) "
+        "  AND ($3::text IS NULL OR m.name = $3) AND ($4::text IS NULL OR e.name = $4) "
+        "  AND ($5::uuid IS NULL OR (e.created_at, e.id) > (SELECT x.created_at, x.id "
+        "       FROM endpoints x WHERE x.id = $5::uuid AND x.account_id = $1::bigint)) "
+        "ORDER BY e.created_at, e.id LIMIT $6::int",
+        6, p, &r, NULL);
     ctl_db_done(req, c);
     if (st < 0) {
         httpd_error(req, 500, "internal_error", NULL, "could not list endpoints");
         return;
     }
+    /* The page is assembled from the statement's JSON texts: no parsing, no re-serializing. */
     int n = PQntuples(r), more = n > limit;
     if (more) n = (int)limit;
-    json_t *data = json_array();
-    for (int i = 0; i < n; i++)
-        json_array_append_new(data, endpoint_json(r, i));
-    json_t *o = json_pack("{s:s, s:o, s:b}", "object", "list", "data", data, "has_more", more);
-    if (more) json_object_set_new(o, "next_starting_after", json_string(PQgetvalue(r, n - 1, 0)));
+    struct buf b = {0};
+    int ok = buf_printf(&b, "{\"object\":\"list\",\"data\":[") == 0;
+    for (int i = 0; i < n && ok; i++)
+        ok = (!i || buf_append(&b, ",", 1) == 0) &&
+             buf_append(&b, PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1)) == 0;
+    ok = ok && buf_printf(&b, "],\"has_more\":%s", more ? "true" : "false") == 0;
+    if (more) /* the cursor is an endpoint id, a uuid: nothing to escape */
+        ok = ok && buf_printf(&b, ",\"next_starting_after\":\"%s\"", PQgetvalue(r, n - 1, 0)) == 0;
+    ok = ok && buf_append(&b, "}", 1) == 0;
     PQclear(r);
-    httpd_reply_json(req, 200, o);
+    if (ok && ttl > 0 && keyed) list_remember(key, gen, b.data, b.len, ttl);
+    if (ok)
+        httpd_reply_raw(req, 200, "application/json", b.data, b.len);
+    else
+        httpd_error(req, 500, "internal_error", NULL, "out of memory");
+    buf_free(&b);
 }
 
 /* For routes on /v1/endpoints/{id}: the caller authenticated, and an id that cannot exist answered
@@ -574,6 +655,7 @@ static void h_delete_endpoint(struct httpd_req *req)
     else if (!de.found)
         httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", id);
     else {
+        api_endpoints_changed();
         log_info("endpoint %s deleted", id);
         reply_endpoint(req, c, a.account_id_str, id, 200);
     }
@@ -653,7 +735,10 @@ static void toggle_endpoint(struct httpd_req *req, const char *to)
         httpd_error(req, 500, "internal_error", NULL, "could not change the endpoint");
         goto out;
     }
-    if (t.found) log_info("endpoint %s %s by its owner", id, to);
+    if (t.found) {
+        api_endpoints_changed();
+        log_info("endpoint %s %s by its owner", id, to);
+    }
     /* Already in that state (or deleted): the endpoint as it is, or 404 when not there. */
     reply_endpoint(req, c, a.account_id_str, id, 200);
 out:
@@ -766,6 +851,7 @@ static void h_patch_endpoint(struct httpd_req *req)
         httpd_error(req, 404, "endpoint_not_found", NULL, "endpoint %s does not exist", sc.id);
         goto out;
     }
+    api_endpoints_changed();
     log_info("endpoint %s scaled to %lld replica(s)", sc.id, (long long)sc.want);
     reply_endpoint(req, c, a.account_id_str, sc.id, 200);
 out:

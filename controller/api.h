@@ -20,6 +20,10 @@ extern const size_t api_nroutes;
     "  'parameter_count', " t ".parameter_count, 'source', " t ".source, 'sha256', " t ".sha256, " \
     "  'gpu_requirements', " t ".gpu_requirements, 'retired_at', " t ".retired_at)"
 
+/* Empties this process's cache of endpoint listings (GET /v1/endpoints, --list-cache-ms): called
+ * after every change to an account's endpoints made here. */
+void api_endpoints_changed(void);
+
 /* 1 when s looks like a UUID (8-4-4-4-12 hex); path ids are checked before any query. */
 int api_is_uuid(const char *s);
 

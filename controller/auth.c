@@ -294,8 +294,8 @@ static int by_key(struct httpd_req *req, PGconn *c, const char *key, struct auth
     PGresult *r;
     /* last_used_at is refreshed at most once a minute so that a busy key does not turn every
      * request into a row write. A key made before scopes existed ('{}') has every scope. */
-    enum db_status st = db_exec(
-        c,
+    enum db_status st = db_exec_prepared(
+        c, "auth_by_key",
         "WITH x AS (SELECT k.id, k.account_id, k.user_id, k.scopes, k.endpoint_ids, k.expires_at, "
         "  COALESCE((SELECT u.role FROM users u WHERE u.id = k.user_id), 'member') AS role "
         "  FROM api_keys k WHERE k.secret_hash = $1 AND k.revoked_at IS NULL "

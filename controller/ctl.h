@@ -21,6 +21,7 @@ struct ctl_config {
     int64_t threads, db_pool_size, db_timeout_ms, max_body, max_connections;
     int64_t per_ip_connections; /* connections one client address may hold per listener; 0: any */
     int64_t heartbeat_ms, liveness_timeout_ms, scheduler_interval_ms, stream_timeout_s, hold_s;
+    int64_t replica_max_outstanding; /* gateway requests at one replica at once; 0: no limit */
     const char *log_level;
     int64_t billing_period_s, credit_grace_s;
     int64_t overdraft_micros;   /* how far value-billed requests may take a balance below zero */
@@ -33,6 +34,7 @@ struct ctl_config {
     const char *tls_cert, *tls_key; /* PEM files: the api and gateway listeners speak HTTPS */
     int64_t connection_timeout_s;   /* idle connections close after this */
     int64_t connection_memory_kib;  /* MHD's memory per connection (headers and buffers) */
+    int64_t list_cache_ms;          /* how long a GET /v1/endpoints page is reused (0: never) */
 };
 
 struct rl_table;

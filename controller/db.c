@@ -139,12 +139,10 @@ void db_release(struct db_pool *p, PGconn *c)
     pthread_mutex_unlock(&p->lock);
 }
 
-enum db_status db_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
-                       PGresult **res, char sqlstate[6])
+/* The status of result r of sql (cleared, or handed to *res). */
+static enum db_status finish(PGconn *c, PGresult *r, const char *sql, PGresult **res,
+                             char sqlstate[6])
 {
-    if (res) *res = NULL;
-    if (sqlstate) sqlstate[0] = '\0';
-    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(r);
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
         int rows = st == PGRES_TUPLES_OK ? PQntuples(r) : atoi(PQcmdTuples(r));
@@ -166,6 +164,37 @@ enum db_status db_exec(PGconn *c, const char *sql, int nparams, const char *cons
                   sql);
     PQclear(r);
     return out;
+}
+
+enum db_status db_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
+                       PGresult **res, char sqlstate[6])
+{
+    if (res) *res = NULL;
+    if (sqlstate) sqlstate[0] = '\0';
+    return finish(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0), sql, res,
+                  sqlstate);
+}
+
+enum db_status db_exec_prepared(PGconn *c, const char *name, const char *sql, int nparams,
+                                const char *const *params, PGresult **res, char sqlstate[6])
+{
+    /* Inside a transaction block a failed EXECUTE would abort the transaction: no shortcut. */
+    if (PQtransactionStatus(c) != PQTRANS_IDLE)
+        return db_exec(c, sql, nparams, params, res, sqlstate);
+    if (res) *res = NULL;
+    if (sqlstate) sqlstate[0] = '\0';
+    PGresult *r = PQexecPrepared(c, name, nparams, params, NULL, NULL, 0);
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR && state && !strcmp(state, "26000")) {
+        /* First use on this connection (or a new connection): prepare, then run. */
+        PQclear(r);
+        PGresult *p = PQprepare(c, name, sql, nparams, NULL);
+        int ok = PQresultStatus(p) == PGRES_COMMAND_OK;
+        PQclear(p);
+        if (!ok) return db_exec(c, sql, nparams, params, res, sqlstate);
+        r = PQexecPrepared(c, name, nparams, params, NULL, NULL, 0);
+    }
+    return finish(c, r, sql, res, sqlstate);
 }
 
 enum db_status db_cmd(PGconn *c, const char *sql, int nparams, const char *const *params)

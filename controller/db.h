@@ -29,6 +29,12 @@ void db_release(struct db_pool *p, PGconn *c);
  * *sqlstate set, so callers can answer 409. sqlstate may be NULL. */
 enum db_status db_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
                        PGresult **res, char sqlstate[6]);
+/* Like db_exec, for a statement on a hot path: run as the prepared statement name (parsed and
+ * planned once per connection; prepared on its first use there), which saves the server most of
+ * the work of a small query. name must be unique to sql across the program. Inside a transaction
+ * block it is plain db_exec. */
+enum db_status db_exec_prepared(PGconn *c, const char *name, const char *sql, int nparams,
+                                const char *const *params, PGresult **res, char sqlstate[6]);
 /* Like db_exec but discards the result; returns the status. */
 enum db_status db_cmd(PGconn *c, const char *sql, int nparams, const char *const *params);
 

@@ -23,7 +23,8 @@ static enum db_status drain_host(PGconn *c, const char *hid, const char *name, s
     enum db_status st = db_exec(
         c,
         "SELECT o.id, o.epoch, x.state FROM replicas o JOIN replicas x ON x.replaces = o.id "
-        "WHERE o.host_id = $1::bigint AND o.state IN ('assigned', 'starting', 'ready', 'failed') "
+        "WHERE o.host_id = $1::bigint AND o.state IN ('assigned', 'downloading', 'starting', "
+        "'ready', 'failed') "
         "  AND x.state <> 'stopped' LIMIT 1",
         1, p, &r, NULL);
     if (st < 0) return st;
@@ -45,7 +46,7 @@ static enum db_status drain_host(PGconn *c, const char *hid, const char *name, s
     /* The next replica to move: the oldest live one. */
     st = db_exec(c,
                  "SELECT id FROM replicas WHERE host_id = $1::bigint "
-                 "  AND state IN ('assigned', 'starting', 'ready', 'failed') "
+                 "  AND state IN ('assigned', 'downloading', 'starting', 'ready', 'failed') "
                  "ORDER BY created_at, ordinal LIMIT 1",
                  1, p, &r, NULL);
     if (st < 0) return st;

@@ -43,6 +43,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "jsonx.h"
 #include "lease.h"
 #include "log.h"
@@ -68,6 +69,9 @@
  * own deadline; the runtime's queue decides what waits longer. */
 #define GW_REPLICA_CONNECTIONS 192
 #define GW_MAX_LOOPS 64
+#define GW_PARKED_POLL_MS                                                                          \
+    10 /* how often parked requests look for room at other loops' replicas                         \
+        */
 
 struct gw_loop;
 
@@ -125,6 +129,10 @@ struct gw_loop {
     int poke;              /* a client left or drained a paused stream: look at the transfers */
     struct proxy *active;  /* loop thread only */
     int64_t last_sweep_ms; /* loop thread only */
+    /* Requests waiting because every replica they may use has --replica-max-outstanding
+     * requests from this gateway (loop thread only; in arrival order, linked by next). */
+    struct proxy *parked, *parked_tail;
+    int unpark_due; /* a transfer ended here: a parked request may go now */
     CURL *idle[GW_LOOP_IDLE_HANDLES];
     int nidle;
 };
@@ -224,8 +232,8 @@ static int load_add(const char *id, int d)
 
 /* The untried candidate with the fewest outstanding requests; ties are broken at random (the
  * candidate list comes from a cache and keeps its order for a second, so "first" would send every
- * request of that second to one replica). -1 when none is left. */
-static int pick_candidate(struct gw_route *rt)
+ * request of that second to one replica). -1 when none is left; *outstanding: its count. */
+static int pick_candidate(struct gw_route *rt, int *outstanding)
 {
     static _Thread_local uint32_t seed;
     if (!seed) seed = (uint32_t)util_now_ms() ^ (uint32_t)(uintptr_t)&seed;
@@ -242,6 +250,7 @@ static int pick_candidate(struct gw_route *rt)
             best_n = n;
         }
     }
+    *outstanding = best_n;
     return best;
 }
 
@@ -338,13 +347,15 @@ static void active_remove(struct gw_loop *lp, struct proxy *p)
 }
 
 /* Ends the request's lease reservation: returned whole when no runtime received the request or
- * the runtime refused it (4xx), reduced to the actual cost when the reply carried usage;
+ * the runtime refused it (4xx, 503), reduced to the actual cost when the reply carried usage;
  * otherwise it stays reserved until the usage event arrives (lease.h). */
 static void lease_return(struct proxy *p)
 {
     int64_t actual = -1;
     pthread_mutex_lock(&p->lock);
-    int not_sent = !p->sent || (p->headers_done && p->status >= 400 && p->status < 500);
+    /* A runtime's 4xx or 503 (its queue is full) means it refused the request whole. */
+    int not_sent = !p->sent ||
+                   (p->headers_done && ((p->status >= 400 && p->status < 500) || p->status == 503));
     if (!not_sent && p->headers_done && !p->streaming && p->status == 200 && !p->failed) {
         json_t *j = json_loadb(p->data.data, p->data.len, 0, NULL);
         json_t *u = json_object_get(j, "usage");
@@ -384,10 +395,61 @@ static void handle_put(struct gw_loop *lp, CURL *c)
         curl_easy_cleanup(c);
 }
 
+/* Every replica p may use is at --replica-max-outstanding: p waits, in order, until one has
+ * room, or answers 503 once its hold deadline (arrival + --hold-s) passed. */
+static void park(struct gw_loop *lp, struct proxy *p)
+{
+    if (util_now_ms() >= p->hold_until_ms) {
+        pthread_mutex_lock(&p->lock);
+        p->err_status = 503;
+        snprintf(p->err_code, sizeof p->err_code, "endpoint_busy");
+        snprintf(p->err_msg, sizeof p->err_msg,
+                 "every replica of endpoint '%.100s' is busy; retry shortly", p->model);
+        pthread_mutex_unlock(&p->lock);
+        finish(p, CURLE_OK);
+        return;
+    }
+    p->next = NULL;
+    if (lp->parked_tail)
+        lp->parked_tail->next = p;
+    else
+        lp->parked = p;
+    lp->parked_tail = p;
+}
+
+static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last);
+
+/* Tries every parked request again, in order (those still without room park again). */
+static void unpark(struct gw_loop *lp)
+{
+    struct proxy *list = lp->parked;
+    lp->parked = lp->parked_tail = NULL;
+    lp->unpark_due = 0;
+    while (list) {
+        struct proxy *nx = list->next;
+        list->next = NULL;
+        attempt(lp, list, CURLE_COULDNT_CONNECT);
+        list = nx;
+    }
+}
+
 /* Starts a transfer to the best untried candidate; finishes the proxy when none is left. */
 static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
 {
-    int i = pick_candidate(&p->route);
+    pthread_mutex_lock(&p->lock);
+    int gone = p->req == NULL;
+    pthread_mutex_unlock(&p->lock);
+    if (gone) { /* the client left before a runtime was asked: nothing to cancel */
+        finish(p, CURLE_ABORTED_BY_CALLBACK);
+        return;
+    }
+    int n = 0;
+    int i = pick_candidate(&p->route, &n);
+    int64_t cap = p->lis->ctl->cfg.replica_max_outstanding;
+    if (i >= 0 && cap > 0 && n >= cap) {
+        park(lp, p);
+        return;
+    }
     CURL *c = i < 0 ? NULL : lp->nidle > 0 ? lp->idle[--lp->nidle] : curl_easy_init();
     if (!c) {
         finish(p, i < 0 ? last : CURLE_OUT_OF_MEMORY);
@@ -434,6 +496,90 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
     lp->active = p;
 }
 
+/* ---- a stream cut mid-way ----
+ *
+ * When a runtime's stream breaks after the client has seen events (its endpoint was stopped
+ * because the owner ran out of credit or reached the spend cap, or was stopped or deleted, or the
+ * runtime died, or the stream's deadline passed), the client gets one last SSE event saying why,
+ * in OpenAI's error shape, and the stream ends cleanly rather than with a broken connection.
+ * Why it broke is read from the endpoint's state, which the stop wrote before the runtime was
+ * told to stop; the query blocks, so it runs on a thread of its own (a rare path). */
+struct cut {
+    struct proxy *p;
+    char error[128];
+    int timed_out;
+};
+
+static void *explain_thread(void *arg)
+{
+    struct cut *ct = arg;
+    struct proxy *p = ct->p;
+    char msg[400], code[40] = "stream_interrupted";
+    const char *type = "server_error";
+    if (ct->timed_out)
+        snprintf(msg, sizeof msg, "the stream reached its deadline of %ld s and was ended",
+                 p->timeout_s);
+    else
+        snprintf(msg, sizeof msg, "the replica ended the stream early (%s); retry the request",
+                 ct->error);
+    PGconn *c = ct->timed_out ? NULL : db_acquire(p->lis->pool);
+    if (c) {
+        const char *prm[] = {p->route.endpoint_id};
+        PGresult *r;
+        if (db_exec(c, "SELECT state, state_reason FROM endpoints WHERE id = $1::uuid", 1, prm, &r,
+                    NULL) == DB_ROWS) {
+            if (!strcmp(PQgetvalue(r, 0, 0), "stopped")) {
+                snprintf(msg, sizeof msg, "endpoint '%.100s' was stopped during the stream: %.250s",
+                         p->model, PQgetvalue(r, 0, 1));
+                snprintf(code, sizeof code, "endpoint_stopped");
+                /* Out of credit and the spend cap are a payment matter, like a 402. */
+                if (strstr(PQgetvalue(r, 0, 1), "credit") || strstr(PQgetvalue(r, 0, 1), "cap"))
+                    type = "insufficient_quota";
+            } else if (!strcmp(PQgetvalue(r, 0, 0), "deleted")) {
+                snprintf(msg, sizeof msg, "endpoint '%.100s' was deleted during the stream",
+                         p->model);
+                snprintf(code, sizeof code, "endpoint_deleted");
+            }
+            PQclear(r);
+        }
+        db_release(p->lis->pool, c);
+    }
+    json_t *body = jsonx_error_body(msg, type, NULL, code);
+    char *text = jsonx_dump(body);
+    json_decref(body);
+    pthread_mutex_lock(&p->lock);
+    if (text) {
+        buf_append(&p->data, "data: ", 6);
+        buf_append(&p->data, text, strlen(text));
+        buf_append(&p->data, "\n\n", 2);
+    }
+    pthread_mutex_unlock(&p->lock);
+    free(text);
+    log_warn("request %s: stream cut mid-way: %s", p->request_id, msg);
+    free(ct);
+    finish(p, CURLE_OK); /* the stream ends normally after that event */
+    return NULL;
+}
+
+/* 0 when a thread took over p to end it with a final event; -1 to finish it as it is. */
+static int explain_cut(struct proxy *p, CURLcode rc)
+{
+    struct cut *ct = calloc(1, sizeof *ct);
+    if (!ct) return -1;
+    ct->p = p;
+    ct->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
+    snprintf(ct->error, sizeof ct->error, "%s", curl_easy_strerror(rc));
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t th;
+    int err = pthread_create(&th, &attr, explain_thread, ct);
+    pthread_attr_destroy(&attr);
+    if (err) free(ct);
+    return err ? -1 : 0;
+}
+
 /* A transfer ended (or was cancelled: rc CURLE_ABORTED_BY_CALLBACK). Retries another candidate
  * when nothing reached the client and the runtime never saw the request or refused it whole. */
 static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
@@ -441,6 +587,7 @@ static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
     CURL *c = p->easy;
     curl_multi_remove_handle(lp->multi, c);
     load_add(p->route.cand[p->cand].replica_id, -1);
+    lp->unpark_due = 1;
     active_remove(lp, p);
     pthread_mutex_lock(&p->lock);
     if (rc == CURLE_OK) note_headers(p);
@@ -463,6 +610,10 @@ static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
     }
     curl_slist_free_all(p->hl);
     p->hl = NULL;
+    pthread_mutex_lock(&p->lock);
+    int cut = rc != CURLE_OK && p->streaming && p->req != NULL;
+    pthread_mutex_unlock(&p->lock);
+    if (cut && explain_cut(p, rc) == 0) return;
     finish(p, rc);
 }
 
@@ -546,6 +697,8 @@ static void *loop_main(void *arg)
         int64_t now = util_now_ms();
         int64_t wait = GW_LOOP_TICK_MS - (now - lp->last_sweep_ms);
         if (lp->timer_at_ms >= 0 && lp->timer_at_ms - now < wait) wait = lp->timer_at_ms - now;
+        /* Parked requests: room may open at another loop's replica too; look again soon. */
+        if (lp->parked && wait > GW_PARKED_POLL_MS) wait = GW_PARKED_POLL_MS;
         if (wait < 0) wait = 0;
         int n = epoll_wait(lp->epfd, evs, GW_LOOP_EVENTS, (int)wait);
         for (int i = 0; i < n; i++) {
@@ -585,6 +738,7 @@ static void *loop_main(void *arg)
             attempt(lp, rev, CURLE_COULDNT_CONNECT);
             rev = nx;
         }
+        if (lp->parked && (lp->unpark_due || n == 0)) unpark(lp);
         if (poke || util_now_ms() - lp->last_sweep_ms >= GW_LOOP_TICK_MS) {
             sweep(lp);
             reap(lp); /* an unpaused transfer may have ended */

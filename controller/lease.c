@@ -354,6 +354,12 @@ static int settle(struct lease *l, struct lacct *a)
         for (size_t i = 0; i < a->npend;) {
             if (a->pend[i].ended_ms &&
                 bsearch(a->pend[i].rid, ids, found, sizeof ids[0], cmp_rid)) {
+                /* Its cost is counted by the database now (unbilled usage): it leaves our hold
+                 * with its reservation, so the room left (granted - used) stays what it was.
+                 * Returning it as room would admit requests that the balance, as the next
+                 * refresh will see it, no longer covers. */
+                a->granted -= a->pend[i].amount;
+                if (a->granted < 0) a->granted = 0;
                 pend_drop(a, i);
                 dropped = 1;
             } else {

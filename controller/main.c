@@ -84,6 +84,12 @@ static const struct cfg_opt serve_opts[] = {
      O(cors_origins)},
     {"hold-s", CFG_INT, "30",
      "how long the gateway holds a request while its endpoint has no ready replica", O(hold_s)},
+    /* 80 = what a runtime takes at once as the agent starts it (--max-batch 16 running plus
+     * --queue-limit 64 waiting): past it a runtime answers 503, so the gateway waits instead. */
+    {"replica-max-outstanding", CFG_INT, "80",
+     "requests this gateway has at one replica at once; more wait in the gateway, in order, up "
+     "to --hold-s (0: no limit)",
+     O(replica_max_outstanding)},
     {"billing-period-s", CFG_INT, "60", "length of a billing period (closed and charged once)",
      O(billing_period_s)},
     {"credit-grace-s", CFG_INT, "300",
@@ -116,6 +122,10 @@ static const struct cfg_opt serve_opts[] = {
     {"connection-memory-kib", CFG_INT, "64",
      "memory per connection for its request line, headers and buffers (larger headers: 431)",
      O(connection_memory_kib)},
+    {"list-cache-ms", CFG_INT, "250",
+     "reuse an account's GET /v1/endpoints page this long (0: off); this API's own changes "
+     "empty it at once",
+     O(list_cache_ms)},
 };
 #define NOPTS (sizeof serve_opts / sizeof serve_opts[0])
 

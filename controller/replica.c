@@ -12,12 +12,13 @@ static const struct {
     const char *from;
 } legal[] = {
     {"assigned", "{pending}"},
-    {"starting", "{assigned,starting,failed}"},
-    {"ready", "{assigned,starting,ready,failed}"},
-    {"failed", "{assigned,starting,ready,failed}"},
-    {"stopping", "{assigned,starting,ready,failed}"},
+    {"downloading", "{assigned,downloading,starting,failed}"},
+    {"starting", "{assigned,downloading,starting,failed}"},
+    {"ready", "{assigned,downloading,starting,ready,failed}"},
+    {"failed", "{assigned,downloading,starting,ready,failed}"},
+    {"stopping", "{assigned,downloading,starting,ready,failed}"},
     {"stopped", "{pending,stopping}"},
-    {"pending", "{assigned,starting,ready,failed}"},
+    {"pending", "{assigned,downloading,starting,ready,failed}"},
 };
 
 static const char *legal_from(const char *to)
@@ -60,18 +61,24 @@ enum db_status replica_transition(PGconn *c, const char *id, int64_t epoch, int6
                   8, p);
 }
 
-enum db_status replica_assign(PGconn *c, const char *id, int64_t host_id, const char *devices)
+enum db_status replica_assign_many(PGconn *c, const char *placements_json, int *assigned)
 {
-    char secret[49], hid[24];
-    if (util_random_hex(secret, 24) != 0) return DB_HARD;
-    snprintf(hid, sizeof hid, "%lld", (long long)host_id);
-    const char *p[] = {id, hid, devices, secret};
-    return db_cmd(c,
-                  "UPDATE replicas SET state = 'assigned', host_id = $2::bigint, "
-                  "  devices = $3::text[], secret = $4, epoch = nextval('replica_epochs'), "
-                  "  reason = '', port = NULL, restarts = 0, ready_at = NULL, updated_at = now() "
-                  "WHERE id = $1::uuid AND state = 'pending'",
-                  4, p);
+    const char *p[] = {placements_json};
+    PGresult *r;
+    /* Each row gets its own new epoch (nextval per updated row) and its own secret. */
+    enum db_status st =
+        db_exec(c,
+                "UPDATE replicas r SET state = 'assigned', host_id = x.host_id, "
+                "  devices = string_to_array(x.devices, ','), secret = x.secret, "
+                "  epoch = nextval('replica_epochs'), reason = '', port = NULL, restarts = 0, "
+                "  ready_at = NULL, updated_at = now() "
+                "FROM json_to_recordset($1::json) AS x(id uuid, host_id bigint, devices text, "
+                "  secret text) "
+                "WHERE r.id = x.id AND r.state = 'pending' RETURNING r.id",
+                1, p, &r, NULL);
+    *assigned = st == DB_ROWS ? PQntuples(r) : 0;
+    if (st >= 0) PQclear(r);
+    return st;
 }
 
 enum db_status replica_note_pending(PGconn *c, const char *id, const char *reason)
@@ -114,14 +121,14 @@ enum db_status replica_reap_stopping(PGconn *c, int64_t host_id, const char *rep
 
 enum db_status replica_create_replacement(PGconn *c, const char *old_id, const char *reason)
 {
-    const char *p[] = {old_id, reason};
+    const char *p[] = {old_id, reason, legal_from("stopping")}; /* the live states */
     /* ON CONFLICT: replicas_one_replacement allows one live replacement per replica. */
     return db_cmd(c,
                   "INSERT INTO replicas (endpoint_id, account_id, ordinal, reason, replaces) "
                   "SELECT endpoint_id, account_id, ordinal, $2, id FROM replicas "
-                  "WHERE id = $1::uuid AND state IN ('assigned', 'starting', 'ready', 'failed') "
+                  "WHERE id = $1::uuid AND state = ANY ($3::text[]) "
                   "ON CONFLICT DO NOTHING",
-                  2, p);
+                  3, p);
 }
 
 enum db_status replica_requeue_host(PGconn *c, int64_t host_id, const char *reason)

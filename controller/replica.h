@@ -2,6 +2,7 @@
  *
  *   pending   no host yet; the scheduler looks for one (reason says what it waits for)
  *   assigned  host, devices, a new epoch and a new secret chosen; the agent will start it
+ *   downloading  the agent fetches the model's weights into its cache (reason: the progress)
  *   starting  the agent launched the runtime; it is loading
  *   ready     the runtime answers /health; the gateway routes to it
  *   failed    the runtime exited or never became healthy; the agent restarts it (reason says why)
@@ -23,8 +24,10 @@
 enum db_status replica_transition(PGconn *c, const char *id, int64_t epoch, int64_t host_id,
                                   const char *to, const char *reason, int port, int restarts);
 
-/* pending -> assigned on host_id with devices (a text[] literal), new epoch and secret. */
-enum db_status replica_assign(PGconn *c, const char *id, int64_t host_id, const char *devices);
+/* Many pending -> assigned at once (a scheduler pass): placements_json is
+ * [{"id","host_id","devices":"uuid,uuid","secret"}, …]; each replica gets a new epoch. *assigned
+ * gets how many were still pending (and are now assigned). */
+enum db_status replica_assign_many(PGconn *c, const char *placements_json, int *assigned);
 /* Updates the reason of a pending replica (what it waits for). */
 enum db_status replica_note_pending(PGconn *c, const char *id, const char *reason);
 /* Every replica of an endpoint: pending -> stopped, live -> stopping. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "jsonx.h"
 #include "log.h"
 #include "replica.h"
 #include "util.h"
@@ -100,15 +101,40 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
         if (hh->cordoned || (pool && strcmp(pool, hh->pool) != 0)) continue;
         eligible++;
         int nfree = 0;
+        uint64_t mask = 0;
         for (int d = 0; d < hh->ndevices; d++)
-            nfree += usable(&hh->devices[d], req);
+            if (usable(&hh->devices[d], req)) {
+                nfree++;
+                mask |= UINT64_C(1) << d;
+            }
         if (nfree > largest) largest = nfree;
-        if (nfree < req->n || !best_on_host(hh, req, req->n, &p)) continue;
+        if (nfree < req->n) continue;
+        /* The memo: within a pass only the host just placed on changes, so a batch of replicas
+         * costs one full search per host and width, then a comparison per host. */
+        /* A request for a named GPU type is searched directly (the memo is per kind). */
+        struct sched_fit *f = req->n <= SCHED_FIT_WIDTHS && !(req->gpu_type && req->gpu_type[0])
+                                  ? &hh->fit[req->n - 1]
+                                  : NULL;
+        if (f && f->kind == req->kind[0] && f->mask == mask) {
+            if (!f->ok) continue;
+            p.tier = f->tier;
+            p.island = f->island;
+            p.dev[0] = -1; /* the set itself is found again if this host wins */
+        } else {
+            int ok = best_on_host(hh, req, req->n, &p);
+            if (f)
+                *f =
+                    (struct sched_fit){mask, req->kind[0], (char)ok, (char)p.tier, (short)p.island};
+            if (!ok) continue;
+        }
         if (best < 0 || p.tier < bp.tier || (p.tier == bp.tier && p.island < bp.island) ||
             (p.tier == bp.tier && p.island == bp.island && nfree < best_free)) {
             best = h;
             best_free = nfree;
             bp = p;
+            /* Nothing can beat the best tier on an island and a host it fills exactly, and a
+             * later host only ties: stop looking (this makes a pass over a big fleet cheap). */
+            if (p.tier == 0 && p.island == req->n && nfree == req->n) break;
         }
     }
     if (best < 0) {
@@ -127,8 +153,9 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
         }
         return -1;
     }
-    /* In device index order: the order CUDA_VISIBLE_DEVICES lists them in, and predictable. */
     struct sched_host *bh = &hosts[best];
+    if (bp.dev[0] < 0) best_on_host(bh, req, req->n, &bp); /* from the memo: find the set */
+    /* In device index order: the order CUDA_VISIBLE_DEVICES lists them in, and predictable. */
     for (int k = 0; k < req->n; k++) {
         int j = k;
         while (j > 0 && bh->devices[chosen[j - 1]].idx > bh->devices[bp.dev[k]].idx) {
@@ -141,19 +168,47 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
     return best;
 }
 
-#define SCHED_MAX_HOSTS 256 /* a pass loads the whole fleet; beyond this, page it */
+/* A pass loads the whole fleet: ~8 KiB per host, so 10 000 hosts are 80 MiB. Past this, the pass
+ * should page by pool; until a fleet that large exists, hosts beyond it are not placed on (and the
+ * pass logs it). */
+#define SCHED_MAX_HOSTS 10000
 
 struct pass {
-    struct sched_host *hosts;
-    int nhosts;
+    struct sched_host *hosts; /* grown as hosts appear */
+    int nhosts, cap;
     int placed;
+    sched_place_fn place;
 };
 
+/* The index of host id in p, or -1. Rows come ordered by host, so the last host is checked first.
+ */
 static int find_host(struct pass *p, int64_t id)
 {
-    for (int i = 0; i < p->nhosts; i++)
-        if (p->hosts[i].id == id) return i;
+    if (p->nhosts && p->hosts[p->nhosts - 1].id == id) return p->nhosts - 1;
+    int lo = 0, hi = p->nhosts - 1; /* hosts are appended in increasing id order */
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (p->hosts[mid].id == id) return mid;
+        if (p->hosts[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
     return -1;
+}
+
+/* Room for one more host: 0, or -1 when out of memory or at SCHED_MAX_HOSTS. */
+static int grow_hosts(struct pass *p)
+{
+    if (p->nhosts < p->cap) return 0;
+    if (p->cap >= SCHED_MAX_HOSTS) return -1;
+    int cap = p->cap ? p->cap * 2 : 64;
+    if (cap > SCHED_MAX_HOSTS) cap = SCHED_MAX_HOSTS;
+    struct sched_host *nh = realloc(p->hosts, (size_t)cap * sizeof *nh);
+    if (!nh) return -1;
+    p->hosts = nh;
+    p->cap = cap;
+    return 0;
 }
 
 /* peers (comma-separated UUIDs of the same host) as a bitmask over h's devices. */
@@ -175,16 +230,19 @@ static uint64_t peer_mask(const struct sched_host *h, const char *peers)
 static enum db_status load_fleet(PGconn *c, struct pass *p)
 {
     PGresult *r;
-    /* Devices of live hosts, each marked free unless a live replica holds it. */
+    /* Devices of live hosts, each marked free unless a live replica holds it. The held devices
+     * are one hash join, not a subquery per device: on a 1 000-host fleet the correlated form
+     * cost enough to make PostgreSQL JIT-compile it on every pass (0.6 s). */
     enum db_status st = db_exec(
         c,
-        "SELECT g.host_id, g.uuid, g.kind, g.idx, "
-        "  NOT EXISTS (SELECT 1 FROM replicas r WHERE r.host_id = g.host_id "
-        "     AND r.state <> 'stopped' AND r.state <> 'pending' AND g.uuid = ANY (r.devices)), "
+        "SELECT g.host_id, g.uuid, g.kind, g.idx, held.uuid IS NULL, "
         "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned, "
         "  g.model "
-        "FROM gpus g JOIN hosts h ON h.id = g.host_id WHERE h.state = 'ready' "
-        "ORDER BY g.host_id, g.idx",
+        "FROM gpus g JOIN hosts h ON h.id = g.host_id "
+        "LEFT JOIN (SELECT DISTINCT r.host_id, unnest(r.devices) AS uuid FROM replicas r "
+        "           WHERE r.state <> 'stopped' AND r.state <> 'pending') held "
+        "  ON held.host_id = g.host_id AND held.uuid = g.uuid "
+        "WHERE h.state = 'ready' ORDER BY g.host_id, g.idx",
         0, NULL, &r, NULL);
     if (st < 0) return st;
     int rows = PQntuples(r);
@@ -192,10 +250,14 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         int64_t hid = db_int(r, i, 0);
         int h = find_host(p, hid);
         if (h < 0) {
-            if (p->nhosts == SCHED_MAX_HOSTS) continue;
+            if (grow_hosts(p) != 0) {
+                log_error("scheduler: cannot hold host %lld (%d hosts loaded): not placing on it",
+                          (long long)hid, p->nhosts);
+                continue;
+            }
             h = p->nhosts++;
+            memset(&p->hosts[h], 0, sizeof p->hosts[h]); /* realloc'd memory; empty memos */
             p->hosts[h].id = hid;
-            p->hosts[h].ndevices = 0;
             snprintf(p->hosts[h].pool, sizeof p->hosts[h].pool, "%s", PQgetvalue(r, i, 8));
             p->hosts[h].cordoned = PQgetvalue(r, i, 9)[0] == 't';
         }
@@ -248,6 +310,9 @@ static enum db_status pass_txn(PGconn *c, void *arg)
         PQclear(pend);
         return st;
     }
+    /* The assignments are written together at the end, in one statement: a pass over a big
+     * backlog would otherwise pay a round trip per replica. */
+    json_t *placements = json_array();
     for (int i = 0; i < PQntuples(pend) && st >= 0; i++) {
         const char *rid = PQgetvalue(pend, i, 0);
         struct sched_req rq = {.kind = PQgetvalue(pend, i, 1),
@@ -256,29 +321,40 @@ static enum db_status pass_txn(PGconn *c, void *arg)
                                .gpu_type = PQgetvalue(pend, i, 5)};
         int chosen[SCHED_MAX_DEVICES];
         char why[200];
-        int h = sched_place(p->hosts, p->nhosts, &rq, chosen, why, sizeof why);
+        int h = p->place(p->hosts, p->nhosts, &rq, chosen, why, sizeof why);
         if (h < 0) {
             if (strcmp(PQgetvalue(pend, i, 3), why) != 0) st = replica_note_pending(c, rid, why);
             continue;
         }
         struct buf devs = {0};
-        buf_append(&devs, "{", 1);
         for (int k = 0; k < rq.n; k++)
-            buf_printf(&devs, "%s\"%s\"", k ? "," : "", p->hosts[h].devices[chosen[k]].uuid);
-        buf_append(&devs, "}", 1);
-        st = replica_assign(c, rid, p->hosts[h].id, devs.data);
+            buf_printf(&devs, "%s%s", k ? "," : "", p->hosts[h].devices[chosen[k]].uuid);
+        char secret[49];
+        if (util_random_hex(secret, 24) != 0) st = DB_HARD;
+        json_array_append_new(placements, json_pack("{s:s, s:I, s:s, s:s}", "id", rid, "host_id",
+                                                    (json_int_t)p->hosts[h].id, "devices",
+                                                    devs.data, "secret", secret));
         buf_free(&devs);
-        if (st == DB_ROWS) p->placed++;
     }
     PQclear(pend);
+    if (st >= 0 && json_array_size(placements)) {
+        char *txt = jsonx_dump(placements);
+        st = txt ? replica_assign_many(c, txt, &p->placed) : DB_HARD;
+        free(txt);
+    }
+    json_decref(placements);
     return st < 0 ? st : DB_ROWS;
 }
 
 int sched_pass(PGconn *c)
 {
+    return sched_pass_policy(c, sched_place);
+}
+
+int sched_pass_policy(PGconn *c, sched_place_fn place)
+{
     struct pass p = {0};
-    p.hosts = calloc(SCHED_MAX_HOSTS, sizeof *p.hosts);
-    if (!p.hosts) return -1;
+    p.place = place;
     enum db_status st = db_txn_run(c, pass_txn, &p);
     free(p.hosts);
     if (st < 0) return -1;

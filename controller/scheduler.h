@@ -42,12 +42,25 @@ struct sched_device {
     uint64_t peers; /* bit j: NVLink peer of devices[j] of the same host */
 };
 
+/* sched_place's memo of the best set of one width on one host, valid while the host's usable
+ * devices are exactly `mask` (so any change to a device's free or healthy flag, or another kind,
+ * misses it). Zeroed memory is an empty memo. */
+#define SCHED_FIT_WIDTHS 8
+struct sched_fit {
+    uint64_t mask;
+    char kind; /* the request kind's first letter; 0: empty */
+    char ok;   /* a set exists */
+    char tier; /* its tier and island, as best_on_host found them */
+    short island;
+};
+
 struct sched_host {
     int64_t id;
     char pool[64];
     int cordoned;
     int ndevices;
     struct sched_device devices[SCHED_MAX_DEVICES];
+    struct sched_fit fit[SCHED_FIT_WIDTHS]; /* by width - 1; see sched_fit */
 };
 
 /* What one replica needs. pool NULL or "": any pool; gpu_type NULL or "": any model. */
@@ -67,5 +80,12 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
 
 /* One scheduling pass over the database; returns the number of replicas placed or -1. */
 int sched_pass(PGconn *c);
+
+/* A placement policy: sched_place, or another one to compare it with (ops/bench/placement replays
+ * the same arrivals with random fit through the same pass). */
+typedef int (*sched_place_fn)(struct sched_host *hosts, int nhosts, const struct sched_req *req,
+                              int *chosen, char *why, size_t whylen);
+/* sched_pass with another policy. */
+int sched_pass_policy(PGconn *c, sched_place_fn place);
 
 #endif

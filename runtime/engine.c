@@ -36,6 +36,7 @@ struct eng_req {
     int whole;      /* the consumer takes the text once, at the end (not streaming) */
     float *logits;  /* [vocab] while running */
     struct buf out; /* text not yet taken by eng_wait */
+    int published;  /* tokens sampled whose records (text, logprobs) the consumer may read */
     int64_t t_submit, t_first, t_last; /* us */
     struct eng_req *next;              /* in the queue or the running list */
     pthread_cond_t cv;                 /* the consumer waits on it */
@@ -287,6 +288,7 @@ static void *scheduler(void *arg)
                 hist_add(&e->ttft, (double)(now - r->t_submit) / 1e6);
             }
             r->t_last = now;
+            r->published = r->g.produced;
             if (deltas[d].len && buf_append(&r->out, deltas[d].data, deltas[d].len) != 0) {
                 req_done(r, 1);
             } else if (r->g.finish != GEN_RUNNING) {
@@ -397,10 +399,16 @@ enum eng_submit eng_submit(struct engine *e, struct gen *g, int whole, struct en
 
 int eng_wait(struct eng_req *r, struct buf *out)
 {
+    return eng_wait_tokens(r, out, NULL);
+}
+
+int eng_wait_tokens(struct eng_req *r, struct buf *out, int *tokens)
+{
     struct engine *e = r->e;
     pthread_mutex_lock(&e->mu);
     while ((r->whole || r->out.len == 0) && r->state != REQ_DONE)
         pthread_cond_wait(&r->cv, &e->mu);
+    if (tokens) *tokens = r->published;
     int rc = buf_append(out, r->out.data, r->out.len);
     if (r->out.len >= ENG_MAX_PENDING) pthread_cond_signal(&e->cv); /* it may step again */
     r->out.len = 0;

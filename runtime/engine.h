@@ -41,6 +41,9 @@ enum eng_submit eng_submit(struct engine *e, struct gen *g, int whole, struct en
 /* Waits for text (whole: for the end) and appends it to out. 0: more will come; 1: finished
  * (the text is complete); -1: failed (shutting down, out of memory). */
 int eng_wait(struct eng_req *r, struct buf *out);
+/* eng_wait, and *tokens = how many sampled tokens have their gen records (g->lp) complete: the
+ * consumer may read entries below it. */
+int eng_wait_tokens(struct eng_req *r, struct buf *out, int *tokens);
 /* The request's generation, for its counts and finish; stable once eng_wait returned 1 or -1, or
  * after eng_cancel. */
 const struct gen *eng_gen(const struct eng_req *r);

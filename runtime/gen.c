@@ -5,6 +5,7 @@
  * at or after `emitted`, which is where each search starts. */
 #include "gen.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,11 @@ int gen_init(struct gen *g, const struct model *m, const struct tok *t, const in
         g->nstop = i + 1;
     }
     if (rc == 0) rc = buf_append(&g->text, "", 0);
+    g->ntop = !p->logprobs                             ? -1
+              : p->top_logprobs > GEN_MAX_TOP_LOGPROBS ? GEN_MAX_TOP_LOGPROBS
+              : p->top_logprobs < 0                    ? 0
+                                                       : p->top_logprobs;
+    if (rc == 0 && g->ntop >= 0 && !(g->lp = calloc((size_t)g->max_new, sizeof *g->lp))) rc = -1;
     if (rc != 0) gen_free(g);
     return rc;
 }
@@ -45,6 +51,7 @@ void gen_free(struct gen *g)
     for (int i = 0; i < g->nstop; i++)
         free(g->stop[i]);
     buf_free(&g->text);
+    free(g->lp);
     memset(g, 0, sizeof *g);
 }
 
@@ -107,6 +114,8 @@ int gen_accept(struct gen *g, const float *logits, struct buf *delta)
     if (g->finish != GEN_RUNNING) return 0;
     int id = sampler_sample(&g->smp, logits);
     g->next = id;
+    if (g->lp && g->produced < g->max_new)
+        gen_logprob_of(logits, model_cfg(g->m)->vocab, id, g->ntop, &g->lp[g->produced]);
     sampler_accept(&g->smp, id);
     g->produced++;
     int eos = !g->ignore_eos && model_is_eos(g->m, id);
@@ -130,6 +139,37 @@ int gen_accept(struct gen *g, const float *logits, struct buf *delta)
         g->emitted = upto;
     }
     return 0;
+}
+
+void gen_logprob_of(const float *logits, int vocab, int id, int ntop, struct gen_logprob *e)
+{
+    /* log-softmax in double: max-shifted, so exp never overflows. */
+    float mx = logits[0];
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab; i++)
+        sum += exp((double)logits[i] - mx);
+    double lse = mx + log(sum);
+    e->id = id;
+    e->logprob = (float)(logits[id] - lse);
+    /* The top ntop by insertion into a short sorted list: O(vocab * ntop) at worst, cheap for
+     * ntop <= 20 next to the forward pass that made the logits. */
+    if (ntop > GEN_MAX_TOP_LOGPROBS) ntop = GEN_MAX_TOP_LOGPROBS;
+    if (ntop > vocab) ntop = vocab;
+    e->ntop = 0;
+    for (int i = 0; i < vocab && ntop > 0; i++) {
+        float v = logits[i];
+        if (e->ntop == ntop && v <= logits[e->top_id[ntop - 1]]) continue;
+        int k = e->ntop < ntop ? e->ntop++ : ntop - 1;
+        while (k > 0 && logits[e->top_id[k - 1]] < v) {
+            e->top_id[k] = e->top_id[k - 1];
+            k--;
+        }
+        e->top_id[k] = i;
+    }
+    for (int k = 0; k < e->ntop; k++)
+        e->top_logprob[k] = (float)(logits[e->top_id[k]] - lse);
 }
 
 const char *gen_finish_name(enum gen_finish f)

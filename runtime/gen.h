@@ -17,6 +17,20 @@
 
 enum gen_finish { GEN_RUNNING = 0, GEN_STOP, GEN_LENGTH };
 
+/* OpenAI's bound on top_logprobs (chat; the legacy API allows 5, vLLM 20 for both). */
+#define GEN_MAX_TOP_LOGPROBS 20
+
+/* The log-probability of one sampled token under the model (log-softmax of the raw logits, before
+ * temperature and penalties, as vLLM reports them), and the ntop most likely tokens (ties: the
+ * lower id first), most likely first. */
+struct gen_logprob {
+    int id;
+    float logprob;
+    int ntop;
+    int top_id[GEN_MAX_TOP_LOGPROBS];
+    float top_logprob[GEN_MAX_TOP_LOGPROBS];
+};
+
 struct gen_params {
     int max_new; /* >= 1; n_prompt + max_new <= the model's context */
     float temperature, top_p;
@@ -26,6 +40,8 @@ struct gen_params {
     uint64_t seed;
     const char *stop[GEN_MAX_STOP]; /* borrowed for gen_init only (copied) */
     int nstop;
+    int logprobs;     /* 1: record each sampled token's logprob (gen.lp) */
+    int top_logprobs; /* with logprobs: this many alternatives per token (<= 20) */
 };
 
 struct gen {
@@ -46,6 +62,8 @@ struct gen {
     char *stop[GEN_MAX_STOP];
     int nstop;
     enum gen_finish finish;
+    int ntop;               /* alternatives per token; -1: no logprobs recorded */
+    struct gen_logprob *lp; /* [max_new] with logprobs: entry k is the k-th sampled token's */
 };
 
 /* Copies the prompt (n >= 1) and the stop strings. 0 or -1 (out of memory). */
@@ -62,6 +80,9 @@ int gen_step(struct gen *g, struct buf *delta);
  * caller ran, e.g. in a batch), sets g->next, and appends safe text to delta. 0 or -1. */
 int gen_accept(struct gen *g, const float *logits, struct buf *delta);
 const char *gen_finish_name(enum gen_finish f);
+/* Fills e from logits[vocab] for token id: its log-softmax and the ntop (<= GEN_MAX_TOP_LOGPROBS)
+ * most likely tokens. */
+void gen_logprob_of(const float *logits, int vocab, int id, int ntop, struct gen_logprob *e);
 /* 1 once the model has run for this generation (it is then metered, even if cut short). */
 int gen_ran(const struct gen *g);
 

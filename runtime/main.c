@@ -4,10 +4,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "bench.h"
 #include "cfg.h"
 #include "log.h"
 #include "makemodel.h"
 #include "server.h"
+#ifdef ORP_HAVE_CUDA
+#include "rtc_bench.h"
+#endif
 
 struct mm_cli {
     const char *out, *arch, *dtype;
@@ -88,8 +92,14 @@ int main(int argc, char **argv)
     const char *cmd = argc > 1 ? argv[1] : "";
     if (!strcmp(cmd, "serve")) return rt_serve(argc, argv, 2);
     if (!strcmp(cmd, "make-model")) return make_model(argc, argv);
+    if (!strcmp(cmd, "bench")) return rt_bench(argc, argv, 2);
+#ifdef ORP_HAVE_CUDA
+    if (!strcmp(cmd, "gpu-bench")) return rtc_bench_main(argc, argv, 2); /* the CUDA backend's */
+#endif
     FILE *out = !strcmp(cmd, "--help") || !strcmp(cmd, "-h") ? stdout : stderr;
     fprintf(out, "usage: orp-runtime serve --model DIR --port N [options]   (serve --help)\n"
-                 "       orp-runtime make-model --out DIR [options]         (make-model --help)\n");
+                 "       orp-runtime make-model --out DIR [options]         (make-model --help)\n"
+                 "       orp-runtime bench --model DIR [options]            (bench --help)\n"
+                 "       orp-runtime gpu-bench --model DIR [options]        (CUDA builds)\n");
     return out == stdout ? 0 : 2;
 }

@@ -53,18 +53,19 @@ struct layer {
     float *q_norm, *k_norm; /* [hd]; NULL unless qk_norm */
 };
 
-/* A fixed pool of workers for matvec: the caller takes rows [0, n/threads), worker i the i-th
- * next slice. One job at a time (call_lock). */
+/* A fixed set of worker threads that run one task at a time, each call of the task with its own
+ * index; the caller is index 0 and runs its share too. Two users: the matvec pool (index i
+ * multiplies the i-th slice of the rows) and the tensor-parallel ranks (index k runs rank k's
+ * layers). One task at a time (call_lock). */
 struct pool {
     int n; /* threads including the caller */
     pthread_t *th;
     pthread_mutex_t call_lock, mu;
     pthread_cond_t cv_work, cv_done;
     uint64_t gen;
-    int pending, stop;
-    float *out;
-    const float *w, *x;
-    int rows, cols, nb;
+    int pending, stop, started;
+    void (*fn)(void *arg, int index);
+    void *arg;
 };
 
 /* One tensor-parallel rank's part of the model (Megatron's layout): its heads and their q/k/v
@@ -79,18 +80,6 @@ struct shard {
     struct layer *layer;
 };
 
-/* The ranks other than 0 are threads that wait for a batch (rank 0 is the caller). */
-struct ranks {
-    pthread_t *th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv_work, cv_done;
-    uint64_t gen;
-    int pending, stop, started;
-    int nstarted; /* rank threads 1..nstarted run */
-    const struct model_row *rows;
-    struct batch *b; /* [tp] */
-};
-
 struct model {
     struct model_config cfg;
     float *embed; /* [vocab, dim] */
@@ -102,7 +91,7 @@ struct model {
     int tp;
     struct shard *shard; /* [tp] */
     struct coll *coll;   /* NULL when tp == 1 */
-    struct ranks ranks;
+    struct pool ranks;   /* tp threads: rank k is index k */
     const struct model_dev_ops *dev; /* a device backend runs it (model_new_dev); else NULL */
     void *dev_self;
 };
@@ -527,12 +516,6 @@ static void matmul_rows(float *out, const float *w, const float *x, int r0, int 
     }
 }
 
-static void pool_slice(const struct pool *p, int i, int *r0, int *r1)
-{
-    *r0 = (int)((int64_t)p->rows * i / p->n);
-    *r1 = (int)((int64_t)p->rows * (i + 1) / p->n);
-}
-
 struct worker_arg {
     struct pool *p;
     int index;
@@ -555,15 +538,15 @@ static void *pool_worker(void *arg)
         }
         seen = p->gen;
         pthread_mutex_unlock(&p->mu);
-        int r0, r1;
-        pool_slice(p, index, &r0, &r1);
-        matmul_rows(p->out, p->w, p->x, r0, r1, p->rows, p->cols, p->nb);
+        p->fn(p->arg, index);
         pthread_mutex_lock(&p->mu);
         if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
         pthread_mutex_unlock(&p->mu);
     }
 }
 
+/* Starts n - 1 workers (n <= 1: none; the caller alone). -1 when a thread cannot be made (those
+ * made are stopped by pool_stop). */
 static int pool_start(struct pool *p, int n)
 {
     p->n = 1;
@@ -571,6 +554,7 @@ static int pool_start(struct pool *p, int n)
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
     pthread_cond_init(&p->cv_done, NULL);
+    p->started = 1;
     if (n <= 1) return 0;
     p->th = calloc((size_t)n, sizeof *p->th);
     if (!p->th) return -1;
@@ -589,6 +573,7 @@ static int pool_start(struct pool *p, int n)
 
 static void pool_stop(struct pool *p)
 {
+    if (!p->started) return;
     pthread_mutex_lock(&p->mu);
     p->stop = 1;
     pthread_cond_broadcast(&p->cv_work);
@@ -600,27 +585,22 @@ static void pool_stop(struct pool *p)
     pthread_cond_destroy(&p->cv_done);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->call_lock);
+    p->started = 0;
 }
 
-/* out[nb][rows] = W[rows, cols] x[nb][cols] */
-static void matmul(const struct model *m, float *out, const float *w, const float *x, int rows,
-                   int cols, int nb)
+/* Runs fn(arg, i) for every index i of the pool, i = 0 on the calling thread, and returns when all
+ * have. The pool is the model's only mutable part, hence the const model's pools taken here. */
+static void pool_run(const struct pool *cp, void (*fn)(void *arg, int index), void *arg)
 {
-    struct pool *p = (struct pool *)&m->pool; /* the pool is the model's only mutable part */
-    if (p->n <= 1 || (int64_t)rows * cols * nb < MODEL_PAR_MIN_WORK) {
-        matmul_rows(out, w, x, 0, rows, rows, cols, nb);
-        return;
-    }
+    struct pool *p = (struct pool *)cp;
     pthread_mutex_lock(&p->call_lock);
     pthread_mutex_lock(&p->mu);
-    p->out = out, p->w = w, p->x = x, p->rows = rows, p->cols = cols, p->nb = nb;
+    p->fn = fn, p->arg = arg;
     p->pending = p->n - 1;
     p->gen++;
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
-    int r0, r1;
-    pool_slice(p, 0, &r0, &r1);
-    matmul_rows(out, w, x, r0, r1, rows, cols, nb);
+    fn(arg, 0);
     pthread_mutex_lock(&p->mu);
     while (p->pending > 0)
         pthread_cond_wait(&p->cv_done, &p->mu);
@@ -628,14 +608,33 @@ static void matmul(const struct model *m, float *out, const float *w, const floa
     pthread_mutex_unlock(&p->call_lock);
 }
 
-/* ---- tensor parallelism ---- */
-
-struct rank_arg {
-    struct model *m;
-    int rank;
+struct matmul_task {
+    float *out;
+    const float *w, *x;
+    int rows, cols, nb, n;
 };
 
-static void *rank_thread(void *arg);
+/* Index i of n multiplies rows [rows * i / n, rows * (i + 1) / n). */
+static void matmul_slice(void *arg, int i)
+{
+    const struct matmul_task *t = arg;
+    int r0 = (int)((int64_t)t->rows * i / t->n), r1 = (int)((int64_t)t->rows * (i + 1) / t->n);
+    matmul_rows(t->out, t->w, t->x, r0, r1, t->rows, t->cols, t->nb);
+}
+
+/* out[nb][rows] = W[rows, cols] x[nb][cols] */
+static void matmul(const struct model *m, float *out, const float *w, const float *x, int rows,
+                   int cols, int nb)
+{
+    if (m->pool.n <= 1 || (int64_t)rows * cols * nb < MODEL_PAR_MIN_WORK) {
+        matmul_rows(out, w, x, 0, rows, rows, cols, nb);
+        return;
+    }
+    struct matmul_task t = {out, w, x, rows, cols, nb, m->pool.n};
+    pool_run(&m->pool, matmul_slice, &t);
+}
+
+/* ---- tensor parallelism ---- */
 
 /* Rows [r0, r0 + nr) of a [rows, cols] matrix (a new copy); NULL src gives NULL. */
 static float *rows_of(const float *src, int r0, int nr, int cols, int *fail)
@@ -739,43 +738,15 @@ static int make_shards(struct model *m, int tp)
 
 static int ranks_start(struct model *m)
 {
-    struct ranks *rk = &m->ranks;
-    pthread_mutex_init(&rk->mu, NULL);
-    pthread_cond_init(&rk->cv_work, NULL);
-    pthread_cond_init(&rk->cv_done, NULL);
-    rk->started = 1;
-    if (m->tp == 1) return 0;
-    m->coll = coll_cpu_new(m->tp);
-    rk->th = calloc((size_t)m->tp, sizeof *rk->th);
-    if (!m->coll || !rk->th) return -1;
-    for (int k = 1; k < m->tp; k++) {
-        struct rank_arg *ra = malloc(sizeof *ra);
-        if (!ra) return -1;
-        *ra = (struct rank_arg){m, k};
-        if (pthread_create(&rk->th[k], NULL, rank_thread, ra) != 0) {
-            free(ra);
-            return -1;
-        }
-        rk->nstarted = k;
-    }
+    if (pool_start(&m->ranks, m->tp) != 0) return -1;
+    if (m->tp > 1 && !(m->coll = coll_cpu_new(m->tp))) return -1;
     return 0;
 }
 
 static void ranks_stop(struct model *m)
 {
-    struct ranks *rk = &m->ranks;
-    if (!rk->started) return;
-    pthread_mutex_lock(&rk->mu);
-    rk->stop = 1;
-    pthread_cond_broadcast(&rk->cv_work);
-    pthread_mutex_unlock(&rk->mu);
-    for (int k = 1; k <= rk->nstarted; k++)
-        pthread_join(rk->th[k], NULL);
-    free(rk->th);
+    pool_stop(&m->ranks);
     coll_free(m->coll);
-    pthread_cond_destroy(&rk->cv_work);
-    pthread_cond_destroy(&rk->cv_done);
-    pthread_mutex_destroy(&rk->mu);
 }
 
 /* ---- load / free ---- */
@@ -817,7 +788,7 @@ void model_free(struct model *m)
     if (!m) return;
     if (m->dev) m->dev->free(m->dev_self);
     ranks_stop(m);
-    if (m->inv_freq) pool_stop(&m->pool); /* started right after inv_freq */
+    pool_stop(&m->pool);
     for (int k = 0; m->tp > 1 && m->shard && k < m->tp; k++) {
         for (int l = 0; m->shard[k].layer && l < m->cfg.layers; l++) {
             struct layer *L = &m->shard[k].layer[l];
@@ -1215,29 +1186,16 @@ static void rank_forward(const struct model *m, int rank, const struct model_row
         layer_forward(m, rank, rows, b, l);
 }
 
-static void *rank_thread(void *arg)
+struct rank_task {
+    const struct model *m;
+    const struct model_row *rows;
+    struct batch *b; /* [tp] */
+};
+
+static void rank_run(void *arg, int rank)
 {
-    struct rank_arg *ra = arg;
-    struct model *m = ra->m;
-    int rank = ra->rank;
-    free(ra);
-    struct ranks *rk = &m->ranks;
-    uint64_t seen = 0;
-    for (;;) {
-        pthread_mutex_lock(&rk->mu);
-        while (rk->gen == seen && !rk->stop)
-            pthread_cond_wait(&rk->cv_work, &rk->mu);
-        if (rk->stop) {
-            pthread_mutex_unlock(&rk->mu);
-            return NULL;
-        }
-        seen = rk->gen;
-        pthread_mutex_unlock(&rk->mu);
-        rank_forward(m, rank, rk->rows, &rk->b[rank]);
-        pthread_mutex_lock(&rk->mu);
-        if (--rk->pending == 0) pthread_cond_signal(&rk->cv_done);
-        pthread_mutex_unlock(&rk->mu);
-    }
+    const struct rank_task *t = arg;
+    rank_forward(t->m, rank, t->rows, &t->b[rank]);
 }
 
 /* model_forward_batch on a device backend: the same positions and checks, then the backend. */
@@ -1302,19 +1260,8 @@ int model_forward_batch(const struct model *m, const struct model_row *rows, int
     }
     free(pos);
     if (rc == 0 && tp > 1) {
-        struct ranks *rk = (struct ranks *)&m->ranks; /* like the pool: the only mutable part */
-        pthread_mutex_lock(&rk->mu);
-        rk->rows = rows;
-        rk->b = b;
-        rk->pending = tp - 1;
-        rk->gen++;
-        pthread_cond_broadcast(&rk->cv_work);
-        pthread_mutex_unlock(&rk->mu);
-        rank_forward(m, 0, rows, &b[0]);
-        pthread_mutex_lock(&rk->mu);
-        while (rk->pending > 0)
-            pthread_cond_wait(&rk->cv_done, &rk->mu);
-        pthread_mutex_unlock(&rk->mu);
+        struct rank_task t = {m, rows, b};
+        pool_run(&m->ranks, rank_run, &t);
     } else if (rc == 0) {
         rank_forward(m, 0, rows, &b[0]);
     }

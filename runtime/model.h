@@ -124,16 +124,17 @@ struct model_dev_row {
 };
 
 struct model_dev_ops {
-    const char *name;                    /* "cuda" */
+    const char *name;                     /* "cuda" */
     size_t (*kv_block_bytes)(void *self); /* of every rank together */
-    int (*kv_blocks)(void *self);        /* the blocks its memory holds */
+    int (*kv_blocks)(void *self);         /* the blocks its memory holds */
     /* 0, or -1 (nothing advanced; the backend logged why). */
     int (*forward)(void *self, const struct model_dev_row *rows, int n);
     void (*free)(void *self);
 };
 
 /* A model run by a device backend: c is copied, self is taken (ops->free frees it with the
- * model, also when this fails). NULL with err when memory is short. */
+ * model, also when this fails). NULL with err when memory is short. The device has one block
+ * space: give its contexts one pool (model_kv_new), not private ones (model_ctx_new). */
 struct model *model_new_dev(const struct model_config *c, int tp, const struct model_dev_ops *ops,
                             void *self, char *err, size_t errlen);
 /* The KV blocks the backend's memory holds; 0 on the CPU (no bound but the pool's own). */

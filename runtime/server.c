@@ -29,6 +29,7 @@
 #include "cfg.h"
 #include "chat.h"
 #include "engine.h"
+#include "fingerprint.h"
 #include "gen.h"
 #include "httpd.h"
 #include "jsonx.h"
@@ -119,7 +120,8 @@ struct rt {
     struct chat_tpl tpl;
     int ctx_len; /* max_position_embeddings */
     int64_t started_s;
-    struct engine *eng; /* the scheduler: every generation runs there */
+    struct engine *eng;       /* the scheduler: every generation runs there */
+    struct rt_fingerprint fp; /* set before state becomes RT_READY, constant after */
     pthread_mutex_t usage_mu;
     int usage_fd; /* -1: no journal */
 };
@@ -161,10 +163,21 @@ static void journal(struct rt *rt, const char *rid, int prompt, int completion, 
     buf_free(&b);
 }
 
+/* Every reply of a loaded runtime names the deployment that made it (fingerprint.h). */
+static void add_fingerprint(struct httpd_req *req)
+{
+    struct rt *rt = req->app;
+    if (atomic_load(&rt->state) != RT_READY) return;
+    size_t n = strlen(req->extra_headers);
+    snprintf(req->extra_headers + n, sizeof req->extra_headers - n, "%sOpenRunPod-Fingerprint: %s",
+             n ? "\r\n" : "", rt->fp.header);
+}
+
 /* Auth and readiness, before any handler but /health. 0: go on; else a reply is queued. */
 static int admit(struct httpd_req *req)
 {
     struct rt *rt = req->app;
+    add_fingerprint(req);
     if (rt->secret) {
         const char *h = httpd_header(req, "Authorization");
         if (!h || strncmp(h, "Bearer ", 7) != 0 || !util_ct_streq(h + 7, rt->secret)) {
@@ -245,6 +258,8 @@ struct chat_req {
     int64_t seed;
     const char *stop[GEN_MAX_STOP]; /* borrowed from body */
     int nstop;
+    int logprobs;         /* chat: logprobs true; text: logprobs given (an int) */
+    int64_t top_logprobs; /* chat: top_logprobs; text: the value of logprobs; -1: absent */
 };
 
 /* A parameter error: the status and code of the reply, and the message naming the param. */
@@ -476,6 +491,28 @@ static int p_tool_choice(struct rt *rt, const char *key, json_t *v, struct chat_
                 key);
 }
 
+/* chat: logprobs (a boolean) and top_logprobs (0..20, only with logprobs: checked after all
+ * params); text: logprobs N (0..20) means both. */
+static int p_logprobs(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                      struct perr *pe)
+{
+    (void)rt, (void)v;
+    if (cr->kind == KIND_CHAT)
+        return jx(jsonx_get_bool(cr->body, key, 0, &cr->logprobs, &pe->e), pe);
+    if (jx(jsonx_get_int(cr->body, key, 0, 0, GEN_MAX_TOP_LOGPROBS, &cr->top_logprobs, &pe->e), pe))
+        return -1;
+    cr->logprobs = 1;
+    return 0;
+}
+
+static int p_top_logprobs(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
+                          struct perr *pe)
+{
+    (void)rt, (void)v;
+    return jx(jsonx_get_int(cr->body, key, 0, 0, GEN_MAX_TOP_LOGPROBS, &cr->top_logprobs, &pe->e),
+              pe);
+}
+
 static int p_unsupported(struct rt *rt, const char *key, json_t *v, struct chat_req *cr,
                          struct perr *pe)
 {
@@ -504,8 +541,8 @@ static const struct {
     {"ignore_eos", p_ignore_eos}, /* vLLM's extension */
     {"frequency_penalty", p_penalty},
     {"presence_penalty", p_penalty},
-    {"logprobs", p_false},
-    {"top_logprobs", p_unsupported},
+    {"logprobs", p_logprobs},
+    {"top_logprobs", p_top_logprobs},
     {"response_format", p_response_format},
     {"logit_bias", p_empty_object},
     {"tools", p_unsupported},
@@ -566,7 +603,7 @@ static const struct {
     {"frequency_penalty", p_penalty},
     {"presence_penalty", p_penalty},
     {"echo", p_false},
-    {"logprobs", p_unsupported},
+    {"logprobs", p_logprobs},
     {"logit_bias", p_empty_object},
     {"suffix", p_unsupported},
 };
@@ -615,6 +652,107 @@ static json_t *usage_json(int prompt, int completion)
                      "total_tokens", prompt + completion);
 }
 
+/* ---- logprobs, in OpenAI's two shapes ---- */
+
+/* A token's text as a JSON string (new reference): its bytes, or, when they are not valid UTF-8
+ * on their own (a token may hold part of a character), each byte above 0x7f as U+FFFD, as
+ * OpenAI shows them; `bytes` carries the exact bytes. */
+static json_t *token_string(const struct tok *t, int id)
+{
+    size_t n = 0;
+    const char *b = tok_bytes(t, id, &n);
+    if (!b) b = "", n = 0;
+    json_t *j = json_stringn(b, n);
+    if (j) return j;
+    struct buf o = {0};
+    int rc = buf_append(&o, "", 0);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = (unsigned char)b[i] < 0x80 ? buf_append(&o, b + i, 1)
+                                        : buf_append(&o, "\xef\xbf\xbd", 3);
+    j = rc == 0 ? json_stringn(o.data, o.len) : NULL;
+    buf_free(&o);
+    return j;
+}
+
+static json_t *token_bytes(const struct tok *t, int id)
+{
+    size_t n = 0;
+    const char *b = tok_bytes(t, id, &n);
+    json_t *a = json_array();
+    for (size_t i = 0; a && b && i < n; i++)
+        json_array_append_new(a, json_integer((unsigned char)b[i]));
+    return a;
+}
+
+/* Entry k is reported unless it is the eos that ended the generation (it has no text). */
+static int lp_reported(const struct gen *g, int k)
+{
+    return g->ignore_eos || !model_is_eos(g->m, g->lp[k].id);
+}
+
+/* Chat's {"content": [{token, logprob, bytes, top_logprobs: [...]}, ...], "refusal": null} for
+ * sampled tokens from..to-1. New reference, NULL when out of memory. */
+static json_t *chat_logprobs(const struct rt *rt, const struct gen *g, int from, int to)
+{
+    json_t *content = json_array();
+    for (int k = from; content && k < to; k++) {
+        const struct gen_logprob *e = &g->lp[k];
+        if (!lp_reported(g, k)) continue;
+        json_t *top = json_array();
+        for (int i = 0; top && i < e->ntop; i++)
+            json_array_append_new(top, json_pack("{s:o,s:f,s:o}", "token",
+                                                 token_string(rt->tok, e->top_id[i]), "logprob",
+                                                 (double)e->top_logprob[i], "bytes",
+                                                 token_bytes(rt->tok, e->top_id[i])));
+        json_array_append_new(content,
+                              json_pack("{s:o,s:f,s:o,s:o}", "token", token_string(rt->tok, e->id),
+                                        "logprob", (double)e->logprob, "bytes",
+                                        token_bytes(rt->tok, e->id), "top_logprobs", top));
+    }
+    return json_pack("{s:o,s:n}", "content", content, "refusal");
+}
+
+/* The legacy API's {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], "text_offset"}
+ * for sampled tokens from..to-1; *offset is the completion text's length before them (advanced).
+ * New reference, NULL when out of memory. */
+static json_t *text_logprobs(const struct rt *rt, const struct gen *g, int from, int to,
+                             size_t *offset)
+{
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    for (int k = from; tokens && lps && tops && offs && k < to; k++) {
+        const struct gen_logprob *e = &g->lp[k];
+        if (!lp_reported(g, k)) continue;
+        json_t *ts = token_string(rt->tok, e->id), *top = json_object();
+        if (!ts || !top) {
+            json_decref(ts);
+            json_decref(top);
+            break;
+        }
+        json_array_append_new(offs, json_integer((json_int_t)*offset));
+        *offset += json_string_length(ts);
+        json_array_append_new(tokens, ts);
+        json_array_append_new(lps, json_real(e->logprob));
+        for (int i = 0; i < e->ntop; i++) {
+            json_t *alt = token_string(rt->tok, e->top_id[i]);
+            if (alt) json_object_set_new(top, json_string_value(alt), json_real(e->top_logprob[i]));
+            json_decref(alt);
+        }
+        json_array_append_new(tops, top);
+    }
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs",
+                     tops, "text_offset", offs);
+}
+
+/* The logprobs of a choice for sampled tokens from..to-1: null when not asked for. */
+static json_t *choice_logprobs(const struct rt *rt, enum gen_kind kind, int asked,
+                               const struct gen *g, int from, int to, size_t *offset)
+{
+    if (!asked || !g->lp) return json_null();
+    json_t *j =
+        kind == KIND_TEXT ? text_logprobs(rt, g, from, to, offset) : chat_logprobs(rt, g, from, to);
+    return j ? j : json_null();
+}
+
 /* content: content_len bytes of valid UTF-8 (a token may decode to a NUL byte, hence the length).
  */
 static void reply_completion(struct httpd_req *req, struct rt *rt, const struct chat_req *cr,
@@ -624,12 +762,15 @@ static void reply_completion(struct httpd_req *req, struct rt *rt, const struct 
     char id[RT_MAX_REQUEST_ID + 24];
     if (cr->kind == KIND_TEXT) {
         snprintf(id, sizeof id, "cmpl-%s", rid);
-        json_t *choice = json_pack("{s:s%,s:i,s:n,s:s}", "text", content, content_len, "index", 0,
-                                   "logprobs", "finish_reason", gen_finish_name(g->finish));
-        json_t *body =
-            json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:n}", "id", id, "object", "text_completion",
-                      "created", (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices",
-                      choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint");
+        size_t off = 0;
+        json_t *choice =
+            json_pack("{s:s%,s:i,s:o,s:s}", "text", content, content_len, "index", 0, "logprobs",
+                      choice_logprobs(rt, cr->kind, cr->logprobs, g, 0, g->produced, &off),
+                      "finish_reason", gen_finish_name(g->finish));
+        json_t *body = json_pack(
+            "{s:s,s:s,s:I,s:s,s:[o],s:o,s:s}", "id", id, "object", "text_completion", "created",
+            (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices", choice, "usage",
+            usage_json(g->n_prompt, g->produced), "system_fingerprint", rt->fp.system);
         if (!body)
             httpd_error(req, 500, "internal_error", NULL, "could not build the reply");
         else
@@ -639,12 +780,13 @@ static void reply_completion(struct httpd_req *req, struct rt *rt, const struct 
     snprintf(id, sizeof id, "chatcmpl-%s", rid);
     json_t *msg = json_pack("{s:s,s:s%,s:n}", "role", "assistant", "content", content, content_len,
                             "refusal");
-    json_t *choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "message", msg, "logprobs",
+    json_t *choice = json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "message", msg, "logprobs",
+                               choice_logprobs(rt, cr->kind, cr->logprobs, g, 0, g->produced, NULL),
                                "finish_reason", gen_finish_name(g->finish));
-    json_t *body =
-        json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o,s:n}", "id", id, "object", "chat.completion",
-                  "created", (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices",
-                  choice, "usage", usage_json(g->n_prompt, g->produced), "system_fingerprint");
+    json_t *body = json_pack(
+        "{s:s,s:s,s:I,s:s,s:[o],s:o,s:s}", "id", id, "object", "chat.completion", "created",
+        (json_int_t)(util_wall_ms() / 1000), "model", rt->name, "choices", choice, "usage",
+        usage_json(g->n_prompt, g->produced), "system_fingerprint", rt->fp.system);
     if (!body) {
         httpd_error(req, 500, "internal_error", NULL, "could not build the reply");
         return;
@@ -692,6 +834,9 @@ struct sse {
     enum sse_phase phase;
     struct buf out; /* SSE bytes not yet handed to MHD */
     size_t out_off;
+    int logprobs;       /* asked for */
+    int lp_sent;        /* sampled tokens whose logprobs went out in a chunk */
+    size_t text_offset; /* the legacy API's text_offset of the next token */
 };
 
 static int sse_event(struct sse *s, json_t *v)
@@ -704,24 +849,36 @@ static int sse_event(struct sse *s, json_t *v)
     return rc;
 }
 
-/* A chunk with one choice carrying delta (stolen) and finish_reason (NULL: null). A text
- * completion's choice carries the delta's "content" as "text". */
-static int sse_chunk(struct sse *s, json_t *delta, const char *finish)
+/* The logprobs of the tokens not yet sent, up to ready (null when not asked for). */
+static json_t *sse_logprobs(struct sse *s, int ready)
+{
+    const struct gen *g = eng_gen(s->r);
+    json_t *j = choice_logprobs(s->rt, s->kind, s->logprobs, g, s->lp_sent, ready, &s->text_offset);
+    if (s->logprobs) s->lp_sent = ready;
+    return j;
+}
+
+/* A chunk with one choice carrying delta, logprobs lp (both stolen; lp NULL: null) and
+ * finish_reason (NULL: null). A text completion's choice carries the delta's "content" as
+ * "text". */
+static int sse_chunk(struct sse *s, json_t *delta, const char *finish, json_t *lp)
 {
     json_t *choice;
+    if (!lp) lp = json_null();
     if (s->kind == KIND_TEXT) {
         json_t *t = json_object_get(delta, "content");
-        choice = json_pack("{s:O,s:i,s:n,s:o}", "text", t ? t : json_string(""), "index", 0,
-                           "logprobs", "finish_reason", finish ? json_string(finish) : json_null());
+        choice =
+            json_pack("{s:O,s:i,s:o,s:o}", "text", t ? t : json_string(""), "index", 0, "logprobs",
+                      lp, "finish_reason", finish ? json_string(finish) : json_null());
         json_decref(delta);
     } else {
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs",
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", lp,
                            "finish_reason", finish ? json_string(finish) : json_null());
     }
-    json_t *c =
-        json_pack("{s:s,s:s,s:I,s:s,s:n,s:[o]}", "id", s->id, "object",
-                  s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk", "created",
-                  s->created, "model", s->rt->name, "system_fingerprint", "choices", choice);
+    json_t *c = json_pack("{s:s,s:s,s:I,s:s,s:s,s:[o]}", "id", s->id, "object",
+                          s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk",
+                          "created", s->created, "model", s->rt->name, "system_fingerprint",
+                          s->rt->fp.system, "choices", choice);
     if (c && s->include_usage) json_object_set_new(c, "usage", json_null());
     return sse_event(s, c);
 }
@@ -733,12 +890,14 @@ static int sse_finish(struct sse *s)
     journal(s->rt, s->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
     log_info("chat completion (stream): %d prompt + %d completion tokens, %s", g->n_prompt,
              g->produced, gen_finish_name(g->finish));
-    if (sse_chunk(s, json_object(), gen_finish_name(g->finish)) != 0) return -1;
+    json_t *lp = s->logprobs && s->lp_sent < g->produced ? sse_logprobs(s, g->produced) : NULL;
+    if (sse_chunk(s, json_object(), gen_finish_name(g->finish), lp) != 0) return -1;
     if (s->include_usage) {
-        json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:n,s:[],s:o}", "id", s->id, "object",
-                              s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk",
-                              "created", s->created, "model", s->rt->name, "system_fingerprint",
-                              "choices", "usage", usage_json(g->n_prompt, g->produced));
+        json_t *u =
+            json_pack("{s:s,s:s,s:I,s:s,s:s,s:[],s:o}", "id", s->id, "object",
+                      s->kind == KIND_TEXT ? "text_completion" : "chat.completion.chunk", "created",
+                      s->created, "model", s->rt->name, "system_fingerprint", s->rt->fp.system,
+                      "choices", "usage", usage_json(g->n_prompt, g->produced));
         if (sse_event(s, u) != 0) return -1;
     }
     return buf_append(&s->out, "data: [DONE]\n\n", 14);
@@ -751,15 +910,17 @@ static int sse_advance(struct sse *s)
     case SSE_ROLE:
         s->phase = SSE_GEN;
         if (s->kind == KIND_TEXT) return 0; /* text completions have no role chunk */
-        return sse_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL);
+        return sse_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL, NULL);
     case SSE_GEN: {
         struct buf delta = {0};
         int rc = buf_append(&delta, "", 0) ? -1 : 0;
+        int ready = 0;
         while (rc == 0 && delta.len == 0)
-            rc = eng_wait(s->r, &delta);
+            rc = eng_wait_tokens(s->r, &delta, &ready);
         int done = rc == 1;
         if (rc >= 0 && delta.len)
-            rc = sse_chunk(s, json_pack("{s:s%}", "content", delta.data, delta.len), NULL);
+            rc = sse_chunk(s, json_pack("{s:s%}", "content", delta.data, delta.len), NULL,
+                           s->logprobs ? sse_logprobs(s, ready) : NULL);
         buf_free(&delta);
         if (rc >= 0 && done) rc = sse_finish(s);
         return rc < 0 ? -1 : 0;
@@ -831,6 +992,7 @@ static void start_stream(struct httpd_req *req, struct rt *rt, struct chat_req *
     snprintf(s->id, sizeof s->id, "%s-%s", cr->kind == KIND_TEXT ? "cmpl" : "chatcmpl", cr->rid);
     s->created = (json_int_t)(util_wall_ms() / 1000);
     s->include_usage = cr->include_usage;
+    s->logprobs = cr->logprobs;
     s->r = r;
     /* From here MHD owns s: it calls sse_free exactly once, even if queueing fails. */
     struct MHD_Response *resp =
@@ -887,6 +1049,8 @@ static int plan(struct httpd_req *req, struct rt *rt, struct chat_req *cr, int n
     gp->nstop = cr->nstop;
     for (int i = 0; i < cr->nstop; i++)
         gp->stop[i] = cr->stop[i];
+    gp->logprobs = cr->logprobs;
+    gp->top_logprobs = cr->top_logprobs > 0 ? (int)cr->top_logprobs : 0;
     return 0;
 }
 
@@ -897,6 +1061,7 @@ static void serve_generation(struct httpd_req *req, enum gen_kind kind)
     struct chat_req cr = {.kind = kind,
                           .max_tokens = -1,
                           .max_completion_tokens = -1,
+                          .top_logprobs = -1,
                           .temperature = 1.0,
                           .top_p = 1.0};
     if (request_id(req, cr.rid) != 0) return;
@@ -910,6 +1075,11 @@ static void serve_generation(struct httpd_req *req, enum gen_kind kind)
     struct gen_params gp;
     if (check_params(rt, &cr, &pe) != 0) {
         httpd_error(req, pe.status, pe.code, pe.e.param, "%s", pe.e.message);
+        goto out;
+    }
+    if (kind == KIND_CHAT && cr.top_logprobs >= 0 && !cr.logprobs) {
+        httpd_error(req, 400, "invalid_value", "top_logprobs",
+                    "'top_logprobs' needs 'logprobs' to be true");
         goto out;
     }
     int rc;
@@ -975,6 +1145,7 @@ static void h_completions(struct httpd_req *req)
 static void h_health(struct httpd_req *req)
 {
     struct rt *rt = req->app;
+    add_fingerprint(req);
     if (atomic_load(&rt->state) == RT_READY)
         httpd_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
     else
@@ -1233,7 +1404,8 @@ static void *loader(void *arg)
                      "%s: the tokenizer has %d ids but config.json's vocab_size "
                      "is %d",
                      path, tok_vocab_size(rt->tok), model_cfg(rt->model)->vocab);
-        } else {
+        } else if (rt_fingerprint_compute(rt->cfg.model, model_tp(rt->model), rt->cfg.device,
+                                          &rt->fp, err, sizeof err) == 0) {
             rt->ctx_len = model_cfg(rt->model)->max_pos;
             rt->eng = start_engine(rt, err, sizeof err);
         }
@@ -1241,10 +1413,10 @@ static void *loader(void *arg)
             atomic_store(&rt->state, RT_READY);
             const struct model_config *c = model_cfg(rt->model);
             log_info("model '%s' ready in %lld ms: %s, %d layers, dim %d, vocab %d, context %d, "
-                     "%s chat format, tp %d",
+                     "%s chat format, tp %d; fingerprint %s",
                      rt->name, (long long)(util_now_ms() - t0), model_arch_name(c->arch), c->layers,
                      c->dim, c->vocab, c->max_pos, chat_family_name(rt->tpl.family),
-                     model_tp(rt->model));
+                     model_tp(rt->model), rt->fp.header);
             return NULL;
         }
     }

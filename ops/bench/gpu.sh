@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # ops/bench/gpu.sh: the CUDA backend on a GPU machine (H100/H200) in one command of at most 10
 # minutes, everything under OUTDIR:
-#   1 build    (unless --build-dir) -DORP_CUDA=ON, sm_90a, -Werror: orp-runtime, orp-gpu-bench, tests
-#   2 correct  test_rtc_plan, test_cpu_ref, then `ctest -L gpu` (test_cuda_kernels: every kernel vs
+#   1 build    (unless --build-dir) -DORP_CUDA=ON, sm_90a, -Werror: orp-runtime and the tests
+#   2 correct  test_rtc_plan, test_cpu_ref, test_rtc_pipeline (the step's CPU twin, with the HF
+#              goldens too), then the gpu-labelled tests (test_cuda_kernels: every kernel vs
 #              cpu_ref; test_cuda_model: CUDA vs CPU logits per architecture, TP 1/2/4 over the
 #              device collective, watchdog, no allocation after warm-up, and the Hugging Face
 #              goldens of --hf DIR when given); a skip (77) on a GPU machine is a failure
-#   3 memcheck compute-sanitizer --tool memcheck on a short serving run (orp-runtime serve --device
-#              cuda, two concurrent completions, SIGTERM): 0 errors and a clean exit
-#   4 bench    orp-gpu-bench make-8b (Llama-3-8B shapes, random BF16), then orp-gpu-bench run: load
+#   3 bench    orp-runtime gpu-bench --make-8b (Llama-3-8B shapes, random BF16), then --model: load
 #              time, TTFT 128/2048, decode tokens/s at batch 1/8/32/64, HBM roofline at batch 1
+#   4 memcheck compute-sanitizer --tool memcheck on a short serving run (orp-runtime serve --device
+#              cuda, two concurrent completions, SIGTERM): 0 errors and a clean exit
+# The whole must end within the device tool's 10 minutes: ORP_GPU_DEADLINE (epoch seconds; run.sh
+# sets it from its own start) or 570 s from this script's start; a step that would not fit is
+# recorded as failed, and gpu-bench.json is always written.
 # Writes OUTDIR/gpu-bench.json (steps, results, the table) and its log to --log FILE (default
 # OUTDIR/gpu-bench.log); scratch in OUTDIR/gpu-work, removed at the end. ops/gpu/run.sh calls it
 # after its own steps, so one device call does both. Exit 0 when every step passed.
@@ -40,21 +44,15 @@ mkdir -p "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 STEPS=$WORK/steps.tsv
 : >"$STEPS"
-NCPU=$(nproc)
-[ "$NCPU" -le 16 ] || NCPU=16
 PY=$(command -v python3 || echo /usr/bin/python3)
 T0=$SECONDS
-
-log() { echo "gpu.sh: $*" | tee -a "$LOG"; }
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$STEPS"; log "$1: $2${3:+ ($3)}"; }
-step() {
-  local name=$1 t=$SECONDS rc=0
-  shift
-  log "== $name: $*"
-  "$@" >>"$LOG" 2>&1 || rc=$?
-  if [ $rc -eq 0 ]; then record "$name" ok "$((SECONDS - t)) s"; else record "$name" failed "exit $rc after $((SECONDS - t)) s"; fi
-  return $rc
-}
+TAG=gpu.sh
+# shellcheck source=ops/gpu/steps.sh
+. "$SRC/ops/gpu/steps.sh"
+DEADLINE=${ORP_GPU_DEADLINE:-$(($(date +%s) + 570))}
+time_left() { echo $((DEADLINE - $(date +%s))); }
+# budget N RESERVE: N seconds, or fewer so that RESERVE seconds remain for what follows (>= 10).
+budget() { local b=$(($(time_left) - $2)); [ $b -lt "$1" ] || b=$1; [ $b -ge 10 ] || b=10; echo $b; }
 
 GPU=1
 nvidia-smi -L >>"$LOG" 2>&1 || GPU=0
@@ -66,7 +64,6 @@ if ! ls /usr/local/cuda/lib64/libnccl.so* >/dev/null 2>&1; then
   [ -z "$NR" ] && NR=$("$PY" -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
   if [ -n "$NR" ]; then
     export NCCL_ROOT=$NR LD_LIBRARY_PATH=$NR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    [ -e "$NR/lib/libnccl.so" ] || ln -sf "$NR"/lib/libnccl.so.2 "$WORK/libnccl.so" 2>/dev/null || true
     log "NCCL from $NR"
   fi
 fi
@@ -74,21 +71,23 @@ fi
 # ---- 1 build ----
 if [ -z "$BUILD" ]; then
   BUILD=$WORK/build
-  step gpu_configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release &&
-    step gpu_build cmake --build "$BUILD" -j"$NCPU" --target orp-runtime orp-gpu-bench test_cuda_kernels \
-      test_cuda_model test_rtc_plan test_cpu_ref
+  step gpu_configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release
+  ok gpu_configure && step gpu_build cmake --build "$BUILD" -j"$NCPU" --target orp-runtime test_cuda_kernels \
+      test_cuda_model test_rtc_plan test_cpu_ref test_rtc_pipeline
 else
   record gpu_build ok "reused $BUILD"
 fi
-RT=$BUILD/runtime/orp-runtime BENCH=$BUILD/runtime/cuda/orp-gpu-bench
-if [ ! -x "$BENCH" ]; then
+RT=$BUILD/runtime/orp-runtime
+if [ ! -x "$RT" ]; then
   record gpu_correct skipped "not built"
 else
   # ---- 2 correctness ----
-  step cpu_checks sh -c "'$BUILD/tests/unit/cuda/test_rtc_plan' && '$BUILD/tests/unit/cuda/test_cpu_ref'"
+  # The CPU twin of the step (test_rtc_pipeline) also meets the HF goldens here.
+  step cpu_checks env ${HF:+ORP_HF_GOLDEN_DIR=$HF} sh -c "'$BUILD/tests/unit/cuda/test_rtc_plan' &&
+    '$BUILD/tests/unit/cuda/test_cpu_ref' && '$BUILD/tests/unit/cuda/test_rtc_pipeline'"
   for t in test_cuda_kernels test_cuda_model; do
     rc=0
-    env ${HF:+ORP_HF_GOLDEN_DIR=$HF} timeout 300 "$BUILD/tests/unit/cuda/$t" >>"$LOG" 2>&1 || rc=$?
+    env ${HF:+ORP_HF_GOLDEN_DIR=$HF} timeout "$(budget 240 200)" "$BUILD/tests/unit/cuda/$t" >>"$LOG" 2>&1 || rc=$?
     case $rc in
       0) record "$t" ok "ran on the GPU" ;;
       77) record "$t" "$([ $GPU = 1 ] && echo failed || echo skipped)" "skipped (77)" ;;
@@ -97,8 +96,32 @@ else
   done
   grep -E "top-1 agreement|hf |worst error" "$LOG" | tail -40 >"$WORK/accuracy.txt" || true
 
-  # ---- 3 memcheck on a short serving run ----
-  if [ $GPU = 1 ] && command -v compute-sanitizer >/dev/null; then
+  # ---- 3 benchmark (before memcheck: the numbers matter more than the sanitizer's minutes) ----
+  if [ $GPU = 1 ] && [ "$(time_left)" -lt 150 ]; then
+    record bench failed "skipped: $(time_left) s left of the 10 minutes"
+  elif [ $GPU = 1 ]; then
+    # 16 GB: in RAM (/dev/shm) when it has room, so writing it does not wait for the disk; the
+    # load time then reads it from memory, as from a warm page cache.
+    CK=$WORK/llama8b
+    if [ "$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')" -gt $((20 * 1024 * 1024)) ] 2>/dev/null; then
+      CK=/dev/shm/orp-gpu-bench-llama8b
+      trap 'rm -rf "$WORK" "$CK"' EXIT
+    fi
+    step make_8b timeout "$(budget 180 120)" "$RT" gpu-bench --make-8b "$CK"
+    if ok make_8b; then
+      step bench timeout "$(budget 240 60)" "$RT" gpu-bench --model "$CK" --json "$WORK/bench.json"
+    else
+      record bench failed "no checkpoint"
+    fi
+    rm -rf "$CK"
+    sed -n '/^| metric/,$p' "$LOG" | grep '^|' | tail -12 >"$WORK/table.md" || true
+  else
+    record bench skipped "no GPU"
+  fi
+  # ---- 4 memcheck on a short serving run, in the time left ----
+  if [ $GPU = 1 ] && [ "$(time_left)" -lt 60 ]; then
+    record memcheck failed "skipped: $(time_left) s left of the 10 minutes"
+  elif [ $GPU = 1 ] && command -v compute-sanitizer >/dev/null; then
     "$RT" make-model --out "$WORK/tiny" --dim 128 --heads 4 --kv-heads 2 --head-dim 32 --ffn 256 \
       --layers 2 --context 256 >>"$LOG" 2>&1
     PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -107,7 +130,7 @@ else
       --prefill-chunk 32 --gpu-memory-fraction 0.3 >>"$LOG" 2>&1 &
     SP=$!
     ready=0
-    for _ in $(seq 1 240); do
+    for _ in $(seq 1 $(($(time_left) - 30))); do
       curl -sf "http://127.0.0.1:$PORT/health" 2>/dev/null | grep -q ok && { ready=1; break; }
       kill -0 $SP 2>/dev/null || break
       sleep 1
@@ -129,6 +152,8 @@ else
     # sanitizer then reports and exits with the runtime's status (9 on a memcheck error).
     CP=$(pgrep -P $SP 2>/dev/null | head -1)
     kill -TERM "${CP:-$SP}" 2>/dev/null
+    for _ in $(seq 1 30); do kill -0 $SP 2>/dev/null || break; sleep 1; done
+    kill -KILL $SP 2>/dev/null
     rc=0
     wait $SP || rc=$?
     cat "$WORK/memcheck.txt" >>"$LOG" 2>/dev/null
@@ -142,22 +167,6 @@ else
     record memcheck skipped "no GPU or no compute-sanitizer"
   fi
 
-  # ---- 4 benchmark ----
-  if [ $GPU = 1 ]; then
-    # 16 GB: in RAM (/dev/shm) when it has room, so writing it does not wait for the disk; the
-    # load time then reads it from memory, as from a warm page cache.
-    CK=$WORK/llama8b
-    if [ "$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')" -gt $((20 * 1024 * 1024)) ] 2>/dev/null; then
-      CK=/dev/shm/orp-gpu-bench-llama8b
-      trap 'rm -rf "$WORK" "$CK"' EXIT
-    fi
-    step make_8b "$BENCH" make-8b --out "$CK"
-    step bench "$BENCH" run --model "$CK" --json "$WORK/bench.json"
-    rm -rf "$CK"
-    sed -n '/^| metric/,$p' "$LOG" | grep '^|' | tail -12 >"$WORK/table.md" || true
-  else
-    record bench skipped "no GPU"
-  fi
 fi
 
 # ---- gpu-bench.json ----

@@ -19,7 +19,9 @@ FILES = ["summary.json", "run.log", "ctest.log", "gpucheck.json", "nvml-agent.js
 STEPS = ["configure", "build", "ctest_all", "ctest_cuda_runtime", "cuda_kernels_ran",
          "gpucheck_build", "gpucheck", "nvml_build", "nvml_agent", "nvml_smi", "hf_golden",
          "hf_check", "gpu_bench"]
-GPU_STEPS = ["cuda_kernels_ran", "gpucheck", "nvml_agent", "nvml_smi", "gpu_bench"]
+# gpu_bench (the CUDA backend, ops/bench/gpu.sh) is not required here: its failure must not keep
+# the goldens and the NVML fixtures out; its row in docs/benchmarks.md needs its numbers anyway.
+GPU_STEPS = ["cuda_kernels_ran", "gpucheck", "nvml_agent", "nvml_smi"]
 
 
 def st_header(data):

@@ -143,8 +143,8 @@ void ref_argmax(int32_t *out, const float *x, int rows, int n)
 
 /* ---- The forward pass's fused primitives ---- */
 
-void ref_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
-                     int dim, float eps)
+void ref_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows, int dim,
+                     float eps)
 {
     for (int r = 0; r < rows; r++) {
         float *xr = x + (size_t)r * dim;

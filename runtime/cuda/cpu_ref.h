@@ -70,8 +70,8 @@ void ref_argmax(int32_t *out, const float *x, int rows, int n);
 /* ---- The forward pass's fused primitives (the twins of cuda_backend.h's second part) ---- */
 
 /* If delta: x += delta (x is updated). out = BF16(rmsnorm(x) * w); w F32. */
-void ref_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
-                     int dim, float eps);
+void ref_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows, int dim,
+                     float eps);
 
 /* rtc_qkv_rope_cache's formula: per token t, q/k/v = qkv[t] (+ bias), q and k heads RMSNormed
  * with qnorm / knorm when given, rotated by pos[t] * inv_freq[i] (angle in float, cos and sin of

@@ -177,8 +177,8 @@ int rtc_silu_mul(struct rtc_ctx *ctx, uint16_t *d_h, const float *d_gu, int n, i
 
 /* d_y[n, rows] = d_x[n, cols] W^T with BF16 W and x, F32 out: the warp-per-row matvec when
  * n == 1 (decode at batch 1 reads the weights at the HBM's pace), cublasGemmEx otherwise. */
-int rtc_gemm_bf16x(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w, const uint16_t *d_x,
-                   int n, int rows, int cols);
+int rtc_gemm_bf16x(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w, const uint16_t *d_x, int n,
+                   int rows, int cols);
 
 /* d_out[i, :] = d_in[d_idx[i], :] for i < n (BF16 rows of dim). */
 int rtc_gather_rows(struct rtc_ctx *ctx, uint16_t *d_out, const uint16_t *d_in,

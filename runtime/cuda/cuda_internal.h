@@ -28,6 +28,14 @@ extern "C" {
         }                                                                                          \
     } while (0)
 
+/* For calls whose failure the caller cannot return (cleanup, void functions): logged with
+ * file:line, then carried on. */
+#define CUDA_LOG(call)                                                                             \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) log_error("CUDA: %s failed: %s", #call, cudaGetErrorString(e_));    \
+    } while (0)
+
 #define CUBLAS_CHECK(call)                                                                         \
     do {                                                                                           \
         cublasStatus_t st_ = (call);                                                               \
@@ -63,6 +71,10 @@ struct rtc_ctx {
 
 /* The workspace NVIDIA recommends for Hopper (32 MiB). */
 #define RTC_CUBLAS_WS_BYTES (32u << 20)
+
+/* rtc_matvec_bf16 with BF16 activations (the forward pass's decode GEMMs at one row). */
+int rtc_matvec_bf16_xbf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w, const uint16_t *d_x,
+                          int rows, int cols);
 
 /* The stream of a context (for the other .cu files of this directory). */
 static inline cudaStream_t rtc_stream(const struct rtc_ctx *ctx)

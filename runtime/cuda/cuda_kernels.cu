@@ -77,15 +77,16 @@ extern "C" int rtc_ctx_new(int device, struct rtc_ctx **out)
     }
     cublasStatus_t st = cublasCreate(&ctx->cublas);
     if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(ctx->cublas, ctx->stream);
-    if (st == CUBLAS_STATUS_SUCCESS && cudaMalloc(&ctx->cublas_ws, RTC_CUBLAS_WS_BYTES) != cudaSuccess)
+    if (st == CUBLAS_STATUS_SUCCESS &&
+        cudaMalloc(&ctx->cublas_ws, RTC_CUBLAS_WS_BYTES) != cudaSuccess)
         st = CUBLAS_STATUS_ALLOC_FAILED;
     if (st == CUBLAS_STATUS_SUCCESS)
         st = cublasSetWorkspace(ctx->cublas, ctx->cublas_ws, RTC_CUBLAS_WS_BYTES);
     if (st != CUBLAS_STATUS_SUCCESS) {
         log_error("cuBLAS: handle setup failed: %s", cublasGetStatusString(st));
         if (ctx->cublas) cublasDestroy(ctx->cublas);
-        cudaFree(ctx->cublas_ws);
-        cudaStreamDestroy(ctx->stream);
+        CUDA_LOG(cudaFree(ctx->cublas_ws));
+        CUDA_LOG(cudaStreamDestroy(ctx->stream));
         free(ctx);
         return RTC_ECUBLAS;
     }
@@ -96,12 +97,13 @@ extern "C" int rtc_ctx_new(int device, struct rtc_ctx **out)
 extern "C" void rtc_ctx_free(struct rtc_ctx *ctx)
 {
     if (!ctx) return;
-    cudaSetDevice(ctx->device);
-    cudaStreamSynchronize(ctx->stream);
-    cublasDestroy(ctx->cublas);
-    cudaFree(ctx->cublas_ws);
-    cudaFree(ctx->scratch);
-    cudaStreamDestroy(ctx->stream);
+    CUDA_LOG(cudaSetDevice(ctx->device));
+    CUDA_LOG(cudaStreamSynchronize(ctx->stream));
+    if (cublasDestroy(ctx->cublas) != CUBLAS_STATUS_SUCCESS)
+        log_error("cuBLAS: cublasDestroy failed");
+    CUDA_LOG(cudaFree(ctx->cublas_ws));
+    CUDA_LOG(cudaFree(ctx->scratch));
+    CUDA_LOG(cudaStreamDestroy(ctx->stream));
     free(ctx);
 }
 
@@ -126,7 +128,7 @@ extern "C" int rtc_malloc(void **d_out, size_t bytes)
 
 extern "C" void rtc_free(void *d_ptr)
 {
-    if (d_ptr) cudaFree(d_ptr);
+    if (d_ptr) CUDA_LOG(cudaFree(d_ptr));
 }
 
 extern "C" int rtc_upload(struct rtc_ctx *ctx, void *d_dst, const void *src, size_t bytes)
@@ -312,9 +314,35 @@ extern "C" int rtc_f32_to_bf16(struct rtc_ctx *ctx, uint16_t *d_out, const float
  * 32 * 16 * 4 = 2 KiB of weights in flight. */
 enum { MATVEC_WARPS = 8, MATVEC_UNROLL = 4 };
 
-/* cols % 8 == 0, w and x 16-byte aligned. */
+/* 8 weights (one 16-byte load) against 8 activations: F32 activations (two float4), or BF16
+ * ones (one uint4, the forward pass's GEMM input). */
+static __device__ __forceinline__ float dot8(uint4 w, const float4 *x, int v)
+{
+    const float4 xa = x[2 * v], xb = x[2 * v + 1];
+    return bf16_lo(w.x) * xa.x + bf16_hi(w.x) * xa.y + bf16_lo(w.y) * xa.z + bf16_hi(w.y) * xa.w +
+           bf16_lo(w.z) * xb.x + bf16_hi(w.z) * xb.y + bf16_lo(w.w) * xb.z + bf16_hi(w.w) * xb.w;
+}
+static __device__ __forceinline__ float dot8(uint4 w, const uint4 *x, int v)
+{
+    const uint4 xv = __ldg(x + v);
+    return bf16_lo(w.x) * bf16_lo(xv.x) + bf16_hi(w.x) * bf16_hi(xv.x) +
+           bf16_lo(w.y) * bf16_lo(xv.y) + bf16_hi(w.y) * bf16_hi(xv.y) +
+           bf16_lo(w.z) * bf16_lo(xv.z) + bf16_hi(w.z) * bf16_hi(xv.z) +
+           bf16_lo(w.w) * bf16_lo(xv.w) + bf16_hi(w.w) * bf16_hi(xv.w);
+}
+static __device__ __forceinline__ float to_f32(float v)
+{
+    return v;
+}
+static __device__ __forceinline__ float to_f32(__nv_bfloat16 v)
+{
+    return __bfloat162float(v);
+}
+
+/* cols % 8 == 0, w and x 16-byte aligned. XV: float4 (F32 x) or uint4 (BF16 x). */
+template <typename XV>
 static __global__ void __launch_bounds__(MATVEC_WARPS * 32)
-    matvec_bf16_vec_kernel(float *y, const uint4 *w, const float4 *x, int rows, int cols)
+    matvec_bf16_vec_kernel(float *y, const uint4 *w, const XV *x, int rows, int cols)
 {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
@@ -334,11 +362,7 @@ static __global__ void __launch_bounds__(MATVEC_WARPS * 32)
         for (int u = 0; u < MATVEC_UNROLL; u++) {
             const int v = base + 32 * u;
             if (v >= nvec) break;
-            const float4 xa = x[2 * v], xb = x[2 * v + 1];
-            acc += bf16_lo(wv[u].x) * xa.x + bf16_hi(wv[u].x) * xa.y;
-            acc += bf16_lo(wv[u].y) * xa.z + bf16_hi(wv[u].y) * xa.w;
-            acc += bf16_lo(wv[u].z) * xb.x + bf16_hi(wv[u].z) * xb.y;
-            acc += bf16_lo(wv[u].w) * xb.z + bf16_hi(wv[u].w) * xb.w;
+            acc += dot8(wv[u], x, v);
         }
     }
     acc = warp_sum(acc);
@@ -346,8 +370,9 @@ static __global__ void __launch_bounds__(MATVEC_WARPS * 32)
 }
 
 /* Any cols, any alignment: one BF16 per lane per step, still coalesced across the warp. */
+template <typename XT>
 static __global__ void __launch_bounds__(MATVEC_WARPS * 32)
-    matvec_bf16_scalar_kernel(float *y, const __nv_bfloat16 *w, const float *x, int rows, int cols)
+    matvec_bf16_scalar_kernel(float *y, const __nv_bfloat16 *w, const XT *x, int rows, int cols)
 {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * MATVEC_WARPS + (threadIdx.x >> 5);
@@ -355,26 +380,40 @@ static __global__ void __launch_bounds__(MATVEC_WARPS * 32)
     const __nv_bfloat16 *wr = w + (size_t)row * cols;
     float acc = 0.0f;
     for (int c = lane; c < cols; c += 32)
-        acc += __bfloat162float(wr[c]) * x[c];
+        acc += __bfloat162float(wr[c]) * to_f32(x[c]);
     acc = warp_sum(acc);
     if (lane == 0) y[row] = acc;
 }
 
-extern "C" int rtc_matvec_bf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w,
-                               const float *d_x, int rows, int cols)
+/* x as F32 (XV float4, XT float) or BF16 (uint4, __nv_bfloat16). */
+template <typename XV, typename XT>
+static int matvec_launch(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w, const void *d_x,
+                         int rows, int cols)
 {
     ARG_CHECK(rows >= 0 && cols > 0);
     if (rows == 0) return RTC_OK;
     const unsigned blocks = (unsigned)((rows + MATVEC_WARPS - 1) / MATVEC_WARPS);
     const bool vec = cols % 8 == 0 && (uintptr_t)d_w % 16 == 0 && (uintptr_t)d_x % 16 == 0;
     if (vec)
-        matvec_bf16_vec_kernel<<<blocks, MATVEC_WARPS * 32, 0, ctx->stream>>>(
-            d_y, (const uint4 *)d_w, (const float4 *)d_x, rows, cols);
+        matvec_bf16_vec_kernel<XV><<<blocks, MATVEC_WARPS * 32, 0, ctx->stream>>>(
+            d_y, (const uint4 *)d_w, (const XV *)d_x, rows, cols);
     else
-        matvec_bf16_scalar_kernel<<<blocks, MATVEC_WARPS * 32, 0, ctx->stream>>>(
-            d_y, (const __nv_bfloat16 *)d_w, d_x, rows, cols);
+        matvec_bf16_scalar_kernel<XT><<<blocks, MATVEC_WARPS * 32, 0, ctx->stream>>>(
+            d_y, (const __nv_bfloat16 *)d_w, (const XT *)d_x, rows, cols);
     LAUNCH_CHECK();
     return RTC_OK;
+}
+
+extern "C" int rtc_matvec_bf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w,
+                               const float *d_x, int rows, int cols)
+{
+    return matvec_launch<float4, float>(ctx, d_y, d_w, d_x, rows, cols);
+}
+
+int rtc_matvec_bf16_xbf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w, const uint16_t *d_x,
+                          int rows, int cols)
+{
+    return matvec_launch<uint4, __nv_bfloat16>(ctx, d_y, d_w, d_x, rows, cols);
 }
 
 /* ---- GEMM (prefill) ----------------------------------------------------------------------- */
@@ -392,7 +431,7 @@ extern "C" int rtc_gemm_bf16(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_
     if (need > ctx->scratch_bytes) {
         /* Work still queued may read the old buffer: let it finish before freeing. */
         CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-        cudaFree(ctx->scratch);
+        CUDA_LOG(cudaFree(ctx->scratch));
         ctx->scratch = NULL;
         ctx->scratch_bytes = 0;
         CUDA_CHECK(cudaMalloc(&ctx->scratch, need));

@@ -1,11 +1,11 @@
-/* rtc_bench (orp-gpu-bench): the CUDA backend's benchmark, run by ops/bench/gpu.sh on a GPU.
+/* rtc_bench: `orp-runtime gpu-bench`, the CUDA backend's benchmark (ops/bench/gpu.sh runs it):
  *
- *   orp-gpu-bench make-8b --out DIR [--layers N]   a checkpoint with Llama-3-8B's shapes (32 layers, dim 4096,
- *                                       GQA 32/8, MLP 14336, vocab 128256, llama3 RoPE), random
- *                                       BF16 weights written by 16 threads; make-model's tokenizer
- *   orp-gpu-bench run --model DIR [--tp N] [--json FILE]
+ *   orp-runtime gpu-bench --make-8b DIR [--layers N]   a checkpoint with Llama-3-8B's shapes (32
+ *        layers, dim 4096, GQA 32/8, MLP 14336, vocab 128256, llama3 RoPE), random BF16 weights
+ *        written by 16 threads, make-model's tokenizer
+ *   orp-runtime gpu-bench --model DIR [--tp N] [--json FILE]
  *
- * `run` measures, through model.h exactly as the engine drives it (logits copied to the host
+ * The second measures, through model.h exactly as the engine drives it (logits copied to the host
  * every step): the load time; the device-to-device bandwidth (1 GiB copy, best of 10, bytes read
  * + written: DESIGN.md's roofline bandwidth); time to first token for 128- and 2048-token prompts
  * (one prefill step and the argmax of its logits, median of 3); decode tokens/s at batch 1, 8, 32
@@ -25,6 +25,7 @@
 
 #include "log.h"
 #include "makemodel.h"
+#include "rtc_bench.h"
 #include "rtc_model.h"
 #include "sampler.h"
 
@@ -246,8 +247,9 @@ static double decode(struct model *m, struct model_kv *kv, int b, float *lg)
         if (!(c[i] = model_ctx_new_in(m, kv, prompt + warm + steps + 1))) goto out;
     for (int i = 0; i < b; i++)
         for (int k = 0; k < prompt; k++)
-            rows[i * prompt + k] = (struct model_row){c[i], (i * 31 + k * 17) % 5000 + 10,
-                                                      k == prompt - 1 ? lg + (size_t)i * vocab : NULL};
+            rows[i * prompt + k] =
+                (struct model_row){c[i], (i * 31 + k * 17) % 5000 + 10,
+                                   k == prompt - 1 ? lg + (size_t)i * vocab : NULL};
     if (model_forward_batch(m, rows, b * prompt) != 0) goto out;
     double t0 = 0;
     for (int s = 0; s < warm + steps; s++) {
@@ -277,7 +279,7 @@ static int run(const char *dir, int tp, const char *json_out)
     char err[4096];
     struct rtc_model *rm = rtc_model_open(dir, &o, err, sizeof err);
     if (!rm) {
-        fprintf(stderr, "orp-gpu-bench: %s\n", err);
+        fprintf(stderr, "orp-runtime gpu-bench: %s\n", err);
         return 1;
     }
     struct rtc_model_info info;
@@ -324,12 +326,11 @@ static int run(const char *dir, int tp, const char *json_out)
     if (json_out) {
         json_t *j = json_pack(
             "{s:s,s:i,s:f,s:f,s:f,s:f,s:f,s:[f,f,f,f],s:[f,f,f,f],s:f,s:f,s:f,s:i}", "model", dir,
-            "tp", tp, "load_s", info.load_s, "upload_gb", info.upload_bytes / 1e9, "d2d_gbps",
-            gbps, "ttft_128_ms", tt[0] * 1e3, "ttft_2048_ms", tt[1] * 1e3, "decode_tokens_per_s",
-            tps[0], tps[1], tps[2], tps[3], "decode_step_ms", step[0] * 1e3, step[1] * 1e3,
-            step[2] * 1e3, step[3] * 1e3, "step_weight_gb", info.step_weight_bytes / 1e9,
-            "roofline_floor_ms", floor_s * 1e3, "roofline_fraction", frac, "kv_blocks",
-            info.kv_blocks);
+            "tp", tp, "load_s", info.load_s, "upload_gb", info.upload_bytes / 1e9, "d2d_gbps", gbps,
+            "ttft_128_ms", tt[0] * 1e3, "ttft_2048_ms", tt[1] * 1e3, "decode_tokens_per_s", tps[0],
+            tps[1], tps[2], tps[3], "decode_step_ms", step[0] * 1e3, step[1] * 1e3, step[2] * 1e3,
+            step[3] * 1e3, "step_weight_gb", info.step_weight_bytes / 1e9, "roofline_floor_ms",
+            floor_s * 1e3, "roofline_fraction", frac, "kv_blocks", info.kv_blocks);
         if (!j || json_dump_file(j, json_out, JSON_INDENT(1)) != 0) return 1;
         json_decref(j);
     }
@@ -339,22 +340,31 @@ static int run(const char *dir, int tp, const char *json_out)
     return tt[0] > 0 && tt[1] > 0 && step[0] > 0 && step[3] > 0 ? 0 : 1;
 }
 
-int main(int argc, char **argv)
+int rtc_bench_main(int argc, char **argv, int first)
 {
-    log_init("orp-gpu-bench", "info");
-    const char *out = NULL, *model = NULL, *json = NULL;
-    int tp = 1, layers = 32;
-    for (int i = 2; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--out")) out = argv[i + 1];
-        else if (!strcmp(argv[i], "--model")) model = argv[i + 1];
-        else if (!strcmp(argv[i], "--json")) json = argv[i + 1];
-        else if (!strcmp(argv[i], "--tp")) tp = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
+    log_init("orp-runtime", "info");
+    const char *mk = NULL, *model = NULL, *json = NULL;
+    int tp = 1, layers = 32, bad = 0;
+    for (int i = first; i < argc; i += 2) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            bad = 1;
+        else if (!strcmp(argv[i], "--make-8b"))
+            mk = v;
+        else if (!strcmp(argv[i], "--model"))
+            model = v;
+        else if (!strcmp(argv[i], "--json"))
+            json = v;
+        else if (!strcmp(argv[i], "--tp"))
+            tp = atoi(v);
+        else if (!strcmp(argv[i], "--layers"))
+            layers = atoi(v);
+        else
+            bad = 1;
     }
-    if (argc > 1 && !strcmp(argv[1], "make-8b") && out && layers >= 1 && layers <= 64)
-        return make_8b(out, layers);
-    if (argc > 1 && !strcmp(argv[1], "run") && model) return run(model, tp, json);
-    fprintf(stderr, "usage: orp-gpu-bench make-8b --out DIR [--layers N (32)]\n"
-                    "       orp-gpu-bench run --model DIR [--tp N] [--json FILE]\n");
+    if (!bad && mk && !model && layers >= 1 && layers <= 64) return make_8b(mk, layers);
+    if (!bad && model && !mk && tp >= 1 && tp <= RTC_MAX_RANKS) return run(model, tp, json);
+    fprintf(stderr, "usage: orp-runtime gpu-bench --model DIR [--tp N] [--json FILE]\n"
+                    "       orp-runtime gpu-bench --make-8b DIR [--layers N (32)]\n");
     return 2;
 }

@@ -142,8 +142,8 @@ static __global__ void __launch_bounds__(QKV_WARPS * 32)
 #pragma unroll
         for (int j = 0; j < HD_J; j++) {
             const int d = lane + 32 * j;
-            val[j] = d < hd ? row[(size_t)v * hd + d] + (bias ? bias[(size_t)v * hd + d] : 0.0f)
-                            : 0.0f;
+            val[j] =
+                d < hd ? row[(size_t)v * hd + d] + (bias ? bias[(size_t)v * hd + d] : 0.0f) : 0.0f;
         }
         if (kind < 2) {
             const float *nw = kind == 0 ? qnorm : knorm;
@@ -249,7 +249,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_paged_kernel(struc
         for (int j = 0; j < NJ; j++) {
             const int d = lane + 32 * j;
             acc[u][j] = 0.0f;
-            qr[u][j] = act[u] && d < hd ? a.q[((size_t)qrow[u] * a.heads + qhead[u]) * hd + d] : 0.0f;
+            qr[u][j] =
+                act[u] && d < hd ? a.q[((size_t)qrow[u] * a.heads + qhead[u]) * hd + d] : 0.0f;
         }
     }
     const size_t kvd = (size_t)a.kv_heads * hd;
@@ -395,79 +396,12 @@ extern "C" int rtc_silu_mul(struct rtc_ctx *ctx, uint16_t *d_h, const float *d_g
 
 /* ---- GEMM with BF16 activations ----------------------------------------------------------- */
 
-enum { MV_WARPS = 8, MV_UNROLL = 4 };
-
-static __device__ __forceinline__ float dot8(uint4 w, uint4 x)
-{
-    const uint32_t ws[4] = {w.x, w.y, w.z, w.w}, xs[4] = {x.x, x.y, x.z, x.w};
-    float s = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        s += __uint_as_float(ws[k] << 16) * __uint_as_float(xs[k] << 16);
-        s += __uint_as_float(ws[k] & 0xffff0000u) * __uint_as_float(xs[k] & 0xffff0000u);
-    }
-    return s;
-}
-
-/* One warp per row; MV_UNROLL 16-byte weight loads per lane in flight. cols % 8 == 0, 16-byte
- * aligned w and x. The weights stream past L1 (read once per step); x stays in cache. */
-static __global__ void __launch_bounds__(MV_WARPS * 32)
-    matvec_bf16x_kernel(float *y, const uint4 *w, const uint4 *x, int rows, int cols)
-{
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const int nvec = cols / 8;
-    const uint4 *wr = w + (size_t)row * nvec;
-    float acc = 0.0f;
-    for (int base = lane; base < nvec; base += 32 * MV_UNROLL) {
-        uint4 wv[MV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < MV_UNROLL; u++) {
-            const int v = base + 32 * u;
-            wv[u] = v < nvec ? __ldcs(wr + v) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < MV_UNROLL; u++) {
-            const int v = base + 32 * u;
-            if (v < nvec) acc += dot8(wv[u], __ldg(x + v));
-        }
-    }
-    acc = fwd_warp_sum(acc);
-    if (lane == 0) y[row] = acc;
-}
-
-static __global__ void __launch_bounds__(MV_WARPS * 32)
-    matvec_bf16x_scalar_kernel(float *y, const __nv_bfloat16 *w, const __nv_bfloat16 *x, int rows,
-                               int cols)
-{
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const __nv_bfloat16 *wr = w + (size_t)row * cols;
-    float acc = 0.0f;
-    for (int c = lane; c < cols; c += 32)
-        acc += __bfloat162float(wr[c]) * __bfloat162float(x[c]);
-    acc = fwd_warp_sum(acc);
-    if (lane == 0) y[row] = acc;
-}
-
 extern "C" int rtc_gemm_bf16x(struct rtc_ctx *ctx, float *d_y, const uint16_t *d_w,
                               const uint16_t *d_x, int n, int rows, int cols)
 {
     ARG_CHECK(n >= 0 && rows > 0 && cols > 0);
     if (n == 0) return RTC_OK;
-    if (n == 1) {
-        const unsigned blocks = (unsigned)((rows + MV_WARPS - 1) / MV_WARPS);
-        if (cols % 8 == 0 && (uintptr_t)d_w % 16 == 0 && (uintptr_t)d_x % 16 == 0)
-            matvec_bf16x_kernel<<<blocks, MV_WARPS * 32, 0, ctx->stream>>>(
-                d_y, (const uint4 *)d_w, (const uint4 *)d_x, rows, cols);
-        else
-            matvec_bf16x_scalar_kernel<<<blocks, MV_WARPS * 32, 0, ctx->stream>>>(
-                d_y, (const __nv_bfloat16 *)d_w, (const __nv_bfloat16 *)d_x, rows, cols);
-        LAUNCH_CHECK();
-        return RTC_OK;
-    }
+    if (n == 1) return rtc_matvec_bf16_xbf16(ctx, d_y, d_w, d_x, rows, cols);
     /* Row-major Y[n, rows] = X W^T is column-major Y^T = W X^T: "TN" (see rtc_gemm_bf16). */
     const float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasGemmEx(ctx->cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, d_w,
@@ -492,8 +426,8 @@ extern "C" int rtc_gather_rows(struct rtc_ctx *ctx, uint16_t *d_out, const uint1
 {
     ARG_CHECK(n >= 0 && dim > 0);
     if (n == 0) return RTC_OK;
-    gather_rows_kernel<<<n, 256, 0, ctx->stream>>>(
-        (__nv_bfloat16 *)d_out, (const __nv_bfloat16 *)d_in, d_idx, dim);
+    gather_rows_kernel<<<n, 256, 0, ctx->stream>>>((__nv_bfloat16 *)d_out,
+                                                   (const __nv_bfloat16 *)d_in, d_idx, dim);
     LAUNCH_CHECK();
     return RTC_OK;
 }
@@ -688,9 +622,9 @@ extern "C" int rtc_measure_d2d(struct rtc_ctx *ctx, size_t bytes, int reps, doub
         rc = RTC_ENOMEM;
     }
     /* Random-looking data, not zeros (see METHOD.md); then one untimed copy. */
-    if (rc == RTC_OK && (cudaMemsetAsync(a, 0x5a, bytes, ctx->stream) != cudaSuccess ||
-                         cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, ctx->stream) !=
-                             cudaSuccess))
+    if (rc == RTC_OK &&
+        (cudaMemsetAsync(a, 0x5a, bytes, ctx->stream) != cudaSuccess ||
+         cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, ctx->stream) != cudaSuccess))
         rc = RTC_ECUDA;
     for (int r = 0; rc == RTC_OK && r < reps; r++) {
         float ms = 0.0f;
@@ -703,12 +637,12 @@ extern "C" int rtc_measure_d2d(struct rtc_ctx *ctx, size_t bytes, int reps, doub
         else if (best == 0.0f || ms < best)
             best = ms;
     }
-    if (rc == RTC_ECUDA) log_error("CUDA: the bandwidth measure failed: %s",
-                                   cudaGetErrorString(cudaGetLastError()));
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
-    cudaFree(a);
-    cudaFree(b);
+    if (rc == RTC_ECUDA)
+        log_error("CUDA: the bandwidth measure failed: %s", cudaGetErrorString(cudaGetLastError()));
+    if (e0) CUDA_LOG(cudaEventDestroy(e0));
+    if (e1) CUDA_LOG(cudaEventDestroy(e1));
+    CUDA_LOG(cudaFree(a));
+    CUDA_LOG(cudaFree(b));
     if (rc == RTC_OK) *gbps = 2.0 * (double)bytes / (best / 1e3) / 1e9;
     return rc;
 }
@@ -757,7 +691,7 @@ extern "C" int rtc_graph_launch(struct rtc_ctx *ctx, struct rtc_graph *g)
 extern "C" void rtc_graph_free(struct rtc_graph *g)
 {
     if (!g) return;
-    cudaGraphExecDestroy(g->exec);
-    cudaGraphDestroy(g->g);
+    CUDA_LOG(cudaGraphExecDestroy(g->exec));
+    CUDA_LOG(cudaGraphDestroy(g->g));
     free(g);
 }

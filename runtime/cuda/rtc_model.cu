@@ -77,15 +77,13 @@ extern "C" {
 /* What the rank threads are asked to do. */
 enum job { JOB_LOAD, JOB_KV, JOB_STEP, JOB_FREE };
 
+/* A layer on one rank: the device tensors of rtc_plan's slots (rtc_plan_layer_copies fills
+ * them); BF16 matrices, F32 vectors, NULL where the architecture has none. */
 struct dev_layer {
-    uint16_t *wqkv;  /* [(heads + 2 kv) * hd, dim] this rank's q, k, v rows */
-    uint16_t *wo;    /* [dim, heads * hd] this rank's columns */
-    uint16_t *wgu;   /* [2 ffn, dim] gate rows then up rows */
-    uint16_t *wdown; /* [dim, ffn] this rank's columns */
-    float *bqkv;     /* [(heads + 2 kv) * hd] or NULL (Qwen2) */
-    float *attn_norm, *ffn_norm; /* [dim] */
-    float *q_norm, *k_norm;      /* [hd] or NULL (Qwen3) */
+    void *w[RTC_W_NSLOTS];
 };
+#define W16(L, slot) ((const uint16_t *)(L)->w[slot])
+#define W32(L, slot) ((const float *)(L)->w[slot])
 
 /* A host barrier that an abort opens for good. */
 struct hbar {
@@ -163,8 +161,8 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen,
-                                                         const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
+                                                         ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -226,12 +224,14 @@ static void abort_all(struct rtc_model *m, const char *why)
 static void *watchdog(void *arg)
 {
     struct rtc_model *m = (struct rtc_model *)arg;
-    while (!__atomic_load_n(&m->wd_stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST)) {
+    while (!__atomic_load_n(&m->wd_stop, __ATOMIC_SEQ_CST) &&
+           !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST)) {
         usleep(50 * 1000);
         long long t0 = __atomic_load_n(&m->step_start_ms, __ATOMIC_SEQ_CST);
-        if (t0 && now_ms() - t0 > m->o.step_timeout_ms) {
+        int limit = __atomic_load_n(&m->o.step_timeout_ms, __ATOMIC_SEQ_CST);
+        if (t0 && now_ms() - t0 > limit) {
             char why[128];
-            snprintf(why, sizeof why, "a step has run for more than %d ms", m->o.step_timeout_ms);
+            snprintf(why, sizeof why, "a step has run for more than %d ms", limit);
             abort_all(m, why);
             break;
         }
@@ -342,8 +342,8 @@ static int up_bf16(struct rank *rk, uint16_t *dst, const struct st_tensor *t, in
         }
         for (int64_t i = 0; i < k; i++)
             to_bf16(t, (r0 + r + i) * cols + c0, nc, buf + i * nc);
-        CUDA_CHECK(cudaMemcpyAsync(dst + r * nc, buf, (size_t)(k * nc) * 2, cudaMemcpyHostToDevice,
-                                   s));
+        CUDA_CHECK(
+            cudaMemcpyAsync(dst + r * nc, buf, (size_t)(k * nc) * 2, cudaMemcpyHostToDevice, s));
         CUDA_CHECK(cudaEventRecord(rk->stage_ev[which], s));
     }
     rk->uploaded += 2.0 * (double)(nr * nc);
@@ -378,8 +378,8 @@ static int dalloc(void *pp, size_t bytes)
 }
 
 /* The tensor `name` (layer l when l >= 0) with the shape config.json implies. */
-static const struct st_tensor *need(const struct rtc_model *m, int l, const char *name,
-                                    int64_t d0, int64_t d1)
+static const struct st_tensor *need(const struct rtc_model *m, int l, const char *name, int64_t d0,
+                                    int64_t d1)
 {
     char full[200];
     if (l >= 0)
@@ -406,52 +406,22 @@ static int load_layer(struct rank *rk, int l)
 {
     struct rtc_model *m = rk->m;
     const struct model_config *c = &m->cfg;
-    const struct rtc_shard *sh = &rk->sh;
     struct dev_layer *L = &rk->layer[l];
-    int64_t hd = c->head_dim, dim = c->dim, qd = (int64_t)c->heads * hd;
-    int64_t kvd = (int64_t)c->kv_heads * hd, qdl = (int64_t)sh->heads * hd;
-    int64_t kvl = (int64_t)sh->kv_heads * hd, q0 = (int64_t)sh->q_head0 * hd;
-    int64_t k0 = (int64_t)sh->kv_first * hd, f = sh->ffn, f0 = sh->f0;
-    NEED(wq, l, "self_attn.q_proj.weight", qd, dim);
-    NEED(wk, l, "self_attn.k_proj.weight", kvd, dim);
-    NEED(wv, l, "self_attn.v_proj.weight", kvd, dim);
-    NEED(wo, l, "self_attn.o_proj.weight", dim, qd);
-    NEED(wg, l, "mlp.gate_proj.weight", c->ffn, dim);
-    NEED(wu, l, "mlp.up_proj.weight", c->ffn, dim);
-    NEED(wd, l, "mlp.down_proj.weight", dim, c->ffn);
-    NEED(an, l, "input_layernorm.weight", dim, 0);
-    NEED(fn, l, "post_attention_layernorm.weight", dim, 0);
-    RTC(dalloc(&L->wqkv, (size_t)rk->qkv_rows * dim * 2));
-    RTC(up_bf16(rk, L->wqkv, wq, q0, qdl, 0, dim));
-    RTC(up_bf16(rk, L->wqkv + qdl * dim, wk, k0, kvl, 0, dim));
-    RTC(up_bf16(rk, L->wqkv + (qdl + kvl) * dim, wv, k0, kvl, 0, dim));
-    RTC(dalloc(&L->wo, (size_t)(dim * qdl) * 2));
-    RTC(up_bf16(rk, L->wo, wo, 0, dim, q0, qdl));
-    RTC(dalloc(&L->wgu, (size_t)(2 * f * dim) * 2));
-    RTC(up_bf16(rk, L->wgu, wg, f0, f, 0, dim));
-    RTC(up_bf16(rk, L->wgu + f * dim, wu, f0, f, 0, dim));
-    RTC(dalloc(&L->wdown, (size_t)(dim * f) * 2));
-    RTC(up_bf16(rk, L->wdown, wd, 0, dim, f0, f));
-    RTC(dalloc(&L->attn_norm, (size_t)dim * 4));
-    RTC(up_f32(rk, L->attn_norm, an, 0, dim));
-    RTC(dalloc(&L->ffn_norm, (size_t)dim * 4));
-    RTC(up_f32(rk, L->ffn_norm, fn, 0, dim));
-    if (c->qkv_bias) {
-        NEED(bq, l, "self_attn.q_proj.bias", qd, 0);
-        NEED(bk, l, "self_attn.k_proj.bias", kvd, 0);
-        NEED(bv, l, "self_attn.v_proj.bias", kvd, 0);
-        RTC(dalloc(&L->bqkv, (size_t)rk->qkv_rows * 4));
-        RTC(up_f32(rk, L->bqkv, bq, q0, qdl));
-        RTC(up_f32(rk, L->bqkv + qdl, bk, k0, kvl));
-        RTC(up_f32(rk, L->bqkv + qdl + kvl, bv, k0, kvl));
+    for (int sl = 0; sl < RTC_W_NSLOTS; sl++) {
+        int64_t n = rtc_plan_slot_elems(c, &rk->sh, (enum rtc_wslot)sl);
+        if (n)
+            RTC(dalloc(&L->w[sl],
+                       (size_t)n * (rtc_plan_slot_is_matrix((enum rtc_wslot)sl) ? 2 : 4)));
     }
-    if (c->qk_norm) {
-        NEED(qn, l, "self_attn.q_norm.weight", hd, 0);
-        NEED(kn, l, "self_attn.k_norm.weight", hd, 0);
-        RTC(dalloc(&L->q_norm, (size_t)hd * 4));
-        RTC(up_f32(rk, L->q_norm, qn, 0, hd));
-        RTC(dalloc(&L->k_norm, (size_t)hd * 4));
-        RTC(up_f32(rk, L->k_norm, kn, 0, hd));
+    struct rtc_copy cp[RTC_MAX_COPIES];
+    int ncp = rtc_plan_layer_copies(c, &rk->sh, cp);
+    for (int i = 0; i < ncp; i++) {
+        const struct rtc_copy *k = &cp[i];
+        NEED(t, l, k->suffix, k->d0, k->d1);
+        if (rtc_plan_slot_is_matrix(k->slot))
+            RTC(up_bf16(rk, (uint16_t *)L->w[k->slot] + k->dst, t, k->r0, k->nr, k->c0, k->nc));
+        else
+            RTC(up_f32(rk, (float *)L->w[k->slot] + k->dst, t, k->r0, k->nr));
     }
     return RTC_OK;
 }
@@ -522,7 +492,7 @@ static int rank_load(struct rank *rk)
     RTC(alloc_buffers(rk));
     RTC(rtc_sync(rk->ctx));
     for (int i = 0; i < 2; i++) {
-        cudaFreeHost(rk->stage[i]);
+        CUDA_LOG(cudaFreeHost(rk->stage[i]));
         rk->stage[i] = NULL;
     }
     return RTC_OK;
@@ -552,7 +522,8 @@ static int rank_step(struct rank *rk)
     RTC(rtc_ctx_use(ctx));
     CUDA_CHECK(cudaMemcpyAsync(rk->d_step, m->h_step, st->words * 4, cudaMemcpyHostToDevice, s));
     RTC(rtc_embed(ctx, rk->x, rk->embed, d + st->off_tokens, n, dim));
-    RTC(rtc_add_rmsnorm(ctx, rk->x, NULL, rk->layer[0].attn_norm, rk->xb, n, dim, c->eps));
+    RTC(rtc_add_rmsnorm(ctx, rk->x, NULL, W32(&rk->layer[0], RTC_W_ATTN_NORM), rk->xb, n, dim,
+                        c->eps));
     struct rtc_attn_args a;
     memset(&a, 0, sizeof a);
     a.q = rk->q, a.kc = rk->kc, a.vc = rk->vc, a.pos = d + st->off_pos;
@@ -564,20 +535,22 @@ static int rank_step(struct rank *rk)
     struct rtc_qkv_shape qs = {sh->heads, sh->kv_heads, hd, c->layers, 0, c->eps};
     for (int l = 0; l < c->layers; l++) {
         const struct dev_layer *L = &rk->layer[l];
-        RTC(rtc_gemm_bf16x(ctx, rk->qkv, L->wqkv, rk->xb, n, rk->qkv_rows, dim));
+        RTC(rtc_gemm_bf16x(ctx, rk->qkv, W16(L, RTC_W_QKV), rk->xb, n, rk->qkv_rows, dim));
         qs.layer = l;
-        RTC(rtc_qkv_rope_cache(ctx, rk->q, rk->qkv, L->bqkv, L->q_norm, L->k_norm, rk->inv_freq,
-                               d + st->off_pos, d + st->off_slot, rk->kc, rk->vc, &qs, n));
+        RTC(rtc_qkv_rope_cache(ctx, rk->q, rk->qkv, W32(L, RTC_W_BQKV), W32(L, RTC_W_QNORM),
+                               W32(L, RTC_W_KNORM), rk->inv_freq, d + st->off_pos, d + st->off_slot,
+                               rk->kc, rk->vc, &qs, n));
         a.layer = l;
         RTC(rtc_attention_paged(ctx, &a));
-        RTC(rtc_gemm_bf16x(ctx, rk->o, L->wo, rk->att, n, dim, qdl));
+        RTC(rtc_gemm_bf16x(ctx, rk->o, W16(L, RTC_W_O), rk->att, n, dim, qdl));
         RTC(allreduce(rk, rk->o, (size_t)n * dim));
-        RTC(rtc_add_rmsnorm(ctx, rk->x, rk->o, L->ffn_norm, rk->xb, n, dim, c->eps));
-        RTC(rtc_gemm_bf16x(ctx, rk->gu, L->wgu, rk->xb, n, 2 * f, dim));
+        RTC(rtc_add_rmsnorm(ctx, rk->x, rk->o, W32(L, RTC_W_FFN_NORM), rk->xb, n, dim, c->eps));
+        RTC(rtc_gemm_bf16x(ctx, rk->gu, W16(L, RTC_W_GU), rk->xb, n, 2 * f, dim));
         RTC(rtc_silu_mul(ctx, rk->h, rk->gu, n, f));
-        RTC(rtc_gemm_bf16x(ctx, rk->o, L->wdown, rk->h, n, dim, f));
+        RTC(rtc_gemm_bf16x(ctx, rk->o, W16(L, RTC_W_DOWN), rk->h, n, dim, f));
         RTC(allreduce(rk, rk->o, (size_t)n * dim));
-        const float *next = l + 1 < c->layers ? rk->layer[l + 1].attn_norm : rk->final_norm;
+        const float *next =
+            l + 1 < c->layers ? W32(&rk->layer[l + 1], RTC_W_ATTN_NORM) : rk->final_norm;
         RTC(rtc_add_rmsnorm(ctx, rk->x, rk->o, next, rk->xb, n, dim, c->eps));
     }
     if (rk->rank == 0 && st->nlogits > 0) {
@@ -596,26 +569,24 @@ static void rank_free(struct rank *rk)
     if (!rk->ctx) return;
     rtc_ctx_use(rk->ctx);
     for (int l = 0; rk->layer && l < rk->m->cfg.layers; l++) {
-        struct dev_layer *L = &rk->layer[l];
-        void *ps[] = {L->wqkv, L->wo, L->wgu, L->wdown, L->bqkv,
-                      L->attn_norm, L->ffn_norm, L->q_norm, L->k_norm};
-        for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
-            rtc_free(ps[i]);
+        for (int sl = 0; sl < RTC_W_NSLOTS; sl++)
+            rtc_free(rk->layer[l].w[sl]);
     }
     free(rk->layer);
     if (rk->lm_head != rk->embed) rtc_free(rk->lm_head);
-    void *ps[] = {rk->embed, rk->final_norm, rk->inv_freq, rk->kc,   rk->vc,   rk->x,
-                  rk->qkv,   rk->q,          rk->o,        rk->gu,   rk->part, rk->logits,
-                  rk->xb,    rk->att,        rk->h,        rk->xl,   rk->d_step};
+    void *ps[] = {rk->embed, rk->final_norm, rk->inv_freq, rk->kc, rk->vc,    rk->x,
+                  rk->qkv,   rk->q,          rk->o,        rk->gu, rk->part,  rk->logits,
+                  rk->xb,    rk->att,        rk->h,        rk->xl, rk->d_step};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         rtc_free(ps[i]);
     for (int i = 0; i < 2; i++) {
-        if (rk->stage[i]) cudaFreeHost(rk->stage[i]);
-        if (rk->stage_ev[i]) cudaEventDestroy(rk->stage_ev[i]);
+        if (rk->stage[i]) CUDA_LOG(cudaFreeHost(rk->stage[i]));
+        if (rk->stage_ev[i]) CUDA_LOG(cudaEventDestroy(rk->stage_ev[i]));
     }
-    if (rk->ev_ready) cudaEventDestroy(rk->ev_ready);
+    if (rk->ev_ready) CUDA_LOG(cudaEventDestroy(rk->ev_ready));
 #ifdef ORP_HAVE_NCCL
-    if (rk->comm) ncclCommDestroy(rk->comm);
+    if (rk->comm && ncclCommDestroy(rk->comm) != ncclSuccess)
+        log_error("NCCL: ncclCommDestroy failed");
 #endif
     rtc_ctx_free(rk->ctx);
     rk->ctx = NULL;
@@ -639,8 +610,8 @@ static void *rank_thread(void *arg)
         seen = m->gen;
         int job = m->job;
         pthread_mutex_unlock(&m->mu);
-        int rc = job == JOB_LOAD ? rank_load(rk)
-                 : job == JOB_KV ? rank_alloc_kv(rk)
+        int rc = job == JOB_LOAD   ? rank_load(rk)
+                 : job == JOB_KV   ? rank_alloc_kv(rk)
                  : job == JOB_STEP ? rank_step(rk)
                                    : (rank_free(rk), RTC_OK);
         rk->rc = rc;
@@ -700,7 +671,8 @@ static int dev_forward(void *self, const struct model_dev_row *rows, int n)
     struct rtc_model *m = (struct rtc_model *)self;
     for (int r0 = 0; r0 < n;) {
         int k = 0, nl = 0;
-        while (r0 + k < n && k < m->o.max_rows && nl + (rows[r0 + k].logits != NULL) <= m->o.max_logits) {
+        while (r0 + k < n && k < m->o.max_rows &&
+               nl + (rows[r0 + k].logits != NULL) <= m->o.max_logits) {
             nl += rows[r0 + k].logits != NULL;
             k++;
         }
@@ -726,8 +698,8 @@ static void dev_free(void *self)
     rtc_model_free((struct rtc_model *)self);
 }
 
-static const struct model_dev_ops rtc_ops = {"cuda", dev_kv_block_bytes, dev_kv_blocks,
-                                             dev_forward, dev_free};
+static const struct model_dev_ops rtc_ops = {"cuda", dev_kv_block_bytes, dev_kv_blocks, dev_forward,
+                                             dev_free};
 
 /* ---- open / free --------------------------------------------------------------------------- */
 
@@ -758,7 +730,7 @@ static int warm_up(struct rtc_model *m)
         blocks[i] = i;
     for (int r = 0; rc == 0 && r <= rows; r++)
         dr[r] = (struct model_dev_row){0, r, blocks, nb, m, r == rows - 1 ? lg : NULL};
-    if (rc == 0) rc = dev_forward(m, dr, rows);          /* a prompt chunk */
+    if (rc == 0) rc = dev_forward(m, dr, rows);                           /* a prompt chunk */
     if (rc == 0) dr[rows].logits = lg, rc = dev_forward(m, dr + rows, 1); /* a decode row */
     free(blocks);
     free(dr);
@@ -861,7 +833,7 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
 #endif
     if (m->tp > 1 && o->coll == RTC_COLL_DEVICE) {
         /* Rank 0's kernel reads and writes every rank's buffer: the other GPUs must be peers. */
-        cudaSetDevice(m->rk[0].device);
+        CUDA_LOG(cudaSetDevice(m->rk[0].device));
         for (int r = 1; r < m->tp; r++) {
             int d = m->rk[r].device, ok = 0;
             if (d == m->rk[0].device) continue;
@@ -916,16 +888,17 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
     m->kv_blocks = (int)(blocks > INT32_MAX / 2 ? INT32_MAX / 2 : blocks);
     int group = m->rk[0].sh.heads / m->rk[0].sh.kv_heads;
     m->step_words = rtc_plan_step_words(o->max_rows, m->kv_blocks, group);
-    cudaSetDevice(m->rk[0].device);
+    CUDA_LOG(cudaSetDevice(m->rk[0].device));
     if (cudaMallocHost((void **)&m->h_step, m->step_words * 4) != cudaSuccess ||
-        cudaMallocHost((void **)&m->h_logits, (size_t)o->max_logits * c->vocab * 4) != cudaSuccess) {
+        cudaMallocHost((void **)&m->h_logits, (size_t)o->max_logits * c->vocab * 4) !=
+            cudaSuccess) {
         seterr(err, errlen, "cannot pin host memory for the step plan and the logits");
         rtc_model_free(m);
         return NULL;
     }
     /* d_step was sized before the pool's size was known: size it now, then the KV. */
     for (int r = 0; r < m->tp; r++) {
-        cudaSetDevice(m->rk[r].device);
+        CUDA_LOG(cudaSetDevice(m->rk[r].device));
         rtc_free(m->rk[r].d_step);
         m->rk[r].d_step = NULL;
         if (rtc_malloc((void **)&m->rk[r].d_step, m->step_words * 4) != RTC_OK) {
@@ -957,7 +930,8 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
         up += m->rk[r].uploaded;
     log_info("CUDA model loaded in %.2f s: %.2f GiB of BF16 weights on %d GPU%s, tp %d (%s)",
              m->load_s, up / (1 << 30), m->ngpus < m->tp ? m->ngpus : m->tp,
-             m->ngpus == 1 ? "" : "s", m->tp, o->coll == RTC_COLL_NCCL ? "NCCL" : "device collective");
+             m->ngpus == 1 ? "" : "s", m->tp,
+             o->coll == RTC_COLL_NCCL ? "NCCL" : "device collective");
     return m;
 }
 
@@ -976,16 +950,17 @@ extern "C" void rtc_model_free(struct rtc_model *m)
     int all = 1;
     for (int r = 0; r < m->tp; r++)
         all &= m->rk[r].started;
-    if (all && !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST)) run_job(m, JOB_FREE); /* each rank frees on its own thread */
+    if (all && !__atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST))
+        run_job(m, JOB_FREE); /* each rank frees on its own thread */
     pthread_mutex_lock(&m->mu);
     m->stop = 1;
     pthread_cond_broadcast(&m->cv_work);
     pthread_mutex_unlock(&m->mu);
     for (int r = 0; r < m->tp; r++)
         if (m->rk[r].started) pthread_join(m->rk[r].th, NULL);
-    if (m->ev_sum) cudaEventDestroy(m->ev_sum);
-    if (m->h_step) cudaFreeHost(m->h_step);
-    if (m->h_logits) cudaFreeHost(m->h_logits);
+    if (m->ev_sum) CUDA_LOG(cudaEventDestroy(m->ev_sum));
+    if (m->h_step) CUDA_LOG(cudaFreeHost(m->h_step));
+    if (m->h_logits) CUDA_LOG(cudaFreeHost(m->h_logits));
     free(m->rk);
     free(m);
 }
@@ -1017,4 +992,9 @@ extern "C" void rtc_model_debug_stall(struct rtc_model *m, int rank, int ms)
 extern "C" int rtc_model_mem_info(struct rtc_model *m, size_t *free_bytes, size_t *total_bytes)
 {
     return rtc_mem_info(m->rk[0].ctx, free_bytes, total_bytes);
+}
+
+extern "C" void rtc_model_set_step_timeout(struct rtc_model *m, int ms)
+{
+    __atomic_store_n(&m->o.step_timeout_ms, ms, __ATOMIC_SEQ_CST);
 }

@@ -47,8 +47,8 @@ struct model *rtc_model_as_model(struct rtc_model *rm, char *err, size_t errlen)
 void rtc_model_free(struct rtc_model *rm); /* accepts NULL; only for one never wrapped */
 
 struct rtc_model_info {
-    double load_s;           /* from opening the checkpoint to the end of the warm-up */
-    double upload_bytes;     /* weights copied to the GPUs, every rank */
+    double load_s;            /* from opening the checkpoint to the end of the warm-up */
+    double upload_bytes;      /* weights copied to the GPUs, every rank */
     double step_weight_bytes; /* read by rank 0 per decode step (rtc_plan_weight_bytes) */
     int kv_blocks;
     double kv_bytes; /* every rank */
@@ -61,6 +61,9 @@ int rtc_model_measure_d2d(struct rtc_model *rm, size_t bytes, int reps, double *
 
 /* Free and total memory of rank 0's GPU now. */
 int rtc_model_mem_info(struct rtc_model *rm, size_t *free_bytes, size_t *total_bytes);
+
+/* Changes the watchdog's step timeout (tests shorten it once the warm-up has run). */
+void rtc_model_set_step_timeout(struct rtc_model *rm, int ms);
 
 /* Test hook: rank `rank` sleeps ms before its first all-reduce of the next step (a stuck rank,
  * for the watchdog test). */

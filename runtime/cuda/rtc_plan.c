@@ -16,6 +16,70 @@ void rtc_plan_shard(const struct model_config *c, int tp, int rank, struct rtc_s
     s->f0 = rank * s->ffn;
 }
 
+int rtc_plan_layer_copies(const struct model_config *c, const struct rtc_shard *s,
+                          struct rtc_copy *out)
+{
+    int64_t hd = c->head_dim, dim = c->dim, qd = (int64_t)c->heads * hd;
+    int64_t kvd = (int64_t)c->kv_heads * hd, ql = (int64_t)s->heads * hd;
+    int64_t kvl = (int64_t)s->kv_heads * hd, q0 = (int64_t)s->q_head0 * hd;
+    int64_t k0 = (int64_t)s->kv_first * hd, f = s->ffn, f0 = s->f0;
+    int n = 0;
+#define COPY(sfx, a, b, rr0, rnr, cc0, cnc, sl, off)                                               \
+    out[n++] = (struct rtc_copy){sfx, a, b, rr0, rnr, cc0, cnc, sl, off}
+    COPY("self_attn.q_proj.weight", qd, dim, q0, ql, 0, dim, RTC_W_QKV, 0);
+    COPY("self_attn.k_proj.weight", kvd, dim, k0, kvl, 0, dim, RTC_W_QKV, ql * dim);
+    COPY("self_attn.v_proj.weight", kvd, dim, k0, kvl, 0, dim, RTC_W_QKV, (ql + kvl) * dim);
+    COPY("self_attn.o_proj.weight", dim, qd, 0, dim, q0, ql, RTC_W_O, 0);
+    COPY("mlp.gate_proj.weight", c->ffn, dim, f0, f, 0, dim, RTC_W_GU, 0);
+    COPY("mlp.up_proj.weight", c->ffn, dim, f0, f, 0, dim, RTC_W_GU, f * dim);
+    COPY("mlp.down_proj.weight", dim, c->ffn, 0, dim, f0, f, RTC_W_DOWN, 0);
+    COPY("input_layernorm.weight", dim, 0, 0, dim, 0, 1, RTC_W_ATTN_NORM, 0);
+    COPY("post_attention_layernorm.weight", dim, 0, 0, dim, 0, 1, RTC_W_FFN_NORM, 0);
+    if (c->qkv_bias) {
+        COPY("self_attn.q_proj.bias", qd, 0, q0, ql, 0, 1, RTC_W_BQKV, 0);
+        COPY("self_attn.k_proj.bias", kvd, 0, k0, kvl, 0, 1, RTC_W_BQKV, ql);
+        COPY("self_attn.v_proj.bias", kvd, 0, k0, kvl, 0, 1, RTC_W_BQKV, ql + kvl);
+    }
+    if (c->qk_norm) {
+        COPY("self_attn.q_norm.weight", hd, 0, 0, hd, 0, 1, RTC_W_QNORM, 0);
+        COPY("self_attn.k_norm.weight", hd, 0, 0, hd, 0, 1, RTC_W_KNORM, 0);
+    }
+#undef COPY
+    return n;
+}
+
+int64_t rtc_plan_slot_elems(const struct model_config *c, const struct rtc_shard *s,
+                            enum rtc_wslot slot)
+{
+    int64_t hd = c->head_dim, dim = c->dim, qkv = (s->heads + 2LL * s->kv_heads) * hd;
+    switch (slot) {
+    case RTC_W_QKV:
+        return qkv * dim;
+    case RTC_W_O:
+        return dim * s->heads * hd;
+    case RTC_W_GU:
+        return 2LL * s->ffn * dim;
+    case RTC_W_DOWN:
+        return dim * s->ffn;
+    case RTC_W_BQKV:
+        return c->qkv_bias ? qkv : 0;
+    case RTC_W_ATTN_NORM:
+    case RTC_W_FFN_NORM:
+        return dim;
+    case RTC_W_QNORM:
+    case RTC_W_KNORM:
+        return c->qk_norm ? hd : 0;
+    case RTC_W_NSLOTS:
+        break;
+    }
+    return 0;
+}
+
+int rtc_plan_slot_is_matrix(enum rtc_wslot slot)
+{
+    return slot <= RTC_W_DOWN;
+}
+
 int rtc_plan_check_tp(const struct model_config *c, int tp, int ngpus, enum rtc_coll_kind coll,
                       char *err, size_t errlen)
 {
@@ -182,8 +246,8 @@ int rtc_plan_step(const struct model_dev_row *rows, int n, int group, int kv_hea
             for (int g0 = 0; g0 < group; g0 += heads_per) {
                 if ((size_t)st->nitems >= max_items) return -1;
                 int32_t *it = items + 4 * (size_t)st->nitems++;
-                it[0] = t, it[1] = nr, it[2] = g0, it[3] = group - g0 < heads_per ? group - g0
-                                                                                    : heads_per;
+                it[0] = t, it[1] = nr, it[2] = g0,
+                it[3] = group - g0 < heads_per ? group - g0 : heads_per;
             }
         }
         r = end;

@@ -29,6 +29,42 @@ struct rtc_shard {
 };
 void rtc_plan_shard(const struct model_config *c, int tp, int rank, struct rtc_shard *s);
 
+/* A layer's weights on one rank: the device tensors (slots) and the copies that fill them from
+ * the checkpoint. Matrices go to the device as BF16, vectors (biases, norms) as F32. Fused
+ * layouts: QKV is this rank's q rows, then its k rows, then its v rows ([(heads + 2 kv) * hd,
+ * dim]); GU is its gate rows then its up rows ([2 ffn, dim]); O and DOWN are its columns of
+ * o_proj ([dim, heads * hd]) and down_proj ([dim, ffn]). rtc_model.cu runs these copies onto
+ * the GPU; tests/unit/cuda/test_rtc_pipeline.c runs them into host memory. */
+enum rtc_wslot {
+    RTC_W_QKV = 0,
+    RTC_W_O,
+    RTC_W_GU,
+    RTC_W_DOWN,
+    RTC_W_BQKV, /* Qwen2 */
+    RTC_W_ATTN_NORM,
+    RTC_W_FFN_NORM,
+    RTC_W_QNORM, /* Qwen3 */
+    RTC_W_KNORM,
+    RTC_W_NSLOTS
+};
+struct rtc_copy {
+    const char *suffix; /* after "model.layers.<l>." */
+    int64_t d0, d1;     /* the shape config.json implies (d1 0: a vector) */
+    int64_t r0, nr;     /* rows copied (a vector: elements) */
+    int64_t c0, nc;     /* columns copied (a vector: 0, 1) */
+    enum rtc_wslot slot;
+    int64_t dst; /* element offset in the slot */
+};
+#define RTC_MAX_COPIES 16
+/* The copies of one layer into out (RTC_MAX_COPIES); returns how many. */
+int rtc_plan_layer_copies(const struct model_config *c, const struct rtc_shard *s,
+                          struct rtc_copy *out);
+/* Elements of a slot on this rank (0: the architecture has none). */
+int64_t rtc_plan_slot_elems(const struct model_config *c, const struct rtc_shard *s,
+                            enum rtc_wslot slot);
+/* 1 when a slot holds a BF16 matrix, 0 for an F32 vector. */
+int rtc_plan_slot_is_matrix(enum rtc_wslot slot);
+
 /* 0 when tp ranks fit: tp divides the heads and the MLP, divides or is a multiple of the KV
  * heads, is at most RTC_MAX_RANKS, and with NCCL equals the GPUs visible (ngpus; NCCL refuses two
  * ranks on one GPU, and a replica given more GPUs than ranks would strand them). The device

@@ -1,6 +1,6 @@
 // Balance leases (issue 7): value-billed requests are admitted against a lease on the account's
 // balance, each by its maximum cost, so that concurrent requests can never overspend it. An
-// account whose balance covers exactly N requests of a known maximum cost sends 200 at once:
+// account whose balance covers exactly N requests of a known maximum cost sends 1,000 at once:
 // exactly N are admitted and the rest get 402; once metered, the balance is not below zero, and
 // the gateway's holds are gone afterwards. Time-billed endpoints keep the balance > 0 rule.
 import { after, before, test } from 'node:test';
@@ -8,10 +8,13 @@ import assert from 'node:assert/strict';
 import { Platform, bin, freePort, waitFor } from './harness.js';
 
 const P = new Platform();
-const IN_PRICE = 1000; // micros per million input tokens
+// Input free and output a whole number of micro-units per token, with exactly one completion
+// token per request (max_tokens 1, ignore_eos): a request's maximum cost is its actual cost, so
+// "covers exactly N" does not depend on which requests were already metered when others came.
+const IN_PRICE = 0; // micros per million input tokens
 const OUT_PRICE = 7000000; // micros per million output tokens
-const N = 20;
-const TOTAL = 200;
+const N = 100;
+const TOTAL = 1000;
 let acct;
 let valueId;
 
@@ -50,12 +53,12 @@ async function post(key, body, url = P.gatewayUrl) {
   return { status: res.status, json, text };
 }
 
-test('a balance that covers N requests admits exactly N of 200 concurrent ones', { timeout: 180000 }, async () => {
-  const body = JSON.stringify({ model: 'metered', messages: [{ role: 'user', content: 'hello' }], max_tokens: 1 });
+test('a balance that covers N requests admits exactly N of 1,000 concurrent ones', { timeout: 180000 }, async () => {
+  const body = JSON.stringify({ model: 'metered', messages: [{ role: 'user', content: 'hello' }], max_tokens: 1, ignore_eos: true });
   // The maximum: every body byte a prompt token, max_tokens completion tokens, rounded up.
   const bytes = BigInt(Buffer.byteLength(body));
   const M = (bytes * BigInt(IN_PRICE) + 1n * BigInt(OUT_PRICE) + 999999n) / 1000000n;
-  assert.equal(M, 8n);
+  assert.equal(M, 7n);
   // Set the balance to exactly N × M (an operator adjustment, a new ledger entry).
   await P.db.query(
     "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) VALUES ($1, $2, 'adjustment', 'lease-test')",
@@ -126,8 +129,8 @@ test('two more gateways, each with its own lease on one balance, never overspend
     }, 20000, 100);
     urls.push(url);
   }
-  const body = JSON.stringify({ model: 'metered', messages: [{ role: 'user', content: 'hello' }], max_tokens: 1 });
-  const M = 8n;
+  const body = JSON.stringify({ model: 'metered', messages: [{ role: 'user', content: 'hello' }], max_tokens: 1, ignore_eos: true });
+  const M = 7n;
   // Nothing pending from the tests before: every event billed, no live hold.
   await waitFor('a settled account', async () => {
     const u = await P.db.query('SELECT count(*)::int AS n FROM usage_events WHERE billed_in IS NULL');

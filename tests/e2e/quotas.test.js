@@ -150,3 +150,74 @@ test('monthly spend cap: time-billed endpoints stop when the month\'s charges re
   assert.equal((await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: limits })).status, 200);
   assert.equal((await as('POST', `/v1/endpoints/${epId}/start`)).status, 200);
 });
+
+test('a scripted burst against a rate limit admits burst + rate × t (± 1)', async () => {
+  const RATE = 600; // per minute: one every 100 ms
+  const BURST = 20;
+  const q = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { requests_per_min: RATE, requests_burst: BURST } });
+  assert.equal(q.status, 200);
+  await new Promise((r) => setTimeout(r, 3500)); // the gateway's 1 s key cache, and a full bucket
+  // One request every 10 ms for 3 s. The limit is checked before routing, so a model that does
+  // not exist costs the runtime nothing: every answer but 429 was admitted by the limiter.
+  const t0 = performance.now();
+  const sent = [];
+  const pending = [];
+  for (let i = 0; i <= 300; i++) {
+    const due = t0 + i * 10;
+    while (performance.now() < due) await new Promise((r) => setTimeout(r, Math.max(0, due - performance.now())));
+    sent.push(performance.now());
+    pending.push(chat('no-such-model'));
+  }
+  const results = await Promise.all(pending);
+  const admitted = results.filter((r) => r.status !== 429).length;
+  assert.ok(results.every((r) => r.status === 429 || r.status === 404), results.map((r) => r.status).join(','));
+  const t = (sent[sent.length - 1] - sent[0]) / 1000;
+  const want = BURST + (RATE / 60) * t;
+  assert.ok(Math.abs(admitted - want) <= 1, `admitted ${admitted} over ${t.toFixed(3)} s; burst + rate × t = ${want.toFixed(2)}`);
+});
+
+// Time-billed streams run on the owner's credit: when it runs out (after the grace period) the
+// endpoint is stopped, and a stream cut by that ends cleanly, its last event saying why.
+// (Value-billed requests reserve their whole maximum cost before they start: they cannot run dry
+// mid-way; leases.test.js.)
+test('a stream cut because the account ran dry ends cleanly with a final event saying why', { timeout: 120000 }, async () => {
+  await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { requests_per_min: 100000, requests_burst: 1000 } });
+  await waitFor('the endpoint ready', async () => (await as('GET', `/v1/endpoints/${epId}`)).json.status === 'ready');
+  await new Promise((r) => setTimeout(r, 3000)); // the key cache, and the last test's limiter state
+  let flowing = 0;
+  // Enough long streams that the replica is still generating when it is stopped.
+  const streams = [...Array(24).keys()].map(async () => {
+    const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+      method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: 'limited', messages: [{ role: 'user', content: 'go on' }], stream: true, ignore_eos: true, max_tokens: 900 }),
+    });
+    if (res.status !== 200) return { status: res.status };
+    let text = '';
+    const dec = new TextDecoder();
+    let first = true;
+    for await (const chunk of res.body) { // throws if the connection breaks instead of ending
+      if (first) { first = false; flowing++; }
+      text += dec.decode(chunk, { stream: true });
+    }
+    const events = text.split('\n\n').filter((e) => e.startsWith('data: ')).map((e) => e.slice(6));
+    return { status: 200, events };
+  });
+  // Drain the account as soon as the first stream flows.
+  await waitFor('a stream to flow', async () => flowing > 0, 30000, 5);
+  await P.db.query(
+    "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) SELECT $1, -sum(amount_micros) - 1, 'adjustment', 'drain-mid-stream' FROM ledger_entries WHERE account_id = $1",
+    [acct]);
+  const results = await Promise.all(streams);
+  const ok = results.filter((r) => r.status === 200);
+  const cut = ok.filter((r) => r.events[r.events.length - 1] !== '[DONE]');
+  assert.ok(cut.length >= 1, `streams cut: ${cut.length} of ${ok.length} (statuses ${results.map((r) => r.status).join(',')})`);
+  for (const r of cut) {
+    const last = JSON.parse(r.events[r.events.length - 1]);
+    assert.equal(last.error.code, 'endpoint_stopped');
+    assert.equal(last.error.type, 'insufficient_quota');
+    assert.match(last.error.message, /was stopped during the stream: out of credit since /);
+    assert.ok(r.events.length > 1, 'it was cut mid-way, after some events');
+  }
+  const g = await as('GET', `/v1/endpoints/${epId}`);
+  assert.match(g.json.status_reason, /^out of credit since /);
+});

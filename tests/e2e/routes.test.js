@@ -732,6 +732,13 @@ test('endpoints: cursor pagination with a limit cap, filters by state, model and
     after = `&starting_after=${r.json.next_starting_after}`;
   }
   assert.deepEqual(seen, made.map((e) => e.id));
+  // The listing cache: this API's own changes show at once (the stop above); a change made
+  // elsewhere (here: straight in the database, as the scheduler would) shows within its TTL.
+  const before = (await call('GET', `/v1/endpoints?name=${made[1].name}`, { key: C.key })).json.data[0];
+  assert.equal(before.status_reason, 'stopped by its owner');
+  await P.db.query("UPDATE endpoints SET state_reason = 'changed elsewhere' WHERE id = $1", [made[1].id]);
+  await waitFor('the listing to show it', async () =>
+    (await call('GET', `/v1/endpoints?name=${made[1].name}`, { key: C.key })).json.data[0].status_reason === 'changed elsewhere', 5000, 50);
   const stopped = await call('GET', '/v1/endpoints?state=stopped', { key: C.key });
   assert.deepEqual(stopped.json.data.map((e) => e.id), [made[1].id]);
   assert.deepEqual((await call('GET', `/v1/endpoints?name=${made[3].name}`, { key: C.key })).json.data.map((e) => e.id), [made[3].id]);
@@ -763,7 +770,7 @@ function httpsCall(port, ca, method, p, body) {
   });
 }
 
-test('TLS with --tls-cert/--tls-key: HTTPS only, Secure cookies; idle connections time out; oversized headers are refused', { timeout: 60000 }, async () => {
+test('TLS with --tls-cert/--tls-key: HTTPS only, Secure cookies; idle connections time out; oversized headers are refused; X-Request-Id echoed or made', { timeout: 60000 }, async () => {
   const cert = path.join(P.tmp, 'cert.pem'), keyFile = path.join(P.tmp, 'key.pem');
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile,
     '-out', cert, '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1'], { stdio: 'ignore' });
@@ -793,4 +800,15 @@ test('TLS with --tls-cert/--tls-key: HTTPS only, Secure cookies; idle connection
   const big = await fetch(`${P.apiUrl}/healthz`, { headers: { 'X-Big': 'x'.repeat(100 * 1024) } }).then((r) => r.status, () => 'closed');
   assert.ok([413, 431, 'closed'].includes(big), `oversized headers: ${big}`);
   assert.equal((await fetch(`${P.apiUrl}/healthz`, { headers: { 'X-Big': 'x'.repeat(16 * 1024) } })).status, 200, 'ordinary large headers pass');
+  // X-Request-Id: a client's plain token is echoed (and is the audit row's request id); anything
+  // else is replaced by one made here.
+  const mine = await call('POST', '/v1/api-keys', { key: A().key, body: { name: 'rid' }, headers: { 'X-Request-Id': 'client-trace.42' } });
+  assert.equal(mine.headers.get('x-request-id'), 'client-trace.42');
+  const audit = (await call('GET', '/v1/audit-log?limit=5', { key: A().key })).json.data;
+  assert.ok(audit.some((e) => e.request_id === 'client-trace.42'), JSON.stringify(audit).slice(0, 300));
+  for (const bad of ['a b', 'x'.repeat(65), '<script>', 'é']) {
+    const r = await fetch(`${P.apiUrl}/healthz`, { headers: { 'X-Request-Id': Buffer.from(bad).toString('latin1') } });
+    assert.match(r.headers.get('x-request-id'), /^[0-9a-f]{16}$/, `${bad} is replaced`);
+  }
+  assert.match((await fetch(`${P.apiUrl}/healthz`)).headers.get('x-request-id'), /^[0-9a-f]{16}$/);
 });

@@ -1,7 +1,7 @@
 // The weights cache, end to end: a catalog model whose source is an http:// URL with a sha256
 // manifest. A small HTTP server in this test serves the demo model's files with Range support,
 // slowly, and drops the connection halfway through model.safetensors the first time. The agent
-// reports the replica `starting` with "downloading weights: N %", resumes the broken file with a
+// reports the replica `downloading` with "downloading weights: N %" (the endpoint `deploying`), resumes the broken file with a
 // Range request from the partial size, verifies every file, renames the entry into its cache and
 // starts the runtime on it; the endpoint answers a chat completion. A second model served with a
 // corrupted config.json fails its replica with "config.json: sha256 mismatch".
@@ -110,7 +110,11 @@ test('an http source: a broken download resumes with Range, verifies, and the en
   const ep = await waitFor('the endpoint to be ready', async () => {
     const g = await P.api('GET', `/v1/endpoints/${r.json.id}`);
     const rep = g.json.replica_states?.[0];
-    if (rep?.state === 'starting' && /^downloading weights: \d+ %$/.test(rep.reason)) progress.add(rep.reason);
+    if (rep?.state === 'downloading') {
+      assert.match(rep.reason, /^downloading weights: \d+ %$/);
+      assert.equal(g.json.status, 'deploying');
+      progress.add(rep.reason);
+    }
     return g.json.status === 'ready' ? g.json : false;
   }, 60000, 50);
   console.log(`progress seen: ${[...progress].join(', ')}`);

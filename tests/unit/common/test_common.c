@@ -324,6 +324,28 @@ static void test_httpd(void)
     CHECK(strlen(err) > 0);
 }
 
+/* Paths and query strings must be UTF-8 (httpd answers 400 otherwise); stored text must have no
+ * control characters (jsonx_printable). */
+static void test_text_checks(void)
+{
+    CHECK(httpd_utf8_valid(""));
+    CHECK(httpd_utf8_valid("/v1/endpoints?name=caf\xc3\xa9 \xf0\x9f\x98\x80"));
+    CHECK(httpd_utf8_valid("\xe2\x82\xac\xf4\x8f\xbf\xbf")); /* U+20AC, U+10FFFF */
+    CHECK(!httpd_utf8_valid("\xff"));
+    CHECK(!httpd_utf8_valid("\xc3"));             /* cut short */
+    CHECK(!httpd_utf8_valid("\xc0\xaf"));         /* overlong '/' */
+    CHECK(!httpd_utf8_valid("\xe0\x80\xaf"));     /* overlong, 3 bytes */
+    CHECK(!httpd_utf8_valid("\xed\xa0\x80"));     /* a surrogate (U+D800) */
+    CHECK(!httpd_utf8_valid("\xf4\x90\x80\x80")); /* past U+10FFFF */
+    CHECK(!httpd_utf8_valid("a\x80"
+                            "b")); /* a lone continuation byte */
+    CHECK(jsonx_printable("plain ' \" ; -- text \xc3\xa9"));
+    CHECK(jsonx_printable(""));
+    CHECK(!jsonx_printable("a\nb"));
+    CHECK(!jsonx_printable("\x1b[31m"));
+    CHECK(!jsonx_printable("del\x7f"));
+}
+
 int main(void)
 {
     log_init("test", "error");
@@ -334,6 +356,7 @@ int main(void)
     test_httpd();
     test_json_depth();
     test_per_ip_limit();
+    test_text_checks();
     curl_global_cleanup();
     printf("test_common: ok\n");
     return 0;

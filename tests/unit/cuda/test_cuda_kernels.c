@@ -456,7 +456,8 @@ static void test_add_rmsnorm(void)
 static void test_qkv_rope_cache(void)
 {
     /* (heads, kv, hd, bias, qk norm): GQA at 128 (Llama), bias (Qwen2), norm (Qwen3), hd 16. */
-    const int cases[][5] = {{8, 2, 128, 0, 0}, {4, 2, 64, 1, 0}, {4, 4, 96, 0, 1}, {4, 2, 16, 1, 1}};
+    const int cases[][5] = {
+        {8, 2, 128, 0, 0}, {4, 2, 64, 1, 0}, {4, 4, 96, 0, 1}, {4, 2, 16, 1, 1}};
     for (size_t k = 0; k < 4; k++) {
         int heads = cases[k][0], kvh = cases[k][1], hd = cases[k][2], n = 5, layers = 3, layer = 1;
         int nv = heads + 2 * kvh, nblocks = 4;
@@ -535,16 +536,31 @@ static void test_attention_paged(void)
                             buf + st.off_seq_off, buf + st.off_blocks, n, heads, kvh, hd, layers,
                             layer, window, scale);
         int32_t *d_step = dev_copy(buf, st.words * 4);
-        float *d_q = dev_copy(q, nq * 4), *d_part = dev_poisoned((size_t)2048 * heads * (hd + 2) * 4);
+        float *d_q = dev_copy(q, nq * 4),
+              *d_part = dev_poisoned((size_t)2048 * heads * (hd + 2) * 4);
         uint16_t *d_kc = dev_copy(kc, cache * 2), *d_vc = dev_copy(vc, cache * 2);
         uint16_t *d_out = dev_poisoned(nq * 2);
-        struct rtc_attn_args a = {
-            .q = d_q, .kc = d_kc, .vc = d_vc, .pos = d_step + st.off_pos,
-            .row_seq = d_step + st.off_row_seq, .seq_off = d_step + st.off_seq_off,
-            .blocks = d_step + st.off_blocks, .items = d_step + st.off_items, .part = d_part,
-            .out = d_out, .n = n, .nitems = st.nitems, .heads = heads, .kv_heads = kvh,
-            .head_dim = hd, .layers = layers, .layer = layer, .window = window,
-            .nsplit = st.nsplit, .qpw = st.qpw, .scale = scale};
+        struct rtc_attn_args a = {.q = d_q,
+                                  .kc = d_kc,
+                                  .vc = d_vc,
+                                  .pos = d_step + st.off_pos,
+                                  .row_seq = d_step + st.off_row_seq,
+                                  .seq_off = d_step + st.off_seq_off,
+                                  .blocks = d_step + st.off_blocks,
+                                  .items = d_step + st.off_items,
+                                  .part = d_part,
+                                  .out = d_out,
+                                  .n = n,
+                                  .nitems = st.nitems,
+                                  .heads = heads,
+                                  .kv_heads = kvh,
+                                  .head_dim = hd,
+                                  .layers = layers,
+                                  .layer = layer,
+                                  .window = window,
+                                  .nsplit = st.nsplit,
+                                  .qpw = st.qpw,
+                                  .scale = scale};
         RTC(rtc_attention_paged(ctx, &a));
         float *got = bf16_to_f32_host(d_out, nq);
         double worst = 0;
@@ -597,7 +613,8 @@ static void test_silu_mul_gemm_x(void)
                 y[(size_t)t * rows + r] = (float)acc;
                 b[(size_t)t * rows + r] = 1e-5 * mag + 1e-6;
             }
-        uint16_t *d_w = dev_copy(w, (size_t)rows * cols * 2), *d_x = dev_copy(x, (size_t)nt * cols * 2);
+        uint16_t *d_w = dev_copy(w, (size_t)rows * cols * 2),
+                 *d_x = dev_copy(x, (size_t)nt * cols * 2);
         float *d_y = dev_poisoned((size_t)nt * rows * 4);
         RTC(rtc_gemm_bf16x(ctx, d_y, d_w, d_x, nt, rows, cols));
         char what[64];

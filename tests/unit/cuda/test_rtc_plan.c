@@ -156,8 +156,8 @@ static void test_step(void)
     CHECK_INT_EQ(st.nsplit, 10);
 
     /* Interleaved rows of one sequence are found again; not consecutive in the batch: no run. */
-    struct model_dev_row mix[3] = {{1, 0, ba, 1, &A, NULL}, {2, 5, bc, 1, &B, NULL},
-                                   {3, 1, ba, 1, &A, &lg[0]}};
+    struct model_dev_row mix[3] = {
+        {1, 0, ba, 1, &A, NULL}, {2, 5, bc, 1, &B, NULL}, {3, 1, ba, 1, &A, &lg[0]}};
     cap = rtc_plan_step_words(3, 8, 8);
     CHECK(rtc_plan_step(mix, 3, 8, 1, 264, 2048, buf, cap, &st) == 0);
     CHECK_INT_EQ(st.nseq, 2);

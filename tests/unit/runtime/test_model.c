@@ -272,6 +272,65 @@ static void test_arch_tensors(void)
     CHECK_CONTAINS(err, "llama, qwen2, qwen3, mistral");
 }
 
+/* gen's logprobs equal a log-softmax computed here, in double, from the logits of the same
+ * tokens run again through a fresh context; the alternatives are the top logits in order. */
+static void test_logprobs(const char *mdir)
+{
+    char path[400], err[512];
+    snprintf(path, sizeof path, "%s/tokenizer.json", mdir);
+    struct tok *t = tok_load(path, err, sizeof err);
+    CHECK(t != NULL);
+    struct model *m = load(mdir, 1);
+    const int prompt[] = {556, 72, 101, 108, 108, 111, 44, 32};
+    struct gen_params p = {.max_new = 12,
+                           .temperature = 0.9f,
+                           .top_p = 1,
+                           .seed = 5,
+                           .ignore_eos = 1,
+                           .logprobs = 1,
+                           .top_logprobs = 5};
+    struct gen g;
+    CHECK(gen_init(&g, m, t, prompt, 8, &p) == 0);
+    CHECK(gen_prefill(&g) == 0);
+    struct buf text = {0};
+    while (g.finish == GEN_RUNNING)
+        CHECK(gen_step(&g, &text) == 0);
+    CHECK_INT_EQ(g.produced, 12);
+    int v = model_cfg(m)->vocab;
+    struct model_ctx *c = model_ctx_new(m, 32);
+    const float *l = NULL;
+    for (int i = 0; i < 8; i++)
+        l = model_forward(m, c, prompt[i]);
+    double most = 0;
+    for (int k = 0; k < g.produced; k++) {
+        const struct gen_logprob *e = &g.lp[k];
+        double mx = l[0], sum = 0;
+        for (int i = 1; i < v; i++)
+            mx = fmax(mx, l[i]);
+        for (int i = 0; i < v; i++)
+            sum += exp((double)l[i] - mx);
+        double lse = mx + log(sum);
+        most = fmax(most, fabs(e->logprob - ((double)l[e->id] - lse)));
+        CHECK_INT_EQ(e->ntop, 5);
+        for (int j = 0; j < 5; j++) {
+            int id = e->top_id[j], higher = 0;
+            for (int i = 0; i < v; i++)
+                higher += l[i] > l[id] || (l[i] == l[id] && i < id);
+            CHECK_INT_EQ(higher, j); /* the j-th most likely, ties by id */
+            most = fmax(most, fabs(e->top_logprob[j] - ((double)l[id] - lse)));
+        }
+        CHECK(e->logprob <= e->top_logprob[0]);
+        l = model_forward(m, c, e->id);
+    }
+    printf("test_model: logprobs: largest difference from a log-softmax in double: %.2e\n", most);
+    CHECK(most < 1e-5);
+    model_ctx_free(c);
+    buf_free(&text);
+    gen_free(&g);
+    model_free(m);
+    tok_free(t);
+}
+
 int main(void)
 {
     rt_tmpdir(dir, sizeof dir);
@@ -281,6 +340,7 @@ int main(void)
     test_forward(mdir);
     test_batch(mdir);
     test_generation(mdir);
+    test_logprobs(mdir);
     test_bad_configs(mdir);
     test_threads();
     const enum st_dtype others[] = {ST_F16, ST_F32};

@@ -2,7 +2,10 @@
  * and a usage journal, and checks the wire contract: /health, the secret, /v1/models,
  * non-streaming and streaming chat completions (the same greedy text both ways), the 4xx replies
  * to bad requests (each naming its param), /tokenize and /detokenize, a client that goes away
- * mid-stream (journaled as cancelled), the journal's lines, and a clean exit on SIGTERM. */
+ * mid-stream (journaled as cancelled), the journal's lines, the deployment fingerprint (the
+ * header on every reply, system_fingerprint derived from it, the weights digest recomputed here
+ * from the file), logprobs in OpenAI's chat and legacy shapes (streaming and not), a clean exit
+ * on SIGTERM, and `orp-runtime bench`'s output. */
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
@@ -12,6 +15,7 @@
 
 #include "httpc.h"
 #include "rt_test.h"
+#include "tokenizer.h"
 #include "util.h"
 
 #define SECRET "s3cret-for-tests"
@@ -81,9 +85,9 @@ static void wait_ready(void)
     CHECK(!"the runtime never became ready");
 }
 
-static const char *jstr(json_t *o, const char *path)
+/* The value at path ("choices.0.message.content"), borrowed, or NULL. */
+static json_t *jpath(json_t *o, const char *path)
 {
-    /* path like "choices.0.message.content" */
     char key[64];
     const char *p = path;
     while (*p && o) {
@@ -92,7 +96,12 @@ static const char *jstr(json_t *o, const char *path)
         o = json_is_array(o) ? json_array_get(o, (size_t)atoi(key)) : json_object_get(o, key);
         p += n + (p[n] == '.');
     }
-    return o ? json_string_value(o) : NULL;
+    return o;
+}
+
+static const char *jstr(json_t *o, const char *path)
+{
+    return json_string_value(jpath(o, path));
 }
 
 static void test_basics(void)
@@ -219,8 +228,6 @@ static void test_bad_requests(void)
          400, "stop", NULL},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", 400, "tools",
          "unsupported_parameter"},
-        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}", 400,
-         "logprobs", NULL},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":"
          "\"json_object\"}}",
          400, "response_format", NULL},
@@ -368,6 +375,272 @@ static void test_journal(void)
     free(all);
 }
 
+/* One chat logprobs entry: a token, its logprob, its bytes (which spell the token when it is valid
+ * UTF-8 on its own) and ntop alternatives, most likely first; greedy, the first alternative is the
+ * token itself. Appends the token's bytes to text. */
+static void check_chat_entry(json_t *e, int ntop, struct buf *text)
+{
+    const char *tok = json_string_value(json_object_get(e, "token"));
+    CHECK(tok != NULL);
+    double lp = json_number_value(json_object_get(e, "logprob"));
+    CHECK(lp <= 0);
+    json_t *bytes = json_object_get(e, "bytes");
+    char raw[64];
+    size_t n = json_array_size(bytes);
+    CHECK(n > 0 && n < sizeof raw);
+    for (size_t i = 0; i < n; i++)
+        raw[i] = (char)json_integer_value(json_array_get(bytes, i));
+    raw[n] = 0;
+    if (!strstr(tok, "\xef\xbf\xbd")) CHECK_STR_EQ(tok, raw); /* else part of a character */
+    json_t *top = json_object_get(e, "top_logprobs");
+    CHECK_INT_EQ((int)json_array_size(top), ntop);
+    double prev = 1;
+    for (int i = 0; i < ntop; i++) {
+        double x = json_number_value(json_object_get(json_array_get(top, i), "logprob"));
+        CHECK(x <= prev);
+        prev = x;
+    }
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(top, 0), "token")), tok);
+    CHECK(json_number_value(json_object_get(json_array_get(top, 0), "logprob")) == lp);
+    buf_append(text, raw, n);
+}
+
+#define LP_CHAT                                                                                    \
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],\"max_tokens\":6,"                 \
+    "\"temperature\":0,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":3%s}"
+
+/* Checks that the bytes of the entries, made valid UTF-8 as the runtime makes its text, are the
+ * reply's text. */
+static void check_bytes_spell(const struct buf *bytes, const char *text)
+{
+    struct tok_utf8 u = {0};
+    struct buf out = {0};
+    CHECK(buf_append(&out, "", 0) == 0);
+    CHECK(tok_utf8_feed(&u, bytes->data, bytes->len, &out) == 0 && tok_utf8_flush(&u, &out) == 0);
+    CHECK_STR_EQ(out.data, text);
+    buf_free(&out);
+}
+
+/* logprobs in OpenAI's shapes: chat (non-streaming and streaming) and the legacy API; the values
+ * themselves are checked against a log-softmax in test_rt_model. */
+static void test_logprobs(void)
+{
+    json_t *j;
+    struct buf raw = {0}, toks = {0};
+    char body[512];
+    snprintf(body, sizeof body, LP_CHAT, "");
+    CHECK_INT_EQ(call("POST", "/v1/chat/completions", body, NULL, 1, NULL, &j), 200);
+    json_t *content = jpath(j, "choices.0.logprobs.content");
+    CHECK_INT_EQ((int)json_array_size(content), 6);
+    buf_append(&toks, "", 0);
+    for (size_t i = 0; i < 6; i++)
+        check_chat_entry(json_array_get(content, i), 3, &toks);
+    check_bytes_spell(&toks, jstr(j, "choices.0.message.content"));
+    char *whole = strdup(jstr(j, "choices.0.message.content"));
+    json_decref(j);
+
+    /* Streaming: the chunks' entries, in order, are the same tokens. */
+    snprintf(body, sizeof body, LP_CHAT, ",\"stream\":true");
+    CHECK_INT_EQ(call("POST", "/v1/chat/completions", body, NULL, 1, &raw, NULL), 200);
+    toks.len = 0;
+    buf_append(&toks, "", 0);
+    int entries = 0;
+    for (char *line = strtok(raw.data, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strcmp(line, "data: [DONE]") == 0) continue;
+        json_t *c = json_loads(line + 6, 0, NULL);
+        CHECK(c != NULL);
+        json_t *lp = json_object_get(json_array_get(json_object_get(c, "choices"), 0), "logprobs");
+        json_t *cc = json_object_get(lp, "content");
+        for (size_t i = 0; i < json_array_size(cc); i++, entries++)
+            check_chat_entry(json_array_get(cc, i), 3, &toks);
+        json_decref(c);
+    }
+    CHECK_INT_EQ(entries, 6);
+    check_bytes_spell(&toks, whole);
+    free(whole);
+
+    /* The legacy shape: tokens, token_logprobs, top_logprobs as {token: logprob}, text_offset. */
+    CHECK_INT_EQ(call("POST", "/v1/completions",
+                      "{\"prompt\":\"Hello\",\"max_tokens\":5,\"temperature\":0,"
+                      "\"ignore_eos\":true,\"logprobs\":2}",
+                      NULL, 1, NULL, &j),
+                 200);
+    json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    json_t *tk = json_object_get(lp, "tokens"), *tl = json_object_get(lp, "token_logprobs"),
+           *tt = json_object_get(lp, "top_logprobs"), *to = json_object_get(lp, "text_offset");
+    CHECK_INT_EQ((int)json_array_size(tk), 5);
+    CHECK_INT_EQ((int)json_array_size(tl), 5);
+    CHECK_INT_EQ((int)json_array_size(tt), 5);
+    CHECK_INT_EQ((int)json_array_size(to), 5);
+    toks.len = 0;
+    buf_append(&toks, "", 0);
+    for (size_t i = 0; i < 5; i++) {
+        const char *t = json_string_value(json_array_get(tk, i));
+        CHECK_INT_EQ((int)json_integer_value(json_array_get(to, i)), (int)toks.len);
+        buf_append(&toks, t, strlen(t));
+        json_t *alts = json_array_get(tt, i);
+        CHECK(json_object_size(alts) >= 1 && json_object_size(alts) <= 2);
+        /* greedy: the token is its own most likely alternative */
+        CHECK(json_number_value(json_object_get(alts, t)) ==
+              json_number_value(json_array_get(tl, i)));
+    }
+    CHECK(toks.len >= strlen(jstr(j, "choices.0.text"))); /* special tokens show, not in text */
+    json_decref(j);
+
+    /* Bad values name their parameter. */
+    static const struct {
+        const char *path, *body, *param;
+    } bad[] = {
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
+         "top_logprobs"},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":"
+         "21}",
+         "top_logprobs"},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":1}", "logprobs"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"logprobs\":-1}", "logprobs"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"logprobs\":true}", "logprobs"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_INT_EQ(call("POST", bad[i].path, bad[i].body, NULL, 1, NULL, &j), 400);
+        CHECK_STR_EQ(jstr(j, "error.param"), bad[i].param);
+        json_decref(j);
+    }
+    buf_free(&raw);
+    buf_free(&toks);
+}
+
+/* libcurl's header callback: keeps the OpenRunPod-Fingerprint value (without CRLF). */
+static size_t fp_header(char *line, size_t size, size_t n, void *arg)
+{
+    static const char name[] = "OpenRunPod-Fingerprint: ";
+    size_t len = size * n;
+    if (len > strlen(name) && strncasecmp(line, name, strlen(name)) == 0) {
+        struct buf *b = arg;
+        b->len = 0;
+        size_t v = len - strlen(name);
+        while (v && (line[strlen(name) + v - 1] == '\r' || line[strlen(name) + v - 1] == '\n'))
+            v--;
+        buf_append(b, line + strlen(name), v);
+    }
+    return len;
+}
+
+static size_t write_body(char *data, size_t size, size_t n, void *arg)
+{
+    return buf_append(arg, data, size * n) == 0 ? size * n : 0;
+}
+
+/* The fingerprint header of one request (a new string), and its body into body. */
+static char *fingerprint_of(const char *path, const char *post, struct buf *body)
+{
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    CURL *c = curl_easy_init();
+    CHECK(c != NULL);
+    struct curl_slist *h = curl_slist_append(NULL, "Authorization: Bearer " SECRET);
+    struct buf fp = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, fp_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &fp);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
+    if (post) curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
+    CHECK(curl_easy_perform(c) == CURLE_OK);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    buf_append(&fp, "", 0);
+    return fp.data ? fp.data : strdup("");
+}
+
+static void test_fingerprint(void)
+{
+    /* The weights digest, computed here: sha256 of "model.safetensors <sha256 of the file>\n". */
+    char path[400], file_hex[65], weights[65], want[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", mdir);
+    size_t n;
+    char *data = util_read_file(path, &n);
+    CHECK(data != NULL);
+    util_sha256_hex(data, n, file_hex);
+    free(data);
+    char line[100];
+    snprintf(line, sizeof line, "model.safetensors %s\n", file_hex);
+    util_sha256_hex(line, strlen(line), weights);
+    snprintf(want, sizeof want,
+             "weights=sha256:%.16s; dtype=bf16; tp=1; backend=cpu; version=0.3.0", weights);
+    char sys_hex[65], sys[32];
+    util_sha256_hex(want, strlen(want), sys_hex);
+    snprintf(sys, sizeof sys, "fp_%.12s", sys_hex);
+
+    struct buf body = {0};
+    char *fp = fingerprint_of("/v1/chat/completions",
+                              "{\"messages\":[{\"role\":\"user\","
+                              "\"content\":\"Hi\"}],\"max_tokens\":2}",
+                              &body);
+    CHECK_STR_EQ(fp, want);
+    json_t *j = json_loadb(body.data, body.len, 0, NULL);
+    if (!jstr(j, "system_fingerprint")) fprintf(stderr, "reply: %.*s\n", (int)body.len, body.data);
+    CHECK_STR_EQ(jstr(j, "system_fingerprint"), sys);
+    json_decref(j);
+    free(fp);
+    /* Streamed chunks carry it too. */
+    body.len = 0;
+    fp = fingerprint_of("/v1/completions", "{\"prompt\":\"Hi\",\"max_tokens\":2,\"stream\":true}",
+                        &body);
+    CHECK_STR_EQ(fp, want);
+    buf_append(&body, "", 0);
+    char key[64];
+    snprintf(key, sizeof key, "\"system_fingerprint\":\"%s\"", sys);
+    CHECK_CONTAINS(body.data, key);
+    free(fp);
+    /* And so do every other reply: /health, /v1/models, an error. */
+    const char *paths[] = {"/health", "/v1/models", "/v1/chat/completions"};
+    for (int i = 0; i < 3; i++) {
+        body.len = 0;
+        fp = fingerprint_of(paths[i], i == 2 ? "{\"messages\":[]}" : NULL, &body);
+        CHECK_STR_EQ(fp, want);
+        free(fp);
+    }
+    buf_free(&body);
+}
+
+/* `orp-runtime bench` on the same checkpoint: a header line and one line per batch size, with
+ * positive speeds; a bad option is exit status 2. */
+static void test_bench(void)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s bench --model %s --batches 1,3 --prompt 5 --decode 2 --threads 2 --json",
+             ORP_RUNTIME_BIN, mdir);
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL);
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        CHECK(j != NULL);
+        if (n == 0) {
+            CHECK(json_number_value(json_object_get(j, "weight_bytes")) > 0);
+            CHECK(json_number_value(json_object_get(j, "copy_bytes_per_s")) > 0);
+        } else {
+            CHECK_INT_EQ((int)json_integer_value(json_object_get(j, "batch")), n == 1 ? 1 : 3);
+            CHECK(json_number_value(json_object_get(j, "prefill_tokens_per_s")) > 0);
+            CHECK(json_number_value(json_object_get(j, "decode_tokens_per_s")) > 0);
+            CHECK(json_number_value(json_object_get(j, "decode_roofline_tokens_per_s")) > 0);
+        }
+        json_decref(j);
+        n++;
+    }
+    CHECK_INT_EQ(pclose(f), 0);
+    CHECK_INT_EQ(n, 3);
+    snprintf(cmd, sizeof cmd, "%s bench --model %s --batches 0 2>/dev/null", ORP_RUNTIME_BIN, mdir);
+    int st = system(cmd);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -385,6 +658,9 @@ int main(void)
     test_tokenize();
     test_cancel();
     test_journal();
+    test_fingerprint();
+    test_logprobs();
+    test_bench();
     CHECK(kill(child, SIGTERM) == 0);
     int status = 0;
     CHECK(waitpid(child, &status, 0) == child);

@@ -1,0 +1,297 @@
+/* test_rtc_pipeline: the CUDA backend's step, run on the CPU as a model.h device backend (the
+ * "twin"): the same weight copies (rtc_plan_layer_copies: fused QKV and gate/up, column slices of
+ * o_proj and down_proj, per TP rank), the same step plans (rtc_plan_step: KV slots in the pool's
+ * pages, page tables, runs), the same sequence of operations as rtc_model.cu's rank_step, each
+ * done by the kernel's C twin in cpu_ref.c (BF16 GEMM inputs, BF16 KV cache, BF16 attention
+ * output, F32 residual), the all-reduce as a rank-order sum, all driven through model.c's device
+ * hook (model_new_dev) like the GPU backend. Its logits must match the CPU backend's for every
+ * architecture at TP 1, 2 and 4, and the Hugging Face goldens when present, within the BF16
+ * tolerance test_cuda_model uses on the GPU (model_check.h). So what the GPU runs is checked
+ * here as a whole, and kernel by kernel against the same twins by test_cuda_kernels; only the
+ * CUDA code itself is not. Needs no GPU. */
+#include "cpu_ref.h"
+#include "model_check.h"
+#include "rtc_plan.h"
+
+#define MAX_TP 4
+#define NBLOCKS 64
+
+struct hlayer {
+    void *w[RTC_W_NSLOTS];
+};
+
+struct hrank {
+    struct rtc_shard sh;
+    int qkv_rows;
+    struct hlayer *L;
+    uint16_t *kc, *vc;
+};
+
+struct twin {
+    struct model_config c;
+    int tp;
+    struct hrank rk[MAX_TP];
+    uint16_t *embed, *lm_head; /* [vocab, dim] */
+    float *final_norm, *inv_freq;
+};
+
+/* Copies one rtc_copy from the checkpoint (any dtype) into host memory, as the GPU load does. */
+static void run_copy(const struct st_set *st, int l, const struct rtc_copy *k, void *slot)
+{
+    char name[200];
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, k->suffix);
+    const struct st_tensor *t = st_find(st, name);
+    CHECK(t != NULL);
+    CHECK(t->shape[0] == k->d0 && (k->d1 == 0 ? t->ndim == 1 : t->shape[1] == k->d1));
+    float *all = malloc((size_t)t->numel * sizeof *all);
+    CHECK(all);
+    st_to_f32(t, all);
+    int64_t cols = k->d1 ? k->d1 : 1;
+    for (int64_t r = 0; r < k->nr; r++)
+        for (int64_t c = 0; c < k->nc; c++) {
+            float v = all[(k->r0 + r) * cols + k->c0 + c];
+            if (rtc_plan_slot_is_matrix(k->slot))
+                ((uint16_t *)slot)[k->dst + r * k->nc + c] = ref_f32_to_bf16(v);
+            else
+                ((float *)slot)[k->dst + r] = v;
+        }
+    free(all);
+}
+
+static uint16_t *whole_bf16(const struct st_set *st, const char *name, size_t n)
+{
+    const struct st_tensor *t = st_find(st, name);
+    CHECK(t != NULL && (size_t)t->numel == n);
+    float *f = malloc(n * sizeof *f);
+    uint16_t *b = malloc(n * sizeof *b);
+    CHECK(f && b);
+    st_to_f32(t, f);
+    for (size_t i = 0; i < n; i++)
+        b[i] = ref_f32_to_bf16(f[i]);
+    free(f);
+    return b;
+}
+
+static void twin_load(struct twin *tw, const char *dir, int tp)
+{
+    char err[1024];
+    CHECK(model_config_load(dir, &tw->c, err, sizeof err) == 0);
+    const struct model_config *c = &tw->c;
+    tw->tp = tp;
+    struct st_set *st = st_open(dir, err, sizeof err);
+    CHECK(st != NULL);
+    size_t vd = (size_t)c->vocab * c->dim;
+    tw->embed = whole_bf16(st, "model.embed_tokens.weight", vd);
+    tw->lm_head = c->tied ? tw->embed : whole_bf16(st, "lm_head.weight", vd);
+    tw->final_norm = malloc((size_t)c->dim * 4);
+    tw->inv_freq = malloc((size_t)c->head_dim / 2 * 4);
+    CHECK(tw->final_norm && tw->inv_freq);
+    st_to_f32(st_find(st, "model.norm.weight"), tw->final_norm);
+    rtc_plan_inv_freq(c, tw->inv_freq);
+    for (int r = 0; r < tp; r++) {
+        struct hrank *rk = &tw->rk[r];
+        rtc_plan_shard(c, tp, r, &rk->sh);
+        rk->qkv_rows = (rk->sh.heads + 2 * rk->sh.kv_heads) * c->head_dim;
+        rk->L = calloc((size_t)c->layers, sizeof *rk->L);
+        size_t cache = (size_t)NBLOCKS * c->layers * 16 * rk->sh.kv_heads * c->head_dim;
+        rk->kc = calloc(cache, 2), rk->vc = calloc(cache, 2);
+        CHECK(rk->L && rk->kc && rk->vc);
+        for (int l = 0; l < c->layers; l++) {
+            for (int sl = 0; sl < RTC_W_NSLOTS; sl++) {
+                int64_t n = rtc_plan_slot_elems(c, &rk->sh, (enum rtc_wslot)sl);
+                rk->L[l].w[sl] = n ? malloc((size_t)n * 4) : NULL;
+                CHECK(!n || rk->L[l].w[sl]);
+            }
+            struct rtc_copy cp[RTC_MAX_COPIES];
+            int ncp = rtc_plan_layer_copies(c, &rk->sh, cp);
+            for (int i = 0; i < ncp; i++)
+                run_copy(st, l, &cp[i], rk->L[l].w[cp[i].slot]);
+        }
+    }
+    st_close(st);
+}
+
+static void twin_free(struct twin *tw)
+{
+    for (int r = 0; r < tw->tp; r++) {
+        for (int l = 0; l < tw->c.layers; l++)
+            for (int sl = 0; sl < RTC_W_NSLOTS; sl++)
+                free(tw->rk[r].L[l].w[sl]);
+        free(tw->rk[r].L), free(tw->rk[r].kc), free(tw->rk[r].vc);
+    }
+    if (tw->lm_head != tw->embed) free(tw->lm_head);
+    free(tw->embed), free(tw->final_norm), free(tw->inv_freq);
+}
+
+/* y[n, rows] = BF16 x[n, cols] W^T (ref_gemm_bf16 rounds x, which is BF16 already: exact). */
+static void gemm(float *y, const void *w, const uint16_t *x, int n, int rows, int cols)
+{
+    float *xf = malloc((size_t)n * cols * sizeof *xf);
+    CHECK(xf);
+    for (size_t i = 0; i < (size_t)n * cols; i++)
+        xf[i] = ref_bf16_to_f32(x[i]);
+    ref_gemm_bf16(y, w, xf, n, rows, cols);
+    free(xf);
+}
+
+/* Sums bufs[r] over the ranks in rank order into every one (the device collective's rule). */
+static void allreduce(float **bufs, int tp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float s = bufs[0][i];
+        for (int r = 1; r < tp; r++)
+            s += bufs[r][i];
+        for (int r = 0; r < tp; r++)
+            bufs[r][i] = s;
+    }
+}
+
+/* rank_step on the CPU. */
+static void twin_step(struct twin *tw, const struct model_dev_row *rows, int n)
+{
+    const struct model_config *c = &tw->c;
+    int dim = c->dim, hd = c->head_dim, tp = tw->tp;
+    int group = tw->rk[0].sh.heads / tw->rk[0].sh.kv_heads;
+    size_t cap = rtc_plan_step_words(n, NBLOCKS, group);
+    int32_t *buf = malloc(cap * sizeof *buf);
+    CHECK(buf);
+    struct rtc_step st;
+    CHECK(rtc_plan_step(rows, n, group, tw->rk[0].sh.kv_heads, 264, 4096, buf, cap, &st) == 0);
+    const int32_t *tok = buf + st.off_tokens, *pos = buf + st.off_pos, *slot = buf + st.off_slot;
+    float *x[MAX_TP], *o[MAX_TP];
+    uint16_t *xb[MAX_TP];
+    size_t nd = (size_t)n * dim;
+    for (int r = 0; r < tp; r++) {
+        x[r] = malloc(nd * 4), o[r] = malloc(nd * 4), xb[r] = malloc(nd * 2);
+        CHECK(x[r] && o[r] && xb[r]);
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < dim; i++)
+                x[r][(size_t)t * dim + i] = ref_bf16_to_f32(tw->embed[(size_t)tok[t] * dim + i]);
+        ref_add_rmsnorm(x[r], NULL, tw->rk[r].L[0].w[RTC_W_ATTN_NORM], xb[r], n, dim, c->eps);
+    }
+    for (int l = 0; l < c->layers; l++) {
+        for (int r = 0; r < tp; r++) {
+            struct hrank *rk = &tw->rk[r];
+            struct hlayer *L = &rk->L[l];
+            int ql = rk->sh.heads * hd, f = rk->sh.ffn;
+            float *qkv = malloc((size_t)n * rk->qkv_rows * 4), *q = malloc((size_t)n * ql * 4);
+            float *att = malloc((size_t)n * ql * 4);
+            uint16_t *attb = malloc((size_t)n * ql * 2);
+            CHECK(qkv && q && att && attb);
+            gemm(qkv, L->w[RTC_W_QKV], xb[r], n, rk->qkv_rows, dim);
+            ref_qkv_rope_cache(q, qkv, L->w[RTC_W_BQKV], L->w[RTC_W_QNORM], L->w[RTC_W_KNORM],
+                               tw->inv_freq, pos, slot, rk->kc, rk->vc, rk->sh.heads,
+                               rk->sh.kv_heads, hd, c->layers, l, c->eps, n);
+            ref_attention_paged(att, q, rk->kc, rk->vc, pos, buf + st.off_row_seq,
+                                buf + st.off_seq_off, buf + st.off_blocks, n, rk->sh.heads,
+                                rk->sh.kv_heads, hd, c->layers, l, c->sliding_window,
+                                1.0f / sqrtf((float)hd));
+            for (size_t i = 0; i < (size_t)n * ql; i++)
+                attb[i] = ref_f32_to_bf16(att[i]);
+            gemm(o[r], L->w[RTC_W_O], attb, n, dim, ql);
+            (void)f;
+            free(qkv), free(q), free(att), free(attb);
+        }
+        allreduce(o, tp, nd);
+        for (int r = 0; r < tp; r++) {
+            struct hrank *rk = &tw->rk[r];
+            struct hlayer *L = &rk->L[l];
+            int f = rk->sh.ffn;
+            ref_add_rmsnorm(x[r], o[r], L->w[RTC_W_FFN_NORM], xb[r], n, dim, c->eps);
+            float *gu = malloc((size_t)n * 2 * f * 4);
+            uint16_t *h = malloc((size_t)n * f * 2);
+            CHECK(gu && h);
+            gemm(gu, L->w[RTC_W_GU], xb[r], n, 2 * f, dim);
+            ref_silu_mul(h, gu, n, f);
+            gemm(o[r], L->w[RTC_W_DOWN], h, n, dim, f);
+            free(gu), free(h);
+        }
+        allreduce(o, tp, nd);
+        for (int r = 0; r < tp; r++) {
+            const float *next =
+                l + 1 < c->layers ? tw->rk[r].L[l + 1].w[RTC_W_ATTN_NORM] : tw->final_norm;
+            ref_add_rmsnorm(x[r], o[r], next, xb[r], n, dim, c->eps);
+        }
+    }
+    /* Rank 0's logits for the rows that want them. */
+    for (int i = 0; i < st.nlogits; i++) {
+        int t = buf[st.off_logit_idx + i];
+        gemm(rows[t].logits, tw->lm_head, xb[0] + (size_t)t * dim, 1, c->vocab, dim);
+    }
+    for (int r = 0; r < tp; r++)
+        free(x[r]), free(o[r]), free(xb[r]);
+    free(buf);
+}
+
+/* The twin as a model.h device backend: model.c's hook drives it as it drives the GPU's. */
+static size_t twin_block_bytes(void *self)
+{
+    struct twin *tw = self;
+    return rtc_plan_block_bytes(&tw->c, &tw->rk[0].sh) * (size_t)tw->tp;
+}
+
+static int twin_blocks(void *self)
+{
+    (void)self;
+    return NBLOCKS;
+}
+
+static int twin_forward(void *self, const struct model_dev_row *rows, int n)
+{
+    twin_step(self, rows, n);
+    return 0;
+}
+
+static void twin_release(void *self)
+{
+    twin_free(self);
+    free(self);
+}
+
+static const struct model_dev_ops twin_ops = {"cpu-twin", twin_block_bytes, twin_blocks,
+                                              twin_forward, twin_release};
+
+static struct model *twin_open(const char *dir, int tp)
+{
+    struct twin *tw = calloc(1, sizeof *tw);
+    CHECK(tw != NULL);
+    twin_load(tw, dir, tp);
+    char err[256];
+    struct model *m = model_new_dev(&tw->c, tp, &twin_ops, tw, err, sizeof err);
+    CHECK(m != NULL);
+    CHECK_INT_EQ(model_kv_blocks_max(m), NBLOCKS);
+    CHECK(model_kv_new(m, NBLOCKS + 1) == NULL); /* more than the backend holds */
+    return m;
+}
+
+static struct model *twin_open_hf(const char *dir)
+{
+    return twin_open(dir, 1);
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    char tmp[512];
+    rt_tmpdir(tmp, sizeof tmp);
+    const char *archs[] = {"llama", "qwen2", "qwen3", "mistral"};
+    for (int a = 0; a < 4; a++) {
+        char dir[700], err[512], what[96];
+        snprintf(dir, sizeof dir, "%s/%s", tmp, archs[a]);
+        make(dir, archs[a]);
+        struct model *cpu = model_load(dir, 1, err, sizeof err);
+        CHECK(cpu != NULL);
+        for (int tp = 1; tp <= MAX_TP; tp *= 2) {
+            struct model *tw = twin_open(dir, tp);
+            snprintf(what, sizeof what, "%s: the step on the CPU, tp %d, vs model.c", archs[a], tp);
+            run_pair(what, tw, cpu, TOL_ABS, TOL_REL);
+            model_free(tw);
+        }
+        model_free(cpu);
+    }
+    test_hf(twin_open_hf);
+    check_top1("test_rtc_pipeline");
+    rt_rmtree(tmp);
+    printf("test_rtc_pipeline: ok\n");
+    return 0;
+}
