@@ -1318,20 +1318,26 @@ function fieldError(form, e) {
   return e;
 }
 
-$('quota-form').addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  showError('accounts-error', null);
-  const form = $('quota-form'), f = form.elements;
-  const bad = formProblem(form);
-  if (bad) { showError('accounts-error', bad); return; }
+// A form of the admin pages: the browser's checks first, then send(form's elements), each error
+// in words at errId, naming the field when the API names one.
+function onSubmit(formId, errId, send) {
+  $(formId).addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    showError(errId, null);
+    const form = $(formId);
+    const bad = formProblem(form);
+    if (bad) { showError(errId, bad); return; }
+    try { await send(form.elements, form); } catch (e) { showError(errId, fieldError(form, e)); }
+  });
+}
+
+onSubmit('quota-form', 'accounts-error', async (f) => {
   const body = {};
   for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst']) if (f[n].value !== '') body[n] = Number(f[n].value);
   if (f.monthly_spend_cap.value !== '') body.monthly_spend_cap_micros = Math.round(Number(f.monthly_spend_cap.value) * 1e6);
-  try {
-    await api('PUT', `/v1/admin/accounts/${encodeURIComponent(state.acct)}/quotas`, body);
-    flash(`Quotas of account ${state.acct} saved.`);
-    openAccount(state.acct);
-  } catch (e) { showError('accounts-error', fieldError(form, e)); }
+  await api('PUT', `/v1/admin/accounts/${encodeURIComponent(state.acct)}/quotas`, body);
+  flash(`Quotas of account ${state.acct} saved.`);
+  openAccount(state.acct);
 });
 
 // ---- admin: GPU types, catalog ----
@@ -1404,20 +1410,13 @@ $('gpu-type-form').elements.model_match.addEventListener('change', () => {
   if (t && !f.memory_mib.value) f.memory_mib.value = t.memory;
 });
 
-$('gpu-type-form').addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  showError('gpus-error', null);
-  const form = $('gpu-type-form'), f = form.elements;
-  const bad = formProblem(form);
-  if (bad) { showError('gpus-error', bad); return; }
+onSubmit('gpu-type-form', 'gpus-error', async (f, form) => {
   const body = { name: f.name.value.trim(), model_match: f.model_match.value.trim(), micros_per_gpu_hour: Math.round(Number(f.price.value) * 1e6) };
   if (f.memory_mib.value !== '') body.memory_mib = Number(f.memory_mib.value);
-  try {
-    await api('POST', '/v1/admin/gpu-types', body);
-    flash(`GPU type ${body.name} added.`);
-    form.reset();
-    enterGpus();
-  } catch (e) { showError('gpus-error', fieldError(form, e)); }
+  await api('POST', '/v1/admin/gpu-types', body);
+  flash(`GPU type ${body.name} added.`);
+  form.reset();
+  enterGpus();
 });
 
 async function enterAdminCatalog() {
@@ -1451,12 +1450,7 @@ async function retireModel(m) {
   } catch (e) { showError('acat-error', e); }
 }
 
-$('model-form').addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  showError('acat-error', null);
-  const form = $('model-form'), f = form.elements;
-  const bad = formProblem(form);
-  if (bad) { showError('acat-error', bad); return; }
+onSubmit('model-form', 'acat-error', async (f, form) => {
   const body = {
     name: f.name.value.trim(), family: f.family.value.trim(), source: f.source.value.trim(),
     context_length: Number(f.context_length.value), device_kinds: f.device_kinds.value.split(','),
@@ -1465,12 +1459,10 @@ $('model-form').addEventListener('submit', async (ev) => {
     output_price_micros_per_mtok: Math.round(Number(f.out_price.value || 0) * 1e6),
   };
   if (f.parameters.value) body.parameter_count = Math.round(Number(f.parameters.value) * 1e9);
-  try {
-    await api('POST', '/v1/admin/catalog', body);
-    flash(`${body.name} added to the catalog.`);
-    form.reset();
-    enterAdminCatalog();
-  } catch (e) { showError('acat-error', fieldError(form, e)); }
+  await api('POST', '/v1/admin/catalog', body);
+  flash(`${body.name} added to the catalog.`);
+  form.reset();
+  enterAdminCatalog();
 });
 
 // ---- admin: enrollment ----

@@ -201,6 +201,15 @@ const ROWS = {
     bad: [['include_stopped not a boolean', { path: `/v1/endpoints/${'0'.repeat(8)}-0000-0000-0000-${'0'.repeat(12)}/replicas?include_stopped=maybe` }, 400, 'invalid_parameter']],
     qstrs: ['include_stopped'],
   },
+  'GET /v1/endpoints/{id}/stats': {
+    who: 'key', path: () => `/v1/endpoints/${A().ep.id}/stats`, ok: 200, foreign: () => `/v1/endpoints/${A().ep.id}/stats`,
+    bad: [['unknown granularity', { path: `/v1/endpoints/${'0'.repeat(8)}-0000-0000-0000-${'0'.repeat(12)}/stats?granularity=week` }, 400, 'invalid_parameter'],
+      ['not a uuid', { path: '/v1/endpoints/123/stats' }, 404, 'endpoint_not_found'],
+      ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/stats' }, 404, 'endpoint_not_found']],
+    qstrs: ['granularity'],
+  },
+  'GET /v1/catalog/presets': { who: 'key', path: () => '/v1/catalog/presets', ok: 200, qstrs: ['pool'] },
+  'GET /v1/quotas': { who: 'key', path: () => '/v1/quotas', ok: 200 },
   'GET /v1/billing/balance': { who: 'key', path: () => '/v1/billing/balance', ok: 200 },
   'GET /v1/billing/ledger': {
     who: 'key', path: () => '/v1/billing/ledger', ok: 200,
