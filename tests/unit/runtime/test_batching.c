@@ -76,7 +76,9 @@ static long post(const struct server *s, const char *path, const char *body, str
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", s->port, path);
     const char *headers[] = {"Content-Type: application/json", NULL};
     struct httpc_resp r = {0};
-    CHECK(httpc_request(body ? "POST" : "GET", url, headers, body, body ? strlen(body) : 0, 60000,
+    /* A hang guard, not a speed check: two 680-token generations one after the other under ASan
+     * on a busy 2-core machine have taken more than 60 s. */
+    CHECK(httpc_request(body ? "POST" : "GET", url, headers, body, body ? strlen(body) : 0, 240000,
                         1 << 24, &r, err, sizeof err) == 0);
     if (out) {
         out->len = 0;
