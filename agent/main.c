@@ -69,6 +69,8 @@ struct agent_config {
     int64_t runtime_cpu_millis;
     int64_t log_max_bytes;
     int stop_runtimes_on_exit;
+    int64_t completion_probe_s;
+    int64_t unready_restart_s;
     int print_config;
 };
 
@@ -119,6 +121,13 @@ static const struct cfg_opt options[] = {
         "each runtime's cgroup cpu.max in thousandths of a CPU (0: none)", runtime_cpu_millis),
     OPT("log-max-bytes", CFG_INT, "8388608",
         "a runtime's stdout.log / runtime.log is cut back to empty past this size", log_max_bytes),
+    OPT("completion-probe-s", CFG_INT, "15",
+        "a one-token completion must pass before a replica is ready, and runs this often while "
+        "it is (0: /health only)",
+        completion_probe_s),
+    OPT("unready-restart-s", CFG_INT, "30",
+        "a replica that was ready and is not ready again for this long is restarted",
+        unready_restart_s),
     OPT("stop-runtimes-on-exit", CFG_BOOL, "true",
         "stop every runtime on SIGTERM; false leaves them for the next run to adopt (upgrades)",
         stop_runtimes_on_exit),
@@ -178,6 +187,8 @@ static int check_config(const struct agent_config *c, char *err, size_t n)
         snprintf(err, n, "--start-timeout-s must be positive");
     else if (c->runtime_memory_max < 0 || c->runtime_cpu_millis < 0)
         snprintf(err, n, "--runtime-memory-max and --runtime-cpu-millis must not be negative");
+    else if (c->completion_probe_s < 0 || c->completion_probe_s > 3600 || c->unready_restart_s < 1)
+        snprintf(err, n, "--completion-probe-s must be 0..3600 and --unready-restart-s positive");
     else if (c->log_max_bytes < 65536)
         snprintf(err, n, "--log-max-bytes must be at least 65536");
     else if (c->metrics_port < 0 || c->metrics_port > 65535)
@@ -356,6 +367,8 @@ int main(int argc, char **argv)
     scfg.state_dir = cfg.state_dir;
     scfg.port_base = (int)cfg.port_base;
     scfg.start_timeout_ms = cfg.start_timeout_s * 1000;
+    scfg.completion_interval_ms = cfg.completion_probe_s * 1000;
+    scfg.unready_restart_ms = cfg.unready_restart_s * 1000;
     struct cg cg;
     char scope[65], *state_real = realpath(cfg.state_dir, NULL);
     const char *sd = state_real ? state_real : cfg.state_dir;
