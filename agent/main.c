@@ -264,8 +264,16 @@ static int inventory_changed(const struct agent_config *cfg, struct inv *inv, js
 
 /* One heartbeat: report, receive the desired list, apply it, advance the usage journals. */
 static enum ctl_rc heartbeat_once(struct ctl *ctl, struct sup *sup, const char *replicas_dir,
-                                  int64_t log_max_bytes, int64_t *heartbeat_ms)
+                                  int64_t log_max_bytes, struct weights *weights,
+                                  int64_t *heartbeat_ms)
 {
+    /* Room for weights, and which models are cached: the scheduler places no replica on a host
+     * that could not hold its model. */
+    json_t *cached = json_array();
+    int64_t free_bytes;
+    weights_disk(weights, &free_bytes, cached);
+    json_t *disk =
+        json_pack("{s:I, s:o}", "free_bytes", (json_int_t)free_bytes, "cached_models", cached);
     json_t *replicas = sup_report(sup);
     json_t *usage = json_array();
     struct usage_batch batch;
@@ -274,7 +282,8 @@ static enum ctl_rc heartbeat_once(struct ctl *ctl, struct sup *sup, const char *
     struct logship_batch lbatch;
     logship_collect(replicas_dir, log_max_bytes, LOGSHIP_MAX_ITEMS, logs, &lbatch);
     struct ctl_reply reply;
-    enum ctl_rc rc = ctl_heartbeat(ctl, replicas, usage, logs, &reply);
+    enum ctl_rc rc = ctl_heartbeat(ctl, replicas, usage, logs, disk, &reply);
+    json_decref(disk);
     json_decref(replicas);
     json_decref(usage);
     json_decref(logs);
@@ -471,8 +480,8 @@ int main(int argc, char **argv)
                 revoked = rc == CTL_REVOKED;
             }
             if (ctl.registered) {
-                if (heartbeat_once(&ctl, sup, replicas_dir, cfg.log_max_bytes, &heartbeat_ms) ==
-                    CTL_OK) {
+                if (heartbeat_once(&ctl, sup, replicas_dir, cfg.log_max_bytes, weights,
+                                   &heartbeat_ms) == CTL_OK) {
                     snap.heartbeat_ok++;
                     snap.last_heartbeat_ms = util_now_ms();
                 } else {

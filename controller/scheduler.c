@@ -88,16 +88,39 @@ static int best_on_host(const struct sched_host *h, const char *kind, int n, str
     return 0;
 }
 
+/* 1 when host h lists model among its cached ones. */
+static int has_cached(const struct sched_host *h, const char *model)
+{
+    if (!model || !model[0] || !h->cached[0]) return 0;
+    char key[300];
+    snprintf(key, sizeof key, "\n%s\n", model);
+    return strstr(h->cached, key) != NULL;
+}
+
+/* 1 when h can hold req's weights: nothing to fetch, an agent that does not say, the model already
+ * cached there, or room for it. */
+static int disk_ok(const struct sched_host *h, const struct sched_req *req)
+{
+    return req->bytes <= 0 || h->disk_free < 0 || h->disk_free >= req->bytes ||
+           has_cached(h, req->model);
+}
+
 int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *req, int *chosen,
                 char *why, size_t whylen)
 {
-    int best = -1, best_free = 0, largest = 0, eligible = 0;
+    int best = -1, best_free = 0, largest = 0, eligible = 0, disk_short = 0;
+    int64_t most_disk = 0;
     struct pick bp = {0}, p;
     const char *pool = req->pool && req->pool[0] ? req->pool : NULL;
     for (int h = 0; h < nhosts && req->n > 0 && req->n <= SCHED_MAX_DEVICES; h++) {
         struct sched_host *hh = &hosts[h];
         if (hh->cordoned || (pool && strcmp(pool, hh->pool) != 0)) continue;
         eligible++;
+        if (!disk_ok(hh, req)) {
+            disk_short++;
+            if (hh->disk_free > most_disk) most_disk = hh->disk_free;
+            continue;
+        }
         int nfree = 0;
         uint64_t mask = 0;
         for (int d = 0; d < hh->ndevices; d++)
@@ -135,7 +158,13 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
     if (best < 0) {
         if (why) {
             const char *k = !strcmp(req->kind, "cpu") ? "CPU" : "GPU";
-            if (pool && !eligible)
+            if (disk_short && disk_short == eligible)
+                snprintf(why, whylen,
+                         "no capacity: needs %.1f GiB of free disk for the weights of %s; the "
+                         "hosts have at most %.1f GiB",
+                         (double)req->bytes / (1 << 30), req->model ? req->model : "the model",
+                         (double)most_disk / (1 << 30));
+            else if (pool && !eligible)
                 snprintf(why, whylen, "no capacity: no schedulable host in pool '%s'", pool);
             else
                 snprintf(
@@ -157,6 +186,14 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
         }
         chosen[j] = bp.dev[k];
         bh->devices[bp.dev[k]].free = 0;
+    }
+    /* The download to come takes its room; the next replica of the model finds it cached. */
+    if (req->bytes > 0 && bh->disk_free >= 0 && !has_cached(bh, req->model)) {
+        bh->disk_free -= req->bytes;
+        size_t len = strlen(bh->cached);
+        if (req->model && len + strlen(req->model) + 3 < sizeof bh->cached)
+            snprintf(bh->cached + len, sizeof bh->cached - len, "%s%s\n", len ? "" : "\n",
+                     req->model);
     }
     return best;
 }
@@ -229,8 +266,10 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
     enum db_status st = db_exec(
         c,
         "SELECT g.host_id, g.uuid, g.kind, g.idx, held.uuid IS NULL, "
-        "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned "
+        "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned, "
+        "  COALESCE(s.disk_free_bytes, -1), array_to_string(s.cached_models, E'\\n') "
         "FROM gpus g JOIN hosts h ON h.id = g.host_id "
+        "LEFT JOIN host_seen s ON s.host_id = g.host_id "
         "LEFT JOIN (SELECT DISTINCT r.host_id, unnest(r.devices) AS uuid FROM replicas r "
         "           WHERE r.state <> 'stopped' AND r.state <> 'pending') held "
         "  ON held.host_id = g.host_id AND held.uuid = g.uuid "
@@ -252,6 +291,10 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
             p->hosts[h].id = hid;
             snprintf(p->hosts[h].pool, sizeof p->hosts[h].pool, "%s", PQgetvalue(r, i, 8));
             p->hosts[h].cordoned = PQgetvalue(r, i, 9)[0] == 't';
+            p->hosts[h].disk_free = db_int(r, i, 10);
+            const char *cm = PQgetvalue(r, i, 11);
+            if (cm[0] && strlen(cm) + 3 < sizeof p->hosts[h].cached)
+                snprintf(p->hosts[h].cached, sizeof p->hosts[h].cached, "\n%s\n", cm);
         }
         struct sched_host *hh = &p->hosts[h];
         if (hh->ndevices == SCHED_MAX_DEVICES) continue;
@@ -286,8 +329,13 @@ static enum db_status pass_txn(PGconn *c, void *arg)
     /* SKIP LOCKED: a replica being changed by someone else is placed on the next pass. */
     enum db_status st = db_exec(c,
                                 "SELECT r.id, e.device_kind, e.gpus_per_replica, r.reason, "
-                                "  COALESCE(e.pool, '') "
+                                "  COALESCE(e.pool, ''), m.name, "
+                                "  CASE WHEN m.source ~ '^(file|https?)://' THEN COALESCE(("
+                                "    SELECT sum((f->>'size')::bigint) "
+                                "    FROM jsonb_array_elements(m.manifest->'files') f), 0) "
+                                "  ELSE 0 END "
                                 "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
+                                "JOIN models m ON m.id = e.model_id "
                                 "WHERE r.state = 'pending' ORDER BY r.created_at, r.ordinal "
                                 "FOR UPDATE OF r SKIP LOCKED",
                                 0, NULL, &pend, NULL);
@@ -308,7 +356,9 @@ static enum db_status pass_txn(PGconn *c, void *arg)
         const char *rid = PQgetvalue(pend, i, 0);
         struct sched_req rq = {.kind = PQgetvalue(pend, i, 1),
                                .n = (int)db_int(pend, i, 2),
-                               .pool = PQgetvalue(pend, i, 4)};
+                               .pool = PQgetvalue(pend, i, 4),
+                               .model = PQgetvalue(pend, i, 5),
+                               .bytes = db_int(pend, i, 6)};
         int chosen[SCHED_MAX_DEVICES];
         char why[200];
         int h = p->place(p->hosts, p->nhosts, &rq, chosen, why, sizeof why);
