@@ -12,9 +12,17 @@
 #include "util.h"
 
 /* A device this request may use. */
+/* strcmp(a, b) == 0, inlined: this runs for every device of every host for every replica. */
+static inline int same_kind(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
 static int usable(const struct sched_device *d, const char *kind)
 {
-    return d->free && d->healthy && !strcmp(d->kind, kind);
+    return d->free && d->healthy && same_kind(d->kind, kind);
 }
 
 static int numa_match(int a, int b)
@@ -241,15 +249,39 @@ static int grow_hosts(struct pass *p)
     return 0;
 }
 
+/* A host's device UUIDs by hash, so that reading its NVLink peers costs one comparison per peer
+ * rather than one per peer and device. */
+struct uuid_index {
+    uint64_t hash[SCHED_MAX_DEVICES];
+    size_t len[SCHED_MAX_DEVICES];
+};
+
+static uint64_t fnv1a(const char *s, size_t n)
+{
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * UINT64_C(1099511628211);
+    return h;
+}
+
+static void index_uuids(const struct sched_host *h, struct uuid_index *x)
+{
+    for (int d = 0; d < h->ndevices; d++) {
+        x->len[d] = strlen(h->devices[d].uuid);
+        x->hash[d] = fnv1a(h->devices[d].uuid, x->len[d]);
+    }
+}
+
 /* peers (comma-separated UUIDs of the same host) as a bitmask over h's devices. */
-static uint64_t peer_mask(const struct sched_host *h, const char *peers)
+static uint64_t peer_mask(const struct sched_host *h, const struct uuid_index *x, const char *peers)
 {
     uint64_t m = 0;
     while (*peers) {
         const char *end = strchr(peers, ',');
         size_t len = end ? (size_t)(end - peers) : strlen(peers);
+        uint64_t hv = fnv1a(peers, len);
         for (int d = 0; d < h->ndevices; d++)
-            if (strlen(h->devices[d].uuid) == len && !strncmp(h->devices[d].uuid, peers, len))
+            if (x->hash[d] == hv && x->len[d] == len && !memcmp(h->devices[d].uuid, peers, len))
                 m |= UINT64_C(1) << d;
         peers += len;
         if (*peers == ',') peers++;
@@ -277,7 +309,14 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         0, NULL, &r, NULL);
     if (st < 0) return st;
     int rows = PQntuples(r);
+    /* Where each row went (host, device), for reading the peers below; -1: not loaded. */
+    int *where = malloc((size_t)(rows ? rows : 1) * 2 * sizeof *where);
+    if (!where) {
+        PQclear(r);
+        return DB_HARD;
+    }
     for (int i = 0; i < rows; i++) {
+        where[2 * i] = -1;
         int64_t hid = db_int(r, i, 0);
         int h = find_host(p, hid);
         if (h < 0) {
@@ -298,6 +337,8 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         }
         struct sched_host *hh = &p->hosts[h];
         if (hh->ndevices == SCHED_MAX_DEVICES) continue;
+        where[2 * i] = h;
+        where[2 * i + 1] = hh->ndevices;
         struct sched_device *d = &hh->devices[hh->ndevices++];
         snprintf(d->uuid, sizeof d->uuid, "%s", PQgetvalue(r, i, 1));
         snprintf(d->kind, sizeof d->kind, "%s", PQgetvalue(r, i, 2));
@@ -308,14 +349,19 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         d->peers = 0;
     }
     /* Peers name UUIDs, known only once every device of the host is loaded. */
+    struct uuid_index x;
+    int indexed = -1;
     for (int i = 0; i < rows; i++) {
-        int h = find_host(p, db_int(r, i, 0));
+        int h = where[2 * i];
         if (h < 0) continue;
         struct sched_host *hh = &p->hosts[h];
-        for (int d = 0; d < hh->ndevices; d++)
-            if (!strcmp(hh->devices[d].uuid, PQgetvalue(r, i, 1)))
-                hh->devices[d].peers = peer_mask(hh, PQgetvalue(r, i, 7));
+        if (h != indexed) {
+            index_uuids(hh, &x); /* rows come host by host */
+            indexed = h;
+        }
+        hh->devices[where[2 * i + 1]].peers = peer_mask(hh, &x, PQgetvalue(r, i, 7));
     }
+    free(where);
     PQclear(r);
     return DB_ROWS;
 }
