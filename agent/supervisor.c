@@ -49,8 +49,10 @@ extern char **environ;
  * host can run (8 GPUs + CPU slots) many times over, while a misconfigured base fails quickly. */
 #define SUP_PORT_SPAN 1000
 /* Consecutive failed probes before a ready replica counts as not ready: one slow answer under
- * load must not take it out of routing. */
-#define SUP_HEALTH_FAIL_LIMIT 3
+ * load must not take it out of routing. Five (about 7 s of silence with the 1 s timeout and 0.5 s
+ * interval): since the controller honours "not ready" (routing and time billing stop), a runtime
+ * starved of CPU for a few seconds on a loaded host must not flap. */
+#define SUP_HEALTH_FAIL_LIMIT 5
 /* Consecutive failed completion probes before a ready replica counts as not ready: they run 15 s
  * apart, so two is half a minute of a runtime that answers /health but cannot generate. */
 #define SUP_COMPLETION_FAIL_LIMIT 2
