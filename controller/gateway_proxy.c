@@ -63,10 +63,9 @@
 #define GW_LOOP_IDLE_HANDLES 256
 /* Keep-alive connections a loop's cache may hold, over all runtimes. */
 #define GW_LOOP_MAX_CONNECTS 1024L
-/* Connections this gateway process opens to one runtime, over all its loops: the runtime serves
- * each connection with a thread and accepts 256 at most (runtime/server.c), and its agent's
- * probes need some. Requests beyond it wait inside curl for a connection, in order, under their
- * own deadline; the runtime's queue decides what waits longer. */
+/* Connections this gateway process opens to one runtime, over all its loops, when
+ * --replica-max-outstanding is 0: the runtime serves each connection with a thread and accepts
+ * 256 at most (runtime/server.c), and its agent's probes need some. */
 #define GW_REPLICA_CONNECTIONS 192
 #define GW_MAX_LOOPS 64
 #define GW_PARKED_POLL_MS                                                                          \
@@ -496,6 +495,20 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
     lp->active = p;
 }
 
+/* A detached thread for the rare paths that block (a held request, a cut stream's reason): 0 or
+ * an errno. Small stacks: they only query and format. */
+static int spawn_detached(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t th;
+    int err = pthread_create(&th, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return err;
+}
+
 /* ---- a stream cut mid-way ----
  *
  * When a runtime's stream breaks after the client has seen events (its endpoint was stopped
@@ -569,13 +582,7 @@ static int explain_cut(struct proxy *p, CURLcode rc)
     ct->p = p;
     ct->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
     snprintf(ct->error, sizeof ct->error, "%s", curl_easy_strerror(rc));
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_t th;
-    int err = pthread_create(&th, &attr, explain_thread, ct);
-    pthread_attr_destroy(&attr);
+    int err = spawn_detached(explain_thread, ct);
     if (err) free(ct);
     return err ? -1 : 0;
 }
@@ -773,8 +780,12 @@ static int loops_init(struct ctl_listener *l)
             break;
         }
         curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, GW_LOOP_MAX_CONNECTS);
-        curl_multi_setopt(lp->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                          (long)(GW_REPLICA_CONNECTIONS / n > 0 ? GW_REPLICA_CONNECTIONS / n : 1));
+        /* With --replica-max-outstanding the gateway itself keeps requests waiting, in order,
+         * and curl never has to (a transfer curl keeps pending counts its wait against its
+         * deadlines); without it, curl's per-host limit bounds the connections. */
+        int64_t cap = l->ctl->cfg.replica_max_outstanding;
+        long per_host = cap > 0 ? (long)cap : GW_REPLICA_CONNECTIONS / n;
+        curl_multi_setopt(lp->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host > 0 ? per_host : 1L);
         curl_multi_setopt(lp->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
         curl_multi_setopt(lp->multi, CURLMOPT_SOCKETDATA, lp);
         curl_multi_setopt(lp->multi, CURLMOPT_TIMERFUNCTION, on_timer);
@@ -871,14 +882,7 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
      * before. */
     pthread_mutex_lock(&p->lock);
     if (p->route.ncand == 0) {
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 256 * 1024);
-        pthread_t th;
-        int err = pthread_create(&th, &attr, hold_thread, p);
-        pthread_attr_destroy(&attr);
-        if (err != 0) {
+        if (spawn_detached(hold_thread, p) != 0) {
             pthread_mutex_unlock(&p->lock);
             pthread_mutex_destroy(&p->lock);
             free(p->body);
