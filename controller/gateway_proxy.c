@@ -52,6 +52,7 @@
 /* Bytes buffered between the runtime and the client before the transfer is paused: enough for
  * thousands of SSE chunks, small enough that 10 000 slow streams fit in RAM. */
 #define PROXY_MAX_BUFFERED (256 * 1024)
+#define PROXY_COMPACT_AT (64 * 1024) /* read bytes dropped from the buffer's front past this */
 /* Non-streaming replies larger than this are refused: the runtime's replies are a few KB. */
 #define PROXY_MAX_REPLY (8 * 1024 * 1024)
 #define PROXY_PING_MS 10000
@@ -301,7 +302,13 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
     }
     int ok = p->req != NULL && (p->streaming || p->data.len + n <= PROXY_MAX_REPLY);
     if (ok) {
-        if (p->data_off > 0 && p->data_off == p->data.len) p->data.len = p->data_off = 0;
+        /* What the client has read is dropped from the front, so a long stream read steadily
+         * holds only what is unread, not everything it ever carried. */
+        if (p->data_off > 0 && (p->data_off == p->data.len || p->data_off >= PROXY_COMPACT_AT)) {
+            memmove(p->data.data, p->data.data + p->data_off, p->data.len - p->data_off);
+            p->data.len -= p->data_off;
+            p->data_off = 0;
+        }
         ok = buf_append(&p->data, ptr, n) == 0;
         p->last_data_ms = util_now_ms();
         if (p->streaming) wake_client(p);
