@@ -127,6 +127,7 @@ struct gw_loop {
     pthread_mutex_t mu;    /* guards inbox and poke */
     struct proxy *inbox;   /* newest first; started in arrival order */
     int poke;              /* a client left or drained a paused stream: look at the transfers */
+    int sleeping;          /* the loop is in (or entering) epoll_wait: new work must write evfd */
     struct proxy *active;  /* loop thread only */
     int64_t last_sweep_ms; /* loop thread only */
     /* Requests waiting because every replica they may use has --replica-max-outstanding
@@ -154,8 +155,12 @@ static void proxy_unref(struct proxy *p)
     free(p);
 }
 
+/* Called with lp->mu held, after adding work: wakes the loop if it sleeps (a busy loop finds the
+ * work on its next turn, and a write per request would cost a system call and an event). */
 static void loop_wake(struct gw_loop *lp)
 {
+    if (!lp->sleeping) return;
+    lp->sleeping = 0;
     uint64_t one = 1;
     if (write(lp->evfd, &one, sizeof one) < 0) { /* EAGAIN: a wake-up is pending anyway */
     }
@@ -166,8 +171,8 @@ static void poke_loop(struct gw_loop *lp)
 {
     pthread_mutex_lock(&lp->mu);
     lp->poke = 1;
-    pthread_mutex_unlock(&lp->mu);
     loop_wake(lp);
+    pthread_mutex_unlock(&lp->mu);
 }
 
 /* MHD side lets go (completion callback): the client is gone or was answered. */
@@ -393,6 +398,21 @@ static void finish(struct proxy *p, CURLcode rc)
     proxy_unref(p);
 }
 
+/* A pooled easy handle, or a new one with the options every transfer shares (a reused handle
+ * keeps them: no curl_easy_reset per request). */
+static CURL *handle_get(struct gw_loop *lp)
+{
+    if (lp->nidle > 0) return lp->idle[--lp->nidle];
+    CURL *c = curl_easy_init();
+    if (!c) return NULL;
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    return c;
+}
+
 static void handle_put(struct gw_loop *lp, CURL *c)
 {
     if (lp->nidle < GW_LOOP_IDLE_HANDLES)
@@ -456,7 +476,7 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
         park(lp, p);
         return;
     }
-    CURL *c = i < 0 ? NULL : lp->nidle > 0 ? lp->idle[--lp->nidle] : curl_easy_init();
+    CURL *c = i < 0 ? NULL : handle_get(lp);
     if (!c) {
         finish(p, i < 0 ? last : CURLE_OUT_OF_MEMORY);
         return;
@@ -473,18 +493,14 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
     p->hl = curl_slist_append(p->hl, auth);
     p->hl = curl_slist_append(p->hl, rid);
     p->hl = curl_slist_append(p->hl, "Expect:");
-    curl_easy_reset(c);
+    /* The options every transfer shares were set when the handle was made (handle_get); these
+     * are the request's own. */
     curl_easy_setopt(c, CURLOPT_URL, p->url);
-    curl_easy_setopt(c, CURLOPT_POST, 1L);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, p->hl);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, p->timeout_s);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, p);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, p);
     curl_easy_setopt(c, CURLOPT_PRIVATE, p);
     p->easy = c;
@@ -714,7 +730,16 @@ static void *loop_main(void *arg)
         /* Parked requests: room may open at another loop's replica too; look again soon. */
         if (lp->parked && wait > GW_PARKED_POLL_MS) wait = GW_PARKED_POLL_MS;
         if (wait < 0) wait = 0;
+        pthread_mutex_lock(&lp->mu);
+        if (lp->inbox || lp->poke) wait = 0;
+        lp->sleeping = wait > 0;
+        pthread_mutex_unlock(&lp->mu);
         int n = epoll_wait(lp->epfd, evs, GW_LOOP_EVENTS, (int)wait);
+        if (wait > 0) {
+            pthread_mutex_lock(&lp->mu);
+            lp->sleeping = 0;
+            pthread_mutex_unlock(&lp->mu);
+        }
         for (int i = 0; i < n; i++) {
             if (evs[i].data.fd == lp->evfd) {
                 uint64_t v;
@@ -818,8 +843,8 @@ static void submit(struct proxy *p)
     pthread_mutex_lock(&lp->mu);
     p->next = lp->inbox;
     lp->inbox = p;
-    pthread_mutex_unlock(&lp->mu);
     loop_wake(lp);
+    pthread_mutex_unlock(&lp->mu);
 }
 
 /* While the endpoint has no ready replica: look again every GW_HOLD_POLL_MS (a pooled
