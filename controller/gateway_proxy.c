@@ -632,8 +632,13 @@ static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
     }
     p->easy = NULL;
     p->paused = 0;
+    int left = p->req == NULL;
     pthread_mutex_unlock(&p->lock);
     handle_put(lp, c);
+    /* Found by the sweep, or by the write callback refusing bytes for nobody: either way the
+     * connection is closed now, and the runtime stops and meters what it made. */
+    if (left && rc != CURLE_OK)
+        log_info("request %s: the client left; cancelling it upstream", p->request_id);
     if (retry) {
         attempt(lp, p, rc);
         return;
@@ -666,7 +671,6 @@ static void sweep(struct gw_loop *lp)
         if (unpause) p->paused = 0;
         pthread_mutex_unlock(&p->lock);
         if (gone) {
-            log_info("request %s: the client left; cancelling it upstream", p->request_id);
             transfer_done(lp, p, CURLE_ABORTED_BY_CALLBACK);
         } else if (unpause) {
             curl_easy_pause(p->easy, CURLPAUSE_CONT); /* may call on_body at once */
