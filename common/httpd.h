@@ -49,7 +49,7 @@ struct httpd_req {
     int suspended;
     unsigned suspends; /* times suspended: another thread may resume before the handler returns */
     int retry_after;   /* seconds; added as Retry-After to the next error reply when > 0 */
-    char extra_headers[768]; /* "Name: value" lines joined by CRLF, added to the reply */
+    char extra_headers[1024]; /* "Name: value" lines joined by CRLF, added to the reply */
     char id[72];     /* in logs and the X-Request-Id header: made here, or set by the handler to the
                         request id billing uses, so one id follows a request through every program */
     unsigned status; /* of the reply queued, for the access log; 0: none */

@@ -181,18 +181,19 @@ static int state_changing(const struct httpd_req *req)
 
 /* The rate-limit columns every credential query ends with (after its own). */
 #define QUOTA_JOIN                                                                                 \
-    "LEFT JOIN LATERAL (SELECT requests_per_min, requests_burst FROM quotas "                      \
+    "LEFT JOIN LATERAL (SELECT requests_per_min, requests_burst, tokens_per_min FROM quotas "      \
     "  WHERE account_id = x.account_id OR account_id IS NULL "                                     \
     "  ORDER BY account_id NULLS LAST LIMIT 1) q ON true"
 
 /* Columns of both credential queries: id, account, role, rate, burst, user, inference, manage,
- * limited. */
+ * limited, ..., and last the tokens per minute. */
 static void fill(struct auth_ctx *out, PGresult *r)
 {
     out->account_id = db_int(r, 0, 1);
     snprintf(out->role, sizeof out->role, "%s", PQgetvalue(r, 0, 2));
     out->requests_per_min = db_int(r, 0, 3);
     out->requests_burst = db_int(r, 0, 4);
+    out->tokens_per_min = db_int(r, 0, PQnfields(r) - 1);
     out->user_id = db_int(r, 0, 5);
     out->scopes = (PQgetvalue(r, 0, 6)[0] == 't' ? AUTH_SCOPE_INFERENCE : 0u) |
                   (PQgetvalue(r, 0, 7)[0] == 't' ? AUTH_SCOPE_MANAGE : 0u);
@@ -307,7 +308,7 @@ static int by_key(struct httpd_req *req, PGconn *c, const char *key, struct auth
         "  x.scopes = '{}' OR 'manage' = ANY (x.scopes), x.endpoint_ids IS NOT NULL, "
         "  array_to_string(x.endpoint_ids, ','), "
         "  COALESCE((extract(epoch FROM x.expires_at) * 1000)::bigint, 0), "
-        "  ac.suspended_at IS NOT NULL, ac.suspend_reason "
+        "  ac.suspended_at IS NOT NULL, ac.suspend_reason, q.tokens_per_min "
         "FROM x JOIN accounts ac ON ac.id = x.account_id " QUOTA_JOIN,
         1, p, &r, NULL);
     if (st < 0) return db_down(req, "API key");
@@ -350,7 +351,8 @@ static int by_session(struct httpd_req *req, PGconn *c, const char *token, struc
                 "upd AS (UPDATE sessions SET last_seen_at = now() WHERE id = (SELECT id FROM x) "
                 "  AND last_seen_at < now() - interval '1 minute') "
                 "SELECT x.id, x.account_id, x.role, q.requests_per_min, q.requests_burst, "
-                "  x.user_id, true, true, false, x.suspended, x.suspend_reason "
+                "  x.user_id, true, true, false, x.suspended, x.suspend_reason, "
+                "  q.tokens_per_min "
                 "FROM x " QUOTA_JOIN,
                 1, p, &r, NULL);
     if (st < 0) return db_down(req, "session");

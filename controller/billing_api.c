@@ -69,13 +69,30 @@ static void h_balance(struct httpd_req *req)
     if (!c) return;
     int64_t bal = 0;
     enum db_status st = billing_balance(c, a.account_id_str, &bal);
+    /* This month's usage charges and the monthly spend cap, as the cap's checks read them. */
+    const char *p[] = {a.account_id_str};
+    PGresult *r = NULL;
+    if (st >= 0)
+        st = db_exec(c,
+                     "SELECT account_month_spend($1::bigint), account_spend_cap($1::bigint)", 1,
+                     p, &r, NULL);
     ctl_db_done(req, c);
-    if (st < 0) {
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
         httpd_error(req, 503, "database_unavailable", NULL, "could not read the balance");
         return;
     }
     json_t *o = json_pack("{s:s, s:s}", "object", "balance", "account_id", a.account_id_str);
-    httpd_reply_json(req, 200, money(o, "balance", bal));
+    money(o, "balance", bal);
+    money(o, "month_spend", db_int(r, 0, 0));
+    if (PQgetisnull(r, 0, 1)) {
+        json_object_set_new(o, "monthly_spend_cap_micros", json_null());
+        json_object_set_new(o, "monthly_spend_cap_display", json_null());
+    } else {
+        money(o, "monthly_spend_cap", db_int(r, 0, 1));
+    }
+    PQclear(r);
+    httpd_reply_json(req, 200, o);
 }
 
 static void h_ledger(struct httpd_req *req)
@@ -386,6 +403,7 @@ static const struct {
     {"requests_per_min", 1, 100000000},
     {"requests_burst", 1, 1000000},
     {"monthly_spend_cap_micros", 0, INT64_C(1000000000000000)},
+    {"tokens_per_min", 1, 1000000000},
 };
 #define NQUOTA (sizeof quota_fields / sizeof quota_fields[0])
 
@@ -395,7 +413,7 @@ static void reply_quotas(struct httpd_req *req, PGconn *c)
     PGresult *r;
     enum db_status st = db_exec(c,
                                 "SELECT max_devices, max_endpoints, requests_per_min, "
-                                "  requests_burst, monthly_spend_cap_micros, "
+                                "  requests_burst, monthly_spend_cap_micros, tokens_per_min, "
                                 "  account_id IS NOT NULL FROM quotas "
                                 "WHERE account_id = $1::bigint OR account_id IS NULL "
                                 "ORDER BY account_id NULLS LAST LIMIT 1",
@@ -406,7 +424,7 @@ static void reply_quotas(struct httpd_req *req, PGconn *c)
         return;
     }
     json_t *o = json_pack("{s:s, s:s, s:b}", "object", "quotas", "account_id", req->params[0],
-                          "defaults", PQgetvalue(r, 0, 5)[0] != 't');
+                          "defaults", PQgetvalue(r, 0, (int)NQUOTA)[0] != 't');
     for (size_t i = 0; i < NQUOTA; i++)
         json_object_set_new(o, quota_fields[i].name,
                             PQgetisnull(r, 0, (int)i) ? json_null()
@@ -456,12 +474,13 @@ static void h_put_quotas(struct httpd_req *req)
     }
     if (db_cmd(c,
                "INSERT INTO quotas (account_id, max_devices, max_endpoints, requests_per_min, "
-               "  requests_burst, monthly_spend_cap_micros) "
-               "VALUES ($1::bigint, $2::int, $3::int, $4::int, $5::int, $6::bigint) "
+               "  requests_burst, monthly_spend_cap_micros, tokens_per_min) "
+               "VALUES ($1::bigint, $2::int, $3::int, $4::int, $5::int, $6::bigint, $7::int) "
                "ON CONFLICT (COALESCE(account_id, 0)) DO UPDATE SET max_devices = $2::int, "
                "  max_endpoints = $3::int, requests_per_min = $4::int, requests_burst = $5::int, "
-               "  monthly_spend_cap_micros = $6::bigint, updated_at = now()",
-               6, prm) < 0) {
+               "  monthly_spend_cap_micros = $6::bigint, tokens_per_min = $7::int, "
+               "  updated_at = now()",
+               (int)NQUOTA + 1, prm) < 0) {
         httpd_error(req, 503, "database_unavailable", NULL, "could not store quotas");
         goto out;
     }

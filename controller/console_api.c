@@ -24,7 +24,8 @@ static void h_quotas(struct httpd_req *req)
         "  q.monthly_spend_cap_micros, q.account_id IS NULL, "
         "  (SELECT COALESCE(sum(gpus_per_replica * replicas), 0) FROM endpoints "
         "   WHERE account_id = $1::bigint AND state = 'active'), "
-        "  (SELECT count(*) FROM endpoints WHERE account_id = $1::bigint AND state <> 'deleted') "
+        "  (SELECT count(*) FROM endpoints WHERE account_id = $1::bigint AND state <> 'deleted'), "
+        "  q.tokens_per_min "
         "FROM quotas q WHERE q.account_id = $1::bigint OR q.account_id IS NULL "
         "ORDER BY q.account_id NULLS LAST LIMIT 1",
         1, p, &r, NULL);
@@ -44,6 +45,9 @@ static void h_quotas(struct httpd_req *req)
                         json_boolean(st == DB_NONE || PQgetvalue(r, 0, 5)[0] == 't'));
     json_object_set_new(o, "devices_in_use", json_integer(st == DB_ROWS ? db_int(r, 0, 6) : 0));
     json_object_set_new(o, "endpoints_in_use", json_integer(st == DB_ROWS ? db_int(r, 0, 7) : 0));
+    json_object_set_new(o, "tokens_per_min",
+                        st == DB_NONE || PQgetisnull(r, 0, 8) ? json_null()
+                                                              : json_integer(db_int(r, 0, 8)));
     PQclear(r);
     httpd_reply_json(req, 200, o);
 }

@@ -307,7 +307,8 @@ static int cors(struct httpd_req *req)
     add_header(req, "Access-Control-Allow-Credentials", "true");
     add_header(req, "Access-Control-Expose-Headers",
                "x-request-id, x-client-request-id, openrunpod-fingerprint, retry-after, "
-               "ratelimit-limit, ratelimit-remaining, ratelimit-reset");
+               "ratelimit-limit, ratelimit-remaining, ratelimit-reset, x-ratelimit-limit-tokens, "
+               "x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens");
     add_header(req, "Vary", "Origin");
     return 1;
 }
@@ -357,11 +358,11 @@ static int rate_limit(struct httpd_req *req, const struct auth_ctx *a)
     return -1;
 }
 
-/* The most a value-billed request can cost: every byte of the body counted as a prompt token
+/* The most completion tokens a request can ask for: max_tokens (or max_completion_tokens), or
+ * the model's context length when absent. Its prompt is at most its body's bytes in tokens
  * (byte-level BPE never makes more tokens than bytes, and a chat template adds fewer tokens per
- * message than the message's JSON syntax has bytes), and max_tokens (or the model's context
- * length when absent) completion tokens, at the model's prices, rounded up. */
-static int64_t max_cost(const struct httpd_req *req, json_t *body, const struct gw_route *rt)
+ * message than the message's JSON syntax has bytes). */
+static int64_t max_completion(json_t *body, const struct gw_route *rt)
 {
     int64_t ctx = rt->context_length > 0 ? rt->context_length : INT32_MAX;
     int64_t ct = ctx;
@@ -369,7 +370,68 @@ static int64_t max_cost(const struct httpd_req *req, json_t *body, const struct 
     if (!json_is_integer(mt)) mt = json_object_get(body, "max_completion_tokens");
     if (json_is_integer(mt) && json_integer_value(mt) > 0 && json_integer_value(mt) < ctx)
         ct = json_integer_value(mt);
-    return lease_cost((int64_t)req->body.len, ct, rt->in_price, rt->out_price);
+    return ct;
+}
+
+/* The most a value-billed request can cost: its most tokens at the model's prices, rounded up. */
+static int64_t max_cost(const struct httpd_req *req, json_t *body, const struct gw_route *rt)
+{
+    return lease_cost((int64_t)req->body.len, max_completion(body, rt), rt->in_price,
+                      rt->out_price);
+}
+
+/* OpenAI's token rate headers, on every reply of this request. */
+static void token_headers(struct httpd_req *req, const struct rl_result *r)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)r->limit);
+    add_header(req, "x-ratelimit-limit-tokens", v);
+    snprintf(v, sizeof v, "%lld", (long long)r->remaining);
+    add_header(req, "x-ratelimit-remaining-tokens", v);
+    snprintf(v, sizeof v, "%llds", (long long)r->reset_s);
+    add_header(req, "x-ratelimit-reset-tokens", v);
+}
+
+/* The account's tokens per minute (quotas.tokens_per_min): the request's most tokens (body bytes
+ * + max_completion) are charged to its bucket, keyed by the negated account id in the table of
+ * request rates; what it did not use comes back when its reply is in (gateway_proxy.c). 0 with
+ * *charged set (0: no limit), or -1 after answering 429 with Retry-After, or 400 when the request
+ * alone needs more than the whole limit (waiting would not help). */
+static int token_limit(struct httpd_req *req, const struct auth_ctx *a, int64_t tokens,
+                       int64_t *charged)
+{
+    struct ctl_listener *l = req->app;
+    *charged = 0;
+    if (a->tokens_per_min <= 0 || !l->ctl->rl) return 0;
+    struct rl_result r;
+    int ok = rl_charge(l->ctl->rl, -a->account_id, util_now_ms() * 1000, a->tokens_per_min,
+                       tokens, &r);
+    token_headers(req, &r);
+    if (ok) {
+        *charged = tokens;
+        return 0;
+    }
+    if (tokens > a->tokens_per_min) {
+        httpd_error(req, 400, "request_too_large", "max_tokens",
+                    "this request may use up to %lld tokens (its prompt, counted as its body's "
+                    "%zu bytes, plus max_tokens), more than your whole limit of %lld tokens per "
+                    "minute; lower max_tokens or shorten the prompt",
+                    (long long)tokens, req->body.len, (long long)a->tokens_per_min);
+        return -1;
+    }
+    req->retry_after = r.retry_after > 0 ? (int)r.retry_after : 1;
+    httpd_error(req, 429, "rate_limit_exceeded", NULL,
+                "token limit of %lld tokens per minute reached: this request may use up to %lld "
+                "tokens (its prompt, counted as its body's bytes, plus max_tokens) and %lld are "
+                "left; retry in %d s",
+                (long long)r.limit, (long long)tokens, (long long)r.remaining, req->retry_after);
+    return -1;
+}
+
+/* Returns the tokens token_limit charged to a request that will not run. */
+static void tokens_back(struct ctl_listener *l, const struct auth_ctx *a, int64_t tokens)
+{
+    rl_refund(l->ctl->rl, -a->account_id, util_now_ms() * 1000, a->tokens_per_min, tokens);
 }
 
 /* Both generation routes: the same admission, routing and proxying; the runtime does the rest. */
@@ -413,10 +475,16 @@ static void proxy_generation(struct httpd_req *req, const char *path)
         return;
     }
     int64_t cost = rt.value ? max_cost(req, body, &rt) : 0;
+    int64_t tokens = 0;
+    if (token_limit(req, &a, (int64_t)req->body.len + max_completion(body, &rt), &tokens) != 0) {
+        json_decref(body);
+        return;
+    }
 
     char hex[25], request_id[64];
     if (util_random_hex(hex, 12) != 0) {
         json_decref(body);
+        tokens_back(l, &a, tokens);
         httpd_error(req, 500, "internal_error", NULL, "could not make a request id");
         return;
     }
@@ -426,13 +494,15 @@ static void proxy_generation(struct httpd_req *req, const char *path)
         snprintf(request_id, sizeof request_id, "req_%s_a%lld", hex, (long long)a.account_id);
     else
         snprintf(request_id, sizeof request_id, "req_%s", hex);
-    struct gwp_request pr = {&rt, path, a.account_id_str, a.account_id, model, request_id, 0};
+    struct gwp_request pr = {&rt, path, a.account_id_str, a.account_id, model, request_id, 0,
+                             tokens, a.tokens_per_min};
     if (rt.value) {
         /* Value-billed: the request's maximum cost is reserved from this process's lease on the
          * account's balance (no database round trip while the lease has room). */
         enum lease_rc lr = lease_admit(l->ctl->lease, a.account_id, request_id, cost);
         if (lr != LEASE_OK) {
             json_decref(body);
+            tokens_back(l, &a, tokens);
             if (lr == LEASE_CAP) {
                 cap_error(req, rt.spend_cap, rt.month_spend);
             } else if (lr == LEASE_SHORT) {
@@ -457,6 +527,7 @@ static void proxy_generation(struct httpd_req *req, const char *path)
     json_decref(body); /* model was borrowed from it */
     if (started != 0) {
         if (pr.leased) lease_end(l->ctl->lease, a.account_id, request_id, -1, 1);
+        tokens_back(l, &a, tokens);
         req->retry_after = 1;
         httpd_error(req, 503, "overloaded", NULL, "the gateway cannot take more requests now");
     }

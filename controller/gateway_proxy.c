@@ -46,6 +46,7 @@
 #include "db.h"
 #include "jsonx.h"
 #include "lease.h"
+#include "ratelimit.h"
 #include "log.h"
 #include "util.h"
 
@@ -91,6 +92,7 @@ struct proxy {
     char account_id[24];
     int64_t account_num;
     int leased; /* a lease reservation to end (lease_end) when the transfer is over */
+    int64_t tokens, tokens_per_min; /* charged to the account's tokens per minute; settled */
     int sent;   /* some runtime may have received the request */
     char model[208];
     int64_t hold_until_ms;
@@ -357,35 +359,61 @@ static void active_remove(struct gw_loop *lp, struct proxy *p)
     p->next = p->prev = NULL;
 }
 
-/* Ends the request's lease reservation: returned whole when no runtime received the request or
- * the runtime refused it (4xx, 503), reduced to the actual cost when the reply carried usage;
- * otherwise it stays reserved until the usage event arrives (lease.h). */
-static void lease_return(struct proxy *p)
+/* What the transfer says of the request's use: 1 when no runtime received it or the runtime
+ * refused it whole (4xx, or 503: its queue is full); else 0, with *pt and *ct its prompt and
+ * completion tokens when a non-streaming reply carried usage, else -1. */
+static int reply_usage(struct proxy *p, int64_t *pt, int64_t *ct)
 {
-    int64_t actual = -1;
+    *pt = *ct = -1;
     pthread_mutex_lock(&p->lock);
-    /* A runtime's 4xx or 503 (its queue is full) means it refused the request whole. */
     int not_sent = !p->sent ||
                    (p->headers_done && ((p->status >= 400 && p->status < 500) || p->status == 503));
     if (!not_sent && p->headers_done && !p->streaming && p->status == 200 && !p->failed) {
         json_t *j = json_loadb(p->data.data, p->data.len, 0, NULL);
         json_t *u = json_object_get(j, "usage");
-        json_t *pt = json_object_get(u, "prompt_tokens"),
-               *ct = json_object_get(u, "completion_tokens");
-        if (json_is_integer(pt) && json_is_integer(ct))
-            actual = lease_cost(json_integer_value(pt), json_integer_value(ct), p->route.in_price,
-                                p->route.out_price);
+        json_t *jp = json_object_get(u, "prompt_tokens"),
+               *jc = json_object_get(u, "completion_tokens");
+        if (json_is_integer(jp) && json_is_integer(jc) && json_integer_value(jp) >= 0 &&
+            json_integer_value(jc) >= 0) {
+            *pt = json_integer_value(jp);
+            *ct = json_integer_value(jc);
+        }
         json_decref(j);
     }
     pthread_mutex_unlock(&p->lock);
+    return not_sent;
+}
+
+/* Ends the request's lease reservation: returned whole when it was not sent, reduced to the
+ * actual cost when the reply carried usage; otherwise it stays reserved until the usage event
+ * arrives (lease.h). */
+static void lease_return(struct proxy *p, int not_sent, int64_t pt, int64_t ct)
+{
+    int64_t actual = pt >= 0 ? lease_cost(pt, ct, p->route.in_price, p->route.out_price) : -1;
     lease_end(p->lis->ctl->lease, p->account_num, p->request_id, actual, not_sent);
+}
+
+/* Settles the request's tokens per minute: all of them come back when it was not sent, the
+ * unused ones when the reply carried usage; a stream keeps its whole charge (its usage is not
+ * read here). */
+static void tokens_settle(struct proxy *p, int not_sent, int64_t pt, int64_t ct)
+{
+    int64_t back = not_sent ? p->tokens : pt >= 0 ? p->tokens - pt - ct : 0;
+    if (back > 0)
+        rl_refund(p->lis->ctl->rl, -p->account_num, util_now_ms() * 1000, p->tokens_per_min,
+                  back);
 }
 
 /* The transfer is over for good (loop thread, or the hold thread before any transfer): settle,
  * tell the client, let go. rc: the last transfer's result. */
 static void finish(struct proxy *p, CURLcode rc)
 {
-    if (p->leased) lease_return(p);
+    if (p->leased || p->tokens > 0) {
+        int64_t pt, ct;
+        int not_sent = reply_usage(p, &pt, &ct);
+        if (p->leased) lease_return(p, not_sent, pt, ct);
+        if (p->tokens > 0) tokens_settle(p, not_sent, pt, ct);
+    }
     pthread_mutex_lock(&p->lock);
     if (rc != CURLE_OK && !p->err_status) {
         p->failed = 1;
@@ -906,6 +934,8 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
     snprintf(p->model, sizeof p->model, "%s", r->model);
     snprintf(p->request_id, sizeof p->request_id, "%s", r->request_id);
     p->leased = r->leased;
+    p->tokens = r->tokens;
+    p->tokens_per_min = r->tokens_per_min;
     p->body = body;
     p->body_len = req->body.len;
     p->hold_until_ms = util_now_ms() + l->ctl->cfg.hold_s * 1000;

@@ -44,6 +44,8 @@ struct gwp_request {
     const char *model;
     const char *request_id; /* the server-made id billing uses */
     int leased;             /* a lease reservation (lease_admit) to end when the transfer is over */
+    int64_t tokens;         /* charged to the account's tokens per minute (0: none); settled */
+    int64_t tokens_per_min; /* the limit they were charged under */
 };
 
 /* Hands the request to an upstream loop and suspends the client's connection: 0; or -1 when it

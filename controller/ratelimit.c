@@ -50,14 +50,9 @@ static int64_t ceil_s(int64_t us)
     return us <= 0 ? 0 : (us + 999999) / 1000000;
 }
 
-int rl_admit(struct rl_table *t, int64_t key, int64_t now_us, int64_t rate_per_min, int64_t burst,
-             struct rl_result *out)
+/* The key's entry, or NULL; stale entries met on the way are dropped. Lock held. */
+static struct rl_entry *find(struct rl_table *t, int64_t key, int64_t now_us)
 {
-    int64_t T = 60000000 / (rate_per_min > 0 ? rate_per_min : 1);
-    if (T < 1) T = 1;
-    int64_t tau = T * ((burst > 0 ? burst : 1) - 1);
-    out->limit = rate_per_min;
-    pthread_mutex_lock(&t->lock);
     struct rl_entry **pp = &t->buckets[(uint64_t)key % RL_BUCKETS], *found = NULL;
     while (*pp) {
         struct rl_entry *e = *pp;
@@ -71,17 +66,35 @@ int rl_admit(struct rl_table *t, int64_t key, int64_t now_us, int64_t rate_per_m
             pp = &e->next;
         }
     }
+    return found;
+}
+
+/* Stores tat for key (found: its entry or NULL). Lock held. Out of memory: nothing is stored,
+ * and the request is admitted unlimited rather than refused. */
+static void store(struct rl_table *t, struct rl_entry *found, int64_t key, int64_t tat)
+{
+    if (!found && (found = malloc(sizeof *found))) {
+        found->key = key;
+        found->next = t->buckets[(uint64_t)key % RL_BUCKETS];
+        t->buckets[(uint64_t)key % RL_BUCKETS] = found;
+    }
+    if (found) found->tat_us = tat;
+}
+
+int rl_admit(struct rl_table *t, int64_t key, int64_t now_us, int64_t rate_per_min, int64_t burst,
+             struct rl_result *out)
+{
+    int64_t T = 60000000 / (rate_per_min > 0 ? rate_per_min : 1);
+    if (T < 1) T = 1;
+    int64_t tau = T * ((burst > 0 ? burst : 1) - 1);
+    out->limit = rate_per_min;
+    pthread_mutex_lock(&t->lock);
+    struct rl_entry *found = find(t, key, now_us);
     int64_t tat = found && found->tat_us > now_us ? found->tat_us : now_us;
     int admitted = tat - now_us <= tau;
     if (admitted) {
         tat += T;
-        if (!found && (found = malloc(sizeof *found))) {
-            found->key = key;
-            found->next = t->buckets[(uint64_t)key % RL_BUCKETS];
-            t->buckets[(uint64_t)key % RL_BUCKETS] = found;
-        }
-        /* Out of memory: the request is admitted unlimited rather than refused. */
-        if (found) found->tat_us = tat;
+        store(t, found, key, tat);
         out->retry_after = 0;
     } else {
         out->retry_after = ceil_s(tat - now_us - tau);
@@ -92,4 +105,53 @@ int rl_admit(struct rl_table *t, int64_t key, int64_t now_us, int64_t rate_per_m
     out->reset_s = ceil_s(tat - now_us);
     pthread_mutex_unlock(&t->lock);
     return admitted;
+}
+
+/* Tokens: n tokens take n x 1 min / rate of the window, rounded up when charged and down when
+ * given back, so rounding never gives away a token; n <= rate <= 10^9 keeps n x 6e7 in range. */
+#define RL_WINDOW_US INT64_C(60000000)
+
+static int64_t tokens_us(int64_t n, int64_t rate, int up)
+{
+    return (n * RL_WINDOW_US + (up ? rate - 1 : 0)) / rate;
+}
+
+int rl_charge(struct rl_table *t, int64_t key, int64_t now_us, int64_t tokens_per_min,
+              int64_t tokens, struct rl_result *out)
+{
+    int64_t rate = tokens_per_min > 0 ? tokens_per_min : 1;
+    out->limit = rate;
+    pthread_mutex_lock(&t->lock);
+    struct rl_entry *found = find(t, key, now_us);
+    int64_t tat = found && found->tat_us > now_us ? found->tat_us : now_us;
+    int admitted = tokens >= 0 && tokens <= rate && tat + tokens_us(tokens, rate, 1) - now_us <=
+                                                        RL_WINDOW_US;
+    if (admitted) {
+        tat += tokens_us(tokens, rate, 1);
+        store(t, found, key, tat);
+        out->retry_after = 0;
+    } else {
+        /* When the bucket will hold the tokens again (never, for more than the whole limit). */
+        int64_t need = tokens <= rate ? tat + tokens_us(tokens, rate, 1) - now_us - RL_WINDOW_US
+                                      : 0;
+        out->retry_after = ceil_s(need);
+    }
+    /* The tokens left: the part of the window TAT has not reached yet. */
+    int64_t left = RL_WINDOW_US - (tat - now_us);
+    out->remaining = left > 0 ? left * rate / RL_WINDOW_US : 0;
+    out->reset_s = ceil_s(tat - now_us);
+    pthread_mutex_unlock(&t->lock);
+    return admitted;
+}
+
+void rl_refund(struct rl_table *t, int64_t key, int64_t now_us, int64_t tokens_per_min,
+               int64_t tokens)
+{
+    if (tokens <= 0 || tokens_per_min <= 0) return;
+    if (tokens > tokens_per_min) tokens = tokens_per_min;
+    pthread_mutex_lock(&t->lock);
+    struct rl_entry *found = find(t, key, now_us);
+    /* A TAT moved into the past is a full bucket: the entry is dropped as stale later. */
+    if (found) found->tat_us -= tokens_us(tokens, tokens_per_min, 0);
+    pthread_mutex_unlock(&t->lock);
 }

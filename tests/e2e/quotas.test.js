@@ -129,6 +129,15 @@ test('monthly spend cap: time-billed endpoints stop when the month\'s charges re
   const put = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { ...limits, monthly_spend_cap_micros: cap } });
   assert.equal(put.status, 200);
   assert.equal(put.json.monthly_spend_cap_micros, cap);
+  // The customer sees this month's charges against the cap on the balance.
+  const before = await spent();
+  const bal = await as('GET', '/v1/billing/balance');
+  const after = await spent();
+  assert.equal(bal.status, 200, bal.text);
+  assert.equal(bal.json.monthly_spend_cap_micros, cap);
+  assert.match(bal.json.monthly_spend_cap_display, /^0\.[0-9]{6} USD$/);
+  assert.ok(bal.json.month_spend_micros >= before && bal.json.month_spend_micros <= after,
+    `month_spend_micros ${bal.json.month_spend_micros}, account_month_spend ${before}..${after}`);
   const ep = await waitFor('the endpoint to be stopped at the cap', async () => {
     const g = await as('GET', `/v1/endpoints/${epId}`);
     return g.json.status === 'stopped' ? g.json : false;
@@ -178,6 +187,79 @@ test('a scripted burst against a rate limit admits burst + rate × t (± 1)', as
   const t = (Math.max(...at) - Math.min(...at)) / 1000;
   const want = BURST + (RATE / 60) * t;
   assert.ok(Math.abs(admitted - want) <= 1, `admitted ${admitted} over ${t.toFixed(3)} s; burst + rate × t = ${want.toFixed(2)}`);
+});
+
+// Tokens per minute: a request is charged its body's bytes (an upper bound of its prompt tokens)
+// plus max_tokens at admission, and given back what its reply's usage shows it did not use.
+test('tokens per minute: a burst admits what the bucket holds (± 1), 429 says so, unused tokens return', async () => {
+  await waitFor('the endpoint ready', async () => (await as('GET', `/v1/endpoints/${epId}`)).json.status === 'ready');
+  const body = (stream, maxTokens = 2) => JSON.stringify({ model: 'limited', messages: [{ role: 'user', content: 'hi' }], max_tokens: maxTokens, stream });
+  const cost = Buffer.byteLength(body(false)); // + max_tokens below
+  const COST = cost + 2;
+  const LIMIT = COST * 10 + Math.floor(COST / 2); // ten requests and a half
+  const put = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { requests_per_min: 100000, requests_burst: 1000, tokens_per_min: LIMIT } });
+  assert.equal(put.status, 200, put.text);
+  assert.equal(put.json.tokens_per_min, LIMIT);
+  assert.equal((await P.api('GET', `/v1/admin/accounts/${acct}/quotas`)).json.tokens_per_min, LIMIT);
+  assert.equal((await as('GET', '/v1/quotas')).json.tokens_per_min, LIMIT);
+  assert.equal((await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { tokens_per_min: 0 } })).status, 400);
+  assert.equal((await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { requests_per_min: 100000, requests_burst: 1000, tokens_per_min: LIMIT } })).status, 200);
+  await new Promise((r) => setTimeout(r, 2500)); // the gateway's 1 s key cache
+  const send = async (b) => {
+    const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+      method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: b,
+    });
+    return { status: res.status, headers: res.headers, text: await res.text() };
+  };
+  const remaining = (r) => Number(r.headers.get('x-ratelimit-remaining-tokens'));
+
+  // More than the whole minute's allowance: refused, saying so, and nothing charged.
+  const big = await send(body(false, LIMIT));
+  assert.equal(big.status, 400, big.text);
+  const bigErr = JSON.parse(big.text).error;
+  assert.equal(bigErr.code, 'request_too_large');
+  assert.equal(bigErr.param, 'max_tokens');
+  assert.match(bigErr.message, new RegExp(`more than your whole limit of ${LIMIT} tokens per minute`));
+  assert.equal(big.headers.get('retry-after'), null, 'waiting would not help');
+  assert.equal(remaining(big), LIMIT);
+
+  // Settlement: a finished request gives back what its usage shows it did not use.
+  const r1 = await send(body(false));
+  assert.equal(r1.status, 200, r1.text);
+  assert.equal(r1.headers.get('x-ratelimit-limit-tokens'), String(LIMIT));
+  assert.ok(Math.abs(remaining(r1) - (LIMIT - COST)) <= 1, `remaining ${remaining(r1)} after one request of ${COST}`);
+  const u1 = JSON.parse(r1.text).usage;
+  const used1 = u1.prompt_tokens + u1.completion_tokens;
+  assert.ok(used1 < COST, `used ${used1} of ${COST}`);
+  const t1 = performance.now();
+  const r2 = await send(body(false));
+  assert.equal(r2.status, 200, r2.text);
+  const refill = Math.ceil((LIMIT / 60) * (performance.now() - t1) / 1000) + 1;
+  const settled = LIMIT - used1 - COST; // the first request's unused tokens came back
+  assert.ok(remaining(r2) >= settled - 1 && remaining(r2) <= settled + refill,
+    `remaining ${remaining(r2)}: settled ${settled}, unsettled ${LIMIT - 2 * COST}`);
+  const u2 = JSON.parse(r2.text).usage;
+  const bucket = remaining(r2) + COST - (u2.prompt_tokens + u2.completion_tokens);
+
+  // A burst of streams (which keep their whole charge) admits what the bucket holds, ± 1.
+  const N = 20;
+  const results = await Promise.all([...Array(N).keys()].map(() => send(body(true))));
+  const ok = results.filter((r) => r.status === 200);
+  const limited = results.filter((r) => r.status === 429);
+  assert.equal(ok.length + limited.length, N, results.map((r) => r.status).join(','));
+  const want = Math.floor(bucket / COST);
+  assert.ok(Math.abs(ok.length - want) <= 1, `admitted ${ok.length}; the bucket held ${bucket} tokens, ${want} requests of ${COST}`);
+  const l = limited[0];
+  const err = JSON.parse(l.text).error;
+  assert.equal(err.code, 'rate_limit_exceeded');
+  assert.equal(err.type, 'rate_limit_error');
+  assert.match(err.message, new RegExp(`token limit of ${LIMIT} tokens per minute reached`));
+  assert.ok(Number(l.headers.get('retry-after')) >= 1, `Retry-After ${l.headers.get('retry-after')}`);
+  assert.equal(l.headers.get('x-ratelimit-limit-tokens'), String(LIMIT));
+  assert.ok(remaining(l) < COST, `remaining ${remaining(l)} < ${COST}`);
+  assert.match(l.headers.get('x-ratelimit-reset-tokens'), /^[0-9]+s$/);
+  // The request limit's headers are there too.
+  assert.equal(l.headers.get('ratelimit-limit'), '100000');
 });
 
 // Time-billed streams run on the owner's credit: when it runs out (after the grace period) the

@@ -242,6 +242,7 @@ const ROWS = {
     who: 'admin', path: () => `/v1/admin/accounts/${ctx.B.acct}/quotas`, ok: 200,
     body: () => ({ max_devices: 16, max_endpoints: 10, requests_per_min: 600, requests_burst: 60 }),
     bad: [['negative', { body: { max_devices: -1 } }, 400, 'invalid_parameter'],
+      ['zero tokens per minute', { body: { tokens_per_min: 0 } }, 400, 'invalid_parameter'],
       ['unknown field', { body: { max_gpus: 1 } }, 400, 'unknown_parameter']],
   },
   'GET /v1/admin/hosts': { who: 'admin', path: () => '/v1/admin/hosts', ok: 200 },
