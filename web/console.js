@@ -1008,6 +1008,8 @@ async function enterBilling() {
     const b = await api('GET', '/v1/billing/balance');
     $('balance').textContent = b.balance_display;
     $('balance').classList.toggle('negative', b.balance_micros < 0);
+    $('month-spend').textContent = `${usd(b.month_spend_micros)} charged this month` +
+      (b.monthly_spend_cap_micros === null ? '' : ` of a ${usd(b.monthly_spend_cap_micros)} monthly spend cap`);
   } catch (e) { showError('billing-error', e); }
   refreshUsage();
   state.ledgerCursor = null;
@@ -1084,6 +1086,7 @@ async function enterQuotas() {
     row('Endpoints', String(q.endpoints_in_use), lim(q.max_endpoints), 'when you deploy'),
     row('Requests per minute', '—', lim(q.requests_per_min), 'on every request (429 beyond it)'),
     row('Burst', '—', lim(q.requests_burst), 'requests allowed at once above the rate'),
+    row('Tokens per minute', '—', lim(q.tokens_per_min), 'on every request: prompt bytes + max_tokens, unused ones given back (429 beyond it)'),
     row('Monthly spend cap', '—', lim(q.monthly_spend_cap_micros, (m) => usd(m)), 'stored; not enforced yet'));
 }
 
@@ -1247,7 +1250,7 @@ async function openAccount(id) {
   $('unsuspend-button').hidden = !a || !a.suspended;
   $('acct-box').hidden = false;
   const f = $('quota-form').elements;
-  for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst']) f[n].value = q[n] ?? '';
+  for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst', 'tokens_per_min']) f[n].value = q[n] ?? '';
   f.monthly_spend_cap.value = q.monthly_spend_cap_micros === null ? '' : (q.monthly_spend_cap_micros / 1e6).toFixed(2);
   $('quota-source').textContent = q.defaults ? 'Showing the defaults: saving gives this account its own quotas.' : 'This account has its own quotas.';
 }
@@ -1333,7 +1336,7 @@ function onSubmit(formId, errId, send) {
 
 onSubmit('quota-form', 'accounts-error', async (f) => {
   const body = {};
-  for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst']) if (f[n].value !== '') body[n] = Number(f[n].value);
+  for (const n of ['max_devices', 'max_endpoints', 'requests_per_min', 'requests_burst', 'tokens_per_min']) if (f[n].value !== '') body[n] = Number(f[n].value);
   if (f.monthly_spend_cap.value !== '') body.monthly_spend_cap_micros = Math.round(Number(f.monthly_spend_cap.value) * 1e6);
   await api('PUT', `/v1/admin/accounts/${encodeURIComponent(state.acct)}/quotas`, body);
   flash(`Quotas of account ${state.acct} saved.`);

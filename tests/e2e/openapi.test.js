@@ -69,8 +69,9 @@ test('GET /v1/openapi.json serves docs/openapi.json without credentials; every s
     assert.ok(ajv.getSchema(`${DOC_ID}#/components/schemas/${name}`), `schema ${name} compiles`);
   // additionalProperties: false is really enforced: a stray field fails.
   const v = ajv.compile({ $ref: `${DOC_ID}#/components/schemas/Balance` });
-  assert.ok(v({ object: 'balance', account_id: '1', balance_micros: 1, balance_display: '0.000001 USD' }));
-  assert.ok(!v({ object: 'balance', account_id: '1', balance_micros: 1, balance_display: '0.000001 USD', extra: 1 }));
+  const bal = { object: 'balance', account_id: '1', balance_micros: 1, balance_display: '0.000001 USD', month_spend_micros: 0, month_spend_display: '0.000000 USD', monthly_spend_cap_micros: null, monthly_spend_cap_display: null };
+  assert.ok(v(bal));
+  assert.ok(!v({ ...bal, extra: 1 }));
 });
 
 test('every route in the C route tables is documented, and nothing else is', () => {

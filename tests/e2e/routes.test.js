@@ -42,7 +42,8 @@ async function call(method, p, { key, session, body, raw, gw = false, headers = 
   if (body !== undefined || raw !== undefined) h['Content-Type'] ??= 'application/json';
   const base = gw ? `http://127.0.0.1:${P.ports.gateway}` : P.apiUrl;
   const res = await fetch(base + p, { method, headers: h, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
+  // An event stream (the endpoint log tail) runs for an hour: its status and headers are the reply.
+  const text = res.headers.get('content-type')?.startsWith('text/event-stream') ? (await res.body.cancel(), '') : await res.text();
   let json;
   try { json = JSON.parse(text); } catch { json = undefined; }
   return { status: res.status, json, text, headers: res.headers, cookies: res.headers.getSetCookie() };
@@ -207,6 +208,27 @@ const ROWS = {
       ['not a uuid', { path: '/v1/endpoints/123/stats' }, 404, 'endpoint_not_found'],
       ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/stats' }, 404, 'endpoint_not_found']],
     qstrs: ['granularity'],
+  },
+  'GET /v1/endpoints/{id}/logs': {
+    who: 'key', path: () => `/v1/endpoints/${A().ep.id}/logs?tail=1`, ok: 200, foreign: () => `/v1/endpoints/${A().ep.id}/logs`,
+    bad: [['tail not a number', { path: `/v1/endpoints/${'0'.repeat(8)}-0000-0000-0000-${'0'.repeat(12)}/logs?tail=x` }, 400, 'invalid_parameter'],
+      ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/logs' }, 404, 'endpoint_not_found']],
+  },
+  'PUT /v1/admin/endpoints/{id}/shared': {
+    // One of the operator's endpoints, made once (and stopped: it needs no device), withdrawn.
+    who: 'admin', ok: 200, body: () => ({ shared: false }),
+    path: async () => {
+      if (!ctx.adminEp) {
+        const me = await call('GET', '/v1/auth/me', { key: P.adminKey });
+        await call('POST', `/v1/admin/accounts/${me.json.account.id}/credits`, { key: P.adminKey, body: { amount_micros: 1_000_000, idempotency_key: uniq('c') } });
+        ctx.adminEp = (await newEndpoint({ key: P.adminKey })).id;
+        await call('POST', `/v1/endpoints/${ctx.adminEp}/stop`, { key: P.adminKey });
+      }
+      return `/v1/admin/endpoints/${ctx.adminEp}/shared`;
+    },
+    bad: [['shared not a boolean', { body: { shared: 'yes' } }, 400, 'invalid_parameter'],
+      ['missing shared', { body: {} }, 400, 'missing_parameter'],
+      ['no such endpoint', { path: '/v1/admin/endpoints/00000000-0000-0000-0000-000000000000/shared', body: { shared: false } }, 404, 'not_found']],
   },
   'GET /v1/catalog/presets': { who: 'key', path: () => '/v1/catalog/presets', ok: 200, qstrs: ['pool'] },
   'GET /v1/quotas': { who: 'key', path: () => '/v1/quotas', ok: 200 },
