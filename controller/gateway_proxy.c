@@ -93,6 +93,12 @@ struct proxy {
     int64_t account_num;
     int leased; /* a lease reservation to end (lease_end) when the transfer is over */
     int64_t tokens, tokens_per_min; /* charged to the account's tokens per minute; settled */
+    /* A stream's usage event (stream_options.include_usage), read for settling its tokens (loop
+     * thread only): the event being read, and the usage it carried (-1: none seen). */
+    char ev[1024];
+    size_t ev_len;
+    int ev_skip; /* the event is longer than ev: not the usage event */
+    int64_t stream_pt, stream_ct;
     int sent;   /* some runtime may have received the request */
     char model[208];
     int64_t hold_until_ms;
@@ -290,6 +296,36 @@ static void note_headers(struct proxy *p)
     p->headers_done = 1;
 }
 
+/* Reads a stream's events for its usage, which the runtime sends in an event of its own when
+ * the client asked (stream_options.include_usage). Loop thread. */
+static void scan_usage(struct proxy *p, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\n' && p->ev_len > 0 && p->ev[p->ev_len - 1] == '\n') {
+            if (!p->ev_skip && p->ev_len > 6 && !memcmp(p->ev, "data: ", 6) &&
+                (memmem(p->ev, p->ev_len, "\"usage\":{", 9) ||
+                 memmem(p->ev, p->ev_len, "\"usage\": {", 10))) {
+                json_t *j = json_loadb(p->ev + 6, p->ev_len - 6, 0, NULL);
+                json_t *u = json_object_get(j, "usage");
+                json_t *jp = json_object_get(u, "prompt_tokens"),
+                       *jc = json_object_get(u, "completion_tokens");
+                if (json_is_integer(jp) && json_is_integer(jc) && json_integer_value(jp) >= 0 &&
+                    json_integer_value(jc) >= 0) {
+                    p->stream_pt = json_integer_value(jp);
+                    p->stream_ct = json_integer_value(jc);
+                }
+                json_decref(j);
+            }
+            p->ev_len = 0;
+            p->ev_skip = 0;
+        } else if (p->ev_len < sizeof p->ev) {
+            p->ev[p->ev_len++] = s[i];
+        } else {
+            p->ev_skip = 1;
+        }
+    }
+}
+
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
 {
     struct proxy *p = ud;
@@ -318,6 +354,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
         }
         ok = buf_append(&p->data, ptr, n) == 0;
         p->last_data_ms = util_now_ms();
+        if (p->streaming && p->tokens > 0) scan_usage(p, ptr, n);
         if (p->streaming) wake_client(p);
     }
     pthread_mutex_unlock(&p->lock);
@@ -394,10 +431,14 @@ static void lease_return(struct proxy *p, int not_sent, int64_t pt, int64_t ct)
 }
 
 /* Settles the request's tokens per minute: all of them come back when it was not sent, the
- * unused ones when the reply carried usage; a stream keeps its whole charge (its usage is not
- * read here). */
+ * unused ones when the reply (or a stream's usage event) carried usage; otherwise it keeps its
+ * whole charge. Loop thread. */
 static void tokens_settle(struct proxy *p, int not_sent, int64_t pt, int64_t ct)
 {
+    if (pt < 0 && p->stream_pt >= 0) {
+        pt = p->stream_pt;
+        ct = p->stream_ct;
+    }
     int64_t back = not_sent ? p->tokens : pt >= 0 ? p->tokens - pt - ct : 0;
     if (back > 0)
         rl_refund(p->lis->ctl->rl, -p->account_num, util_now_ms() * 1000, p->tokens_per_min,
@@ -936,6 +977,7 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
     p->leased = r->leased;
     p->tokens = r->tokens;
     p->tokens_per_min = r->tokens_per_min;
+    p->stream_pt = p->stream_ct = -1;
     p->body = body;
     p->body_len = req->body.len;
     p->hold_until_ms = util_now_ms() + l->ctl->cfg.hold_s * 1000;

@@ -239,7 +239,22 @@ test('tokens per minute: a burst admits what the bucket holds (± 1), 429 says s
   assert.ok(remaining(r2) >= settled - 1 && remaining(r2) <= settled + refill,
     `remaining ${remaining(r2)}: settled ${settled}, unsettled ${LIMIT - 2 * COST}`);
   const u2 = JSON.parse(r2.text).usage;
-  const bucket = remaining(r2) + COST - (u2.prompt_tokens + u2.completion_tokens);
+  // A stream that asked for its usage (stream_options.include_usage) is settled by it too.
+  const withUsage = JSON.stringify({ model: 'limited', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2, stream: true, stream_options: { include_usage: true } });
+  const t3 = performance.now();
+  const r3 = await send(withUsage);
+  assert.equal(r3.status, 200, r3.text);
+  const u3 = r3.text.split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6))).find((e) => e.usage)?.usage;
+  assert.ok(u3, `a usage event in ${r3.text.slice(-400)}`);
+  const r4 = await send(body(false));
+  assert.equal(r4.status, 200, r4.text);
+  const refill3 = Math.ceil((LIMIT / 60) * (performance.now() - t3) / 1000) + 1;
+  const settled3 = remaining(r2) + COST - (u2.prompt_tokens + u2.completion_tokens) -
+    (u3.prompt_tokens + u3.completion_tokens) - COST;
+  assert.ok(remaining(r4) >= settled3 - 1 && remaining(r4) <= settled3 + refill3,
+    `remaining ${remaining(r4)}: settled ${settled3}, the stream unsettled ${settled3 - (Buffer.byteLength(withUsage) + 2) + u3.prompt_tokens + u3.completion_tokens}`);
+  const u4 = JSON.parse(r4.text).usage;
+  const bucket = remaining(r4) + COST - (u4.prompt_tokens + u4.completion_tokens);
 
   // A burst of streams (which keep their whole charge) admits what the bucket holds, ± 1.
   const N = 20;
