@@ -73,8 +73,7 @@ static void h_balance(struct httpd_req *req)
     const char *p[] = {a.account_id_str};
     PGresult *r = NULL;
     if (st >= 0)
-        st = db_exec(c,
-                     "SELECT account_month_spend($1::bigint), account_spend_cap($1::bigint)", 1,
+        st = db_exec(c, "SELECT account_month_spend($1::bigint), account_spend_cap($1::bigint)", 1,
                      p, &r, NULL);
     ctl_db_done(req, c);
     if (st != DB_ROWS) {

@@ -63,7 +63,7 @@ struct auth_ctx {
     char account_id_str[24];
     int64_t requests_per_min; /* 0: no limit */
     int64_t requests_burst;
-    int64_t tokens_per_min; /* 0: no limit */
+    int64_t tokens_per_min;
     int64_t user_id;      /* 0: a key that belongs to no user */
     int64_t session_id;   /* non-zero when authenticated by a session cookie */
     unsigned scopes;      /* AUTH_SCOPE_* bits the key (or session: all) grants */

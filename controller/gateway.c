@@ -404,8 +404,8 @@ static int token_limit(struct httpd_req *req, const struct auth_ctx *a, int64_t 
     *charged = 0;
     if (a->tokens_per_min <= 0 || !l->ctl->rl) return 0;
     struct rl_result r;
-    int ok = rl_charge(l->ctl->rl, -a->account_id, util_now_ms() * 1000, a->tokens_per_min,
-                       tokens, &r);
+    int ok =
+        rl_charge(l->ctl->rl, -a->account_id, util_now_ms() * 1000, a->tokens_per_min, tokens, &r);
     token_headers(req, &r);
     if (ok) {
         *charged = tokens;
@@ -494,8 +494,8 @@ static void proxy_generation(struct httpd_req *req, const char *path)
         snprintf(request_id, sizeof request_id, "req_%s_a%lld", hex, (long long)a.account_id);
     else
         snprintf(request_id, sizeof request_id, "req_%s", hex);
-    struct gwp_request pr = {&rt, path, a.account_id_str, a.account_id, model, request_id, 0,
-                             tokens, a.tokens_per_min};
+    struct gwp_request pr = {&rt,        path, a.account_id_str, a.account_id,    model,
+                             request_id, 0,    tokens,           a.tokens_per_min};
     if (rt.value) {
         /* Value-billed: the request's maximum cost is reserved from this process's lease on the
          * account's balance (no database round trip while the lease has room). */

@@ -99,7 +99,7 @@ struct proxy {
     size_t ev_len;
     int ev_skip; /* the event is longer than ev: not the usage event */
     int64_t stream_pt, stream_ct;
-    int sent;   /* some runtime may have received the request */
+    int sent; /* some runtime may have received the request */
     char model[208];
     int64_t hold_until_ms;
     char url[320];    /* the candidate being tried: its base URL + path */
@@ -296,6 +296,21 @@ static void note_headers(struct proxy *p)
     p->headers_done = 1;
 }
 
+/* The prompt and completion tokens of the OpenAI-shaped reply or chunk in s[0..n), when it has a
+ * `usage` object; else *pt and *ct are left as they are. */
+static void usage_of(const char *s, size_t n, int64_t *pt, int64_t *ct)
+{
+    json_t *j = json_loadb(s, n, 0, NULL);
+    json_t *u = json_object_get(j, "usage");
+    json_t *jp = json_object_get(u, "prompt_tokens"), *jc = json_object_get(u, "completion_tokens");
+    if (json_is_integer(jp) && json_is_integer(jc) && json_integer_value(jp) >= 0 &&
+        json_integer_value(jc) >= 0) {
+        *pt = json_integer_value(jp);
+        *ct = json_integer_value(jc);
+    }
+    json_decref(j);
+}
+
 /* Reads a stream's events for its usage, which the runtime sends in an event of its own when
  * the client asked (stream_options.include_usage). Loop thread. */
 static void scan_usage(struct proxy *p, const char *s, size_t n)
@@ -305,16 +320,7 @@ static void scan_usage(struct proxy *p, const char *s, size_t n)
             if (!p->ev_skip && p->ev_len > 6 && !memcmp(p->ev, "data: ", 6) &&
                 (memmem(p->ev, p->ev_len, "\"usage\":{", 9) ||
                  memmem(p->ev, p->ev_len, "\"usage\": {", 10))) {
-                json_t *j = json_loadb(p->ev + 6, p->ev_len - 6, 0, NULL);
-                json_t *u = json_object_get(j, "usage");
-                json_t *jp = json_object_get(u, "prompt_tokens"),
-                       *jc = json_object_get(u, "completion_tokens");
-                if (json_is_integer(jp) && json_is_integer(jc) && json_integer_value(jp) >= 0 &&
-                    json_integer_value(jc) >= 0) {
-                    p->stream_pt = json_integer_value(jp);
-                    p->stream_ct = json_integer_value(jc);
-                }
-                json_decref(j);
+                usage_of(p->ev + 6, p->ev_len - 6, &p->stream_pt, &p->stream_ct);
             }
             p->ev_len = 0;
             p->ev_skip = 0;
@@ -406,16 +412,7 @@ static int reply_usage(struct proxy *p, int64_t *pt, int64_t *ct)
     int not_sent = !p->sent ||
                    (p->headers_done && ((p->status >= 400 && p->status < 500) || p->status == 503));
     if (!not_sent && p->headers_done && !p->streaming && p->status == 200 && !p->failed) {
-        json_t *j = json_loadb(p->data.data, p->data.len, 0, NULL);
-        json_t *u = json_object_get(j, "usage");
-        json_t *jp = json_object_get(u, "prompt_tokens"),
-               *jc = json_object_get(u, "completion_tokens");
-        if (json_is_integer(jp) && json_is_integer(jc) && json_integer_value(jp) >= 0 &&
-            json_integer_value(jc) >= 0) {
-            *pt = json_integer_value(jp);
-            *ct = json_integer_value(jc);
-        }
-        json_decref(j);
+        usage_of(p->data.data, p->data.len, pt, ct);
     }
     pthread_mutex_unlock(&p->lock);
     return not_sent;
@@ -441,8 +438,7 @@ static void tokens_settle(struct proxy *p, int not_sent, int64_t pt, int64_t ct)
     }
     int64_t back = not_sent ? p->tokens : pt >= 0 ? p->tokens - pt - ct : 0;
     if (back > 0)
-        rl_refund(p->lis->ctl->rl, -p->account_num, util_now_ms() * 1000, p->tokens_per_min,
-                  back);
+        rl_refund(p->lis->ctl->rl, -p->account_num, util_now_ms() * 1000, p->tokens_per_min, back);
 }
 
 /* The transfer is over for good (loop thread, or the hold thread before any transfer): settle,

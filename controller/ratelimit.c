@@ -124,16 +124,16 @@ int rl_charge(struct rl_table *t, int64_t key, int64_t now_us, int64_t tokens_pe
     pthread_mutex_lock(&t->lock);
     struct rl_entry *found = find(t, key, now_us);
     int64_t tat = found && found->tat_us > now_us ? found->tat_us : now_us;
-    int admitted = tokens >= 0 && tokens <= rate && tat + tokens_us(tokens, rate, 1) - now_us <=
-                                                        RL_WINDOW_US;
+    int admitted =
+        tokens >= 0 && tokens <= rate && tat + tokens_us(tokens, rate, 1) - now_us <= RL_WINDOW_US;
     if (admitted) {
         tat += tokens_us(tokens, rate, 1);
         store(t, found, key, tat);
         out->retry_after = 0;
     } else {
         /* When the bucket will hold the tokens again (never, for more than the whole limit). */
-        int64_t need = tokens <= rate ? tat + tokens_us(tokens, rate, 1) - now_us - RL_WINDOW_US
-                                      : 0;
+        int64_t need =
+            tokens <= rate ? tat + tokens_us(tokens, rate, 1) - now_us - RL_WINDOW_US : 0;
         out->retry_after = ceil_s(need);
     }
     /* The tokens left: the part of the window TAT has not reached yet. */
