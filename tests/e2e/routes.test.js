@@ -16,81 +16,14 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
-import Ajv2020 from 'ajv/dist/2020.js';
-import addFormats from 'ajv-formats';
-import { Platform, bin, freePort, root, sleep, waitFor } from './harness.js';
+import { Platform, bin, checkReply as check, documentedRoutes as documented, freePort, sessionOf, sleep, waitFor } from './harness.js';
 
 const P = new Platform();
-const doc = JSON.parse(fs.readFileSync(path.join(root, 'docs/openapi.json'), 'utf8'));
-const METHODS = ['get', 'post', 'put', 'patch', 'delete'];
-const DOC_ID = 'https://openrunpod.invalid/openapi.json';
-const ajv = new Ajv2020({ strict: false, allErrors: true });
-addFormats(ajv);
-ajv.addSchema({ ...doc, $id: DOC_ID });
 
 let seq = 0;
 const uniq = (p) => `${p}-${process.pid % 1000}-${++seq}`;
 
-// One request: a key, or a session (cookie + CSRF token), a JSON body or raw text.
-async function call(method, p, { key, session, body, raw, gw = false, headers = {} } = {}) {
-  const h = { ...headers };
-  if (key) h.Authorization = `Bearer ${key}`;
-  if (session) {
-    h.Cookie = `orp_session=${session.token}`;
-    h['X-CSRF-Token'] = session.csrf;
-  }
-  if (body !== undefined || raw !== undefined) h['Content-Type'] ??= 'application/json';
-  const base = gw ? `http://127.0.0.1:${P.ports.gateway}` : P.apiUrl;
-  const ac = new AbortController();
-  const res = await fetch(base + p, { method, headers: h, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body), signal: ac.signal });
-  const text = /^text\/event-stream/.test(res.headers.get('content-type') ?? '') ? await firstEvent(res, ac) : await res.text();
-  let json;
-  try { json = JSON.parse(text); } catch { json = undefined; }
-  return { status: res.status, json, text, headers: res.headers, cookies: res.headers.getSetCookie() };
-}
-
-// An event stream stays open: what it sends until its first blank line (or for 2 s), then the
-// connection is closed.
-async function firstEvent(res, ac) {
-  const dec = new TextDecoder();
-  const timer = setTimeout(() => ac.abort(), 2000);
-  let text = '';
-  try {
-    for await (const chunk of res.body) {
-      text += dec.decode(chunk, { stream: true });
-      if (text.includes('\n\n')) break;
-    }
-  } catch (e) {
-    if (e.name !== 'AbortError') throw e;
-  } finally {
-    clearTimeout(timer);
-    ac.abort();
-  }
-  return text;
-}
-
-function sessionOf(r) {
-  const c = r.cookies.find((x) => x.startsWith('orp_session='));
-  assert.ok(c, `a session cookie: ${r.text}`);
-  return { token: c.split(';')[0].slice('orp_session='.length), csrf: r.json.csrf_token };
-}
-
-// The reply's status is documented for the route and a JSON body validates against its schema.
-function check(method, route, r) {
-  const op = doc.paths[route][method.toLowerCase()];
-  let resp = op.responses[String(r.status)];
-  assert.ok(resp, `${method} ${route}: status ${r.status} is documented (${r.text.slice(0, 300)})`);
-  if (resp.$ref) resp = doc.components.responses[resp.$ref.split('/').pop()];
-  const schema = resp.content?.['application/json']?.schema;
-  if (!schema) {
-    const types = Object.keys(resp.content ?? {});
-    if (types.length) assert.ok(types.some((t) => r.headers.get('content-type')?.startsWith(t)), `${method} ${route} ${r.status}: ${r.headers.get('content-type')} is one of ${types}`);
-    return;
-  }
-  assert.ok(r.json !== undefined, `${method} ${route} answered JSON: ${r.text.slice(0, 300)}`);
-  const v = ajv.compile({ $ref: `${DOC_ID}${schema.$ref ?? ''}` });
-  assert.ok(v(r.json), `${method} ${route} ${r.status}: ${ajv.errorsText(v.errors)}\n${JSON.stringify(r.json).slice(0, 1500)}`);
-}
+const call = (method, p, opts) => P.call(method, p, opts);
 
 function err(r, status, code, what = '') {
   assert.equal(r.status, status, `${what}: ${r.text.slice(0, 400)}`);
@@ -171,7 +104,8 @@ async function signup() {
 // who: none | key (a customer) | admin | session; path(): the happy path (async: may make a fresh
 // object, for routes that use one up); body(): the happy body; ok: the happy status; foreign():
 // the same route on another account's object (expect 404); bad: [label, {path, body, raw, headers},
-// status, code]; strs: string fields of the body; qstrs: string query parameters; gw: the gateway.
+// status, code]; strs: string fields of the body; qstrs: string query parameters; gw: the gateway;
+// expect(reply): more to check of the happy reply.
 const A = () => ctx.A;
 const ROWS = {
   'GET /': { who: 'none', path: () => '/', ok: 200 },
@@ -235,6 +169,7 @@ const ROWS = {
   },
   'GET /v1/endpoints/{id}/logs': {
     who: 'key', path: () => `/v1/endpoints/${A().ep.id}/logs?tail=5`, ok: 200, foreign: () => `/v1/endpoints/${A().ep.id}/logs`,
+    expect: (r) => assert.match(r.text, /^id: \d+\nevent: log\ndata: \{.*\}\n\n/, 'a stored line first'),
     bad: [['not a uuid', { path: '/v1/endpoints/123/logs' }, 404, 'endpoint_not_found'],
       ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/logs' }, 404, 'endpoint_not_found'],
       ['tail 0', { path: () => `/v1/endpoints/${A().ep.id}/logs?tail=0` }, 400, 'invalid_parameter'],
@@ -443,13 +378,6 @@ const ROWS = {
   'GET /v1/models': { who: 'key', gw: true, path: () => '/v1/models', ok: 200 },
 };
 
-function documented() {
-  const out = [];
-  for (const [p, item] of Object.entries(doc.paths))
-    for (const m of METHODS) if (item[m]) out.push({ route: p, method: m.toUpperCase(), key: `${m.toUpperCase()} ${p}` });
-  return out;
-}
-
 const resolve = async (v) => (typeof v === 'function' ? v() : v);
 const credential = (row, key) => (row.who === 'admin' ? key ?? P.adminKey : key ?? A().key);
 
@@ -501,6 +429,7 @@ async function happy(d, row) {
   const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw });
   assert.equal(r.status, row.ok, `${d.key}: ${r.text.slice(0, 500)}`);
   check(d.method, d.route, r);
+  row.expect?.(r);
   return r;
 }
 
