@@ -868,8 +868,8 @@ static int sse_chunk(struct sse *s, json_t *delta, const char *finish, json_t *l
     if (s->kind == KIND_TEXT) {
         json_t *t = json_object_get(delta, "content");
         choice =
-            json_pack("{s:O,s:i,s:o,s:o}", "text", t ? t : json_string(""), "index", 0, "logprobs",
-                      lp, "finish_reason", finish ? json_string(finish) : json_null());
+            json_pack("{s:o,s:i,s:o,s:o}", "text", t ? json_incref(t) : json_string(""), "index", 0,
+                      "logprobs", lp, "finish_reason", finish ? json_string(finish) : json_null());
         json_decref(delta);
     } else {
         choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", lp,
