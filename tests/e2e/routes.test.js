@@ -16,56 +16,14 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
-import Ajv2020 from 'ajv/dist/2020.js';
-import addFormats from 'ajv-formats';
-import { Platform, bin, freePort, root, sleep, waitFor } from './harness.js';
+import { Platform, bin, checkReply as check, documentedRoutes as documented, freePort, sessionOf, sleep, waitFor } from './harness.js';
 
 const P = new Platform();
-const doc = JSON.parse(fs.readFileSync(path.join(root, 'docs/openapi.json'), 'utf8'));
-const METHODS = ['get', 'post', 'put', 'patch', 'delete'];
-const DOC_ID = 'https://openrunpod.invalid/openapi.json';
-const ajv = new Ajv2020({ strict: false, allErrors: true });
-addFormats(ajv);
-ajv.addSchema({ ...doc, $id: DOC_ID });
 
 let seq = 0;
 const uniq = (p) => `${p}-${process.pid % 1000}-${++seq}`;
 
-// One request: a key, or a session (cookie + CSRF token), a JSON body or raw text.
-async function call(method, p, { key, session, body, raw, gw = false, headers = {} } = {}) {
-  const h = { ...headers };
-  if (key) h.Authorization = `Bearer ${key}`;
-  if (session) {
-    h.Cookie = `orp_session=${session.token}`;
-    h['X-CSRF-Token'] = session.csrf;
-  }
-  if (body !== undefined || raw !== undefined) h['Content-Type'] ??= 'application/json';
-  const base = gw ? `http://127.0.0.1:${P.ports.gateway}` : P.apiUrl;
-  const res = await fetch(base + p, { method, headers: h, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
-  let json;
-  try { json = JSON.parse(text); } catch { json = undefined; }
-  return { status: res.status, json, text, headers: res.headers, cookies: res.headers.getSetCookie() };
-}
-
-function sessionOf(r) {
-  const c = r.cookies.find((x) => x.startsWith('orp_session='));
-  assert.ok(c, `a session cookie: ${r.text}`);
-  return { token: c.split(';')[0].slice('orp_session='.length), csrf: r.json.csrf_token };
-}
-
-// The reply's status is documented for the route and a JSON body validates against its schema.
-function check(method, route, r) {
-  const op = doc.paths[route][method.toLowerCase()];
-  let resp = op.responses[String(r.status)];
-  assert.ok(resp, `${method} ${route}: status ${r.status} is documented (${r.text.slice(0, 300)})`);
-  if (resp.$ref) resp = doc.components.responses[resp.$ref.split('/').pop()];
-  const schema = resp.content?.['application/json']?.schema;
-  if (!schema) return;
-  assert.ok(r.json !== undefined, `${method} ${route} answered JSON: ${r.text.slice(0, 300)}`);
-  const v = ajv.compile({ $ref: `${DOC_ID}${schema.$ref ?? ''}` });
-  assert.ok(v(r.json), `${method} ${route} ${r.status}: ${ajv.errorsText(v.errors)}\n${JSON.stringify(r.json).slice(0, 1500)}`);
-}
+const call = (method, p, opts) => P.call(method, p, opts);
 
 function err(r, status, code, what = '') {
   assert.equal(r.status, status, `${what}: ${r.text.slice(0, 400)}`);
@@ -145,8 +103,9 @@ async function signup() {
 // ---- the table: one row per documented route ----
 // who: none | key (a customer) | admin | session; path(): the happy path (async: may make a fresh
 // object, for routes that use one up); body(): the happy body; ok: the happy status; foreign():
-// the same route on another account's object (expect 404); bad: [label, {path, body, raw}, status,
-// code]; strs: string fields of the body; qstrs: string query parameters; gw: the gateway.
+// the same route on another account's object (expect 404); bad: [label, {path, body, raw, headers},
+// status, code]; strs: string fields of the body; qstrs: string query parameters; gw: the gateway;
+// expect(reply): more to check of the happy reply.
 const A = () => ctx.A;
 const ROWS = {
   'GET /': { who: 'none', path: () => '/', ok: 200 },
@@ -208,6 +167,20 @@ const ROWS = {
       ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/stats' }, 404, 'endpoint_not_found']],
     qstrs: ['granularity'],
   },
+  'GET /v1/endpoints/{id}/logs': {
+    who: 'key', path: () => `/v1/endpoints/${A().ep.id}/logs?tail=5`, ok: 200, foreign: () => `/v1/endpoints/${A().ep.id}/logs`,
+    expect: (r) => assert.match(r.text, /^id: \d+\nevent: log\ndata: \{.*\}\n\n/, 'a stored line first'),
+    bad: [['not a uuid', { path: '/v1/endpoints/123/logs' }, 404, 'endpoint_not_found'],
+      ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/logs' }, 404, 'endpoint_not_found'],
+      ['tail 0', { path: () => `/v1/endpoints/${A().ep.id}/logs?tail=0` }, 400, 'invalid_parameter'],
+      ['tail over the cap', { path: () => `/v1/endpoints/${A().ep.id}/logs?tail=2001` }, 400, 'invalid_parameter'],
+      ['tail not a number', { path: () => `/v1/endpoints/${A().ep.id}/logs?tail=all` }, 400, 'invalid_parameter'],
+      ['after negative', { path: () => `/v1/endpoints/${A().ep.id}/logs?after=-1` }, 400, 'invalid_parameter'],
+      ['after past int64', { path: () => `/v1/endpoints/${A().ep.id}/logs?after=99999999999999999999` }, 400, 'invalid_parameter'],
+      ['Last-Event-ID not a number', { path: () => `/v1/endpoints/${A().ep.id}/logs`, headers: { 'Last-Event-ID': '1e3' } }, 400, 'invalid_parameter'],
+      ['replica not a uuid', { path: () => `/v1/endpoints/${A().ep.id}/logs?replica=1` }, 400, 'invalid_parameter']],
+    qstrs: ['after', 'tail', 'replica'],
+  },
   'GET /v1/catalog/presets': { who: 'key', path: () => '/v1/catalog/presets', ok: 200, qstrs: ['pool'] },
   'GET /v1/quotas': { who: 'key', path: () => '/v1/quotas', ok: 200 },
   'GET /v1/billing/balance': { who: 'key', path: () => '/v1/billing/balance', ok: 200 },
@@ -243,6 +216,17 @@ const ROWS = {
     body: () => ({ max_devices: 16, max_endpoints: 10, requests_per_min: 600, requests_burst: 60 }),
     bad: [['negative', { body: { max_devices: -1 } }, 400, 'invalid_parameter'],
       ['unknown field', { body: { max_gpus: 1 } }, 400, 'unknown_parameter']],
+  },
+  'PUT /v1/admin/endpoints/{id}/shared': {
+    who: 'admin', path: () => `/v1/admin/endpoints/${ctx.valueEp.id}/shared`, body: () => ({ shared: true }), ok: 200,
+    bad: [['missing shared', { body: {} }, 400, 'missing_parameter'],
+      ['shared of the wrong type', { body: { shared: 'yes' } }, 400, 'invalid_parameter'],
+      ['unknown field', { body: { shared: true, name: 'x' } }, 400, 'unknown_parameter'],
+      ['malformed JSON', { raw: '{"shared": ' }, 400, 'invalid_json'],
+      ['a time-billed endpoint', { path: () => `/v1/admin/endpoints/${ctx.timeEp.id}/shared`, body: { shared: true } }, 409, 'not_value_billed'],
+      ["a customer's endpoint", { path: () => `/v1/admin/endpoints/${A().spare.id}/shared`, body: { shared: true } }, 404, 'not_found'],
+      ['not a uuid', { path: '/v1/admin/endpoints/123/shared', body: { shared: true } }, 404, 'not_found'],
+      ['no such endpoint', { path: '/v1/admin/endpoints/00000000-0000-0000-0000-000000000000/shared', body: { shared: true } }, 404, 'not_found']],
   },
   'GET /v1/admin/hosts': { who: 'admin', path: () => '/v1/admin/hosts', ok: 200 },
   'DELETE /v1/admin/hosts/{id}': {
@@ -394,13 +378,6 @@ const ROWS = {
   'GET /v1/models': { who: 'key', gw: true, path: () => '/v1/models', ok: 200 },
 };
 
-function documented() {
-  const out = [];
-  for (const [p, item] of Object.entries(doc.paths))
-    for (const m of METHODS) if (item[m]) out.push({ route: p, method: m.toUpperCase(), key: `${m.toUpperCase()} ${p}` });
-  return out;
-}
-
 const resolve = async (v) => (typeof v === 'function' ? v() : v);
 const credential = (row, key) => (row.who === 'admin' ? key ?? P.adminKey : key ?? A().key);
 
@@ -426,6 +403,14 @@ before(async () => {
   assert.equal(g.status, 201, g.text);
   ctx.gpuType = 'taken-type';
   ctx.model = await newModel();
+  // The operator's own endpoints (stopped: they hold no device), one billed by value (shareable)
+  // and one by time.
+  const ac = await call('POST', `/v1/admin/accounts/${ctx.adminAcct}/credits`, { key: P.adminKey, body: { amount_micros: 100_000_000, idempotency_key: uniq('c') } });
+  assert.equal(ac.status, 201, ac.text);
+  const admin = { key: P.adminKey };
+  ctx.valueEp = await newEndpoint(admin, { billing_mode: 'value' });
+  ctx.timeEp = await newEndpoint(admin);
+  for (const ep of [ctx.valueEp, ctx.timeEp]) assert.equal((await call('POST', `/v1/endpoints/${ep.id}/stop`, { key: P.adminKey })).status, 200);
   ctx.user = await signup();
   await sleep(1600); // the expired key's time runs out
 }, { timeout: 180000 });
@@ -444,6 +429,7 @@ async function happy(d, row) {
   const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw });
   assert.equal(r.status, row.ok, `${d.key}: ${r.text.slice(0, 500)}`);
   check(d.method, d.route, r);
+  row.expect?.(r);
   return r;
 }
 
@@ -458,7 +444,7 @@ test('each class of bad input gets its 4xx with the error shape, on every route 
     for (const [label, spec, status, code] of row.bad ?? []) {
       const p = spec.path ? await resolve(spec.path) : await resolve(row.path);
       const session = row.session ? await row.session() : undefined;
-      const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: await resolve(spec.body), raw: spec.raw, gw: row.gw });
+      const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: await resolve(spec.body), raw: spec.raw, headers: spec.headers, gw: row.gw });
       err(r, status, code, `${d.key} ${label}`);
       check(d.method, d.route, r);
     }
