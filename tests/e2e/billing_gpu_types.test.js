@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Platform, bin, waitFor } from './harness.js';
+import { Platform, bin, gpuHost, waitFor } from './harness.js';
 
 const PERIOD_S = 2;
 const P = new Platform();
@@ -21,15 +21,6 @@ const ENDPOINTS = [['on-h100', MODELS.h100, 2], ['on-h200', MODELS.h200, 1], ['o
 const hosts = {};
 const ids = {};
 let beat;
-
-function gpuHost(name, model) {
-  const uuids = Array.from({ length: 8 }, (_, i) => `GPU-${name}-${i}`);
-  return {
-    name, address: '127.0.0.1', agent_version: 'e2e',
-    devices: uuids.map((uuid, i) => ({ index: i, uuid, kind: 'gpu', model, memory_mib: 81559,
-      numa_node: i < 4 ? 0 : 1, nvlink_peers: uuids.filter((u) => u !== uuid), healthy: true })),
-  };
-}
 
 // What an agent would report: every replica placed on the host and not being stopped is ready.
 async function heartbeat(h) {
@@ -50,7 +41,7 @@ before(async () => {
     assert.equal(r.status, 201, r.text);
   }
   for (const [k, model] of Object.entries(MODELS)) {
-    const r = await P.agentApi('/agent/v1/register', P.agentToken, gpuHost(`${k}-box`, model));
+    const r = await P.agentApi('/agent/v1/register', P.agentToken, gpuHost(`${k}-box`, model, 81559));
     assert.equal(r.status, 200, r.text);
     hosts[k] = r.json;
   }
