@@ -5,7 +5,8 @@
 // the H100 price while the replicas are ready. Two controllers meter at once. Every ledger entry
 // must equal what the test recomputes on its own: ready seconds × GPUs from the ready intervals ×
 // the price version in force (gpu_type_prices / device_prices rows) for the GPU model the replica
-// was placed on. Statements and presets name and show the type's price.
+// was placed on. Statements and presets name and show the type's price; a replica on a mixed
+// host opens one ready interval per GPU type.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -181,4 +182,28 @@ test('presets show each GPU type\'s price in force, the kind price for an untype
   }
   // The cheapest fit is the default: one A100 at the kind's price.
   assert.equal(presets.find((p) => p.default).gpu_type, MODELS.a100);
+});
+
+test('a replica holding GPUs of two types opens one ready interval per type (the trigger, rolled back)', async () => {
+  // An endpoint made before GPU types (no endpoints.gpu_type) may be placed on a mixed host.
+  const body = gpuHost('mix-box', MODELS.h200, 81559);
+  body.devices.forEach((d, i) => { if (i >= 5) d.model = MODELS.a100; });
+  const reg = await P.agentApi('/agent/v1/register', P.agentToken, body);
+  assert.equal(reg.status, 200, reg.text);
+  const c = await P.db.connect();
+  try {
+    await c.query('BEGIN');
+    const rep = (await c.query(
+      "SELECT id FROM replicas WHERE endpoint_id = $1 AND state = 'stopped' LIMIT 1", [ids['on-h200']])).rows[0];
+    await c.query(
+      "UPDATE replicas SET state = 'ready', epoch = epoch + 1000, host_id = $2, devices = $3 WHERE id = $1",
+      [rep.id, reg.json.host_id, body.devices.slice(3).map((d) => d.uuid)]);
+    const iv = (await c.query(
+      `SELECT t.name, i.devices FROM ready_intervals i LEFT JOIN gpu_types t ON t.id = i.gpu_type_id
+        WHERE i.replica_id = $1 AND i.ended_at IS NULL ORDER BY t.name`, [rep.id])).rows;
+    assert.deepEqual(iv, [{ name: 'h200-141gb', devices: 2 }, { name: null, devices: 3 }]);
+  } finally {
+    await c.query('ROLLBACK');
+    c.release();
+  }
 });
