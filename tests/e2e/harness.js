@@ -326,3 +326,14 @@ export class Platform {
     else console.error(`kept ${this.tmp}`);
   }
 }
+
+// The registration body of an 8-GPU host of one model (two NUMA nodes, all NVLinked), for suites
+// that register GPU hosts through the agent API where no GPU is.
+export function gpuHost(name, model, memory_mib) {
+  const uuids = Array.from({ length: 8 }, (_, i) => `GPU-${name}-${i}`);
+  return {
+    name, address: '127.0.0.1', agent_version: 'e2e',
+    devices: uuids.map((uuid, i) => ({ index: i, uuid, kind: 'gpu', model, memory_mib, numa_node: i < 4 ? 0 : 1,
+      nvlink_peers: uuids.filter((u) => u !== uuid), healthy: true })),
+  };
+}
