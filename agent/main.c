@@ -441,9 +441,12 @@ int main(int argc, char **argv)
             log_error("/metrics: %s", err);
             return 1;
         }
-        nvml = inv_nvml_open(cfg.nvml_lib); /* NULL: no GPU readings, the rest is still served */
         log_info("metrics on http://%s:%d/metrics", cfg.metrics_host, metrics_port(metrics));
     }
+    /* GPU readings go to /metrics and, the latest of them, on each heartbeat (the admin's hosts
+     * page). NULL: no NVML (CPU slots only), no readings; the rest works as before. */
+    if (inv.gpus > 0) nvml = inv_nvml_open(cfg.nvml_lib);
+    json_t *gpu_json = NULL; /* ctl.gpus borrows it */
     struct metrics_snapshot snap = {0};
     struct inv_gpu_sample *gpu_samples = NULL;
     size_t ngpu_samples = 0;
@@ -492,12 +495,14 @@ int main(int argc, char **argv)
             next_hb = had_key && !ctl.registered ? util_now_ms() : util_now_ms() + heartbeat_ms;
         }
         sup_tick(sup);
+        if (nvml && util_now_ms() >= next_gpu_sample) {
+            next_gpu_sample = util_now_ms() + AGENT_GPU_SAMPLE_MS;
+            free(gpu_samples);
+            if (inv_nvml_sample(nvml, &gpu_samples, &ngpu_samples) != 0) ngpu_samples = 0;
+            json_decref(gpu_json);
+            ctl.gpus = gpu_json = inv_samples_to_json(gpu_samples, ngpu_samples);
+        }
         if (metrics) {
-            if (nvml && util_now_ms() >= next_gpu_sample) {
-                next_gpu_sample = util_now_ms() + AGENT_GPU_SAMPLE_MS;
-                free(gpu_samples);
-                if (inv_nvml_sample(nvml, &gpu_samples, &ngpu_samples) != 0) ngpu_samples = 0;
-            }
             if (metrics_snapshot_gpus(&snap, gpu_samples, ngpu_samples) == 0 &&
                 metrics_snapshot_replicas(&snap, sup) == 0)
                 metrics_publish(metrics, &snap);
@@ -514,6 +519,7 @@ int main(int argc, char **argv)
     metrics_stop(metrics);
     metrics_snapshot_free(&snap);
     free(gpu_samples);
+    json_decref(gpu_json);
     inv_nvml_close(nvml);
     if (cfg.stop_runtimes_on_exit) {
         sup_stop_all(sup);

@@ -37,8 +37,11 @@
     "  'devices', (SELECT COALESCE(json_agg(json_build_object('index', g.idx, 'uuid', g.uuid, "    \
     "     'kind', g.kind, 'model', g.model, 'memory_mib', g.memory_mib, 'healthy', g.healthy, "    \
     "     'numa_node', g.numa_node, 'pci_bus_id', g.pci_bus_id, 'nvlink_peers', g.nvlink_peers, "  \
-    "     'ecc_errors', g.ecc_errors, 'retired_pages', g.retired_pages) "                          \
-    "     ORDER BY g.kind, g.idx), '[]') FROM gpus g WHERE g.host_id = h.id)) "                    \
+    "     'ecc_errors', g.ecc_errors, 'retired_pages', g.retired_pages, "                          \
+    "     'utilization_percent', gs.utilization_percent, 'memory_used_mib', gs.memory_used_mib, "  \
+    "     'temperature_c', gs.temperature_c, 'sampled_at', gs.sampled_at) "                        \
+    "     ORDER BY g.kind, g.idx), '[]') FROM gpus g "                                             \
+    "     LEFT JOIN gpu_samples gs ON gs.gpu_id = g.id WHERE g.host_id = h.id)) "                  \
     "FROM hosts h LEFT JOIN host_seen s ON s.host_id = h.id ORDER BY h.name"
 
 /* A pooled connection for an admin, or NULL after answering 401, 403 or 503. */

@@ -37,9 +37,9 @@ struct eng_req {
     float *logits;  /* [vocab] while running */
     struct buf out; /* text not yet taken by eng_wait */
     int published;  /* tokens sampled whose records (text, logprobs) the consumer may read */
-    int64_t t_submit, t_first, t_last; /* us */
-    struct eng_req *next;              /* in the queue or the running list */
-    pthread_cond_t cv;                 /* the consumer waits on it */
+    int64_t t_submit, t_first, t_last, t_done; /* us; 0: not yet */
+    struct eng_req *next;                      /* in the queue or the running list */
+    pthread_cond_t cv;                         /* the consumer waits on it */
 };
 
 /* Seconds; the last bucket is +Inf. */
@@ -104,6 +104,7 @@ static void req_done(struct eng_req *r, int failed)
     }
     r->state = REQ_DONE;
     r->failed = failed;
+    r->t_done = now_us();
     if (r->cancel)
         e->cancelled++;
     else if (failed)
@@ -420,6 +421,15 @@ int eng_wait_tokens(struct eng_req *r, struct buf *out, int *tokens)
 const struct gen *eng_gen(const struct eng_req *r)
 {
     return &r->g;
+}
+
+void eng_times(struct eng_req *r, int64_t *first_us, int64_t *total_us)
+{
+    pthread_mutex_lock(&r->e->mu); /* the scheduler may still be stepping a cancelled request */
+    int64_t end = r->t_done ? r->t_done : now_us();
+    *first_us = r->t_first ? r->t_first - r->t_submit : -1;
+    *total_us = end - r->t_submit;
+    pthread_mutex_unlock(&r->e->mu);
 }
 
 void eng_cancel(struct eng_req *r)
