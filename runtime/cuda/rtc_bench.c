@@ -224,7 +224,8 @@ static double ttft(struct model *m, struct model_kv *kv, int len, float *lg)
     struct model_row *rows = calloc((size_t)len, sizeof *rows);
     if (!c || !rows) return -1;
     for (int i = 0; i < len; i++)
-        rows[i] = (struct model_row){c, (i * 7919) % (vocab - 1000) + 10, i == len - 1 ? lg : NULL};
+        rows[i] = (struct model_row){c, (i * 7919) % (vocab - 1000) + 10, i == len - 1 ? lg : NULL,
+                                     NULL, NULL};
     double t0 = now_s();
     int rc = model_forward_batch(m, rows, len);
     volatile int tok = sampler_argmax(lg, vocab);
@@ -249,14 +250,14 @@ static double decode(struct model *m, struct model_kv *kv, int b, float *lg)
         for (int k = 0; k < prompt; k++)
             rows[i * prompt + k] =
                 (struct model_row){c[i], (i * 31 + k * 17) % 5000 + 10,
-                                   k == prompt - 1 ? lg + (size_t)i * vocab : NULL};
+                                   k == prompt - 1 ? lg + (size_t)i * vocab : NULL, NULL, NULL};
     if (model_forward_batch(m, rows, b * prompt) != 0) goto out;
     double t0 = 0;
     for (int s = 0; s < warm + steps; s++) {
         if (s == warm) t0 = now_s();
         for (int i = 0; i < b; i++)
             rows[i] = (struct model_row){c[i], sampler_argmax(lg + (size_t)i * vocab, vocab),
-                                         lg + (size_t)i * vocab};
+                                         lg + (size_t)i * vocab, NULL, NULL};
         if (model_forward_batch(m, rows, b) != 0) goto out;
     }
     dt = (now_s() - t0) / steps;

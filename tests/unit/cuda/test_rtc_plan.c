@@ -115,9 +115,10 @@ static void test_step(void)
     char A, B, C; /* the sequences' identities */
     struct model_dev_row rows[7];
     for (int i = 0; i < 5; i++) /* A: a prompt chunk, positions 0..4, logits on the last */
-        rows[i] = (struct model_dev_row){100 + i, i, ba, 1, &A, i == 4 ? &lg[0] : NULL};
-    rows[5] = (struct model_dev_row){200, 20, bb, 2, &B, &lg[1]}; /* decode at 20: page 1 */
-    rows[6] = (struct model_dev_row){300, 0, bc, 1, &C, &lg[2]};
+        rows[i] = (struct model_dev_row){100 + i, i, ba, 1, &A, i == 4 ? &lg[0] : NULL, NULL, NULL};
+    rows[5] =
+        (struct model_dev_row){200, 20, bb, 2, &B, &lg[1], NULL, NULL}; /* decode at 20: page 1 */
+    rows[6] = (struct model_dev_row){300, 0, bc, 1, &C, &lg[2], NULL, NULL};
     size_t cap = rtc_plan_step_words(7, 8, 4);
     CHECK(cap <= sizeof buf / sizeof buf[0]);
     CHECK(rtc_plan_step(rows, 7, 4, 2, 264, 2048, buf, cap, &st) == 0);
@@ -144,7 +145,7 @@ static void test_step(void)
     static int many[300];
     for (int i = 0; i < 300; i++)
         many[i] = i;
-    struct model_dev_row one = {5, 4000, many, 300, &A, &lg[0]};
+    struct model_dev_row one = {5, 4000, many, 300, &A, &lg[0], NULL, NULL};
     cap = rtc_plan_step_words(1, 300, 4);
     CHECK(rtc_plan_step(&one, 1, 4, 8, 264, 2048, buf, cap, &st) == 0);
     CHECK_INT_EQ(st.qpw, 1);
@@ -156,8 +157,9 @@ static void test_step(void)
     CHECK_INT_EQ(st.nsplit, 10);
 
     /* Interleaved rows of one sequence are found again; not consecutive in the batch: no run. */
-    struct model_dev_row mix[3] = {
-        {1, 0, ba, 1, &A, NULL}, {2, 5, bc, 1, &B, NULL}, {3, 1, ba, 1, &A, &lg[0]}};
+    struct model_dev_row mix[3] = {{1, 0, ba, 1, &A, NULL, NULL, NULL},
+                                   {2, 5, bc, 1, &B, NULL, NULL, NULL},
+                                   {3, 1, ba, 1, &A, &lg[0], NULL, NULL}};
     cap = rtc_plan_step_words(3, 8, 8);
     CHECK(rtc_plan_step(mix, 3, 8, 1, 264, 2048, buf, cap, &st) == 0);
     CHECK_INT_EQ(st.nseq, 2);
@@ -167,7 +169,7 @@ static void test_step(void)
     CHECK_INT_EQ(st.nitems, 6);
 
     /* A position past the context's blocks, or too small a buffer, is refused. */
-    struct model_dev_row bad = {1, 16, ba, 1, &A, NULL};
+    struct model_dev_row bad = {1, 16, ba, 1, &A, NULL, NULL, NULL};
     CHECK(rtc_plan_step(&bad, 1, 4, 2, 264, 2048, buf, rtc_plan_step_words(1, 8, 4), &st) == -1);
     CHECK(rtc_plan_step(rows, 7, 4, 2, 264, 2048, buf, 10, &st) == -1);
 }
