@@ -140,6 +140,30 @@ static void test_step(void)
     CHECK(it[8] == 5 && it[9] == 1 && it[12] == 6 && it[13] == 1);
     CHECK_INT_EQ(st.nsplit, 1); /* 2 pages: too short to split */
     CHECK(st.words <= cap);
+    CHECK_INT_EQ(st.nhost, 3);
+    CHECK_INT_EQ(st.nsample, 0);
+
+    /* Sampled rows: the host's logit rows first (only they are copied back), then the rows only
+     * sampled, each with its parameters (greedy for a host row); B wants both. */
+    const struct model_sample sb = {0.7f, 0.9f, 40, 0.25f}, sc = {0.0f, 1.0f, 0, 0.0f};
+    int tb, tc;
+    rows[4].logits = NULL, rows[4].sample = &sb, rows[4].token_out = &tb; /* A: sampled only */
+    rows[5].sample = &sb, rows[5].token_out = &tb;                        /* B: both */
+    rows[6].logits = NULL, rows[6].sample = &sc, rows[6].token_out = &tc; /* C: greedy, sampled */
+    CHECK(rtc_plan_step(rows, 7, 4, 2, 264, 2048, buf, cap, &st) == 0);
+    CHECK(st.words <= cap);
+    CHECK_INT_EQ(st.nlogits, 3);
+    CHECK_INT_EQ(st.nhost, 1);
+    CHECK_INT_EQ(st.nsample, 3);
+    lidx = at(buf, st.off_logit_idx);
+    CHECK(lidx[0] == 5 && lidx[1] == 4 && lidx[2] == 6);
+    struct rtc_sample_param sp[3];
+    memcpy(sp, at(buf, st.off_sample), sizeof sp);
+    CHECK(sp[0].temperature == 0.7f && sp[0].top_p == 0.9f && sp[0].u == 0.25f &&
+          sp[0].top_k == 40);
+    CHECK(sp[1].temperature == 0.7f && sp[2].temperature == 0.0f && sp[2].top_p == 1.0f);
+    rows[4].sample = rows[5].sample = rows[6].sample = NULL;
+    rows[4].logits = &lg[0], rows[6].logits = &lg[2];
 
     /* One long decode row (position 4000, 251 pages): few blocks, so split, at most 32. */
     static int many[300];
