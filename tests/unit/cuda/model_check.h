@@ -247,7 +247,7 @@ static int check_device_sampling(const char *what, struct model *m)
             struct model_row rows[24];
             struct model_sample mb, mc;
             int tb = -1, tc = -1, next = -1;
-            for (int step = 0; step < 12; step++) {
+            for (int step = 0; step < 10; step++) {
                 int plen = step == 0 ? 6 : 1, n = 0;
                 /* u for B and C drawn as the engine does (temperature > 0 only). */
                 mb = (struct model_sample){p.temperature, p.top_p, p.top_k,
