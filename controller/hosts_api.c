@@ -14,6 +14,7 @@
 #include "drain.h"
 #include "idempotency.h"
 #include "jsonx.h"
+#include "labels.h"
 #include "log.h"
 #include "replica.h"
 #include "util.h"
@@ -339,6 +340,68 @@ static void h_drain(struct httpd_req *req)
     h_host_action(req, "drain");
 }
 
+/* ---- labels ---- */
+
+/* Replaces the labels of host id (a JSON object labels_check accepted). DB_ROWS with *host (new
+ * reference), DB_NONE when there is no such host or it was revoked. */
+static enum db_status set_labels(PGconn *c, const char *id, const char *labels, json_t **host)
+{
+    *host = NULL;
+    const char *p[] = {id, labels};
+    PGresult *r;
+    enum db_status st =
+        db_exec(c,
+                "UPDATE hosts SET labels = $2::jsonb, updated_at = now() "
+                "WHERE id = $1::bigint AND state <> 'revoked' "
+                "RETURNING json_build_object('object', 'host', 'id', id::text, 'name', name, "
+                "  'state', state, 'labels', labels)",
+                2, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        return st;
+    }
+    json_error_t je;
+    *host = json_loads(PQgetvalue(r, 0, 0), 0, &je);
+    PQclear(r);
+    if (!*host) return DB_HARD;
+    log_info("host %s: labels %s", id, labels);
+    return DB_ROWS;
+}
+
+/* PUT /v1/admin/hosts/{id}/labels {"labels": {...}}: replaces the host's labels (an agent started
+ * with --labels replaces them again when it registers). */
+static void h_put_labels(struct httpd_req *req)
+{
+    static const char *const known[] = {"labels", NULL};
+    const char *id = req->params[0];
+    PGconn *c = host_route(req, "set host labels");
+    if (!c) return;
+    json_t *body = httpd_body_object(req), *host = NULL;
+    struct jsonx_err je = {0};
+    char *txt = NULL;
+    if (!body || httpd_reject_unknown(req, body, known) != 0) goto out;
+    json_t *labels = json_object_get(body, "labels");
+    if (!labels) {
+        httpd_error(req, 400, "missing_parameter", "labels", "field 'labels' is required");
+        goto out;
+    }
+    if (labels_check(labels, "labels", &je) != 0) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        goto out;
+    }
+    enum db_status st = (txt = jsonx_dump(labels)) ? set_labels(c, id, txt, &host) : DB_HARD;
+    if (st < 0)
+        httpd_error(req, 500, "internal_error", NULL, "could not set the host's labels");
+    else if (st == DB_NONE)
+        httpd_error(req, 404, "not_found", NULL, "host %s does not exist or was revoked", id);
+    else
+        httpd_reply_json(req, 200, host);
+out:
+    free(txt);
+    json_decref(body);
+    ctl_db_done(req, c);
+}
+
 /* ---- listing ---- */
 
 static void h_list_hosts(struct httpd_req *req)
@@ -370,6 +433,7 @@ const struct httpd_route hosts_routes[] = {
     {"POST", "/v1/admin/hosts/{}/cordon", h_cordon},
     {"POST", "/v1/admin/hosts/{}/uncordon", h_uncordon},
     {"POST", "/v1/admin/hosts/{}/drain", h_drain},
+    {"PUT", "/v1/admin/hosts/{}/labels", h_put_labels},
 };
 const size_t hosts_nroutes = sizeof hosts_routes / sizeof hosts_routes[0];
 
