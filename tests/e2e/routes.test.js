@@ -32,7 +32,8 @@ let seq = 0;
 const uniq = (p) => `${p}-${process.pid % 1000}-${++seq}`;
 
 // One request: a key, or a session (cookie + CSRF token), a JSON body or raw text.
-async function call(method, p, { key, session, body, raw, gw = false, headers = {} } = {}) {
+// stream: a 200 is a server-sent event stream that does not end: only its status and headers are read.
+async function call(method, p, { key, session, body, raw, gw = false, headers = {}, stream = false } = {}) {
   const h = { ...headers };
   if (key) h.Authorization = `Bearer ${key}`;
   if (session) {
@@ -42,7 +43,9 @@ async function call(method, p, { key, session, body, raw, gw = false, headers = 
   if (body !== undefined || raw !== undefined) h['Content-Type'] ??= 'application/json';
   const base = gw ? `http://127.0.0.1:${P.ports.gateway}` : P.apiUrl;
   const res = await fetch(base + p, { method, headers: h, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
+  const sse = stream && res.status === 200;
+  if (sse) await res.body.cancel();
+  const text = sse ? '' : await res.text();
   let json;
   try { json = JSON.parse(text); } catch { json = undefined; }
   return { status: res.status, json, text, headers: res.headers, cookies: res.headers.getSetCookie() };
@@ -104,6 +107,17 @@ async function newEndpoint(who, extra = {}) {
   const r = await call('POST', '/v1/endpoints', { key: who.key, body: { name: uniq('ep'), model: 'demo-tiny', ...extra } });
   assert.equal(r.status, 201, r.text);
   return r.json;
+}
+
+// One endpoint of the operator's own account, stopped (it holds no device).
+async function adminEndpoint() {
+  if (ctx.adminEp) return ctx.adminEp;
+  await call('POST', `/v1/admin/accounts/${ctx.adminAcct}/credits`, { key: P.adminKey, body: { amount_micros: 1000000, idempotency_key: uniq('cr') } });
+  const r = await call('POST', '/v1/endpoints', { key: P.adminKey, body: { name: uniq('ep'), model: 'demo-tiny' } });
+  assert.equal(r.status, 201, r.text);
+  assert.equal((await call('POST', `/v1/endpoints/${r.json.id}/stop`, { key: P.adminKey })).status, 200);
+  ctx.adminEp = r.json;
+  return ctx.adminEp;
 }
 
 async function newKey(who, body = {}) {
@@ -211,6 +225,18 @@ const ROWS = {
       ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/stats' }, 404, 'endpoint_not_found']],
     qstrs: ['granularity'],
   },
+  'GET /v1/endpoints/{id}/logs': {
+    who: 'key', path: () => `/v1/endpoints/${A().ep.id}/logs?tail=1`, ok: 200, stream: true, foreign: () => `/v1/endpoints/${A().ep.id}/logs`,
+    bad: [['after not a number', { path: `/v1/endpoints/${'0'.repeat(8)}-0000-0000-0000-${'0'.repeat(12)}/logs?after=x` }, 400, 'invalid_parameter'],
+      ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/logs' }, 404, 'endpoint_not_found']],
+  },
+  'PUT /v1/admin/endpoints/{id}/shared': {
+    who: 'admin', path: async () => `/v1/admin/endpoints/${(await adminEndpoint()).id}/shared`, body: () => ({ shared: false }), ok: 200,
+    bad: [['shared not a boolean', { body: { shared: 'yes' } }, 400, 'invalid_parameter'],
+      ['missing shared', { body: {} }, 400, 'missing_parameter'],
+      ['a time-billed endpoint', { body: { shared: true } }, 409, 'not_value_billed'],
+      ['no such endpoint', { path: '/v1/admin/endpoints/00000000-0000-0000-0000-000000000000/shared', body: { shared: false } }, 404, 'not_found']],
+  },
   'GET /v1/catalog/presets': { who: 'key', path: () => '/v1/catalog/presets', ok: 200, qstrs: ['pool'] },
   'GET /v1/quotas': { who: 'key', path: () => '/v1/quotas', ok: 200 },
   'GET /v1/billing/balance': { who: 'key', path: () => '/v1/billing/balance', ok: 200 },
@@ -257,7 +283,7 @@ const ROWS = {
   'POST /v1/admin/hosts/{id}/drain': { who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/drain`, ok: 200 },
   'PUT /v1/admin/hosts/{id}/labels': {
     who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/labels`, body: () => ({ labels: { zone: 'eu', 'example.com/rack': 'r1' } }), ok: 200,
-    bad: [['no such host', { path: '/v1/admin/hosts/999999/labels' }, 404, 'not_found'],
+    bad: [['no such host', { path: '/v1/admin/hosts/999999/labels', body: { labels: {} } }, 404, 'not_found'],
       ['missing labels', { body: {} }, 400, 'missing_parameter'],
       ['labels not an object', { body: { labels: 'zone=eu' } }, 400, 'invalid_parameter'],
       ['a value not a string', { body: { labels: { zone: 1 } } }, 400, 'invalid_parameter'],
@@ -454,7 +480,7 @@ test('every documented route has a row in this table, and every row a documented
 async function happy(d, row) {
   const p = await resolve(row.path);
   const session = row.session ? await row.session() : undefined;
-  const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw });
+  const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw, stream: row.stream });
   assert.equal(r.status, row.ok, `${d.key}: ${r.text.slice(0, 500)}`);
   check(d.method, d.route, r);
   return r;
