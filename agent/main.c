@@ -187,7 +187,8 @@ static int labels_invalid(const char *spec, char *err, size_t n)
         json_decref(o);
         return 0;
     }
-    snprintf(err, n, "--%s", je.message);
+    /* labels_parse's own messages begin "labels: "; labels_check's name the field. */
+    snprintf(err, n, "%s%s", strncmp(je.message, "labels", 6) ? "--labels: " : "--", je.message);
     return 1;
 }
 
