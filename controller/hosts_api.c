@@ -459,7 +459,8 @@ static const char cli_usage[] =
     "usage: orp-controller host list [--database-url URL]\n"
     "       orp-controller host token create [--ttl-s N] [--pool P] [--database-url URL]\n"
     "       orp-controller host revoke|cordon|uncordon|drain ID [--database-url URL]\n"
-    "       orp-controller host drain-step [--database-url URL]\n";
+    "       orp-controller host drain-step [--database-url URL]\n"
+    "       orp-controller host labels ID k=v,k2=v2 [--database-url URL] (\"\": none)\n";
 
 /* Prints a JSON object on one line; steals o. */
 static void print_json(json_t *o)
@@ -475,9 +476,13 @@ int hosts_cli(int argc, char **argv)
     const char *sub = argc >= 3 ? argv[2] : "";
     /* The words before the options: "list", "token create", "revoke ID". */
     int first = 3;
-    const char *id = NULL;
+    const char *id = NULL, *labels = NULL;
     if (!strcmp(sub, "token") && argc >= 4 && !strcmp(argv[3], "create")) {
         first = 4;
+    } else if (!strcmp(sub, "labels") && argc >= 5 && argv[3][0] != '-') {
+        id = argv[3];
+        labels = argv[4];
+        first = 5;
     } else if ((!strcmp(sub, "revoke") || !strcmp(sub, "cordon") || !strcmp(sub, "uncordon") ||
                 !strcmp(sub, "drain")) &&
                argc >= 4 && argv[3][0] != '-') {
@@ -512,11 +517,23 @@ int hosts_cli(int argc, char **argv)
         fprintf(stderr, "orp-controller: '%s' is not a host id (see host list)\n", id);
         return 2;
     }
+    char *labels_json = NULL; /* labels as the PUT route takes them */
+    if (labels) {
+        struct jsonx_err je = {0};
+        json_t *l = labels_parse(labels, &je);
+        labels_json = l ? jsonx_dump(l) : NULL;
+        json_decref(l);
+        if (!labels_json) {
+            fprintf(stderr, "orp-controller: %s\n", je.message[0] ? je.message : "out of memory");
+            return 2;
+        }
+    }
     log_init("controller", "warn");
     PGconn *c = PQconnectdb(o.database_url);
     if (PQstatus(c) != CONNECTION_OK) {
         fprintf(stderr, "orp-controller: cannot connect: %s", PQerrorMessage(c));
         PQfinish(c);
+        free(labels_json);
         return 1;
     }
     enum db_status st;
@@ -535,6 +552,11 @@ int hosts_cli(int argc, char **argv)
     } else if (!strcmp(sub, "revoke")) {
         json_t *host = NULL;
         st = hosts_revoke(c, id, &host);
+        if (st == DB_NONE) fprintf(stderr, "orp-controller: host %s does not exist\n", id);
+        if (st == DB_ROWS) print_json(host);
+    } else if (labels_json) {
+        json_t *host = NULL;
+        st = set_labels(c, id, labels_json, &host);
         if (st == DB_NONE) fprintf(stderr, "orp-controller: host %s does not exist\n", id);
         if (st == DB_ROWS) print_json(host);
     } else if (id) {
@@ -559,5 +581,6 @@ int hosts_cli(int argc, char **argv)
         }
     }
     PQfinish(c);
+    free(labels_json);
     return st == DB_ROWS ? 0 : 1;
 }

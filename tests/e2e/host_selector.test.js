@@ -2,7 +2,8 @@
 // with --cpu-slots 1 and, for two of them, --labels. A deploy whose host_selector one host matches
 // runs there; one that no host matches stays pending with a reason naming the labels, and is placed
 // once an agent with those labels registers. An admin sets a host's labels with
-// PUT /v1/admin/hosts/{id}/labels (audit-logged); a PATCH of the selector moves nothing that runs.
+// PUT /v1/admin/hosts/{id}/labels (audit-logged) or `orp-controller host labels`; a PATCH of the
+// selector moves nothing that runs.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -118,6 +119,17 @@ test('an admin sets a host\'s labels; the call is audit-logged; customers and ba
   }
   const list = await P.api('GET', '/v1/endpoints?name=sel-bad');
   assert.equal(list.json.data.length, 0);
+
+  // The same from the command line (no audit row: it runs with database access, as cordon does).
+  const out = JSON.parse(P.run(bin.controller, ['host', 'labels', host.id, 'zone=sa,rack=r2', '--database-url', P.dbUrl]));
+  assert.deepEqual(out.labels, { zone: 'sa', rack: 'r2' });
+  assert.deepEqual((await hostNamed('e2e-host')).labels, { zone: 'sa', rack: 'r2' });
+  const cli = spawnSync(bin.controller, ['host', 'labels', host.id, 'zone=', 'extra'], { encoding: 'utf8' });
+  assert.equal(cli.status, 2);
+  const bad2 = spawnSync(bin.controller, ['host', 'labels', host.id, 'a b=c', '--database-url', P.dbUrl], { encoding: 'utf8' });
+  assert.equal(bad2.status, 2);
+  assert.match(bad2.stderr, /label name 'a b'/);
+  assert.equal((await replicaOf(id)).host, 'e2e-host'); // relabelling moves nothing
 });
 
 test('an agent with malformed --labels refuses to start', () => {
