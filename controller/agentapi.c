@@ -12,6 +12,7 @@
 #include "ctl.h"
 #include "gpu_samples.h"
 #include "jsonx.h"
+#include "labels.h"
 #include "log.h"
 #include "replica.h"
 #include "util.h"
@@ -45,6 +46,7 @@ struct reg {
     const char *token; /* the bearer credential, borrowed */
     int static_ok;     /* token is the controller's --agent-token */
     json_t *devices;
+    char *labels; /* the agent's --labels as JSON text (malloc'd); NULL: keep the host's */
     char key[65];
     int64_t host_id;
     enum reg_outcome outcome;
@@ -110,16 +112,17 @@ static enum db_status reg_txn(PGconn *c, void *arg)
         PQclear(tok_res);
         return st < 0 ? st : DB_NONE; /* nothing was written: committing is harmless */
     }
-    const char *p[] = {g->name, g->address, hash, g->version, pool};
+    const char *p[] = {g->name, g->address, hash, g->version, pool, g->labels};
     PGresult *r;
     st = db_exec(c,
-                 "INSERT INTO hosts (name, address, key_hash, agent_version, pool) "
-                 "VALUES ($1, $2, $3, $4, COALESCE($5, 'default')) "
+                 "INSERT INTO hosts (name, address, key_hash, agent_version, pool, labels) "
+                 "VALUES ($1, $2, $3, $4, COALESCE($5, 'default'), COALESCE($6::jsonb, '{}')) "
                  "ON CONFLICT (name) DO UPDATE SET address = $2, "
                  "  key_hash = $3, agent_version = $4, state = 'ready', revoked_at = NULL, "
-                 "  pool = COALESCE($5, hosts.pool), updated_at = now() "
+                 "  pool = COALESCE($5, hosts.pool), labels = COALESCE($6::jsonb, hosts.labels), "
+                 "  updated_at = now() "
                  "RETURNING id",
-                 5, p, &r, NULL);
+                 6, p, &r, NULL);
     PQclear(tok_res);
     if (st < 0) return st;
     g->host_id = db_int(r, 0, 0);
@@ -296,6 +299,15 @@ static void h_register(struct httpd_req *req)
     size_t i;
     json_t *d;
     json_array_foreach(g.devices, i, d) if (check_device(req, d, i) != 0) goto out;
+    json_t *labels = json_object_get(body, "labels"); /* optional: the agent's --labels */
+    if (labels && labels_check(labels, "labels", &je) != 0) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        goto out;
+    }
+    if (labels && !(g.labels = jsonx_dump(labels))) {
+        httpd_error(req, 500, "internal_error", NULL, "out of memory");
+        goto out;
+    }
     if (util_random_hex(g.key, 32) != 0) {
         httpd_error(req, 500, "internal_error", NULL, "no randomness");
         goto out;
@@ -326,6 +338,7 @@ static void h_register(struct httpd_req *req)
                      json_pack("{s:s, s:s, s:I}", "host_id", hid, "host_key", g.key, "heartbeat_ms",
                                (json_int_t)l->ctl->cfg.heartbeat_ms));
 out:
+    free(g.labels);
     json_decref(body);
 }
 

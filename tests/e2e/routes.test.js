@@ -64,6 +64,17 @@ async function newEndpoint(who, extra = {}) {
   return r.json;
 }
 
+// One endpoint of the operator's own account, stopped (it holds no device).
+async function adminEndpoint() {
+  if (ctx.adminEp) return ctx.adminEp;
+  await call('POST', `/v1/admin/accounts/${ctx.adminAcct}/credits`, { key: P.adminKey, body: { amount_micros: 1000000, idempotency_key: uniq('cr') } });
+  const r = await call('POST', '/v1/endpoints', { key: P.adminKey, body: { name: uniq('ep'), model: 'demo-tiny' } });
+  assert.equal(r.status, 201, r.text);
+  assert.equal((await call('POST', `/v1/endpoints/${r.json.id}/stop`, { key: P.adminKey })).status, 200);
+  ctx.adminEp = r.json;
+  return ctx.adminEp;
+}
+
 async function newKey(who, body = {}) {
   const r = await call('POST', '/v1/api-keys', { key: who.key, body: { name: uniq('k'), ...body } });
   assert.equal(r.status, 201, r.text);
@@ -123,7 +134,9 @@ const ROWS = {
       ['model not in the catalog', { body: { name: 'x', model: 'nope' } }, 400, 'model_not_found'],
       ['malformed JSON', { raw: '{"name": ' }, 400, 'invalid_json'],
       ['duplicate key', { raw: '{"name":"a","name":"b","model":"demo-tiny"}' }, 400, 'invalid_json'],
-      ['an array body', { raw: '[]' }, 400, 'invalid_json']],
+      ['an array body', { raw: '[]' }, 400, 'invalid_json'],
+      ['host_selector not an object', { body: { name: 'x', model: 'demo-tiny', host_selector: ['zone=eu'] } }, 400, 'invalid_parameter'],
+      ['host_selector value too long', { body: { name: 'x', model: 'demo-tiny', host_selector: { zone: 'e'.repeat(64) } } }, 400, 'invalid_parameter']],
     strs: ['name', 'model', 'pool', 'device_kind', 'billing_mode'],
   },
   'GET /v1/endpoints': {
@@ -151,7 +164,8 @@ const ROWS = {
     bad: [['missing replicas', { body: {} }, 400, 'missing_parameter'],
       ['replicas of the wrong type', { body: { replicas: '2' } }, 400, 'invalid_parameter'],
       ['replicas out of range', { body: { replicas: 0 } }, 400, 'invalid_parameter'],
-      ['unknown field', { body: { replicas: 1, name: 'x' } }, 400, 'unknown_parameter']],
+      ['unknown field', { body: { replicas: 1, name: 'x' } }, 400, 'unknown_parameter'],
+      ['host_selector with a bad name', { body: { host_selector: { '-zone': 'eu' } } }, 400, 'invalid_parameter']],
   },
   'POST /v1/endpoints/{id}/stop': { who: 'key', path: () => `/v1/endpoints/${A().spare.id}/stop`, ok: 200, foreign: () => `/v1/endpoints/${A().spare.id}/stop` },
   'POST /v1/endpoints/{id}/start': { who: 'key', path: () => `/v1/endpoints/${A().spare.id}/start`, ok: 200, foreign: () => `/v1/endpoints/${A().spare.id}/start` },
@@ -236,6 +250,16 @@ const ROWS = {
   'POST /v1/admin/hosts/{id}/cordon': { who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/cordon`, ok: 200, bad: [['no such host', { path: '/v1/admin/hosts/999999/cordon' }, 404, 'not_found']] },
   'POST /v1/admin/hosts/{id}/uncordon': { who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/uncordon`, ok: 200 },
   'POST /v1/admin/hosts/{id}/drain': { who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/drain`, ok: 200 },
+  'PUT /v1/admin/hosts/{id}/labels': {
+    who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/labels`, body: () => ({ labels: { zone: 'eu', 'example.com/rack': 'r1' } }), ok: 200,
+    bad: [['no such host', { path: '/v1/admin/hosts/999999/labels', body: { labels: {} } }, 404, 'not_found'],
+      ['missing labels', { body: {} }, 400, 'missing_parameter'],
+      ['labels not an object', { body: { labels: 'zone=eu' } }, 400, 'invalid_parameter'],
+      ['a value not a string', { body: { labels: { zone: 1 } } }, 400, 'invalid_parameter'],
+      ['a name with "="', { body: { labels: { 'zo=ne': 'eu' } } }, 400, 'invalid_parameter'],
+      ['17 labels', { body: { labels: Object.fromEntries([...Array(17).keys()].map((i) => [`k${i}`, 'v'])) } }, 400, 'invalid_parameter'],
+      ['unknown field', { body: { labels: {}, pool: 'x' } }, 400, 'unknown_parameter']],
+  },
   'POST /v1/admin/enrollment-tokens': {
     who: 'admin', path: () => '/v1/admin/enrollment-tokens', body: () => ({ ttl_s: 60 }), ok: 201,
     bad: [['ttl 0', { body: { ttl_s: 0 } }, 400, 'invalid_parameter'], ['ttl over a week', { body: { ttl_s: 604801 } }, 400, 'invalid_parameter'],
@@ -426,7 +450,7 @@ test('every documented route has a row in this table, and every row a documented
 async function happy(d, row) {
   const p = await resolve(row.path);
   const session = row.session ? await row.session() : undefined;
-  const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw });
+  const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw, stream: row.stream });
   assert.equal(r.status, row.ok, `${d.key}: ${r.text.slice(0, 500)}`);
   check(d.method, d.route, r);
   row.expect?.(r);
