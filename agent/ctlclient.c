@@ -345,6 +345,7 @@ enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, json_t
     json_t *body =
         json_pack("{s:s, s:O, s:O}", "host_id", c->host_id, "replicas", replicas, "usage", usage);
     if (body && logs && json_array_size(logs)) json_object_set(body, "logs", logs);
+    if (body && c->gpus && json_array_size(c->gpus)) json_object_set(body, "gpus", c->gpus);
     if (body && disk) json_object_set(body, "disk", disk);
     if (!body) {
         log_error("cannot build the heartbeat");

@@ -31,6 +31,7 @@ struct ctl {
     char host_key[256]; /* also kept while not registered: re-registering tries it first */
     int registered;     /* host_id and host_key are valid */
     int64_t failures;   /* consecutive calls without an answer, to keep the log readable */
+    json_t *gpus;       /* borrowed, may be NULL: GPU readings, the heartbeat's "gpus" */
 };
 
 struct ctl_reply {

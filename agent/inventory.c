@@ -396,3 +396,21 @@ int inv_nvml_sample(struct inv_nvml *h, struct inv_gpu_sample **out, size_t *nou
     }
     return 0;
 }
+
+json_t *inv_samples_to_json(const struct inv_gpu_sample *g, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
+        json_t *o = json_pack("{s:s}", "uuid", g[i].uuid);
+        if (!o) continue;
+        if (g[i].have & INV_HAVE_UTIL)
+            json_object_set_new(o, "utilization_percent", json_integer(g[i].util_pct));
+        if (g[i].have & INV_HAVE_MEMORY)
+            json_object_set_new(o, "memory_used_mib",
+                                json_integer((json_int_t)(g[i].mem_used / (1024 * 1024))));
+        if (g[i].have & INV_HAVE_TEMP)
+            json_object_set_new(o, "temperature_c", json_integer(g[i].temp_c));
+        json_array_append_new(a, o);
+    }
+    return a;
+}

@@ -77,5 +77,8 @@ void inv_nvml_close(struct inv_nvml *h);
 /* One reading per GPU that NVML can name (a GPU without a UUID is left out). *out is a new array
  * (free() it, NULL when *n is 0). 0, or -1 when out of memory. */
 int inv_nvml_sample(struct inv_nvml *h, struct inv_gpu_sample **out, size_t *n);
+/* New reference: the heartbeat's "gpus" (docs/contracts.md): per GPU its uuid and the readings it
+ * has, utilization_percent, memory_used_mib and temperature_c. */
+json_t *inv_samples_to_json(const struct inv_gpu_sample *g, size_t n);
 
 #endif

@@ -21,6 +21,7 @@
 #include "ctlclient.h"
 #include "inventory.h"
 #include "jsonx.h"
+#include "labels.h"
 #include "logship.h"
 #include "log.h"
 #include "metrics.h"
@@ -60,6 +61,7 @@ struct agent_config {
     int64_t metrics_port;
     int64_t inventory_interval_s;
     int64_t cpu_slots;
+    const char *labels;
     int64_t heartbeat_ms;
     int64_t port_base;
     int64_t start_timeout_s;
@@ -94,6 +96,10 @@ static const struct cfg_opt options[] = {
         "orp-runtime to launch [default: beside orp-agent, else ../runtime/orp-runtime]",
         runtime_bin),
     OPT("cpu-slots", CFG_INT, "0", "CPU slots to offer besides the GPUs", cpu_slots),
+    OPT("labels", CFG_STRING, NULL,
+        "host labels endpoints select by, \"k=v,k2=v2\" (replace those an admin set) [default: "
+        "keep the host's]",
+        labels),
     OPT("heartbeat-ms", CFG_INT, "2000", "heartbeat interval (the controller may change it)",
         heartbeat_ms),
     OPT("port-base", CFG_INT, "20000", "runtimes get the first free port from here", port_base),
@@ -172,6 +178,20 @@ static void default_runtime_bin(char *out, size_t n)
              self);
 }
 
+/* 1 with err set when --labels is not a valid label set (labels.h). */
+static int labels_invalid(const char *spec, char *err, size_t n)
+{
+    struct jsonx_err je = {0};
+    json_t *o = labels_parse(spec, &je);
+    if (o) {
+        json_decref(o);
+        return 0;
+    }
+    /* labels_parse's own messages begin "labels: "; labels_check's name the field. */
+    snprintf(err, n, "%s%s", strncmp(je.message, "labels", 6) ? "--labels: " : "--", je.message);
+    return 1;
+}
+
 static int check_config(const struct agent_config *c, char *err, size_t n)
 {
     if (!c->controller || !c->controller[0])
@@ -193,6 +213,8 @@ static int check_config(const struct agent_config *c, char *err, size_t n)
         snprintf(err, n, "--log-max-bytes must be at least 65536");
     else if (c->metrics_port < 0 || c->metrics_port > 65535)
         snprintf(err, n, "--metrics-port must be a TCP port, or 0 for none");
+    else if (c->labels && labels_invalid(c->labels, err, n))
+        ; /* err written */
     else if (c->inventory_interval_s < AGENT_INVENTORY_MIN_S ||
              c->inventory_interval_s > AGENT_INVENTORY_MAX_S)
         snprintf(err, n, "--inventory-interval-s must be between %d and %d", AGENT_INVENTORY_MIN_S,
@@ -227,6 +249,8 @@ static int take_inventory(const struct agent_config *cfg, struct inv *inv, json_
     }
     *reg = json_pack("{s:s, s:s, s:s, s:o}", "name", cfg->name, "address", cfg->advertise_addr,
                      "agent_version", AGENT_VERSION, "devices", inv_to_json(inv));
+    if (*reg && cfg->labels) /* checked at start-up */
+        json_object_set_new(*reg, "labels", labels_parse(cfg->labels, &(struct jsonx_err){0}));
     char *txt = *reg ? jsonx_dump(*reg) : NULL;
     if (!txt) {
         log_error("cannot build the register request (is --name valid UTF-8?)");
@@ -441,9 +465,12 @@ int main(int argc, char **argv)
             log_error("/metrics: %s", err);
             return 1;
         }
-        nvml = inv_nvml_open(cfg.nvml_lib); /* NULL: no GPU readings, the rest is still served */
         log_info("metrics on http://%s:%d/metrics", cfg.metrics_host, metrics_port(metrics));
     }
+    /* GPU readings go to /metrics and, the latest of them, on each heartbeat (the admin's hosts
+     * page). NULL: no NVML (CPU slots only), no readings; the rest works as before. */
+    if (inv.gpus > 0) nvml = inv_nvml_open(cfg.nvml_lib);
+    json_t *gpu_json = NULL; /* ctl.gpus borrows it */
     struct metrics_snapshot snap = {0};
     struct inv_gpu_sample *gpu_samples = NULL;
     size_t ngpu_samples = 0;
@@ -492,12 +519,14 @@ int main(int argc, char **argv)
             next_hb = had_key && !ctl.registered ? util_now_ms() : util_now_ms() + heartbeat_ms;
         }
         sup_tick(sup);
+        if (nvml && util_now_ms() >= next_gpu_sample) {
+            next_gpu_sample = util_now_ms() + AGENT_GPU_SAMPLE_MS;
+            free(gpu_samples);
+            if (inv_nvml_sample(nvml, &gpu_samples, &ngpu_samples) != 0) ngpu_samples = 0;
+            json_decref(gpu_json);
+            ctl.gpus = gpu_json = inv_samples_to_json(gpu_samples, ngpu_samples);
+        }
         if (metrics) {
-            if (nvml && util_now_ms() >= next_gpu_sample) {
-                next_gpu_sample = util_now_ms() + AGENT_GPU_SAMPLE_MS;
-                free(gpu_samples);
-                if (inv_nvml_sample(nvml, &gpu_samples, &ngpu_samples) != 0) ngpu_samples = 0;
-            }
             if (metrics_snapshot_gpus(&snap, gpu_samples, ngpu_samples) == 0 &&
                 metrics_snapshot_replicas(&snap, sup) == 0)
                 metrics_publish(metrics, &snap);
@@ -514,6 +543,7 @@ int main(int argc, char **argv)
     metrics_stop(metrics);
     metrics_snapshot_free(&snap);
     free(gpu_samples);
+    json_decref(gpu_json);
     inv_nvml_close(nvml);
     if (cfg.stop_runtimes_on_exit) {
         sup_stop_all(sup);

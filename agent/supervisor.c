@@ -531,6 +531,9 @@ static void spawn(struct sup *s, struct sup_replica *r)
                     usage_log,
                     "--tp",
                     tp_s,
+                    /* GPUs run the CUDA backend (--tp ranks, one per GPU); CPU slots the CPU one. */
+                    !strcmp(r->spec.device_kind, "gpu") ? "--device" : NULL,
+                    "cuda",
                     NULL};
     char **envp = child_env(r);
     if (!envp) {

@@ -22,6 +22,8 @@
  * skipped here, or it would block every line after it. */
 #define USAGE_MAX_REQUEST_ID 64
 #define USAGE_MAX_FINISH_REASON 32
+/* ttft_ms and duration_ms above a day are not a request's (the controller refuses them too). */
+#define USAGE_MAX_MS 86400000.0
 
 static void path_join(char *out, size_t n, const char *dir, const char *file)
 {
@@ -67,6 +69,7 @@ static json_t *parse_line(const char *line, size_t len, const char *replica_id, 
     if (!o) return NULL;
     const char *rid, *fr = NULL;
     int64_t pt, ct, at;
+    double ttft, dur; /* optional: journals of older runtimes lack them */
     if (jsonx_get_string(o, "request_id", 1, &rid, USAGE_MAX_REQUEST_ID, err) != JSONX_OK ||
         jsonx_get_int(o, "prompt_tokens", 1, 0, INT32_MAX, &pt, err) != JSONX_OK ||
         jsonx_get_int(o, "completion_tokens", 1, 0, INT32_MAX, &ct, err) != JSONX_OK ||
@@ -86,6 +89,13 @@ static json_t *parse_line(const char *line, size_t len, const char *replica_id, 
                   (json_int_t)ct, "at_ms", (json_int_t)at);
     /* Not in the contract's item, but the controller keeps it when present. */
     if (item && fr) json_object_set_new(item, "finish_reason", json_string(fr));
+    /* The times are for charts, not billing: one that is off is left out, the line still counts. */
+    struct jsonx_err ignored;
+    if (jsonx_get_number(o, "ttft_ms", 0, 0, USAGE_MAX_MS, &ttft, &ignored) != JSONX_OK) ttft = -1;
+    if (jsonx_get_number(o, "duration_ms", 0, 0, USAGE_MAX_MS, &dur, &ignored) != JSONX_OK)
+        dur = -1;
+    if (item && ttft >= 0) json_object_set_new(item, "ttft_ms", json_real(ttft));
+    if (item && dur >= 0) json_object_set_new(item, "duration_ms", json_real(dur));
     json_decref(o);
     if (!item) snprintf(err->message, sizeof err->message, "cannot build the usage item");
     return item;

@@ -531,13 +531,11 @@ static enum db_status suspend_txn(PGconn *c, void *arg)
                  "UPDATE endpoints SET state = 'stopped', "
                  "  state_reason = 'account suspended' || CASE WHEN $2 = '' THEN '' "
                  "    ELSE ': ' || $2 END "
-                 "WHERE account_id = $1::bigint AND state = 'active' RETURNING id",
+                 "WHERE account_id = $1::bigint AND state = 'active' "
+                 "RETURNING id, name, account_id",
                  2, p, &r, NULL);
     if (st < 0) return st;
-    s->stopped = PQntuples(r);
-    for (int i = 0; i < PQntuples(r) && st >= 0; i++)
-        st = replica_stop_endpoint(c, PQgetvalue(r, i, 0));
-    PQclear(r);
+    st = replica_stop_endpoints(c, r, "account suspended", &s->stopped);
     return st < 0 ? st : DB_ROWS;
 }
 

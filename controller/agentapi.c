@@ -10,7 +10,9 @@
 #include "api.h"
 #include "auth.h"
 #include "ctl.h"
+#include "gpu_samples.h"
 #include "jsonx.h"
+#include "labels.h"
 #include "log.h"
 #include "replica.h"
 #include "util.h"
@@ -44,6 +46,7 @@ struct reg {
     const char *token; /* the bearer credential, borrowed */
     int static_ok;     /* token is the controller's --agent-token */
     json_t *devices;
+    char *labels; /* the agent's --labels as JSON text (malloc'd); NULL: keep the host's */
     char key[65];
     int64_t host_id;
     enum reg_outcome outcome;
@@ -109,16 +112,17 @@ static enum db_status reg_txn(PGconn *c, void *arg)
         PQclear(tok_res);
         return st < 0 ? st : DB_NONE; /* nothing was written: committing is harmless */
     }
-    const char *p[] = {g->name, g->address, hash, g->version, pool};
+    const char *p[] = {g->name, g->address, hash, g->version, pool, g->labels};
     PGresult *r;
     st = db_exec(c,
-                 "INSERT INTO hosts (name, address, key_hash, agent_version, pool) "
-                 "VALUES ($1, $2, $3, $4, COALESCE($5, 'default')) "
+                 "INSERT INTO hosts (name, address, key_hash, agent_version, pool, labels) "
+                 "VALUES ($1, $2, $3, $4, COALESCE($5, 'default'), COALESCE($6::jsonb, '{}')) "
                  "ON CONFLICT (name) DO UPDATE SET address = $2, "
                  "  key_hash = $3, agent_version = $4, state = 'ready', revoked_at = NULL, "
-                 "  pool = COALESCE($5, hosts.pool), updated_at = now() "
+                 "  pool = COALESCE($5, hosts.pool), labels = COALESCE($6::jsonb, hosts.labels), "
+                 "  updated_at = now() "
                  "RETURNING id",
-                 5, p, &r, NULL);
+                 6, p, &r, NULL);
     PQclear(tok_res);
     if (st < 0) return st;
     g->host_id = db_int(r, 0, 0);
@@ -295,6 +299,15 @@ static void h_register(struct httpd_req *req)
     size_t i;
     json_t *d;
     json_array_foreach(g.devices, i, d) if (check_device(req, d, i) != 0) goto out;
+    json_t *labels = json_object_get(body, "labels"); /* optional: the agent's --labels */
+    if (labels && labels_check(labels, "labels", &je) != 0) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        goto out;
+    }
+    if (labels && !(g.labels = jsonx_dump(labels))) {
+        httpd_error(req, 500, "internal_error", NULL, "out of memory");
+        goto out;
+    }
     if (util_random_hex(g.key, 32) != 0) {
         httpd_error(req, 500, "internal_error", NULL, "no randomness");
         goto out;
@@ -325,6 +338,7 @@ static void h_register(struct httpd_req *req)
                      json_pack("{s:s, s:s, s:I}", "host_id", hid, "host_key", g.key, "heartbeat_ms",
                                (json_int_t)l->ctl->cfg.heartbeat_ms));
 out:
+    free(g.labels);
     json_decref(body);
 }
 
@@ -447,6 +461,17 @@ static enum db_status apply_reports(PGconn *c, struct beat *b)
     return st;
 }
 
+/* A usage item's optional time (ms, schema 014) as an SQL parameter in out, or NULL (SQL NULL) when
+ * absent or not a time up to a day: the times feed charts, so an odd one never costs the item. */
+static const char *usage_ms(json_t *u, const char *key, char *out, size_t n)
+{
+    struct jsonx_err je;
+    double v;
+    if (jsonx_get_number(u, key, 0, 0, 86400000.0, &v, &je) != JSONX_OK) return NULL;
+    snprintf(out, n, "%.3f", v);
+    return out;
+}
+
 static enum db_status store_usage(PGconn *c, struct beat *b)
 {
     size_t i;
@@ -462,23 +487,26 @@ static enum db_status store_usage(PGconn *c, struct beat *b)
                  (long long)json_integer_value(json_object_get(u, "completion_tokens")));
         snprintf(at, sizeof at, "%lld", (long long)json_integer_value(json_object_get(u, "at_ms")));
         const char *fr = json_string_value(json_object_get(u, "finish_reason"));
+        char ttft[32], dur[32];
         const char *p[] = {json_string_value(json_object_get(u, "request_id")),
                            json_string_value(json_object_get(u, "replica_id")),
                            ep,
                            pt,
                            ct,
                            fr ? fr : "",
-                           at};
+                           at,
+                           usage_ms(u, "ttft_ms", ttft, sizeof ttft),
+                           usage_ms(u, "duration_ms", dur, sizeof dur)};
         /* ON CONFLICT: the agent resends until acknowledged; a request is stored once. */
         enum db_status st = db_cmd(
             c,
             "INSERT INTO usage_events (request_id, account_id, endpoint_id, replica_id, epoch, "
-            "  prompt_tokens, completion_tokens, finish_reason, at) "
+            "  prompt_tokens, completion_tokens, finish_reason, at, ttft_ms, duration_ms) "
             "SELECT $1, r.account_id, r.endpoint_id, r.id, $3::bigint, $4::int, $5::int, $6, "
-            "  to_timestamp($7::bigint / 1000.0) "
+            "  to_timestamp($7::bigint / 1000.0), $8::double precision, $9::double precision "
             "FROM replicas r WHERE r.id = $2::uuid AND $3::bigint <= r.epoch "
             "ON CONFLICT (request_id) DO NOTHING",
-            7, p);
+            9, p);
         if (st < 0) return st;
     }
     b->usage_stored = json_array_size(b->usage);
@@ -740,6 +768,7 @@ static void h_heartbeat(struct httpd_req *req)
             log_warn("host %lld: could not store %zu log lines; the agent sends them again",
                      (long long)b.host_id, json_array_size(b.logs));
     }
+    if (st >= 0) gpu_samples_store(c, b.host_id, json_object_get(body, "gpus")); /* telemetry */
     ctl_db_done(req, c);
     if (st < 0) {
         httpd_error(req, 503, "database_unavailable", NULL, "could not record the heartbeat");

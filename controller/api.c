@@ -13,6 +13,7 @@
 #include "idempotency.h"
 #include "ctl.h"
 #include "jsonx.h"
+#include "labels.h"
 #include "log.h"
 #include "presets.h"
 #include "replica.h"
@@ -108,7 +109,8 @@ static void h_catalog(struct httpd_req *req)
     "    ELSE 'deploying' END, "                                                                   \
     "  'status_reason', e.state_reason, 'replicas_ready', rs.ready, "                              \
     "  'created_at', to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), " \
-    "  'replica_states', rs.list, 'pool', e.pool, 'gpu_type', e.gpu_type)"
+    "  'replica_states', rs.list, 'pool', e.pool, 'gpu_type', e.gpu_type, "                        \
+    "  'host_selector', e.host_selector)"
 /* The replica summary is aggregated in the same statement (one lateral subquery per endpoint). */
 #define ENDPOINT_FROM                                                                              \
     "FROM endpoints e JOIN models m ON m.id = e.model_id CROSS JOIN LATERAL ("                     \
@@ -166,8 +168,28 @@ static int valid_pool(const char *s)
     return *s && jsonx_printable(s);
 }
 
+/* The body's optional "host_selector" (labels.h) as JSON text into *out (malloc'd; NULL when
+ * absent). 0, or -1 after answering 400. */
+static int get_selector(struct httpd_req *req, json_t *body, char **out)
+{
+    json_t *v = json_object_get(body, "host_selector");
+    struct jsonx_err je = {0};
+    *out = NULL;
+    if (!v) return 0;
+    if (labels_check(v, "host_selector", &je) != 0) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        return -1;
+    }
+    if (!(*out = jsonx_dump(v))) {
+        httpd_error(req, 500, "internal_error", NULL, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 struct create_ep {
     const char *acct, *name, *model, *kind, *billing, *pool, *gpu_type;
+    char *selector; /* host_selector as JSON text (malloc'd), NULL: none */
     int64_t gpus, replicas;
     char type_buf[96];
     char id[40];
@@ -187,15 +209,16 @@ static enum db_status create_ep_txn(PGconn *c, void *arg)
     char g[24], n[24], ss[6];
     snprintf(g, sizeof g, "%lld", (long long)ce->gpus);
     snprintf(n, sizeof n, "%lld", (long long)ce->replicas);
-    const char *p[] = {ce->acct, ce->name,    ce->model, ce->kind,    g,
-                       n,        ce->billing, ce->pool,  ce->gpu_type};
+    const char *p[] = {ce->acct, ce->name,    ce->model, ce->kind,     g,
+                       n,        ce->billing, ce->pool,  ce->gpu_type, ce->selector};
     PGresult *r;
     st = db_exec(c,
                  "INSERT INTO endpoints (account_id, name, model_id, device_kind, "
-                 "  gpus_per_replica, replicas, billing_mode, pool, gpu_type) "
-                 "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8, $9 "
+                 "  gpus_per_replica, replicas, billing_mode, pool, gpu_type, host_selector) "
+                 "SELECT $1::bigint, $2, m.id, $4, $5::int, $6::int, $7, $8, $9, "
+                 "  COALESCE($10::jsonb, '{}') "
                  "FROM models m WHERE m.name = $3 AND m.retired_at IS NULL RETURNING id",
-                 9, p, &r, ss);
+                 10, p, &r, ss);
     if (st < 0) {
         if (!strcmp(ss, "23505")) ce->conflict = 1;
         return st;
@@ -255,9 +278,9 @@ static int check_quota(struct httpd_req *req, PGconn *c, const char *acct, int64
     return rc;
 }
 
-static const char *const create_fields[] = {"name",     "model",       "gpus_per_replica",
-                                            "replicas", "device_kind", "billing_mode",
-                                            "pool",     "gpu_type",    NULL};
+static const char *const create_fields[] = {
+    "name",         "model", "gpus_per_replica", "replicas",      "device_kind",
+    "billing_mode", "pool",  "gpu_type",         "host_selector", NULL};
 
 static void h_create_endpoint(struct httpd_req *req)
 {
@@ -297,6 +320,7 @@ static void h_create_endpoint(struct httpd_req *req)
                     "letter and not ending with '-'");
         goto out;
     }
+    if (get_selector(req, body, &ce.selector) != 0) goto out;
     if (ce.pool && !valid_pool(ce.pool)) {
         httpd_error(req, 400, "invalid_parameter", "pool",
                     "field 'pool' must be 1-63 printable characters");
@@ -394,6 +418,7 @@ static void h_create_endpoint(struct httpd_req *req)
 out:
     json_decref(body);
 out_db:
+    free(ce.selector);
     json_decref(ce.reply);
     idem_free(&ce.im);
     ctl_db_done(req, c);
@@ -759,25 +784,28 @@ static void h_start_endpoint(struct httpd_req *req)
 
 struct scale_ep {
     const char *id, *acct;
-    int64_t want;
+    int64_t want;   /* 0: unchanged */
+    char *selector; /* host_selector as JSON text (malloc'd); NULL: unchanged */
     int found, active;
 };
 
-/* Sets the replica count. An active endpoint gets new pending replicas, or loses its
- * highest-numbered ones (pending ones stop at once, running ones go through stopping); a stopped
- * endpoint only records the count for its next start. */
+/* Sets the replica count and the host selector. An active endpoint gets new pending replicas, or
+ * loses its highest-numbered ones (pending ones stop at once, running ones go through stopping); a
+ * stopped endpoint only records the count for its next start. A new selector applies to replicas
+ * placed from now on (pending ones included); running replicas stay where they are. */
 static enum db_status scale_txn(PGconn *c, void *arg)
 {
     struct scale_ep *sc = arg;
     char want[24];
     snprintf(want, sizeof want, "%lld", (long long)sc->want);
-    const char *p[] = {sc->id, sc->acct, want};
+    const char *p[] = {sc->id, sc->acct, sc->want ? want : NULL, sc->selector};
     PGresult *r;
     enum db_status st = db_exec(c,
-                                "UPDATE endpoints SET replicas = $3::int "
+                                "UPDATE endpoints SET replicas = COALESCE($3::int, replicas), "
+                                "  host_selector = COALESCE($4::jsonb, host_selector) "
                                 "WHERE id = $1::uuid AND account_id = $2::bigint "
                                 "  AND state <> 'deleted' RETURNING state",
-                                3, p, &r, NULL);
+                                4, p, &r, NULL);
     if (st != DB_ROWS) {
         if (st == DB_NONE) PQclear(r);
         return st;
@@ -785,7 +813,7 @@ static enum db_status scale_txn(PGconn *c, void *arg)
     sc->found = 1;
     sc->active = !strcmp(PQgetvalue(r, 0, 0), "active");
     PQclear(r);
-    if (!sc->active) return DB_ROWS;
+    if (!sc->active || !sc->want) return DB_ROWS;
     /* Live replicas, highest ordinal first; a drain's extra replacement is not counted twice. */
     st = db_exec(c,
                  "SELECT id, ordinal, state FROM replicas WHERE endpoint_id = $1::uuid "
@@ -811,22 +839,27 @@ static enum db_status scale_txn(PGconn *c, void *arg)
                   4, p2);
 }
 
-static const char *const scale_fields[] = {"replicas", NULL};
+static const char *const scale_fields[] = {"replicas", "host_selector", NULL};
 
-/* PATCH /v1/endpoints/{id} {"replicas": N}: scale. */
+/* PATCH /v1/endpoints/{id} {"replicas": N, "host_selector": {...}}: scale, or choose hosts. */
 static void h_patch_endpoint(struct httpd_req *req)
 {
     struct auth_ctx a;
     PGconn *c = endpoint_route(req, &a);
     if (!c) return;
+    struct scale_ep sc = {req->params[0], a.account_id_str, 0, NULL, 0, 0};
     json_t *body = httpd_body_object(req);
     if (!body || httpd_reject_unknown(req, body, scale_fields) != 0) goto out;
     struct jsonx_err je = {0};
-    struct scale_ep sc = {req->params[0], a.account_id_str, 0, 0, 0};
-    enum jsonx_rc rc = jsonx_get_int(body, "replicas", 1, 1, 16, &sc.want, &je);
-    if (rc != JSONX_OK) {
-        httpd_error(req, 400, rc == JSONX_MISSING ? "missing_parameter" : "invalid_parameter",
-                    je.param, "%s", je.message);
+    enum jsonx_rc rc = jsonx_get_int(body, "replicas", 0, 1, 16, &sc.want, &je);
+    if (rc == JSONX_BAD) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        goto out;
+    }
+    if (get_selector(req, body, &sc.selector) != 0) goto out;
+    if (!sc.want && !sc.selector) {
+        httpd_error(req, 400, "missing_parameter", "replicas",
+                    "give 'replicas', 'host_selector' or both");
         goto out;
     }
     /* Growing needs quota for the added devices. */
@@ -839,7 +872,7 @@ static void h_patch_endpoint(struct httpd_req *req)
         httpd_error(req, 503, "database_unavailable", NULL, "try again");
         goto out;
     }
-    int64_t add = PQntuples(r) ? (sc.want - db_int(r, 0, 1)) * db_int(r, 0, 0) : 0;
+    int64_t add = PQntuples(r) && sc.want ? (sc.want - db_int(r, 0, 1)) * db_int(r, 0, 0) : 0;
     PQclear(r);
     if (add > 0 && check_quota(req, c, sc.acct, add, 0) != 0) goto out;
     enum db_status st = db_txn_run(c, scale_txn, &sc);
@@ -852,9 +885,11 @@ static void h_patch_endpoint(struct httpd_req *req)
         goto out;
     }
     api_endpoints_changed();
-    log_info("endpoint %s scaled to %lld replica(s)", sc.id, (long long)sc.want);
+    if (sc.want) log_info("endpoint %s scaled to %lld replica(s)", sc.id, (long long)sc.want);
+    if (sc.selector) log_info("endpoint %s: host selector %s", sc.id, sc.selector);
     reply_endpoint(req, c, a.account_id_str, sc.id, 200);
 out:
+    free(sc.selector);
     json_decref(body);
     ctl_db_done(req, c);
 }

@@ -301,8 +301,9 @@ static void csv_field(struct buf *b, const char *v)
 }
 
 /* GET /v1/billing/statements/{YYYY-MM}[?format=csv]: the month's opening balance, one line per
- * (endpoint, kind) with its quantity and cost, credits and adjustments, and the closing balance;
- * all from ledger_entries, so it can be recomputed at any time. Months are UTC. */
+ * (endpoint, kind, GPU type of time charges) with its quantity and cost, credits and adjustments,
+ * and the closing balance; all from ledger_entries, so it can be recomputed at any time. Months are
+ * UTC. */
 static void h_statement(struct httpd_req *req)
 {
     const char *month = req->params[0];
@@ -331,11 +332,11 @@ static void h_statement(struct httpd_req *req)
         st = db_exec(c,
                      "SELECT COALESCE(e.name, ''), COALESCE(l.endpoint_id::text, ''), l.kind, "
                      "  COALESCE(min(l.unit), ''), COALESCE(sum(l.quantity), 0)::bigint, "
-                     "  sum(l.amount_micros)::bigint, count(*) "
+                     "  sum(l.amount_micros)::bigint, count(*), COALESCE(l.gpu_type, '') "
                      "FROM ledger_entries l LEFT JOIN endpoints e ON e.id = l.endpoint_id "
                      "WHERE l.account_id = $1::bigint AND l.at >= $2::timestamptz "
                      "  AND l.at < $2::timestamptz + interval '1 month' "
-                     "GROUP BY 1, 2, 3 ORDER BY 3, 1",
+                     "GROUP BY 1, 2, 3, 8 ORDER BY 3, 1, 8",
                      2, p, &r, NULL);
     ctl_db_done(req, c);
     if (st < 0) {
@@ -351,19 +352,21 @@ static void h_statement(struct httpd_req *req)
         struct buf b = {0};
         char d[48];
         buf_printf(&b, "month,endpoint,endpoint_id,kind,unit,quantity,entries,amount_micros,"
-                       "amount\r\n");
+                       "amount,gpu_type\r\n");
         billing_display(opening, d, sizeof d);
-        buf_printf(&b, "%s,,,opening_balance,,,,%lld,%s\r\n", month, (long long)opening, d);
+        buf_printf(&b, "%s,,,opening_balance,,,,%lld,%s,\r\n", month, (long long)opening, d);
         for (int i = 0; i < PQntuples(r); i++) {
             buf_printf(&b, "%s,", month);
             csv_field(&b, PQgetvalue(r, i, 0));
             buf_printf(&b, ",%s,%s,%s,%s,%s,", PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
                        PQgetvalue(r, i, 3), PQgetvalue(r, i, 4), PQgetvalue(r, i, 6));
             billing_display(db_int(r, i, 5), d, sizeof d);
-            buf_printf(&b, "%s,%s\r\n", PQgetvalue(r, i, 5), d);
+            buf_printf(&b, "%s,%s,", PQgetvalue(r, i, 5), d);
+            csv_field(&b, PQgetvalue(r, i, 7));
+            buf_append(&b, "\r\n", 2);
         }
         billing_display(closing, d, sizeof d);
-        buf_printf(&b, "%s,,,closing_balance,,,,%lld,%s\r\n", month, (long long)closing, d);
+        buf_printf(&b, "%s,,,closing_balance,,,,%lld,%s,\r\n", month, (long long)closing, d);
         PQclear(r);
         snprintf(req->extra_headers, sizeof req->extra_headers,
                  "Content-Disposition: attachment; filename=\"statement-%.7s.csv\"", month);
@@ -381,6 +384,8 @@ static void h_statement(struct httpd_req *req)
         json_object_set_new(l, "endpoint_id",
                             PQgetvalue(r, i, 1)[0] ? json_string(PQgetvalue(r, i, 1))
                                                    : json_null());
+        json_object_set_new(
+            l, "gpu_type", PQgetvalue(r, i, 7)[0] ? json_string(PQgetvalue(r, i, 7)) : json_null());
         json_array_append_new(lines, money(l, "amount", db_int(r, i, 5)));
     }
     PQclear(r);

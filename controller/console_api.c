@@ -2,6 +2,7 @@
 #include "console_api.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
@@ -62,6 +63,13 @@ static const struct {
     {"day", "1 day", 30},       /* a month */
 };
 
+/* New reference: column col of row i as a JSON number, or null when it is NULL (no request of
+ * the period had that time). */
+static json_t *real_or_null(const PGresult *r, int i, int col)
+{
+    return PQgetisnull(r, i, col) ? json_null() : json_real(strtod(PQgetvalue(r, i, col), NULL));
+}
+
 /* GET /v1/endpoints/{id}/stats?granularity=minute|hour|day */
 static void h_stats(struct httpd_req *req)
 {
@@ -97,10 +105,16 @@ static void h_stats(struct httpd_req *req)
         "periods AS (SELECT generate_series(date_trunc($3, now()) - $5::int * $4::interval, "
         "    date_trunc($3, now()), $4::interval) AS p), "
         "ev AS (SELECT date_trunc($3, u.at) AS p, count(*) AS n, sum(u.prompt_tokens) AS pt, "
-        "    sum(u.completion_tokens) AS ct FROM usage_events u JOIN ep ON u.endpoint_id = ep.id "
+        "    sum(u.completion_tokens) AS ct, avg(u.ttft_ms) AS tm, "
+        "    percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY u.ttft_ms) AS tq, "
+        "    sum(u.completion_tokens) FILTER (WHERE u.duration_ms > 0) * 1000.0 "
+        "      / NULLIF(sum(u.duration_ms) FILTER (WHERE u.duration_ms > 0), 0) AS tps "
+        "  FROM usage_events u JOIN ep ON u.endpoint_id = ep.id "
         "  WHERE u.at >= date_trunc($3, now()) - $5::int * $4::interval GROUP BY 1) "
         "SELECT to_char(periods.p AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-        "  COALESCE(ev.n, 0), COALESCE(ev.pt, 0), COALESCE(ev.ct, 0) "
+        "  COALESCE(ev.n, 0), COALESCE(ev.pt, 0), COALESCE(ev.ct, 0), "
+        "  round(ev.tm::numeric, 3), round(ev.tq[1]::numeric, 3), round(ev.tq[2]::numeric, 3), "
+        "  round(ev.tps::numeric, 3) "
         "FROM ep CROSS JOIN periods LEFT JOIN ev ON ev.p = periods.p ORDER BY periods.p",
         5, p, &r, NULL);
     ctl_db_done(req, c);
@@ -114,12 +128,15 @@ static void h_stats(struct httpd_req *req)
         return;
     }
     json_t *data = json_array();
-    for (int i = 0; i < PQntuples(r); i++)
-        json_array_append_new(data,
-                              json_pack("{s:s, s:I, s:I, s:I}", "period_start", PQgetvalue(r, i, 0),
-                                        "requests", (json_int_t)db_int(r, i, 1), "prompt_tokens",
-                                        (json_int_t)db_int(r, i, 2), "completion_tokens",
-                                        (json_int_t)db_int(r, i, 3)));
+    for (int i = 0; i < PQntuples(r); i++) {
+        json_t *row = json_pack("{s:s, s:I, s:I, s:I, s:o, s:o, s:o, s:o}", "period_start",
+                                PQgetvalue(r, i, 0), "requests", (json_int_t)db_int(r, i, 1),
+                                "prompt_tokens", (json_int_t)db_int(r, i, 2), "completion_tokens",
+                                (json_int_t)db_int(r, i, 3), "ttft_ms_mean", real_or_null(r, i, 4),
+                                "ttft_ms_p50", real_or_null(r, i, 5), "ttft_ms_p95",
+                                real_or_null(r, i, 6), "tokens_per_second", real_or_null(r, i, 7));
+        json_array_append_new(data, row);
+    }
     PQclear(r);
     httpd_reply_json(req, 200,
                      json_pack("{s:s, s:s, s:s, s:o}", "object", "list", "endpoint_id", id,

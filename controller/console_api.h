@@ -1,7 +1,8 @@
 /* console_api: read routes the console needs beyond the core API, each built from stored rows:
  * GET /v1/quotas (the caller's own quotas beside what it uses now) and
- * GET /v1/endpoints/{id}/stats (requests and tokens per period, from usage_events, every period
- * of the window present, zero when idle, so a chart plots it as it comes). Writes nothing. */
+ * GET /v1/endpoints/{id}/stats (requests, tokens, time to first token and generation speed per
+ * period, from usage_events, every period of the window present, zero (times: null) when idle, so
+ * a chart plots it as it comes). Writes nothing. */
 #ifndef ORP_CONSOLE_API_H
 #define ORP_CONSOLE_API_H
 

@@ -3,28 +3,12 @@
 
 #include <stdio.h>
 
-#include "log.h"
 #include "replica.h"
 
 struct pass {
     const char *grace;
     int stopped;
 };
-
-/* Stops the replicas of the endpoints in r (id, name, account), which were just marked stopped;
- * frees r. */
-static enum db_status stop_all(PGconn *c, PGresult *r, const char *why, int *n)
-{
-    enum db_status st = DB_ROWS;
-    *n = PQntuples(r);
-    for (int i = 0; i < PQntuples(r) && st >= 0; i++) {
-        st = replica_stop_endpoint(c, PQgetvalue(r, i, 0));
-        log_warn("endpoint %s (%s) of account %s stopped: %s", PQgetvalue(r, i, 0),
-                 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), why);
-    }
-    PQclear(r);
-    return st;
-}
 
 static enum db_status pass_txn(PGconn *c, void *arg)
 {
@@ -52,7 +36,7 @@ static enum db_status pass_txn(PGconn *c, void *arg)
                  "RETURNING e.id, e.name, a.id",
                  1, prm, &r, NULL);
     if (st < 0) return st;
-    st = stop_all(c, r, "out of credit", &p->stopped);
+    st = replica_stop_endpoints(c, r, "out of credit", &p->stopped);
     if (st < 0) return st;
     /* The monthly spend cap: time-billed endpoints of an account whose usage charges this month
      * reached its cap stop at once (charges come per billing period, so they may pass the cap by
@@ -72,7 +56,7 @@ static enum db_status pass_txn(PGconn *c, void *arg)
                  0, NULL, &r, NULL);
     if (st < 0) return st;
     int capped = 0;
-    st = stop_all(c, r, "monthly spend cap reached", &capped);
+    st = replica_stop_endpoints(c, r, "monthly spend cap reached", &capped);
     p->stopped += capped;
     return st < 0 ? st : DB_ROWS;
 }

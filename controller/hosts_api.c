@@ -14,6 +14,7 @@
 #include "drain.h"
 #include "idempotency.h"
 #include "jsonx.h"
+#include "labels.h"
 #include "log.h"
 #include "replica.h"
 #include "util.h"
@@ -37,8 +38,11 @@
     "  'devices', (SELECT COALESCE(json_agg(json_build_object('index', g.idx, 'uuid', g.uuid, "    \
     "     'kind', g.kind, 'model', g.model, 'memory_mib', g.memory_mib, 'healthy', g.healthy, "    \
     "     'numa_node', g.numa_node, 'pci_bus_id', g.pci_bus_id, 'nvlink_peers', g.nvlink_peers, "  \
-    "     'ecc_errors', g.ecc_errors, 'retired_pages', g.retired_pages) "                          \
-    "     ORDER BY g.kind, g.idx), '[]') FROM gpus g WHERE g.host_id = h.id)) "                    \
+    "     'ecc_errors', g.ecc_errors, 'retired_pages', g.retired_pages, "                          \
+    "     'utilization_percent', gs.utilization_percent, 'memory_used_mib', gs.memory_used_mib, "  \
+    "     'temperature_c', gs.temperature_c, 'sampled_at', gs.sampled_at) "                        \
+    "     ORDER BY g.kind, g.idx), '[]') FROM gpus g "                                             \
+    "     LEFT JOIN gpu_samples gs ON gs.gpu_id = g.id WHERE g.host_id = h.id)) "                  \
     "FROM hosts h LEFT JOIN host_seen s ON s.host_id = h.id ORDER BY h.name"
 
 /* A pooled connection for an admin, or NULL after answering 401, 403 or 503. */
@@ -339,6 +343,68 @@ static void h_drain(struct httpd_req *req)
     h_host_action(req, "drain");
 }
 
+/* ---- labels ---- */
+
+/* Replaces the labels of host id (a JSON object labels_check accepted). DB_ROWS with *host (new
+ * reference), DB_NONE when there is no such host or it was revoked. */
+static enum db_status set_labels(PGconn *c, const char *id, const char *labels, json_t **host)
+{
+    *host = NULL;
+    const char *p[] = {id, labels};
+    PGresult *r;
+    enum db_status st =
+        db_exec(c,
+                "UPDATE hosts SET labels = $2::jsonb, updated_at = now() "
+                "WHERE id = $1::bigint AND state <> 'revoked' "
+                "RETURNING json_build_object('object', 'host', 'id', id::text, 'name', name, "
+                "  'state', state, 'labels', labels)",
+                2, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        return st;
+    }
+    json_error_t je;
+    *host = json_loads(PQgetvalue(r, 0, 0), 0, &je);
+    PQclear(r);
+    if (!*host) return DB_HARD;
+    log_info("host %s: labels %s", id, labels);
+    return DB_ROWS;
+}
+
+/* PUT /v1/admin/hosts/{id}/labels {"labels": {...}}: replaces the host's labels (an agent started
+ * with --labels replaces them again when it registers). */
+static void h_put_labels(struct httpd_req *req)
+{
+    static const char *const known[] = {"labels", NULL};
+    const char *id = req->params[0];
+    PGconn *c = host_route(req, "set host labels");
+    if (!c) return;
+    json_t *body = httpd_body_object(req), *host = NULL;
+    struct jsonx_err je = {0};
+    char *txt = NULL;
+    if (!body || httpd_reject_unknown(req, body, known) != 0) goto out;
+    json_t *labels = json_object_get(body, "labels");
+    if (!labels) {
+        httpd_error(req, 400, "missing_parameter", "labels", "field 'labels' is required");
+        goto out;
+    }
+    if (labels_check(labels, "labels", &je) != 0) {
+        httpd_error(req, 400, "invalid_parameter", je.param, "%s", je.message);
+        goto out;
+    }
+    enum db_status st = (txt = jsonx_dump(labels)) ? set_labels(c, id, txt, &host) : DB_HARD;
+    if (st < 0)
+        httpd_error(req, 500, "internal_error", NULL, "could not set the host's labels");
+    else if (st == DB_NONE)
+        httpd_error(req, 404, "not_found", NULL, "host %s does not exist or was revoked", id);
+    else
+        httpd_reply_json(req, 200, host);
+out:
+    free(txt);
+    json_decref(body);
+    ctl_db_done(req, c);
+}
+
 /* ---- listing ---- */
 
 static void h_list_hosts(struct httpd_req *req)
@@ -370,6 +436,7 @@ const struct httpd_route hosts_routes[] = {
     {"POST", "/v1/admin/hosts/{}/cordon", h_cordon},
     {"POST", "/v1/admin/hosts/{}/uncordon", h_uncordon},
     {"POST", "/v1/admin/hosts/{}/drain", h_drain},
+    {"PUT", "/v1/admin/hosts/{}/labels", h_put_labels},
 };
 const size_t hosts_nroutes = sizeof hosts_routes / sizeof hosts_routes[0];
 
@@ -395,7 +462,8 @@ static const char cli_usage[] =
     "usage: orp-controller host list [--database-url URL]\n"
     "       orp-controller host token create [--ttl-s N] [--pool P] [--database-url URL]\n"
     "       orp-controller host revoke|cordon|uncordon|drain ID [--database-url URL]\n"
-    "       orp-controller host drain-step [--database-url URL]\n";
+    "       orp-controller host drain-step [--database-url URL]\n"
+    "       orp-controller host labels ID k=v,k2=v2 [--database-url URL] (\"\": none)\n";
 
 /* Prints a JSON object on one line; steals o. */
 static void print_json(json_t *o)
@@ -411,9 +479,13 @@ int hosts_cli(int argc, char **argv)
     const char *sub = argc >= 3 ? argv[2] : "";
     /* The words before the options: "list", "token create", "revoke ID". */
     int first = 3;
-    const char *id = NULL;
+    const char *id = NULL, *labels = NULL;
     if (!strcmp(sub, "token") && argc >= 4 && !strcmp(argv[3], "create")) {
         first = 4;
+    } else if (!strcmp(sub, "labels") && argc >= 5 && argv[3][0] != '-') {
+        id = argv[3];
+        labels = argv[4];
+        first = 5;
     } else if ((!strcmp(sub, "revoke") || !strcmp(sub, "cordon") || !strcmp(sub, "uncordon") ||
                 !strcmp(sub, "drain")) &&
                argc >= 4 && argv[3][0] != '-') {
@@ -448,11 +520,23 @@ int hosts_cli(int argc, char **argv)
         fprintf(stderr, "orp-controller: '%s' is not a host id (see host list)\n", id);
         return 2;
     }
+    char *labels_json = NULL; /* labels as the PUT route takes them */
+    if (labels) {
+        struct jsonx_err je = {0};
+        json_t *l = labels_parse(labels, &je);
+        labels_json = l ? jsonx_dump(l) : NULL;
+        json_decref(l);
+        if (!labels_json) {
+            fprintf(stderr, "orp-controller: %s\n", je.message[0] ? je.message : "out of memory");
+            return 2;
+        }
+    }
     log_init("controller", "warn");
     PGconn *c = PQconnectdb(o.database_url);
     if (PQstatus(c) != CONNECTION_OK) {
         fprintf(stderr, "orp-controller: cannot connect: %s", PQerrorMessage(c));
         PQfinish(c);
+        free(labels_json);
         return 1;
     }
     enum db_status st;
@@ -471,6 +555,11 @@ int hosts_cli(int argc, char **argv)
     } else if (!strcmp(sub, "revoke")) {
         json_t *host = NULL;
         st = hosts_revoke(c, id, &host);
+        if (st == DB_NONE) fprintf(stderr, "orp-controller: host %s does not exist\n", id);
+        if (st == DB_ROWS) print_json(host);
+    } else if (labels_json) {
+        json_t *host = NULL;
+        st = set_labels(c, id, labels_json, &host);
         if (st == DB_NONE) fprintf(stderr, "orp-controller: host %s does not exist\n", id);
         if (st == DB_ROWS) print_json(host);
     } else if (id) {
@@ -495,5 +584,6 @@ int hosts_cli(int argc, char **argv)
         }
     }
     PQfinish(c);
+    free(labels_json);
     return st == DB_ROWS ? 0 : 1;
 }

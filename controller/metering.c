@@ -15,25 +15,29 @@
  * passes cannot both see the same rows: they are locked and marked by the first. */
 #define METERING_TAIL                                                                              \
     "ins AS (INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, "       \
-    "          endpoint_id, period_start, quantity, unit, memo) "                                  \
+    "          endpoint_id, period_start, quantity, unit, memo, gpu_type) "                        \
     "        SELECT account_id, amount, kind, key, endpoint_id, period_start, quantity, unit, "    \
-    "          memo FROM priced ON CONFLICT (idempotency_key) DO NOTHING "                         \
+    "          memo, gpu_type FROM priced ON CONFLICT (idempotency_key) DO NOTHING "               \
     "        RETURNING idempotency_key), "                                                         \
     "late AS (INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key, "      \
-    "           endpoint_id, period_start, quantity, unit, memo) "                                 \
+    "           endpoint_id, period_start, quantity, unit, memo, gpu_type) "                       \
     "         SELECT account_id, amount, kind, "                                                   \
     "           key || ':late:' || extract(epoch FROM date_bin($1::interval, now(), "              \
     "             timestamptz 'epoch'))::bigint, endpoint_id, period_start, quantity, unit, "      \
-    "           memo || ' (late)' FROM priced WHERE key NOT IN (SELECT idempotency_key FROM ins) " \
+    "           memo || ' (late)', gpu_type FROM priced "                                          \
+    "         WHERE key NOT IN (SELECT idempotency_key FROM ins) "                                 \
     "         ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1) "                              \
     "SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM late)"
 
 /* Ready time of closed periods. iv: the unbilled part of each interval up to the current period's
  * start (locked); moved: marks it billed; pieces: that part split by period; time-billed
- * endpoints only are charged (the ready time of value-billed endpoints is marked, not charged). */
+ * endpoints only are charged (the ready time of value-billed endpoints is marked, not charged).
+ * An interval is one GPU type's devices of a replica (schema/016): a period is priced per
+ * (endpoint, type) at device_price_at(), the type's price version in force at the period's start
+ * or else the device kind's; a typed charge's key ends ':t<type id>'. */
 static const char *const TIME_SQL =
     "WITH cur AS (SELECT date_bin($1::interval, now(), timestamptz 'epoch') AS t), "
-    "iv AS (SELECT i.id, i.account_id, i.endpoint_id, i.device_kind, i.devices, "
+    "iv AS (SELECT i.id, i.account_id, i.endpoint_id, i.device_kind, i.gpu_type_id, i.devices, "
     "         i.billed_until AS from_t, least(coalesce(i.ended_at, cur.t), cur.t) AS upto, "
     "         e.billing_mode "
     "       FROM ready_intervals i JOIN endpoints e ON e.id = i.endpoint_id, cur "
@@ -41,24 +45,26 @@ static const char *const TIME_SQL =
     "       FOR UPDATE OF i), "
     "moved AS (UPDATE ready_intervals r SET billed_until = iv.upto FROM iv WHERE r.id = iv.id "
     "          RETURNING r.id), "
-    "pieces AS (SELECT iv.account_id, iv.endpoint_id, iv.device_kind, gs AS period_start, "
+    "pieces AS (SELECT iv.account_id, iv.endpoint_id, iv.device_kind, iv.gpu_type_id, "
+    "             gs AS period_start, "
     "             iv.devices * extract(epoch FROM least(iv.upto, gs + $1::interval) "
     "                                         - greatest(iv.from_t, gs)) * 1000 AS ms "
     "           FROM iv, generate_series(date_bin($1::interval, iv.from_t, timestamptz 'epoch'), "
     "                                    iv.upto, $1::interval) gs "
     "           WHERE gs < iv.upto AND iv.billing_mode = 'time'), "
-    "sums AS (SELECT account_id, endpoint_id, device_kind, period_start, "
-    "           round(sum(ms))::bigint AS device_ms FROM pieces GROUP BY 1, 2, 3, 4), "
+    "sums AS (SELECT account_id, endpoint_id, device_kind, gpu_type_id, period_start, "
+    "           round(sum(ms))::bigint AS device_ms FROM pieces GROUP BY 1, 2, 3, 4, 5), "
     "priced AS (SELECT s.account_id, "
-    "    -ceil(s.device_ms::numeric * p.micros_per_device_hour / 3600000)::bigint AS amount, "
+    "    -ceil(s.device_ms::numeric * p.micros / 3600000)::bigint AS amount, "
     "    'usage_time' AS kind, "
-    "    'time:' || s.endpoint_id || ':' || extract(epoch FROM s.period_start)::bigint AS key, "
+    "    'time:' || s.endpoint_id || ':' || extract(epoch FROM s.period_start)::bigint || "
+    "      COALESCE(':t' || s.gpu_type_id, '') AS key, "
     "    s.endpoint_id, s.period_start, s.device_ms AS quantity, 'device_ms' AS unit, "
-    "    s.device_kind || ' at ' || p.micros_per_device_hour || ' micros/device-hour' AS memo "
-    "  FROM sums s CROSS JOIN LATERAL (SELECT d.micros_per_device_hour FROM device_prices d "
-    "    WHERE d.device_kind = s.device_kind AND d.effective_at <= s.period_start "
-    "    ORDER BY d.effective_at DESC LIMIT 1) p "
-    "  WHERE s.device_ms > 0), " METERING_TAIL;
+    "    COALESCE(g.name, s.device_kind) || ' at ' || p.micros || ' micros/device-hour' AS memo, "
+    "    g.name AS gpu_type "
+    "  FROM sums s LEFT JOIN gpu_types g ON g.id = s.gpu_type_id CROSS JOIN LATERAL "
+    "    (SELECT device_price_at(s.device_kind, s.gpu_type_id, s.period_start) AS micros) p "
+    "  WHERE s.device_ms > 0 AND p.micros IS NOT NULL), " METERING_TAIL;
 
 /* Usage events of closed periods (by arrival). Events of time-billed endpoints are marked as
  * covered by time billing; those of value-billed endpoints are charged at the model's prices.
@@ -89,7 +95,7 @@ static const char *const VALUE_SQL =
     "    'usage_value' AS kind, s.key, s.endpoint_id, s.period_start, "
     "    (s.pt + s.ct)::bigint AS quantity, 'tokens' AS unit, "
     "    s.pt || ' in at ' || p.input_price_micros_per_mtok || ', ' || s.ct || ' out at ' || "
-    "    p.output_price_micros_per_mtok || ' micros/Mtok' AS memo "
+    "    p.output_price_micros_per_mtok || ' micros/Mtok' AS memo, NULL::text AS gpu_type "
     "  FROM sums s CROSS JOIN LATERAL (SELECT mp.input_price_micros_per_mtok, "
     "    mp.output_price_micros_per_mtok FROM model_prices mp "
     "    WHERE mp.model_id = s.model_id AND mp.effective_at <= s.period_start "

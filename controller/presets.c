@@ -1,4 +1,5 @@
-/* presets: see presets.h. Reads models, gpus, hosts, replicas and device_prices; writes nothing. */
+/* presets: see presets.h. Reads models, gpus, hosts, replicas and device (GPU type) prices; writes
+ * nothing. */
 #include "presets.h"
 
 #include <stdio.h>
@@ -78,8 +79,7 @@ static int load_types(PGconn *c, const char *kind, const char *pool, struct pres
         "    count(*) FILTER (WHERE healthy AND free AND NOT cordoned) AS nfree "
         "  FROM d GROUP BY model, host_id) "
         "SELECT model, min(mem), max(total), max(nfree), "
-        "  COALESCE((SELECT micros_per_device_hour FROM device_prices WHERE device_kind = $3 "
-        "            AND effective_at <= now() ORDER BY effective_at DESC LIMIT 1), 0) "
+        "  COALESCE(device_price_at($3, gpu_type_of($3, model), now()), 0) " /* schema/016 */
         "FROM per_host GROUP BY model ORDER BY model LIMIT $2::int",
         3, p, &r, NULL);
     if (st < 0) return -1;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "log.h"
 #include "util.h"
 
 /* Legal predecessors of each state, as text[] literals for the UPDATE's WHERE clause. */
@@ -105,6 +106,19 @@ enum db_status replica_stop_endpoint(PGconn *c, const char *endpoint_id)
                   "  ready_at = NULL, updated_at = now() "
                   "WHERE endpoint_id = $1::uuid AND state = ANY ($2::text[])",
                   2, p);
+}
+
+enum db_status replica_stop_endpoints(PGconn *c, PGresult *r, const char *why, int *n)
+{
+    enum db_status st = DB_ROWS;
+    *n = PQntuples(r);
+    for (int i = 0; i < PQntuples(r) && st >= 0; i++) {
+        st = replica_stop_endpoint(c, PQgetvalue(r, i, 0));
+        log_warn("endpoint %s (%s) of account %s stopped: %s", PQgetvalue(r, i, 0),
+                 PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), why);
+    }
+    PQclear(r);
+    return st;
 }
 
 enum db_status replica_reap_stopping(PGconn *c, int64_t host_id, const char *reported)

@@ -32,6 +32,9 @@ enum db_status replica_assign_many(PGconn *c, const char *placements_json, int *
 enum db_status replica_note_pending(PGconn *c, const char *id, const char *reason);
 /* Every replica of an endpoint: pending -> stopped, live -> stopping. */
 enum db_status replica_stop_endpoint(PGconn *c, const char *endpoint_id);
+/* replica_stop_endpoint() for every row of r (id, name, account id: endpoints just marked
+ * stopped), each logged as a warning with why; *n gets the number of rows. Frees r. */
+enum db_status replica_stop_endpoints(PGconn *c, PGresult *r, const char *why, int *n);
 /* Replicas of host_id in 'stopping' that the agent no longer reports (reported: text[] literal
  * of replica ids) are stopped. */
 enum db_status replica_reap_stopping(PGconn *c, int64_t host_id, const char *reported);

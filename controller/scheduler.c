@@ -115,16 +115,53 @@ static int disk_ok(const struct sched_host *h, const struct sched_req *req)
            has_cached(h, req->model);
 }
 
+/* 1 when h's labels hold every "k=v" line of sel (NULL or "": any host). */
+static int labels_match(const struct sched_host *h, const char *sel)
+{
+    if (!sel || !sel[0]) return 1;
+    char line[LABELS_KEY_MAX + LABELS_VALUE_MAX + 4];
+    for (const char *p = sel; *p;) {
+        size_t n = strcspn(p, "\n");
+        if (n + 3 > sizeof line) return 0; /* longer than any label a host can have */
+        line[0] = '\n';
+        memcpy(line + 1, p, n);
+        line[n + 1] = '\n';
+        line[n + 2] = 0;
+        if (!strstr(h->labels, line)) return 0;
+        p += n;
+        if (*p) p++;
+    }
+    return 1;
+}
+
+/* sel's lines as the customer wrote them: "zone=eu, gpu-class=premium". */
+static void selector_text(const char *sel, char *out, size_t n)
+{
+    size_t o = 0;
+    for (; *sel && o + 3 < n; sel++) {
+        if (*sel == '\n') {
+            out[o++] = ',';
+            out[o++] = ' ';
+        } else {
+            out[o++] = *sel;
+        }
+    }
+    out[o] = 0;
+}
+
 int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *req, int *chosen,
                 char *why, size_t whylen)
 {
-    int best = -1, best_free = 0, largest = 0, eligible = 0, disk_short = 0;
+    int best = -1, best_free = 0, largest = 0, in_pool = 0, eligible = 0, disk_short = 0;
     int64_t most_disk = 0;
     struct pick bp = {0}, p;
     const char *pool = req->pool && req->pool[0] ? req->pool : NULL;
+    const char *sel = req->selector && req->selector[0] ? req->selector : NULL;
     for (int h = 0; h < nhosts && req->n > 0 && req->n <= SCHED_MAX_DEVICES; h++) {
         struct sched_host *hh = &hosts[h];
         if (hh->cordoned || (pool && strcmp(pool, hh->pool) != 0)) continue;
+        in_pool++;
+        if (!labels_match(hh, sel)) continue;
         eligible++;
         if (!disk_ok(hh, req)) {
             disk_short++;
@@ -179,14 +216,21 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
                          "hosts have at most %.1f GiB",
                          (double)req->bytes / (1 << 30), req->model ? req->model : "the model",
                          (double)most_disk / (1 << 30));
-            else if (pool && !eligible)
+            else if (pool && !in_pool)
                 snprintf(why, whylen, "no capacity: no schedulable host in pool '%s'", pool);
-            else
-                snprintf(
-                    why, whylen,
-                    "no capacity: needs %d\u00d7%s on one host%s%s%s; largest free block is %d",
-                    req->n, k, pool ? " in pool '" : "", pool ? pool : "", pool ? "'" : "",
-                    largest);
+            else {
+                char shown[160] = "";
+                if (sel) selector_text(sel, shown, sizeof shown);
+                if (sel && !eligible)
+                    snprintf(why, whylen, "no capacity: no host%s%s%s has labels %s",
+                             pool ? " in pool '" : "", pool ? pool : "", pool ? "'" : "", shown);
+                else
+                    snprintf(why, whylen,
+                             "no capacity: needs %d\u00d7%s on one host%s%s%s%s%s; largest free "
+                             "block is %d",
+                             req->n, k, pool ? " in pool '" : "", pool ? pool : "", pool ? "'" : "",
+                             sel ? " with labels " : "", shown, largest);
+            }
         }
         return -1;
     }
@@ -306,7 +350,9 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         c,
         "SELECT g.host_id, g.uuid, g.kind, g.idx, held.uuid IS NULL, "
         "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned, "
-        "  g.model, COALESCE(s.disk_free_bytes, -1), array_to_string(s.cached_models, E'\\n') "
+        "  g.model, COALESCE(s.disk_free_bytes, -1), array_to_string(s.cached_models, E'\\n'), "
+        "  CASE WHEN h.labels = '{}' THEN '' ELSE (SELECT string_agg(l.key || '=' || l.value, "
+        "    E'\\n') FROM jsonb_each_text(h.labels) l) END "
         "FROM gpus g JOIN hosts h ON h.id = g.host_id "
         "LEFT JOIN host_seen s ON s.host_id = g.host_id "
         "LEFT JOIN (SELECT DISTINCT r.host_id, unnest(r.devices) AS uuid FROM replicas r "
@@ -341,6 +387,10 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
             const char *cm = PQgetvalue(r, i, 12);
             if (cm[0] && strlen(cm) + 3 < sizeof p->hosts[h].cached)
                 snprintf(p->hosts[h].cached, sizeof p->hosts[h].cached, "\n%s\n", cm);
+            /* Labels set outside the API (SQL) may not fit: such a host matches no selector. */
+            const char *lb = PQgetvalue(r, i, 13);
+            if (lb[0] && strlen(lb) + 3 < sizeof p->hosts[h].labels)
+                snprintf(p->hosts[h].labels, sizeof p->hosts[h].labels, "\n%s\n", lb);
         }
         struct sched_host *hh = &p->hosts[h];
         if (hh->ndevices == SCHED_MAX_DEVICES) continue;
@@ -387,7 +437,9 @@ static enum db_status pass_txn(PGconn *c, void *arg)
                                 "  CASE WHEN m.source ~ '^(file|https?)://' THEN COALESCE(("
                                 "    SELECT sum((f->>'size')::bigint) "
                                 "    FROM jsonb_array_elements(m.manifest->'files') f), 0) "
-                                "  ELSE 0 END "
+                                "  ELSE 0 END, "
+                                "  (SELECT string_agg(l.key || '=' || l.value, E'\\n' "
+                                "   ORDER BY l.key) FROM jsonb_each_text(e.host_selector) l) "
                                 "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
                                 "JOIN models m ON m.id = e.model_id "
                                 "WHERE r.state = 'pending' ORDER BY r.created_at, r.ordinal "
@@ -413,9 +465,10 @@ static enum db_status pass_txn(PGconn *c, void *arg)
                                .pool = PQgetvalue(pend, i, 4),
                                .gpu_type = PQgetvalue(pend, i, 5),
                                .model = PQgetvalue(pend, i, 6),
-                               .bytes = db_int(pend, i, 7)};
+                               .bytes = db_int(pend, i, 7),
+                               .selector = PQgetvalue(pend, i, 8)};
         int chosen[SCHED_MAX_DEVICES];
-        char why[200];
+        char why[300];
         int h = p->place(p->hosts, p->nhosts, &rq, chosen, why, sizeof why);
         if (h < 0) {
             if (strcmp(PQgetvalue(pend, i, 3), why) != 0) st = replica_note_pending(c, rid, why);

@@ -3,8 +3,9 @@
  * assignments in one transaction. The only code that moves a replica out of 'pending'.
  *
  * Policy: a replica of width N needs N free healthy devices of the endpoint's kind on ONE host
- * that is not cordoned and, when the endpoint names a pool, is in that pool, and whose weights
- * cache has the model or room for it (when the agent reports its disk). Which N devices:
+ * that is not cordoned and, when the endpoint names a pool, is in that pool, whose labels contain
+ * every pair of the endpoint's host selector, and whose weights cache has the model or room for it
+ * (when the agent reports its disk). Which N devices:
  *
  *   tier 0  mutual NVLink peers that share a NUMA node
  *   tier 1  mutual NVLink peers
@@ -29,6 +30,8 @@
 #include <libpq-fe.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "labels.h"
 
 #define SCHED_MAX_DEVICES 64 /* per host; an 8-GPU box plus headroom for CPU slots */
 
@@ -57,6 +60,9 @@ struct sched_fit {
     short island;
 };
 
+/* A host's labels as "\nk=v\n" lines: every label a host may have (LABELS_MAX pairs) fits. */
+#define SCHED_LABELS_MAX (LABELS_MAX * (LABELS_KEY_MAX + LABELS_VALUE_MAX + 2) + 2)
+
 struct sched_host {
     int64_t id;
     char pool[64];
@@ -66,12 +72,16 @@ struct sched_host {
     struct sched_fit fit[SCHED_FIT_WIDTHS]; /* by width - 1; see sched_fit */
     int64_t disk_free; /* room for a new model in the agent's weights cache; -1 unknown */
     char cached[SCHED_CACHED_MAX]; /* models cached there, each as "\n<name>\n" (joined) */
+    char labels[SCHED_LABELS_MAX]; /* its labels, each as "\nk=v\n" (joined); "" none */
 };
 
 /* What one replica needs. pool NULL or "": any pool; gpu_type NULL or "": any model of GPU.
  * model and bytes: the model's name and the size of its weights when they must be fetched into
  * the host's cache (0: a local source, or unknown), so that only a host with that much room, or
- * with the model cached, is chosen. */
+ * with the model cached, is chosen. selector NULL or "": any host; else "k=v" lines joined by
+ * "\n", each of which the host's labels must hold. The selector is a filter on hosts, checked
+ * before the per-host memo (sched_fit), which depends only on the host's devices, so one memo
+ * serves every selector. */
 struct sched_req {
     const char *kind;
     int n;
@@ -79,6 +89,7 @@ struct sched_req {
     const char *gpu_type;
     const char *model;
     int64_t bytes;
+    const char *selector;
 };
 
 /* Chooses a host for req. Returns the index into hosts and fills chosen[0..n) with device

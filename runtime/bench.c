@@ -143,7 +143,8 @@ static int run_batch(const struct model *m, const struct bench_cfg *bc, int B, d
         for (int p = 0; rc == 0 && p < bc->prompt; p += chunk) {
             int n = (int)(bc->prompt - p < chunk ? bc->prompt - p : chunk);
             for (int k = 0; k < n; k++)
-                rows[k] = (struct model_row){ctx[i], (i * 131 + (p + k) * 7 + 1) % vocab, NULL};
+                rows[k] = (struct model_row){ctx[i], (i * 131 + (p + k) * 7 + 1) % vocab, NULL,
+                                             NULL, NULL};
             rc = model_forward_batch(m, rows, n);
         }
     }
@@ -152,8 +153,8 @@ static int run_batch(const struct model *m, const struct bench_cfg *bc, int B, d
     if (rc == 0 && !logits) rc = -1;
     for (int s = 0; rc == 0 && s < bc->decode; s++) {
         for (int i = 0; i < B; i++)
-            rows[i] =
-                (struct model_row){ctx[i], (i * 17 + s * 13 + 5) % vocab, i == 0 ? logits : NULL};
+            rows[i] = (struct model_row){ctx[i], (i * 17 + s * 13 + 5) % vocab,
+                                         i == 0 ? logits : NULL, NULL, NULL};
         rc = model_forward_batch(m, rows, B);
     }
     double t2 = now_s();

@@ -30,16 +30,18 @@ struct eng_req {
     struct engine *e;
     struct gen g;
     enum req_state state;
-    int cancel;     /* asked by the consumer */
-    int failed;     /* ended without finishing (shutdown, out of memory) */
-    int prefilled;  /* prompt tokens run */
-    int whole;      /* the consumer takes the text once, at the end (not streaming) */
-    float *logits;  /* [vocab] while running */
-    struct buf out; /* text not yet taken by eng_wait */
-    int published;  /* tokens sampled whose records (text, logprobs) the consumer may read */
-    int64_t t_submit, t_first, t_last; /* us */
-    struct eng_req *next;              /* in the queue or the running list */
-    pthread_cond_t cv;                 /* the consumer waits on it */
+    int cancel;             /* asked by the consumer */
+    int failed;             /* ended without finishing (shutdown, out of memory) */
+    int prefilled;          /* prompt tokens run */
+    int whole;              /* the consumer takes the text once, at the end (not streaming) */
+    float *logits;          /* [vocab] while running */
+    struct model_sample ms; /* this step's token sampled on the device (e->dev_sample) */
+    int dev_tok;            /* the token it drew */
+    struct buf out;         /* text not yet taken by eng_wait */
+    int published; /* tokens sampled whose records (text, logprobs) the consumer may read */
+    int64_t t_submit, t_first, t_last, t_done; /* us; 0: not yet */
+    struct eng_req *next;                      /* in the queue or the running list */
+    pthread_cond_t cv;                         /* the consumer waits on it */
 };
 
 /* Seconds; the last bucket is +Inf. */
@@ -66,7 +68,9 @@ struct engine {
     int nqueue, nrunning;
     /* metrics */
     uint64_t prompt_tokens, generation_tokens, finished, cancelled, failed, rejected, steps;
+    uint64_t device_sampled; /* of generation_tokens, those the device sampled */
     int batch_max;
+    int dev_sample; /* the model samples on its device (model_samples_on_device) */
     struct hist ttft, tpot;
 };
 
@@ -104,6 +108,7 @@ static void req_done(struct eng_req *r, int failed)
     }
     r->state = REQ_DONE;
     r->failed = failed;
+    r->t_done = now_us();
     if (r->cancel)
         e->cancelled++;
     else if (failed)
@@ -182,7 +187,9 @@ struct step {
     int n, cap;
 };
 
-static int step_add(struct step *s, struct eng_req *r, int token, float *logits)
+/* A row; want: it samples the request's next token: on the device when the model samples there
+ * and the request allows it (gen_device_sample), else on the host from r->logits. */
+static int step_add(struct step *s, struct eng_req *r, int token, int want)
 {
     if (s->n == s->cap) {
         int cap = s->cap ? s->cap * 2 : 64;
@@ -194,7 +201,12 @@ static int step_add(struct step *s, struct eng_req *r, int token, float *logits)
         s->owner = no;
         s->cap = cap;
     }
-    s->rows[s->n] = (struct model_row){.ctx = r->g.ctx, .token = token, .logits = logits};
+    struct model_row row = {.ctx = r->g.ctx, .token = token};
+    if (want && r->e->dev_sample && gen_device_sample(&r->g, &r->ms))
+        row.sample = &r->ms, row.token_out = &r->dev_tok;
+    else if (want)
+        row.logits = r->logits;
+    s->rows[s->n] = row;
     s->owner[s->n++] = r;
     return 0;
 }
@@ -210,12 +222,10 @@ static int build_step(struct engine *e, struct step *s)
             if (k > budget) k = budget;
             for (int i = 0; i < k; i++) {
                 int last = r->prefilled + i == r->g.n_prompt - 1;
-                if (step_add(s, r, r->g.prompt[r->prefilled + i], last ? r->logits : NULL))
-                    return -1;
+                if (step_add(s, r, r->g.prompt[r->prefilled + i], last)) return -1;
             }
             budget -= k;
-        } else if ((r->whole || r->out.len < ENG_MAX_PENDING) &&
-                   step_add(s, r, r->g.next, r->logits)) {
+        } else if ((r->whole || r->out.len < ENG_MAX_PENDING) && step_add(s, r, r->g.next, 1)) {
             return -1;
         }
     }
@@ -262,9 +272,11 @@ static void *scheduler(void *arg)
         int d = 0;
         for (int i = 0; rc == 0 && i < s.n; i++) {
             struct eng_req *r = s.owner[i];
-            if (!s.rows[i].logits) continue;
+            if (!s.rows[i].logits && !s.rows[i].sample) continue;
             deltas[d].len = 0;
-            if (gen_accept(&r->g, r->logits, &deltas[d]) != 0) rc = -1;
+            if (s.rows[i].sample ? gen_accept_token(&r->g, r->dev_tok, &deltas[d])
+                                 : gen_accept(&r->g, r->logits, &deltas[d]))
+                rc = -1;
             d++;
         }
 
@@ -281,8 +293,9 @@ static void *scheduler(void *arg)
                 r->prefilled++;
                 e->prompt_tokens++;
             }
-            if (!s.rows[i].logits) continue;
+            if (!s.rows[i].logits && !s.rows[i].sample) continue;
             e->generation_tokens++;
+            e->device_sampled += s.rows[i].sample != NULL;
             if (r->g.produced == 1) {
                 r->t_first = now;
                 hist_add(&e->ttft, (double)(now - r->t_submit) / 1e6);
@@ -323,6 +336,7 @@ struct engine *eng_new(const struct model *m, const struct eng_config *c, char *
         return NULL;
     }
     e->m = m;
+    e->dev_sample = model_samples_on_device(m);
     e->cfg = *c;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
@@ -422,6 +436,15 @@ const struct gen *eng_gen(const struct eng_req *r)
     return &r->g;
 }
 
+void eng_times(struct eng_req *r, int64_t *first_us, int64_t *total_us)
+{
+    pthread_mutex_lock(&r->e->mu); /* the scheduler may still be stepping a cancelled request */
+    int64_t end = r->t_done ? r->t_done : now_us();
+    *first_us = r->t_first ? r->t_first - r->t_submit : -1;
+    *total_us = end - r->t_submit;
+    pthread_mutex_unlock(&r->e->mu);
+}
+
 void eng_cancel(struct eng_req *r)
 {
     struct engine *e = r->e;
@@ -490,6 +513,9 @@ int eng_metrics(struct engine *e, struct buf *b)
         {"orp_runtime_requests_rejected_total", "counter", "requests refused: the queue was full",
          (double)e->rejected},
         {"orp_runtime_steps_total", "counter", "batched forward steps", (double)e->steps},
+        {"orp_runtime_device_sampled_tokens_total", "counter",
+         "tokens sampled on the GPU (the rest on the host: penalties, logprobs, CPU)",
+         (double)e->device_sampled},
     };
     int rc = 0;
     for (size_t i = 0; i < sizeof m / sizeof m[0] && rc == 0; i++)

@@ -47,6 +47,9 @@ int eng_wait_tokens(struct eng_req *r, struct buf *out, int *tokens);
 /* The request's generation, for its counts and finish; stable once eng_wait returned 1 or -1, or
  * after eng_cancel. */
 const struct gen *eng_gen(const struct eng_req *r);
+/* Microseconds from the request's submission (its wait in the queue included) to its first sampled
+ * token (-1 when none was sampled) and to its end (to now while it still runs). */
+void eng_times(struct eng_req *r, int64_t *first_us, int64_t *total_us);
 /* Asks the scheduler to drop the request and waits until it has (at most one step). */
 void eng_cancel(struct eng_req *r);
 /* Frees the request (cancelling it first if it still runs). */

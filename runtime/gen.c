@@ -113,9 +113,24 @@ int gen_accept(struct gen *g, const float *logits, struct buf *delta)
 {
     if (g->finish != GEN_RUNNING) return 0;
     int id = sampler_sample(&g->smp, logits);
-    g->next = id;
     if (g->lp && g->produced < g->max_new)
         gen_logprob_of(logits, model_cfg(g->m)->vocab, id, g->ntop, &g->lp[g->produced]);
+    return gen_accept_token(g, id, delta);
+}
+
+int gen_device_sample(struct gen *g, struct model_sample *out)
+{
+    if (!sampler_device_ok(&g->smp) || g->lp) return 0;
+    const struct sampler_params *p = &g->smp.p;
+    *out = (struct model_sample){p->temperature, p->top_p, p->top_k,
+                                 p->temperature > 0 ? sampler_next_u(&g->smp) : 0.0f};
+    return 1;
+}
+
+int gen_accept_token(struct gen *g, int id, struct buf *delta)
+{
+    if (g->finish != GEN_RUNNING) return 0;
+    g->next = id;
     sampler_accept(&g->smp, id);
     g->produced++;
     int eos = !g->ignore_eos && model_is_eos(g->m, id);

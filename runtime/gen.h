@@ -79,6 +79,13 @@ int gen_step(struct gen *g, struct buf *delta);
 /* gen_step without running the token: samples from logits (of the last position run, which the
  * caller ran, e.g. in a batch), sets g->next, and appends safe text to delta. 0 or -1. */
 int gen_accept(struct gen *g, const float *logits, struct buf *delta);
+/* gen_accept of a token already sampled (by a device, from the parameters gen_device_sample
+ * gave): sets g->next and appends safe text to delta. 0 or -1. */
+int gen_accept_token(struct gen *g, int id, struct buf *delta);
+/* 1 with *out filled (and the request's uniform for this token drawn) when the next token may be
+ * sampled on a device: no penalties (their counts live here) and no logprobs (they need the
+ * logits); 0 when it must be sampled on the host from the logits (gen_accept). */
+int gen_device_sample(struct gen *g, struct model_sample *out);
 const char *gen_finish_name(enum gen_finish f);
 /* Fills e from logits[vocab] for token id: its log-softmax and the ntop (<= GEN_MAX_TOP_LOGPROBS)
  * most likely tokens. */

@@ -1212,7 +1212,18 @@ static int dev_forward_batch(const struct model *m, const struct model_row *rows
             free(dr);
             return -1;
         }
-        dr[r] = (struct model_dev_row){rows[r].token, p, x->blocks, x->nblocks, x, rows[r].logits};
+        if (rows[r].sample && (!m->dev->samples || !rows[r].token_out)) {
+            free(dr);
+            return -1;
+        }
+        dr[r] = (struct model_dev_row){.token = rows[r].token,
+                                       .pos = p,
+                                       .blocks = x->blocks,
+                                       .nblocks = x->nblocks,
+                                       .seq = x,
+                                       .logits = rows[r].logits,
+                                       .sample = rows[r].sample,
+                                       .token_out = rows[r].token_out};
     }
     int rc = m->dev->forward(m->dev_self, dr, n);
     free(dr);
@@ -1222,12 +1233,19 @@ static int dev_forward_batch(const struct model *m, const struct model_row *rows
     return rc;
 }
 
+int model_samples_on_device(const struct model *m)
+{
+    return m->dev && m->dev->samples;
+}
+
 int model_forward_batch(const struct model *m, const struct model_row *rows, int n)
 {
     const struct model_config *c = &m->cfg;
     int tp = m->tp;
     if (n < 1) return 0;
     if (m->dev) return dev_forward_batch(m, rows, n);
+    for (int r = 0; r < n; r++)
+        if (rows[r].sample) return -1; /* the CPU samples on the host (model_samples_on_device) */
     /* Each row's position: its context's next one, counting earlier rows of the same context. */
     int *pos = malloc((size_t)n * sizeof *pos), maxpos = 0;
     if (!pos) return -1;

@@ -91,12 +91,24 @@ void model_ctx_free(struct model_ctx *c);     /* accepts NULL */
 int model_ctx_pos(const struct model_ctx *c); /* positions filled so far */
 int model_ctx_len(const struct model_ctx *c); /* max_len */
 
+/* Sampling by a device backend (model_samples_on_device): the row's next token drawn where its
+ * logits are, by sampler.h's rule with the request's uniform u (its draw for this token,
+ * sampler_next_u; unused when greedy), so only a token id comes back. temperature 0: greedy. */
+struct model_sample {
+    float temperature, top_p; /* top_p in (0, 1] */
+    int top_k;                /* 0: off */
+    float u;                  /* [0, 1) */
+};
+
 /* One token of a batch: run at its context's next position; logits (NULL: not wanted) receives
- * [vocab] floats. */
+ * [vocab] floats. sample (NULL: none; only where model_samples_on_device): *token_out receives
+ * the token drawn from this row's logits (logits may be NULL then, or also be wanted). */
 struct model_row {
     struct model_ctx *ctx;
     int token;
     float *logits;
+    const struct model_sample *sample;
+    int *token_out;
 };
 
 /* Runs a batch: rows of different contexts (continuous batching), and consecutive positions of
@@ -119,8 +131,10 @@ struct model_dev_row {
     int token, pos;
     const int *blocks; /* the context's block ids, nblocks of them */
     int nblocks;
-    const void *seq; /* the same for the rows of one context */
-    float *logits;   /* [vocab] or NULL */
+    const void *seq;                   /* the same for the rows of one context */
+    float *logits;                     /* [vocab] or NULL */
+    const struct model_sample *sample; /* NULL, or: draw the next token into *token_out */
+    int *token_out;
 };
 
 struct model_dev_ops {
@@ -130,6 +144,7 @@ struct model_dev_ops {
     /* 0, or -1 (nothing advanced; the backend logged why). */
     int (*forward)(void *self, const struct model_dev_row *rows, int n);
     void (*free)(void *self);
+    int samples; /* 1: forward honours rows' sample (model_samples_on_device) */
 };
 
 /* A model run by a device backend: c is copied, self is taken (ops->free frees it with the
@@ -139,5 +154,8 @@ struct model *model_new_dev(const struct model_config *c, int tp, const struct m
                             void *self, char *err, size_t errlen);
 /* The KV blocks the backend's memory holds; 0 on the CPU (no bound but the pool's own). */
 int model_kv_blocks_max(const struct model *m);
+/* 1 when model_forward_batch accepts rows with a sample (a device backend that samples); 0 on
+ * the CPU, where the engine samples on the host from the logits. */
+int model_samples_on_device(const struct model *m);
 
 #endif

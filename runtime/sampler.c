@@ -1,7 +1,9 @@
 /* sampler: owns a request's sampling state (its random generator, token counts and scratch); see
  * sampler.h.
  * Top-p follows llama2.c: tokens whose probability is below (1 - top_p) / (n - 1) cannot be in
- * the nucleus, so they are dropped before sorting, which keeps a 128k vocab cheap. */
+ * the nucleus, so they are dropped before sorting, which keeps a 128k vocab cheap.
+ * The draw walks the kept tokens in id order (not most likely first): the rule of the CUDA
+ * backend's rtc_sample, so that the same u picks the same token on either side. */
 #include "sampler.h"
 
 #include <math.h>
@@ -48,7 +50,7 @@ void sampler_accept(struct sampler *s, int id)
     if (s->counts && id >= 0 && id < s->vocab) s->counts[id]++;
 }
 
-static float rand_unit(struct sampler *s) /* [0, 1) */
+float sampler_next_u(struct sampler *s) /* [0, 1) */
 {
     s->rng ^= s->rng >> 12;
     s->rng ^= s->rng << 25;
@@ -62,6 +64,11 @@ int sampler_argmax(const float *logits, int n)
     for (int i = 1; i < n; i++)
         if (logits[i] > logits[best]) best = i;
     return best;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    return *(const int *)a - *(const int *)b;
 }
 
 static int cmp_desc(const void *a, const void *b, void *ctx)
@@ -100,7 +107,30 @@ static void top_k_select(int *order, int n, int k, const float *probs)
     qsort_r(order, (size_t)k, sizeof *order, cmp_desc, (void *)probs);
 }
 
+/* The draw over the kept ids order[0..last] (sorted by id here): the first whose running mass
+ * exceeds u times the kept mass cum; the last kept one when rounding leaves none. */
+static int draw_by_id(struct sampler *s, int last, float cum, float u)
+{
+    qsort(s->order, (size_t)last + 1, sizeof *s->order, cmp_int);
+    float target = u * cum, acc = 0;
+    for (int i = 0; i <= last; i++) {
+        acc += s->probs[s->order[i]];
+        if (target < acc) return s->order[i];
+    }
+    return s->order[last];
+}
+
 int sampler_sample(struct sampler *s, const float *logits)
+{
+    return sampler_pick(s, logits, s->p.temperature > 0 ? sampler_next_u(s) : 0.0f);
+}
+
+int sampler_device_ok(const struct sampler *s)
+{
+    return s->counts == NULL;
+}
+
+int sampler_pick(struct sampler *s, const float *logits, float r)
 {
     int n = s->vocab;
     if (s->counts) {
@@ -118,7 +148,6 @@ int sampler_sample(struct sampler *s, const float *logits)
     }
     for (int i = 0; i < n; i++)
         s->probs[i] = (float)(s->probs[i] / sum);
-    float r = rand_unit(s);
     if (s->p.top_k > 0) {
         int k = s->p.top_k;
         for (int i = 0; i < n; i++)
@@ -137,12 +166,7 @@ int sampler_sample(struct sampler *s, const float *logits)
                 break;
             }
         }
-        float target = r * cum, acc = 0;
-        for (int i = 0; i <= last; i++) {
-            acc += s->probs[s->order[i]];
-            if (target < acc) return s->order[i];
-        }
-        return s->order[last];
+        return draw_by_id(s, last, cum, r);
     }
     if (s->p.top_p >= 1.0f) {
         float cdf = 0;
@@ -166,10 +190,5 @@ int sampler_sample(struct sampler *s, const float *logits)
             break;
         }
     }
-    float target = r * cum, acc = 0;
-    for (int i = 0; i <= last; i++) {
-        acc += s->probs[s->order[i]];
-        if (target < acc) return s->order[i];
-    }
-    return s->order[last];
+    return draw_by_id(s, last, cum, r);
 }

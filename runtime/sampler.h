@@ -4,7 +4,15 @@
  * softmax(logits / temperature), cut to the top_k most likely tokens (when top_k > 0), then to the
  * smallest set of most likely tokens whose mass reaches top_p of what is left (nucleus sampling),
  * and drawn with the request's own random generator, so a fixed seed reproduces a completion.
- * That is vLLM's order. One sampler per request. */
+ * That is vLLM's order. One sampler per request.
+ *
+ * The draw (the RNG contract the CUDA backend shares): a token sampled at temperature > 0 takes
+ * exactly one uniform u = sampler_next_u() from the request's generator (greedy takes none), and
+ * picks, among the kept tokens in id order, the first whose running probability exceeds u times
+ * the kept mass. A device that samples (model_samples_on_device) is handed the same u and follows
+ * the same rule (runtime/cuda/cuda_backend.h, rtc_sample), so host and device pick the same token
+ * for the same logits and seed, but for exact ties at the top_k / top_p edge (the device keeps
+ * every tie, the host the lower ids) and u within float rounding of a boundary. */
 #ifndef ORP_SAMPLER_H
 #define ORP_SAMPLER_H
 
@@ -30,8 +38,15 @@ struct sampler {
 /* 0, or -1 when out of memory. */
 int sampler_init(struct sampler *s, int vocab, const struct sampler_params *p);
 void sampler_free(struct sampler *s);
-/* logits[vocab] (not modified). */
+/* logits[vocab] (not modified): sampler_pick with the next u when temperature > 0. */
 int sampler_sample(struct sampler *s, const float *logits);
+/* The next uniform in [0, 1) of the request's generator (advances it). */
+float sampler_next_u(struct sampler *s);
+/* The token for logits[vocab] and the uniform u (unused when greedy); the generator is not
+ * touched. */
+int sampler_pick(struct sampler *s, const float *logits, float u);
+/* 1 when a device may sample for this request: no penalties (they need the host's counts). */
+int sampler_device_ok(const struct sampler *s);
 /* Records that id was generated (for the penalties). */
 void sampler_accept(struct sampler *s, int id);
 int sampler_argmax(const float *logits, int n);

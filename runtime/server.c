@@ -142,14 +142,20 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* Appends one usage line and fsyncs it (docs/contracts.md, "Usage journal"). */
-static void journal(struct rt *rt, const char *rid, int prompt, int completion, const char *finish)
+/* Appends one usage line for r and fsyncs it (docs/contracts.md, "Usage journal"). Times are in
+ * milliseconds with microsecond digits: a small model's first token comes in well under one. */
+static void journal(struct rt *rt, const char *rid, struct eng_req *r, const char *finish)
 {
     if (rt->usage_fd < 0) return;
-    json_t *o = json_pack("{s:s,s:i,s:i,s:s,s:I}", "request_id", rid, "prompt_tokens", prompt,
-                          "completion_tokens", completion, "finish_reason", finish, "at_ms",
-                          (json_int_t)util_wall_ms());
-    char *line = o ? jsonx_dump(o) : NULL;
+    const struct gen *g = eng_gen(r);
+    int64_t first_us, total_us;
+    eng_times(r, &first_us, &total_us);
+    json_t *o = json_pack("{s:s,s:i,s:i,s:s,s:I,s:f}", "request_id", rid, "prompt_tokens",
+                          g->n_prompt, "completion_tokens", g->produced, "finish_reason", finish,
+                          "at_ms", (json_int_t)util_wall_ms(), "duration_ms", total_us / 1000.0);
+    if (o && first_us >= 0) json_object_set_new(o, "ttft_ms", json_real(first_us / 1000.0));
+    /* 10 significant digits: microseconds for a request of up to a day, and no binary noise. */
+    char *line = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
     json_decref(o);
     struct buf b = {0};
     int rc = !line || buf_printf(&b, "%s\n", line);
@@ -804,13 +810,13 @@ static void run_blocking(struct httpd_req *req, struct rt *rt, struct chat_req *
         rc = eng_wait(r, &content);
     const struct gen *g = eng_gen(r);
     if (rc < 0) {
-        if (gen_ran(g) || g->produced) journal(rt, cr->rid, g->n_prompt, g->produced, "cancelled");
+        if (gen_ran(g) || g->produced) journal(rt, cr->rid, r, "cancelled");
         if (atomic_load(&rt->stopping))
             httpd_error(req, 503, "shutting_down", NULL, "the runtime is shutting down");
         else
             httpd_error(req, 503, "out_of_memory", NULL, "not enough memory for this request");
     } else {
-        journal(rt, cr->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
+        journal(rt, cr->rid, r, gen_finish_name(g->finish));
         log_info("chat completion: %d prompt + %d completion tokens, %s", g->n_prompt, g->produced,
                  gen_finish_name(g->finish));
         reply_completion(req, rt, cr, g, content.data, content.len);
@@ -887,7 +893,7 @@ static int sse_finish(struct sse *s)
 {
     const struct gen *g = eng_gen(s->r);
     s->phase = SSE_DONE;
-    journal(s->rt, s->rid, g->n_prompt, g->produced, gen_finish_name(g->finish));
+    journal(s->rt, s->rid, s->r, gen_finish_name(g->finish));
     log_info("chat completion (stream): %d prompt + %d completion tokens, %s", g->n_prompt,
              g->produced, gen_finish_name(g->finish));
     json_t *lp = s->logprobs && s->lp_sent < g->produced ? sse_logprobs(s, g->produced) : NULL;
@@ -967,7 +973,7 @@ static void sse_free(void *cls)
             snprintf(ctx, sizeof ctx, "req=%s", s->rid);
             log_set_context(ctx);
             log_info("client went away after %d completion tokens: cancelled", g->produced);
-            journal(s->rt, s->rid, g->n_prompt, g->produced, "cancelled");
+            journal(s->rt, s->rid, s->r, "cancelled");
             log_set_context(NULL);
         }
     }

@@ -12,6 +12,7 @@
 //   dashboard spend      GET /v1/billing/usage?granularity=hour|day   (ledger charges)
 //   billing usage        GET /v1/billing/usage?granularity=…          (per endpoint and kind)
 //   endpoint traffic     GET /v1/endpoints/{id}/stats?granularity=minute (usage events)
+//   endpoint TTFT, speed the same series' ttft_ms_* and tokens_per_second (the runtime's times)
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -165,7 +166,8 @@ const PALETTE = ['#2557d6', '#137333', '#b3261e', '#8a5a00', '#6b3fa0', '#0b7285
 
 // Draws (or redraws) a chart in box `id`: x in seconds, series [{label, values}], bars or lines.
 // The box gets an aria-label that says what the chart shows in words.
-function drawChart(id, { x, series, bars = false, yLabel = '', valueFmt = (v) => String(v), summary }) {
+// dots: mark each value (for sparse series, where a minute between two empty ones has no line).
+function drawChart(id, { x, series, bars = false, dots = false, yLabel = '', valueFmt = (v) => String(v), summary }) {
   const box = $(id);
   const width = Math.max(260, Math.floor(box.clientWidth || 600));
   const opts = {
@@ -179,7 +181,7 @@ function drawChart(id, { x, series, bars = false, yLabel = '', valueFmt = (v) =>
       label: s.label, stroke: PALETTE[i % PALETTE.length], width: bars ? 1 : 2,
       fill: bars ? `${PALETTE[i % PALETTE.length]}99` : undefined,
       paths: bars ? uPlot.paths.bars({ size: [0.7, 40] }) : undefined,
-      points: { show: false }, value: (u, v) => (v === null || v === undefined ? '—' : valueFmt(v)),
+      points: { show: dots, size: 6 }, value: (u, v) => (v === null || v === undefined ? '—' : valueFmt(v)),
     }))],
   };
   const data = [x, ...series.map((s) => s.values)];
@@ -643,6 +645,20 @@ async function refreshStats(ep) {
     series: [{ label: 'generated tokens/s', values: s.data.map((p) => p.completion_tokens / 60) },
       { label: 'prompt tokens/s', values: s.data.map((p) => p.prompt_tokens / 60) }],
     summary: 'Tokens per second over the last hour, generated and prompt' });
+  // Time to first token: the runtime's, from its queue to the first sampled token (a minute
+  // without requests has none, and the lines break there).
+  const ms = (v) => (v < 10 ? v.toFixed(2) : v.toFixed(0));
+  const busy = s.data.filter((p) => p.ttft_ms_mean !== null);
+  const last = busy.length ? busy[busy.length - 1] : null;
+  drawChart('chart-ep-ttft', { x, dots: true, yLabel: 'ms', valueFmt: ms,
+    series: [{ label: 'TTFT mean (ms)', values: s.data.map((p) => p.ttft_ms_mean) },
+      { label: 'TTFT p50 (ms)', values: s.data.map((p) => p.ttft_ms_p50) },
+      { label: 'TTFT p95 (ms)', values: s.data.map((p) => p.ttft_ms_p95) }],
+    summary: last ? `Time to first token per minute over the last hour; latest minute with requests: mean ${ms(last.ttft_ms_mean)} ms, p95 ${ms(last.ttft_ms_p95)} ms`
+      : 'Time to first token per minute over the last hour: no requests yet' });
+  drawChart('chart-ep-speed', { x, dots: true, yLabel: 'tokens / s', valueFmt: (v) => (v < 10 ? v.toFixed(2) : v.toFixed(0)),
+    series: [{ label: 'generated tokens/s per request', values: s.data.map((p) => p.tokens_per_second) }],
+    summary: 'Generation speed a caller sees: completion tokens per second of request time, per minute' });
 }
 
 $('ep-scale').addEventListener('click', async () => {
@@ -1164,9 +1180,9 @@ async function refreshHosts() {
       el('th', { scope: 'row' }, h.name, el('div', { class: 'hint' }, h.address || '')),
       el('td', { class: 'host-state' }, flags),
       el('td', {}, h.pool || '—'),
-      el('td', {}, el('ul', { class: 'devices' }, (h.devices || []).map((d) => el('li', { class: d.healthy === false ? 'negative' : '' },
+      el('td', {}, el('ul', { class: 'devices' }, (h.devices || []).map((d) => el('li', { class: d.healthy === false ? 'negative' : '', dataset: { uuid: d.uuid } },
         `#${d.index} ${d.model || d.kind.toUpperCase()}${d.memory_mib ? ` ${Math.round(d.memory_mib / 1024)} GiB` : ''}` +
-        (d.healthy === false ? ' (unhealthy)' : ''))))),
+        (d.healthy === false ? ' (unhealthy)' : ''), el('div', { class: 'hint gpu-live' }, deviceLive(d)))))),
       el('td', {}, when(h.last_seen_at)),
       el('td', { class: 'actions' }, live ? [
         h.cordoned ? act('uncordon', 'Uncordon') : act('cordon', 'Cordon'),
@@ -1174,6 +1190,15 @@ async function refreshHosts() {
       ] : null));
   }));
   if (!hosts.length) $('hosts').append(el('tr', {}, el('td', { colspan: 6, class: 'empty' }, 'No hosts have registered.')));
+}
+
+// A device's latest readings (sent on the agent's heartbeats) and its health, in words. A reading
+// the device cannot give (CPU slots, no NVML) is "n/a".
+function deviceLive(d) {
+  const na = (v, f) => (v === null || v === undefined ? 'n/a' : f(v));
+  const mem = na(d.memory_used_mib, (v) => `${(v / 1024).toFixed(1)}${d.memory_mib ? ` / ${(d.memory_mib / 1024).toFixed(1)}` : ''} GiB`);
+  const health = d.healthy === false ? `unhealthy: ${d.ecc_errors} ECC error${d.ecc_errors === 1 ? '' : 's'}, ${d.retired_pages} retired page${d.retired_pages === 1 ? '' : 's'}` : 'healthy';
+  return `utilization ${na(d.utilization_percent, (v) => `${v} %`)} · memory ${mem} · temperature ${na(d.temperature_c, (v) => `${v} °C`)} · ${health}`;
 }
 
 async function hostAction(h, what) {

@@ -22,8 +22,15 @@
 # --cpu-dry-run (implied when nvidia-smi finds no GPU) runs every part that needs no GPU (build,
 # ctest, nvcc compile, the NVML tool's build, hf_golden.py with its torch STAND-IN when transformers
 # is missing) and writes "skipped: no GPU" for the rest; its archive is marked "standin" and
-# import-fixtures.sh refuses it. --build-dir reuses an existing build directory (configured with
-# -DORP_CUDA=ON) instead of a fresh one in OUTDIR/work. Exit 0 when every step that ran passed.
+# import-fixtures.sh refuses it. --build-dir DIR builds in DIR (configured there with
+# -DORP_CUDA=ON when it has no CMakeCache.txt) instead of a fresh one in OUTDIR/work, so a second
+# device call on the same warm machine builds only what changed (e.g. `--build-dir build-gpu`,
+# which git ignores). Exit 0 when every step that ran passed.
+#
+# Time: every step runs under timeout(1) (steps.sh), capped and bounded by one deadline 585 s
+# after the start, so the summary is written inside the device tool's 10 minutes even when a step
+# hangs; a step that times out is "failed" with its limit. Nothing here uses the network
+# (Hugging Face's libraries are told to stay offline).
 set -euo pipefail
 
 usage() { echo "usage: $0 [--cpu-dry-run] [--build-dir DIR] [--keep-work] OUTDIR" >&2; exit 2; }
@@ -55,6 +62,8 @@ T0=$(date +%s)
 TAG=run.sh
 # shellcheck source=ops/gpu/steps.sh
 . "$SRC/ops/gpu/steps.sh"
+DEADLINE=$((T0 + 585)) RESERVE=15
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 # ---- the machine ----
 GPU=1
@@ -71,6 +80,7 @@ for p in python3 /usr/bin/python3; do
   if command -v "$p" >/dev/null && "$p" -c 'import torch' 2>/dev/null; then PY=$(command -v "$p"); break; fi
 done
 log "source $SRC, commit $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown), gpu=$GPU, nvcc=$NVCC, python=${PY:-none}"
+find_nccl # before the configure, so the build links NCCL where the machine has it as a wheel
 
 # The build's libraries. A bare CUDA image may lack them: ops/gpu/fetch-deps.sh saves Debian
 # bookworm's packages in .deps/ (carry it), unpacked here into a private prefix, never into /.
@@ -88,27 +98,31 @@ if ! pkg-config --exists jansson libmicrohttpd libpcre2-8 libargon2 libcurl 2>/d
 fi
 
 # ---- 1 build and ctest ----
-if [ -z "$BUILD" ]; then
-  BUILD=$WORK/build
-  step configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release
+[ -n "$BUILD" ] || BUILD=$WORK/build
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  STEP_CAP=120 step configure cmake -S "$SRC" -B "$BUILD" -DORP_CUDA=ON -DORP_WERROR=ON -DCMAKE_BUILD_TYPE=Release
 else
   record configure ok "reused $BUILD"
 fi
-if ok configure; then step build cmake --build "$BUILD" -j"$NCPU"; else record build skipped "configure failed"; fi
+if ok configure; then STEP_CAP=300 step build cmake --build "$BUILD" -j"$NCPU"; else record build skipped "configure failed"; fi
 if ok build; then
   # Everything ctest has (the controller's tests need PostgreSQL's initdb: informational), then
   # the CUDA and runtime tests, which must pass.
   rc=0
   # (-LE gpu: the CUDA backend's GPU tests run once, in step 5.)
-  ctest --test-dir "$BUILD" -j"$NCPU" -LE gpu --output-on-failure --timeout 300 >"$OUTDIR/ctest.log" 2>&1 || rc=$?
-  record ctest_all "$([ $rc -eq 0 ] && echo ok || echo failed)" "$(grep -E 'tests passed|tests failed' "$OUTDIR/ctest.log" | tail -1)"
-  step ctest_cuda_runtime ctest --test-dir "$BUILD" --output-on-failure -R '^(test_cpu_ref|test_cuda_kernels|test_rt_)'
+  # Informational and the least needed: at most 120 s (a hung test is killed with it).
+  timeout -k 10 "$(step_left 120)" ctest --test-dir "$BUILD" -j"$NCPU" -LE gpu --output-on-failure --timeout 100 \
+    >"$OUTDIR/ctest.log" 2>&1 || rc=$?
+  record ctest_all "$([ $rc -eq 0 ] && echo ok || echo failed)" "$(grep -E 'tests passed|tests failed' "$OUTDIR/ctest.log" | tail -1) (exit $rc)"
+  STEP_CAP=150 step ctest_cuda_runtime ctest --test-dir "$BUILD" -j"$NCPU" --output-on-failure --timeout 120 \
+    -R '^(test_cpu_ref|test_cuda_kernels|test_rt_|test_rtc_)'
   if [ "$GPU" = 1 ]; then
     rc=0
-    "$BUILD/tests/unit/cuda/test_cuda_kernels" >>"$LOG" 2>&1 || rc=$?
+    timeout -k 10 "$(step_left 120)" "$BUILD/tests/unit/cuda/test_cuda_kernels" >>"$LOG" 2>&1 || rc=$?
     case $rc in
       0) record cuda_kernels_ran ok "test_cuda_kernels ran on the GPU" ;;
       77) record cuda_kernels_ran failed "test_cuda_kernels skipped (77) on a GPU machine" ;;
+      124|137) record cuda_kernels_ran failed "test_cuda_kernels timed out" ;;
       *) record cuda_kernels_ran failed "test_cuda_kernels exit $rc" ;;
     esac
   else
@@ -120,11 +134,11 @@ else
 fi
 
 # ---- 2 gpucheck ----
-step gpucheck_build "$NVCC" -O2 -arch=sm_90a -lineinfo -Xcompiler=-Wall,-Wextra --Werror=all-warnings \
-  -o "$WORK/gpucheck" "$SRC/ops/gpu/gpucheck.cu" -lcublas -lnccl
+STEP_CAP=120 step gpucheck_build "$NVCC" -O2 -arch=sm_90a -lineinfo -Xcompiler=-Wall,-Wextra --Werror=all-warnings \
+  -o "$WORK/gpucheck" "$SRC/ops/gpu/gpucheck.cu" -lcublas "${NCCL_FLAGS[@]}"
 if [ "$GPU" = 1 ] && ok gpucheck_build; then
   rc=0
-  "$WORK/gpucheck" >"$OUTDIR/gpucheck.json" 2>>"$LOG" || rc=$?
+  timeout -k 10 "$(step_left 90)" "$WORK/gpucheck" >"$OUTDIR/gpucheck.json" 2>>"$LOG" || rc=$?
   cat "$OUTDIR/gpucheck.json" >>"$LOG"
   record gpucheck "$([ $rc -eq 0 ] && echo ok || echo failed)" "exit $rc"
 else
@@ -135,7 +149,7 @@ fi
 # ---- 3 NVML inventory ----
 if ok build; then
   # shellcheck disable=SC2046 # pkg-config's flags are meant to split into words
-  step nvml_build cc -std=gnu17 -O2 -Wall -Wextra -Wshadow -Werror -D_GNU_SOURCE \
+  STEP_CAP=60 step nvml_build cc -std=gnu17 -O2 -Wall -Wextra -Wshadow -Werror -D_GNU_SOURCE \
     -I"$SRC/agent" -I"$SRC/common" $(pkg-config --cflags jansson) -o "$WORK/nvml_inventory" \
     "$SRC/ops/gpu/nvml_inventory.c" "$BUILD/agent/liborp_agent_core.a" "$BUILD/common/liborp_common.a" \
     $(pkg-config --libs jansson libmicrohttpd libcurl) -lcrypto -lpthread -lm -ldl
@@ -144,7 +158,7 @@ else
 fi
 if ok nvml_build; then
   rc=0
-  "$WORK/nvml_inventory" >"$OUTDIR/nvml-agent.json" 2>>"$LOG" || rc=$?
+  timeout -k 5 "$(step_left 30)" "$WORK/nvml_inventory" >"$OUTDIR/nvml-agent.json" 2>>"$LOG" || rc=$?
   if [ "$GPU" = 1 ]; then
     record nvml_agent "$([ $rc -eq 0 ] && echo ok || echo failed)" "exit $rc"
   else
@@ -155,14 +169,14 @@ else
 fi
 if [ "$GPU" = 1 ]; then
   rc=0
-  { nvidia-smi -q -x >"$WORK/nvidia-smi-q.xml" && "${PY:-python3}" "$SRC/ops/gpu/smi_to_json.py" \
+  { timeout 30 nvidia-smi -q -x >"$WORK/nvidia-smi-q.xml" && "${PY:-python3}" "$SRC/ops/gpu/smi_to_json.py" \
       <"$WORK/nvidia-smi-q.xml" >"$OUTDIR/nvml-smi.json"; } 2>>"$LOG" || rc=$?
   # XIDs are in the kernel log, where it can be read.
-  { echo "== nvidia-smi topo -m"; nvidia-smi topo -m; echo "== nvidia-smi nvlink -s"; nvidia-smi nvlink -s;
-    echo "== Xid lines in dmesg"; dmesg 2>&1 | grep -i xid || echo "(none readable)"; } >>"$LOG" 2>&1 || true
+  { echo "== nvidia-smi topo -m"; timeout 20 nvidia-smi topo -m; echo "== nvidia-smi nvlink -s"; timeout 20 nvidia-smi nvlink -s;
+    echo "== Xid lines in dmesg"; timeout 10 dmesg 2>&1 | grep -i xid || echo "(none readable)"; } >>"$LOG" 2>&1 || true
   record nvml_smi "$([ $rc -eq 0 ] && echo ok || echo failed)" "exit $rc"
   if [ $rc -eq 0 ] && ok nvml_agent; then
-    step nvml_crosscheck "${PY:-python3}" -c '
+    STEP_CAP=30 step nvml_crosscheck "${PY:-python3}" -c '
 import json, sys
 a = json.load(open(sys.argv[1])); s = json.load(open(sys.argv[2]))
 ua = sorted(d["uuid"] for d in a["devices"] if d["kind"] == "gpu")
@@ -189,15 +203,15 @@ elif ! ok build; then
   record hf_golden skipped "build failed (make-model is needed)"
 else
   if "$PY" -c 'import transformers' 2>/dev/null; then
-    step hf_golden env PYTHONUNBUFFERED=1 "$PY" "$SRC/ops/gpu/hf_golden.py" --orp-runtime "$BUILD/runtime/orp-runtime" --out "$HF"
+    STEP_CAP=150 step hf_golden env PYTHONUNBUFFERED=1 "$PY" "$SRC/ops/gpu/hf_golden.py" --orp-runtime "$BUILD/runtime/orp-runtime" --out "$HF"
   elif [ "$GPU" = 1 ]; then
     record hf_golden failed "transformers is missing on the GPU machine"
   else
-    step hf_golden env PYTHONUNBUFFERED=1 "$PY" "$SRC/ops/gpu/hf_golden.py" --orp-runtime "$BUILD/runtime/orp-runtime" --out "$HF" --standin
+    STEP_CAP=150 step hf_golden env PYTHONUNBUFFERED=1 "$PY" "$SRC/ops/gpu/hf_golden.py" --orp-runtime "$BUILD/runtime/orp-runtime" --out "$HF" --standin
   fi
   if ok hf_golden; then
     tar -C "$HF" -czf "$OUTDIR/hf-golden.tar.gz" .
-    step hf_check env ORP_HF_GOLDEN_DIR="$HF" "$BUILD/tests/unit/runtime/test_rt_hf_golden"
+    STEP_CAP=60 step hf_check env ORP_HF_GOLDEN_DIR="$HF" "$BUILD/tests/unit/runtime/test_rt_hf_golden"
   fi
 fi
 
@@ -205,8 +219,9 @@ fi
 if ok build && [ "$GPU" = 1 ]; then
   HFARG=()
   if ok hf_golden; then HFARG=(--hf "$HF"); fi
-  # Its steps fit in what is left of the device tool's 10 minutes (30 s kept for the summary).
-  step gpu_bench env ORP_GPU_DEADLINE=$((T0 + 570)) "$SRC/ops/bench/gpu.sh" --build-dir "$BUILD" \
+  # Its steps fit in what is left of the device tool's 10 minutes: its own deadline 5 s before
+  # this step's box (DEADLINE - RESERVE), so it writes gpu-bench.json before it could be killed.
+  step gpu_bench env ORP_GPU_DEADLINE=$((DEADLINE - RESERVE - 5)) "$SRC/ops/bench/gpu.sh" --build-dir "$BUILD" \
     "${HFARG[@]}" --log "$LOG" "$OUTDIR"
 elif ok build; then
   echo '{"skipped": "no GPU"}' >"$OUTDIR/gpu-bench.json"

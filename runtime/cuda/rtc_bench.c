@@ -224,7 +224,8 @@ static double ttft(struct model *m, struct model_kv *kv, int len, float *lg)
     struct model_row *rows = calloc((size_t)len, sizeof *rows);
     if (!c || !rows) return -1;
     for (int i = 0; i < len; i++)
-        rows[i] = (struct model_row){c, (i * 7919) % (vocab - 1000) + 10, i == len - 1 ? lg : NULL};
+        rows[i] = (struct model_row){c, (i * 7919) % (vocab - 1000) + 10, i == len - 1 ? lg : NULL,
+                                     NULL, NULL};
     double t0 = now_s();
     int rc = model_forward_batch(m, rows, len);
     volatile int tok = sampler_argmax(lg, vocab);
@@ -235,28 +236,38 @@ static double ttft(struct model *m, struct model_kv *kv, int len, float *lg)
     return rc == 0 ? dt : -1;
 }
 
-/* Seconds per decode step of batch b (32 steps after 3 untimed), each row wanting logits. */
-static double decode(struct model *m, struct model_kv *kv, int b, float *lg)
+/* Seconds per decode step of batch b (32 steps after 3 untimed), each row wanting logits (the
+ * host samples), or, sampled, each row sampled on the GPU (temperature 0.8, top-k 50, top-p 0.95:
+ * how the engine serves, only token ids copied back). */
+static double decode(struct model *m, struct model_kv *kv, int b, float *lg, int sampled)
 {
     int vocab = model_cfg(m)->vocab, steps = 32, warm = 3, prompt = 16;
     struct model_ctx **c = calloc((size_t)b, sizeof *c);
     struct model_row *rows = calloc((size_t)b * prompt, sizeof *rows);
+    struct model_sample *ms = calloc((size_t)b, sizeof *ms);
+    int *tok = calloc((size_t)b, sizeof *tok);
     double dt = -1;
-    if (!c || !rows) goto out;
+    if (!c || !rows || !ms || !tok) goto out;
     for (int i = 0; i < b; i++)
         if (!(c[i] = model_ctx_new_in(m, kv, prompt + warm + steps + 1))) goto out;
     for (int i = 0; i < b; i++)
         for (int k = 0; k < prompt; k++)
             rows[i * prompt + k] =
                 (struct model_row){c[i], (i * 31 + k * 17) % 5000 + 10,
-                                   k == prompt - 1 ? lg + (size_t)i * vocab : NULL};
+                                   k == prompt - 1 ? lg + (size_t)i * vocab : NULL, NULL, NULL};
     if (model_forward_batch(m, rows, b * prompt) != 0) goto out;
     double t0 = 0;
     for (int s = 0; s < warm + steps; s++) {
         if (s == warm) t0 = now_s();
-        for (int i = 0; i < b; i++)
-            rows[i] = (struct model_row){c[i], sampler_argmax(lg + (size_t)i * vocab, vocab),
-                                         lg + (size_t)i * vocab};
+        for (int i = 0; i < b; i++) {
+            int next = sampled && s > 0 ? tok[i] : sampler_argmax(lg + (size_t)i * vocab, vocab);
+            rows[i] = (struct model_row){c[i], next, lg + (size_t)i * vocab, NULL, NULL};
+            if (sampled) {
+                ms[i] =
+                    (struct model_sample){0.8f, 0.95f, 50, (float)((i * 37 + s * 11) % 97) / 97};
+                rows[i].logits = NULL, rows[i].sample = &ms[i], rows[i].token_out = &tok[i];
+            }
+        }
         if (model_forward_batch(m, rows, b) != 0) goto out;
     }
     dt = (now_s() - t0) / steps;
@@ -265,6 +276,8 @@ out:
         model_ctx_free(c[i]);
     free(c);
     free(rows);
+    free(ms);
+    free(tok);
     return dt;
 }
 
@@ -305,8 +318,14 @@ static int run(const char *dir, int tp, const char *json_out)
     const int bs[4] = {1, 8, 32, 64};
     double step[4], tps[4];
     for (int k = 0; k < 4; k++) {
-        step[k] = decode(m, kv, bs[k], lg);
+        step[k] = decode(m, kv, bs[k], lg, 0);
         tps[k] = step[k] > 0 ? bs[k] / step[k] : 0;
+    }
+    /* The serving path: sampled on the GPU at batch 1 and 64. */
+    double sstep[2], stps[2];
+    for (int k = 0; k < 2; k++) {
+        sstep[k] = decode(m, kv, k ? 64 : 1, lg, 1);
+        stps[k] = sstep[k] > 0 ? (k ? 64 : 1) / sstep[k] : 0;
     }
     double floor_s = info.step_weight_bytes / (gbps * 1e9);
     double frac = step[0] > 0 ? floor_s / step[0] : 0;
@@ -319,25 +338,31 @@ static int run(const char *dir, int tp, const char *json_out)
     for (int k = 0; k < 4; k++)
         printf("| decode, batch %d | %.1f tokens/s (%.2f ms/step) |\n", bs[k], tps[k],
                step[k] * 1e3);
+    for (int k = 0; k < 2; k++)
+        printf("| decode sampled on the GPU, batch %d | %.1f tokens/s (%.2f ms/step) |\n",
+               k ? 64 : 1, stps[k], sstep[k] * 1e3);
     printf("| weights read per decode step (lm_head in, embedding out) | %.3f GB |\n",
            info.step_weight_bytes / 1e9);
     printf("| HBM roofline at batch 1: floor %.2f ms / measured %.2f ms | %.1f %% |\n",
            floor_s * 1e3, step[0] * 1e3, frac * 100);
     if (json_out) {
         json_t *j = json_pack(
-            "{s:s,s:i,s:f,s:f,s:f,s:f,s:f,s:[f,f,f,f],s:[f,f,f,f],s:f,s:f,s:f,s:i}", "model", dir,
-            "tp", tp, "load_s", info.load_s, "upload_gb", info.upload_bytes / 1e9, "d2d_gbps", gbps,
-            "ttft_128_ms", tt[0] * 1e3, "ttft_2048_ms", tt[1] * 1e3, "decode_tokens_per_s", tps[0],
-            tps[1], tps[2], tps[3], "decode_step_ms", step[0] * 1e3, step[1] * 1e3, step[2] * 1e3,
-            step[3] * 1e3, "step_weight_gb", info.step_weight_bytes / 1e9, "roofline_floor_ms",
-            floor_s * 1e3, "roofline_fraction", frac, "kv_blocks", info.kv_blocks);
+            "{s:s,s:i,s:f,s:f,s:f,s:f,s:f,s:[f,f,f,f],s:[f,f,f,f],s:[f,f],s:[f,f],s:f,s:f,s:f,s:i}",
+            "model", dir, "tp", tp, "load_s", info.load_s, "upload_gb", info.upload_bytes / 1e9,
+            "d2d_gbps", gbps, "ttft_128_ms", tt[0] * 1e3, "ttft_2048_ms", tt[1] * 1e3,
+            "decode_tokens_per_s", tps[0], tps[1], tps[2], tps[3], "decode_step_ms", step[0] * 1e3,
+            step[1] * 1e3, step[2] * 1e3, step[3] * 1e3, "decode_sampled_tokens_per_s_b1_b64",
+            stps[0], stps[1], "decode_sampled_step_ms_b1_b64", sstep[0] * 1e3, sstep[1] * 1e3,
+            "step_weight_gb", info.step_weight_bytes / 1e9, "roofline_floor_ms", floor_s * 1e3,
+            "roofline_fraction", frac, "kv_blocks", info.kv_blocks);
         if (!j || json_dump_file(j, json_out, JSON_INDENT(1)) != 0) return 1;
         json_decref(j);
     }
     free(lg);
     model_kv_free(kv);
     model_free(m);
-    return tt[0] > 0 && tt[1] > 0 && step[0] > 0 && step[3] > 0 ? 0 : 1;
+    return tt[0] > 0 && tt[1] > 0 && step[0] > 0 && step[3] > 0 && sstep[0] > 0 && sstep[1] > 0 ? 0
+                                                                                                : 1;
 }
 
 int rtc_bench_main(int argc, char **argv, int first)

@@ -15,7 +15,9 @@
  *     x += o ; xb = bf16(rmsnorm(x) * ffn_norm)
  *     gu = xb Wgu^T ; h = bf16(silu(g) * u) ; o = h Wdown^T ; all-reduce(o)
  *     x += o ; xb = bf16(rmsnorm(x) * (attn_norm[l+1] or the final norm))
- *   rank 0: logits = xb[rows wanting them] lm_head^T, copied to pinned memory
+ *   rank 0: logits = xb[rows wanting them] lm_head^T; rows sampled on the device: rtc_sample ->
+ *           token ids copied back; logits copied to pinned memory only for the rows the host
+ *           wants them for (logprobs, penalties: the engine samples those)
  *
  * The residual stream x is replicated on every rank and stays identical there: both all-reduces
  * give every rank the same bits (NCCL's sum, or the device collective's rank-order sum).
@@ -106,6 +108,7 @@ struct rank {
     /* activations, [max_rows, ...] */
     float *x, *qkv, *q, *o, *gu, *part, *logits;
     uint16_t *xb, *att, *h, *xl;
+    int32_t *d_tok; /* rank 0: the sampled tokens, [max_logits] */
     int32_t *d_step;
     /* upload staging */
     void *stage[2];
@@ -134,6 +137,7 @@ struct rtc_model {
     size_t step_words;
     int32_t *h_step; /* pinned */
     float *h_logits; /* pinned [max_logits, vocab] */
+    int32_t *h_tok;  /* pinned [max_logits]: the tokens sampled on the device */
     struct rtc_step st;
     /* the rank threads' work */
     pthread_mutex_t mu;
@@ -453,6 +457,7 @@ static int alloc_buffers(struct rank *rk)
     if (rk->rank == 0) {
         RTC(dalloc(&rk->xl, (size_t)m->o.max_logits * dim * 2));
         RTC(dalloc(&rk->logits, (size_t)m->o.max_logits * c->vocab * 4));
+        RTC(dalloc(&rk->d_tok, (size_t)m->o.max_logits * 4));
     }
     CUDA_CHECK(cudaEventCreateWithFlags(&rk->ev_ready, cudaEventDisableTiming));
     return RTC_OK;
@@ -556,9 +561,18 @@ static int rank_step(struct rank *rk)
     if (rk->rank == 0 && st->nlogits > 0) {
         RTC(rtc_gather_rows(ctx, rk->xl, rk->xb, d + st->off_logit_idx, st->nlogits, dim));
         RTC(rtc_gemm_bf16x(ctx, rk->logits, rk->lm_head, rk->xl, st->nlogits, c->vocab, dim));
-        CUDA_CHECK(cudaMemcpyAsync(m->h_logits, rk->logits,
-                                   (size_t)st->nlogits * c->vocab * sizeof(float),
-                                   cudaMemcpyDeviceToHost, s));
+        /* Sampled rows come back as token ids; only the first nhost rows' logits are copied. */
+        if (st->nsample > 0) {
+            RTC(rtc_sample(ctx, rk->d_tok, rk->logits,
+                           (const struct rtc_sample_param *)(d + st->off_sample), st->nlogits,
+                           c->vocab));
+            CUDA_CHECK(cudaMemcpyAsync(m->h_tok, rk->d_tok, (size_t)st->nlogits * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, s));
+        }
+        if (st->nhost > 0)
+            CUDA_CHECK(cudaMemcpyAsync(m->h_logits, rk->logits,
+                                       (size_t)st->nhost * c->vocab * sizeof(float),
+                                       cudaMemcpyDeviceToHost, s));
     }
     RTC(rtc_sync(ctx));
     return RTC_OK;
@@ -574,9 +588,9 @@ static void rank_free(struct rank *rk)
     }
     free(rk->layer);
     if (rk->lm_head != rk->embed) rtc_free(rk->lm_head);
-    void *ps[] = {rk->embed, rk->final_norm, rk->inv_freq, rk->kc, rk->vc,    rk->x,
-                  rk->qkv,   rk->q,          rk->o,        rk->gu, rk->part,  rk->logits,
-                  rk->xb,    rk->att,        rk->h,        rk->xl, rk->d_step};
+    void *ps[] = {rk->embed, rk->final_norm, rk->inv_freq, rk->kc, rk->vc,     rk->x,
+                  rk->qkv,   rk->q,          rk->o,        rk->gu, rk->part,   rk->logits,
+                  rk->xb,    rk->att,        rk->h,        rk->xl, rk->d_step, rk->d_tok};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         rtc_free(ps[i]);
     for (int i = 0; i < 2; i++) {
@@ -659,10 +673,14 @@ static int step_piece(struct rtc_model *m, const struct model_dev_row *rows, int
     int rc = __atomic_load_n(&m->aborted, __ATOMIC_SEQ_CST) ? RTC_ECUDA : run_job(m, JOB_STEP);
     __atomic_store_n(&m->step_start_ms, 0, __ATOMIC_SEQ_CST);
     if (rc != RTC_OK) return -1;
-    for (int i = 0, r = 0; r < n; r++)
-        if (rows[r].logits)
-            memcpy(rows[r].logits, m->h_logits + (size_t)i++ * c->vocab,
+    const int32_t *lidx = m->h_step + m->st.off_logit_idx; /* host rows first (rtc_plan_step) */
+    for (int i = 0; i < m->st.nlogits; i++) {
+        const struct model_dev_row *row = &rows[lidx[i]];
+        if (i < m->st.nhost)
+            memcpy(row->logits, m->h_logits + (size_t)i * c->vocab,
                    (size_t)c->vocab * sizeof(float));
+        if (row->sample) *row->token_out = m->h_tok[i];
+    }
     return 0;
 }
 
@@ -672,8 +690,8 @@ static int dev_forward(void *self, const struct model_dev_row *rows, int n)
     for (int r0 = 0; r0 < n;) {
         int k = 0, nl = 0;
         while (r0 + k < n && k < m->o.max_rows &&
-               nl + (rows[r0 + k].logits != NULL) <= m->o.max_logits) {
-            nl += rows[r0 + k].logits != NULL;
+               nl + (rows[r0 + k].logits || rows[r0 + k].sample) <= m->o.max_logits) {
+            nl += rows[r0 + k].logits || rows[r0 + k].sample;
             k++;
         }
         if (step_piece(m, rows + r0, k) != 0) return -1;
@@ -698,8 +716,8 @@ static void dev_free(void *self)
     rtc_model_free((struct rtc_model *)self);
 }
 
-static const struct model_dev_ops rtc_ops = {"cuda", dev_kv_block_bytes, dev_kv_blocks, dev_forward,
-                                             dev_free};
+static const struct model_dev_ops rtc_ops = {"cuda",      dev_kv_block_bytes, dev_kv_blocks,
+                                             dev_forward, dev_free,           1};
 
 /* ---- open / free --------------------------------------------------------------------------- */
 
@@ -729,9 +747,15 @@ static int warm_up(struct rtc_model *m)
     for (int i = 0; rc == 0 && i < nb; i++)
         blocks[i] = i;
     for (int r = 0; rc == 0 && r <= rows; r++)
-        dr[r] = (struct model_dev_row){0, r, blocks, nb, m, r == rows - 1 ? lg : NULL};
-    if (rc == 0) rc = dev_forward(m, dr, rows);                           /* a prompt chunk */
-    if (rc == 0) dr[rows].logits = lg, rc = dev_forward(m, dr + rows, 1); /* a decode row */
+        dr[r] = (struct model_dev_row){0, r, blocks, nb, m, r == rows - 1 ? lg : NULL, NULL, NULL};
+    /* The decode row is also sampled (top-k and top-p: every branch of the sampling kernel). */
+    const struct model_sample ms = {0.7f, 0.9f, 50, 0.5f};
+    int tok = 0;
+    if (rc == 0) rc = dev_forward(m, dr, rows); /* a prompt chunk */
+    if (rc == 0) {
+        dr[rows].logits = lg, dr[rows].sample = &ms, dr[rows].token_out = &tok;
+        rc = dev_forward(m, dr + rows, 1); /* a decode row */
+    }
     free(blocks);
     free(dr);
     free(lg);
@@ -891,7 +915,8 @@ extern "C" struct rtc_model *rtc_model_open(const char *dir, const struct rtc_mo
     CUDA_LOG(cudaSetDevice(m->rk[0].device));
     if (cudaMallocHost((void **)&m->h_step, m->step_words * 4) != cudaSuccess ||
         cudaMallocHost((void **)&m->h_logits, (size_t)o->max_logits * c->vocab * 4) !=
-            cudaSuccess) {
+            cudaSuccess ||
+        cudaMallocHost((void **)&m->h_tok, (size_t)o->max_logits * 4) != cudaSuccess) {
         seterr(err, errlen, "cannot pin host memory for the step plan and the logits");
         rtc_model_free(m);
         return NULL;
@@ -961,6 +986,7 @@ extern "C" void rtc_model_free(struct rtc_model *m)
     if (m->ev_sum) CUDA_LOG(cudaEventDestroy(m->ev_sum));
     if (m->h_step) CUDA_LOG(cudaFreeHost(m->h_step));
     if (m->h_logits) CUDA_LOG(cudaFreeHost(m->h_logits));
+    if (m->h_tok) CUDA_LOG(cudaFreeHost(m->h_tok));
     free(m->rk);
     free(m);
 }

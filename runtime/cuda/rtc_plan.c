@@ -164,7 +164,7 @@ double rtc_plan_weight_bytes(const struct model_config *c, const struct rtc_shar
 size_t rtc_plan_step_words(int max_rows, int pool_blocks, int group)
 {
     size_t n = (size_t)max_rows, items = n * (size_t)((group + 3) / 4 + 1);
-    return 6 * n + 4 * items + (size_t)pool_blocks + 16;
+    return 10 * n + 4 * items + (size_t)pool_blocks + 16;
 }
 
 int rtc_plan_step(const struct model_dev_row *rows, int n, int group, int kv_heads,
@@ -176,7 +176,8 @@ int rtc_plan_step(const struct model_dev_row *rows, int n, int group, int kv_hea
     st->off_tokens = 0, st->off_pos = un, st->off_row_seq = 2 * un, st->off_slot = 3 * un;
     st->off_logit_idx = 4 * un, st->off_seq_off = 5 * un, st->off_items = 6 * un;
     size_t max_items = un * (size_t)((group + 3) / 4 + 1);
-    st->off_blocks = st->off_items + 4 * max_items;
+    st->off_sample = st->off_items + 4 * max_items;
+    st->off_blocks = st->off_sample + 4 * un;
     if (n < 1 || st->off_blocks > cap) return -1;
     int32_t *tok = buf + st->off_tokens, *pos = buf + st->off_pos, *rseq = buf + st->off_row_seq;
     int32_t *slot = buf + st->off_slot, *lidx = buf + st->off_logit_idx;
@@ -224,8 +225,20 @@ int rtc_plan_step(const struct model_dev_row *rows, int n, int group, int kv_hea
         int p = rows[r].pos;
         slot[r] = blocks[soff[rseq[r]] + p / RTC_KV_BLOCK] * RTC_KV_BLOCK + p % RTC_KV_BLOCK;
     }
-    for (int r = 0; r < n; r++)
-        if (rows[r].logits) lidx[st->nlogits++] = r;
+    /* The logit rows: those the host wants (copied back), then those only sampled; each with
+     * its sampling parameters (greedy for a row not sampled: drawn, never read). */
+    struct rtc_sample_param *sp = (struct rtc_sample_param *)(buf + st->off_sample);
+    for (int pass = 0; pass < 2; pass++)
+        for (int r = 0; r < n; r++) {
+            if (pass == 0 ? !rows[r].logits : rows[r].logits || !rows[r].sample) continue;
+            const struct model_sample *ms = rows[r].sample;
+            struct rtc_sample_param q = {0.0f, 1.0f, 0.0f, 0};
+            if (ms) q = (struct rtc_sample_param){ms->temperature, ms->top_p, ms->u, ms->top_k};
+            memcpy(&sp[st->nlogits], &q, sizeof q);
+            st->nsample += ms != NULL;
+            lidx[st->nlogits++] = r;
+            if (pass == 0) st->nhost++;
+        }
     /* Runs of consecutive positions of one sequence, then items. */
     int maxrun = 1;
     for (int r = 0, run = 1; r < n; r++, run++) {

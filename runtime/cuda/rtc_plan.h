@@ -99,13 +99,15 @@ struct rtc_step {
     int n;       /* rows */
     int nseq;    /* distinct sequences */
     int nitems;  /* attention work items */
-    int nlogits; /* rows that want logits */
+    int nlogits; /* rows that want logits or a sampled token (at most 2^31 / vocab) */
+    int nhost;   /* of them, the first nhost want their logits on the host */
+    int nsample; /* rows sampled on the device */
     int qpw;     /* query slots per warp: 1 (decode) or 4 (a run of positions) */
     int nsplit;  /* attention splits over the sequence */
     int max_pages;
     size_t words; /* words of buf used */
     size_t off_tokens, off_pos, off_row_seq, off_slot, off_logit_idx, off_seq_off, off_items,
-        off_blocks;
+        off_sample, off_blocks; /* off_sample: struct rtc_sample_param per logit row */
 };
 
 /* Words a step of up to max_rows rows needs over a pool of pool_blocks blocks, with query heads
@@ -113,7 +115,8 @@ struct rtc_step {
 size_t rtc_plan_step_words(int max_rows, int pool_blocks, int group);
 
 /* Builds the step of rows (positions already resolved) into buf (cap words): per row its token,
- * position, sequence and KV slot (block * RTC_KV_BLOCK + offset); the rows wanting logits; per
+ * position, sequence and KV slot (block * RTC_KV_BLOCK + offset); the logit rows (those wanting
+ * logits on the host first, then those only sampled) with their sampling parameters; per
  * sequence the page table up to its last position this step; the attention items (runs of
  * consecutive positions of one sequence, rows * heads <= 4 * qpw); and nsplit: enough blocks to
  * fill target_blocks, at least 4 pages a split, at most RTC_ATTN_MAX_SPLIT, and at most

@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { Platform, bin, freePort, sleep, waitFor } from './harness.js';
+import { Platform, bin, freePort, sessionOf, sleep, waitFor } from './harness.js';
 
 const P = new Platform();
 let ctl2; // a second controller (api only) with --signup off --cookie-secure
@@ -22,27 +22,8 @@ before(async () => {
 
 after(async () => { await P.stop(); });
 
-// One request with optional key, session (cookie + CSRF token) and raw headers.
-async function call(method, path, { body, key, session, csrf = true, headers = {}, base = P.apiUrl } = {}) {
-  const h = { ...headers };
-  if (key) h.Authorization = `Bearer ${key}`;
-  if (body !== undefined) h['Content-Type'] ??= 'application/json';
-  if (session) {
-    h.Cookie = `orp_session=${session.token}`;
-    if (csrf && session.csrf) h['X-CSRF-Token'] = session.csrf;
-  }
-  const res = await fetch(`${base}${path}`, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
-  let json;
-  try { json = JSON.parse(text); } catch { json = undefined; }
-  return { status: res.status, json, text, headers: res.headers, cookies: res.headers.getSetCookie() };
-}
-
-function sessionOf(r) {
-  const c = r.cookies.find((x) => x.startsWith('orp_session='));
-  assert.ok(c, `a session cookie in ${JSON.stringify(r.cookies)}`);
-  return { token: c.split(';')[0].slice('orp_session='.length), cookie: c, csrf: r.json.csrf_token };
-}
+// One request with optional key, session (cookie + CSRF token) and raw headers; base: another listener.
+const call = (method, path, opts) => P.call(method, path, opts);
 
 function err(r, status, code) {
   assert.equal(r.status, status, r.text);

@@ -124,8 +124,15 @@ describe('the console in Chromium', { skip }, () => {
       assert.equal(r.status, 200, r.text);
       gpuHosts[name] = r.json;
     }
+    // The H100 box's heartbeats carry GPU readings as an agent with NVML sends them; the H200
+    // box's carry none (as from an agent without NVML).
+    const readings = Array.from({ length: 8 }, (_, i) => ({ uuid: `GPU-h100-box-${i}`, utilization_percent: 10 * i + 7,
+      memory_used_mib: 1024 * (i + 1), temperature_c: 40 + i }));
     beat = setInterval(() => {
-      for (const h of Object.values(gpuHosts)) P.agentApi('/agent/v1/heartbeat', h.host_key, { host_id: h.host_id, replicas: [], usage: [] }).catch(() => {});
+      for (const [name, h] of Object.entries(gpuHosts)) {
+        P.agentApi('/agent/v1/heartbeat', h.host_key, { host_id: h.host_id, replicas: [], usage: [],
+          ...(name === 'h100-box' ? { gpus: readings } : {}) }).catch(() => {});
+      }
     }, 500);
     const manifest = path.join(P.tmp, 'llama-70b.json');
     fs.writeFileSync(manifest, JSON.stringify({ files: [{ path: 'model.safetensors', size: 141107412992, sha256: 'a'.repeat(64) }] }));
@@ -382,6 +389,15 @@ describe('the console in Chromium', { skip }, () => {
     await waitFor(`the chart to add ${N_REQUESTS}`, async () => (await chartSum('chart-ep-requests')) === before + N_REQUESTS, 20000, 300);
     assert.equal(await rest(), before + N_REQUESTS, 'the chart plots the REST series');
     assert.match(await page.locator('#chart-ep-requests').getAttribute('aria-label'), new RegExp(`${before + N_REQUESTS} in all`));
+    // Time to first token and generation speed: the same series' times, plotted as they come.
+    const ttft = await page.evaluate(() => state.charts['chart-ep-ttft'].data.slice(1).map((s) => s.filter((v) => v !== null)));
+    const latest = (await (await page.request.get(`/v1/endpoints/${epId}/stats?granularity=minute`)).json()).data.filter((p) => p.requests).pop();
+    assert.ok(ttft.every((s) => s.length >= 1 && s.every((v) => v > 0)), `TTFT plotted: ${JSON.stringify(ttft)}`);
+    assert.equal(ttft[2][ttft[2].length - 1], latest.ttft_ms_p95, 'the chart plots the REST series');
+    assert.match(await page.locator('#chart-ep-ttft').getAttribute('aria-label'), /mean [0-9.]+ ms, p95 [0-9.]+ ms/);
+    assert.ok(await page.locator('#chart-ep-ttft .u-legend').textContent().then((t) => /TTFT p95/.test(t)));
+    const speed = await page.evaluate(() => state.charts['chart-ep-speed'].data[1].filter((v) => v !== null));
+    assert.ok(speed.length >= 1 && speed.every((v) => v > 0), 'generation speed plotted');
     await shot('endpoint-traffic');
   });
 
@@ -471,6 +487,13 @@ describe('the console in Chromium', { skip }, () => {
     const host = page.locator('#hosts tr[data-name="e2e-host"]');
     await host.waitFor();
     assert.match(await host.locator('ul.devices').textContent(), /#0 CPU.*#1 CPU/s);
+    // GPUs with their latest readings and health; CPU slots (no NVML) have none: "n/a".
+    assert.match(await host.locator('li').first().locator('.gpu-live').textContent(), /^utilization n\/a · memory n\/a · temperature n\/a · healthy$/);
+    const gpu = page.locator('#hosts tr[data-name="h100-box"] li[data-uuid="GPU-h100-box-3"] .gpu-live');
+    await waitFor('the H100 readings', async () => /utilization 37 %/.test(await gpu.textContent()), 10000, 200);
+    assert.equal(await gpu.textContent(), 'utilization 37 % · memory 4.0 / 79.6 GiB · temperature 43 °C · healthy');
+    assert.match(await page.locator('#hosts tr[data-name="h200-box"] li').first().textContent(), /NVIDIA H200.*utilization n\/a/);
+    await shot('admin-hosts-gpus');
     await page.getByRole('button', { name: 'Cordon e2e-host' }).click();
     await waitFor('cordoned', async () => /cordoned/.test(await host.locator('.host-state').textContent()), 10000, 200);
     await page.getByRole('button', { name: 'Uncordon e2e-host' }).click();

@@ -1,6 +1,7 @@
 // The end-to-end harness: a throwaway PostgreSQL (ops/pg in a temp dir), the real
 // orp-controller and orp-agent binaries on free loopback ports, and a demo model made by
 // orp-runtime make-model. Everything is stopped and deleted by stop().
+import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -8,6 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import Ajv2020 from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const root = path.resolve(here, '../..');
@@ -17,6 +20,80 @@ export const bin = {
   agent: path.join(buildDir, 'agent/orp-agent'),
   runtime: path.join(buildDir, 'runtime/orp-runtime'),
 };
+
+// docs/openapi.json, and its schemas: openapiSchema('#/components/schemas/Balance') is a
+// validator; $refs inside resolve against the document itself.
+export const openapi = JSON.parse(fs.readFileSync(path.join(root, 'docs/openapi.json'), 'utf8'));
+const DOC_ID = 'https://openrunpod.invalid/openapi.json';
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+addFormats(ajv);
+ajv.addSchema({ ...openapi, $id: DOC_ID });
+export const openapiSchema = (ref = '') => ajv.compile({ $ref: `${DOC_ID}${ref}` });
+
+// Checks a reply (from Platform.call) against docs/openapi.json: its status is documented for the
+// route; a JSON body validates against that status's schema (whose objects admit no field they
+// do not name); a reply of another documented type has that Content-Type, and an event stream's
+// events validate against the document's x-orp-event-data. Returns the JSON body.
+export function checkReply(method, route, r) {
+  const op = openapi.paths[route]?.[method.toLowerCase()];
+  assert.ok(op, `${method} ${route} is documented`);
+  let resp = op.responses[String(r.status)];
+  assert.ok(resp, `${method} ${route}: status ${r.status} is documented (${r.text.slice(0, 300)})`);
+  if (resp.$ref) resp = openapi.components.responses[resp.$ref.split('/').pop()];
+  const types = Object.keys(resp.content ?? {});
+  assert.ok(types.length, `${method} ${route} ${r.status} documents its body`);
+  const schema = resp.content['application/json']?.schema;
+  if (!schema) {
+    assert.ok(types.some((t) => r.headers.get('content-type')?.startsWith(t)), `${method} ${route} ${r.status}: ${r.headers.get('content-type')} is one of ${types}`);
+    const event = resp.content['text/event-stream']?.['x-orp-event-data'];
+    if (event) {
+      const v = openapiSchema(event.$ref);
+      for (const [, data] of r.text.matchAll(/^data: (.*)$/gm))
+        assert.ok(v(JSON.parse(data)), `${method} ${route} event: ${ajv.errorsText(v.errors)}\n${data.slice(0, 500)}`);
+    }
+    return r.json;
+  }
+  assert.ok(r.json !== undefined, `${method} ${route} answered JSON: ${r.text.slice(0, 300)}`);
+  const v = openapiSchema(schema.$ref);
+  assert.ok(v(r.json), `${method} ${route} ${r.status}: ${ajv.errorsText(v.errors)}\n${JSON.stringify(r.json, null, 1).slice(0, 2000)}`);
+  return r.json;
+}
+
+// The routes docs/openapi.json documents: { route, method, key: 'METHOD /path', op, gateway }.
+export function documentedRoutes() {
+  const out = [];
+  for (const [route, item] of Object.entries(openapi.paths))
+    for (const m of ['get', 'post', 'put', 'patch', 'delete'])
+      if (item[m]) out.push({ route, method: m.toUpperCase(), key: `${m.toUpperCase()} ${route}`, op: item[m], gateway: item['x-orp-listener'] === 'gateway' });
+  return out;
+}
+
+// The session of a sign-up or log-in reply: { token, cookie, csrf }.
+export function sessionOf(r) {
+  const c = r.cookies.find((x) => x.startsWith('orp_session='));
+  assert.ok(c, `a session cookie in ${JSON.stringify(r.cookies)}: ${r.text}`);
+  return { token: c.split(';')[0].slice('orp_session='.length), cookie: c, csrf: r.json.csrf_token };
+}
+
+// An event stream stays open: what it sends until its first blank line (or for 2 s), then the
+// connection is closed.
+async function firstEvent(res, ac) {
+  const dec = new TextDecoder();
+  const timer = setTimeout(() => ac.abort(), 2000);
+  let text = '';
+  try {
+    for await (const chunk of res.body) {
+      text += dec.decode(chunk, { stream: true });
+      if (text.includes('\n\n')) break;
+    }
+  } catch (e) {
+    if (e.name !== 'AbortError') throw e;
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+  return text;
+}
 
 export async function freePort() {
   return new Promise((resolve, reject) => {
@@ -185,6 +262,26 @@ export class Platform {
     return { status: res.status, json, text };
   }
 
+  // One request: a key, or a session (its cookie, and its CSRF token unless csrf is false), a JSON
+  // body or raw text, to the API (the gateway with gw; another listener with base). Returns
+  // { status, json, text, headers, cookies }; an event stream's text is its first event.
+  async call(method, p, { key, session, csrf = true, body, raw, headers = {}, gw = false, base } = {}) {
+    const h = { ...headers };
+    if (key) h.Authorization = `Bearer ${key}`;
+    if (session) {
+      h.Cookie = `orp_session=${session.token}`;
+      if (csrf && session.csrf) h['X-CSRF-Token'] = session.csrf;
+    }
+    if (body !== undefined || raw !== undefined) h['Content-Type'] ??= 'application/json';
+    const url = (base ?? (gw ? `http://127.0.0.1:${this.ports.gateway}` : this.apiUrl)) + p;
+    const ac = new AbortController();
+    const res = await fetch(url, { method, headers: h, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body), signal: ac.signal });
+    const text = /^text\/event-stream/.test(res.headers.get('content-type') ?? '') ? await firstEvent(res, ac) : await res.text();
+    let json;
+    try { json = JSON.parse(text); } catch { json = undefined; }
+    return { status: res.status, json, text, headers: res.headers, cookies: res.headers.getSetCookie() };
+  }
+
   async api(method, p, { body, key = this.adminKey, raw } = {}) {
     const headers = {};
     if (key) headers.Authorization = `Bearer ${key}`;
@@ -228,4 +325,15 @@ export class Platform {
     if (!process.env.ORP_KEEP_TMP) fs.rmSync(this.tmp, { recursive: true, force: true });
     else console.error(`kept ${this.tmp}`);
   }
+}
+
+// The registration body of an 8-GPU host of one model (two NUMA nodes, all NVLinked), for suites
+// that register GPU hosts through the agent API where no GPU is.
+export function gpuHost(name, model, memory_mib) {
+  const uuids = Array.from({ length: 8 }, (_, i) => `GPU-${name}-${i}`);
+  return {
+    name, address: '127.0.0.1', agent_version: 'e2e',
+    devices: uuids.map((uuid, i) => ({ index: i, uuid, kind: 'gpu', model, memory_mib, numa_node: i < 4 ? 0 : 1,
+      nvlink_peers: uuids.filter((u) => u !== uuid), healthy: true })),
+  };
 }

@@ -6,55 +6,14 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import Ajv2020 from 'ajv/dist/2020.js';
-import addFormats from 'ajv-formats';
-import { Platform, root, waitFor } from './harness.js';
+import { Platform, checkReply as check, documentedRoutes as documented, openapi as doc, openapiSchema, root, waitFor } from './harness.js';
 
 const P = new Platform();
-const doc = JSON.parse(fs.readFileSync(path.join(root, 'docs/openapi.json'), 'utf8'));
 const METHODS = ['get', 'post', 'put', 'patch', 'delete'];
-const DOC_ID = 'https://openrunpod.invalid/openapi.json';
-
-// The document's schemas, compiled once; $refs inside resolve against the document itself.
-const ajv = new Ajv2020({ strict: false, allErrors: true });
-addFormats(ajv);
-ajv.addSchema({ ...doc, $id: DOC_ID });
-
-function documented() {
-  const out = [];
-  for (const [p, item] of Object.entries(doc.paths))
-    for (const m of METHODS)
-      if (item[m]) out.push({ path: p, method: m.toUpperCase(), op: item[m], gateway: item['x-orp-listener'] === 'gateway' });
-  return out;
-}
 
 const norm = (p) => p.replace(/\{[^}]*\}/g, '{}');
 
-// Checks a reply against the document: its status is documented for the route, and a JSON body
-// validates against that status's schema. Returns the body.
-function check(method, route, r) {
-  const op = doc.paths[route]?.[method.toLowerCase()];
-  assert.ok(op, `${method} ${route} is documented`);
-  let resp = op.responses[String(r.status)];
-  assert.ok(resp, `${method} ${route}: status ${r.status} is documented (${r.text.slice(0, 300)})`);
-  if (resp.$ref) resp = doc.components.responses[resp.$ref.split('/').pop()];
-  const schema = resp.content?.['application/json']?.schema;
-  assert.ok(schema, `${method} ${route} ${r.status} has a JSON schema`);
-  assert.ok(r.json !== undefined, `${method} ${route} answered JSON: ${r.text.slice(0, 300)}`);
-  const v = ajv.compile({ $ref: `${DOC_ID}${schema.$ref ?? ''}` });
-  assert.ok(v(r.json), `${method} ${route} ${r.status}: ${ajv.errorsText(v.errors)}\n${JSON.stringify(r.json, null, 1).slice(0, 2000)}`);
-  return r.json;
-}
-
-async function gw(method, p, { body, key = P.adminKey } = {}) {
-  const headers = { Authorization: `Bearer ${key}` };
-  if (body) headers['Content-Type'] = 'application/json';
-  const res = await fetch(`http://127.0.0.1:${P.ports.gateway}${p}`, { method, headers, body: body && JSON.stringify(body) });
-  const text = await res.text();
-  let json;
-  try { json = JSON.parse(text); } catch { json = undefined; }
-  return { status: res.status, json, text };
-}
+const gw = (method, p, { body, key = P.adminKey } = {}) => P.call(method, p, { body, key, gw: true });
 
 before(async () => { await P.start({ cpuSlots: 2, controllerArgs: ['--billing-period-s', '2'] }); }, { timeout: 180000 });
 after(async () => { await P.stop(); });
@@ -66,9 +25,9 @@ test('GET /v1/openapi.json serves docs/openapi.json without credentials; every s
   assert.deepEqual(r.json, doc);
   assert.equal(doc.openapi, '3.1.0');
   for (const name of Object.keys(doc.components.schemas))
-    assert.ok(ajv.getSchema(`${DOC_ID}#/components/schemas/${name}`), `schema ${name} compiles`);
+    assert.ok(openapiSchema(`#/components/schemas/${name}`), `schema ${name} compiles`);
   // additionalProperties: false is really enforced: a stray field fails.
-  const v = ajv.compile({ $ref: `${DOC_ID}#/components/schemas/Balance` });
+  const v = openapiSchema('#/components/schemas/Balance');
   const bal = { object: 'balance', account_id: '1', balance_micros: 1, balance_display: '0.000001 USD', month_spend_micros: 0, month_spend_display: '0.000000 USD', monthly_spend_cap_micros: null, monthly_spend_cap_display: null };
   assert.ok(v(bal));
   assert.ok(!v({ ...bal, extra: 1 }));
@@ -86,8 +45,8 @@ test('every route in the C route tables is documented, and nothing else is', () 
     }
   }
   assert.ok(inSource.size >= 30, `found the route tables (${inSource.size} routes)`);
-  const inDoc = new Set(documented().filter((d) => d.path !== '/')
-    .map((d) => `${d.method} ${norm(d.path)} ${d.gateway ? 'gateway' : 'api'}`));
+  const inDoc = new Set(documented().filter((d) => d.route !== '/')
+    .map((d) => `${d.method} ${norm(d.route)} ${d.gateway ? 'gateway' : 'api'}`));
   assert.deepEqual([...inSource].filter((x) => !inDoc.has(x)).sort(), [], 'routes missing from docs/openapi.json');
   assert.deepEqual([...inDoc].filter((x) => !inSource.has(x)).sort(), [], 'documented routes with no handler');
 });

@@ -7,22 +7,13 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Platform, bin, waitFor } from './harness.js';
+import { Platform, bin, gpuHost, waitFor } from './harness.js';
 
 const P = new Platform();
 const H100 = 'NVIDIA H100 80GB HBM3';
 const H200 = 'NVIDIA H200';
 const hosts = {};
 let beat;
-
-function gpuHost(name, model, memory_mib) {
-  const uuids = Array.from({ length: 8 }, (_, i) => `GPU-${name}-${i}`);
-  return {
-    name, address: '127.0.0.1', agent_version: 'e2e',
-    devices: uuids.map((uuid, i) => ({ index: i, uuid, kind: 'gpu', model, memory_mib, numa_node: i < 4 ? 0 : 1,
-      nvlink_peers: uuids.filter((u) => u !== uuid), healthy: true })),
-  };
-}
 
 function addModel(name, bytes) {
   const file = path.join(P.tmp, `${name}.manifest.json`);

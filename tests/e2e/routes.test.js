@@ -16,57 +16,14 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
-import Ajv2020 from 'ajv/dist/2020.js';
-import addFormats from 'ajv-formats';
-import { Platform, bin, freePort, root, sleep, waitFor } from './harness.js';
+import { Platform, bin, checkReply as check, documentedRoutes as documented, freePort, sessionOf, sleep, waitFor } from './harness.js';
 
 const P = new Platform();
-const doc = JSON.parse(fs.readFileSync(path.join(root, 'docs/openapi.json'), 'utf8'));
-const METHODS = ['get', 'post', 'put', 'patch', 'delete'];
-const DOC_ID = 'https://openrunpod.invalid/openapi.json';
-const ajv = new Ajv2020({ strict: false, allErrors: true });
-addFormats(ajv);
-ajv.addSchema({ ...doc, $id: DOC_ID });
 
 let seq = 0;
 const uniq = (p) => `${p}-${process.pid % 1000}-${++seq}`;
 
-// One request: a key, or a session (cookie + CSRF token), a JSON body or raw text.
-async function call(method, p, { key, session, body, raw, gw = false, headers = {} } = {}) {
-  const h = { ...headers };
-  if (key) h.Authorization = `Bearer ${key}`;
-  if (session) {
-    h.Cookie = `orp_session=${session.token}`;
-    h['X-CSRF-Token'] = session.csrf;
-  }
-  if (body !== undefined || raw !== undefined) h['Content-Type'] ??= 'application/json';
-  const base = gw ? `http://127.0.0.1:${P.ports.gateway}` : P.apiUrl;
-  const res = await fetch(base + p, { method, headers: h, body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body) });
-  // An event stream (the endpoint log tail) runs for an hour: its status and headers are the reply.
-  const text = res.headers.get('content-type')?.startsWith('text/event-stream') ? (await res.body.cancel(), '') : await res.text();
-  let json;
-  try { json = JSON.parse(text); } catch { json = undefined; }
-  return { status: res.status, json, text, headers: res.headers, cookies: res.headers.getSetCookie() };
-}
-
-function sessionOf(r) {
-  const c = r.cookies.find((x) => x.startsWith('orp_session='));
-  assert.ok(c, `a session cookie: ${r.text}`);
-  return { token: c.split(';')[0].slice('orp_session='.length), csrf: r.json.csrf_token };
-}
-
-// The reply's status is documented for the route and a JSON body validates against its schema.
-function check(method, route, r) {
-  const op = doc.paths[route][method.toLowerCase()];
-  let resp = op.responses[String(r.status)];
-  assert.ok(resp, `${method} ${route}: status ${r.status} is documented (${r.text.slice(0, 300)})`);
-  if (resp.$ref) resp = doc.components.responses[resp.$ref.split('/').pop()];
-  const schema = resp.content?.['application/json']?.schema;
-  if (!schema) return;
-  assert.ok(r.json !== undefined, `${method} ${route} answered JSON: ${r.text.slice(0, 300)}`);
-  const v = ajv.compile({ $ref: `${DOC_ID}${schema.$ref ?? ''}` });
-  assert.ok(v(r.json), `${method} ${route} ${r.status}: ${ajv.errorsText(v.errors)}\n${JSON.stringify(r.json).slice(0, 1500)}`);
-}
+const call = (method, p, opts) => P.call(method, p, opts);
 
 function err(r, status, code, what = '') {
   assert.equal(r.status, status, `${what}: ${r.text.slice(0, 400)}`);
@@ -105,6 +62,17 @@ async function newEndpoint(who, extra = {}) {
   const r = await call('POST', '/v1/endpoints', { key: who.key, body: { name: uniq('ep'), model: 'demo-tiny', ...extra } });
   assert.equal(r.status, 201, r.text);
   return r.json;
+}
+
+// One endpoint of the operator's own account, stopped (it holds no device).
+async function adminEndpoint() {
+  if (ctx.adminEp) return ctx.adminEp;
+  await call('POST', `/v1/admin/accounts/${ctx.adminAcct}/credits`, { key: P.adminKey, body: { amount_micros: 1000000, idempotency_key: uniq('cr') } });
+  const r = await call('POST', '/v1/endpoints', { key: P.adminKey, body: { name: uniq('ep'), model: 'demo-tiny' } });
+  assert.equal(r.status, 201, r.text);
+  assert.equal((await call('POST', `/v1/endpoints/${r.json.id}/stop`, { key: P.adminKey })).status, 200);
+  ctx.adminEp = r.json;
+  return ctx.adminEp;
 }
 
 async function newKey(who, body = {}) {
@@ -146,8 +114,9 @@ async function signup() {
 // ---- the table: one row per documented route ----
 // who: none | key (a customer) | admin | session; path(): the happy path (async: may make a fresh
 // object, for routes that use one up); body(): the happy body; ok: the happy status; foreign():
-// the same route on another account's object (expect 404); bad: [label, {path, body, raw}, status,
-// code]; strs: string fields of the body; qstrs: string query parameters; gw: the gateway.
+// the same route on another account's object (expect 404); bad: [label, {path, body, raw, headers},
+// status, code]; strs: string fields of the body; qstrs: string query parameters; gw: the gateway;
+// expect(reply): more to check of the happy reply.
 const A = () => ctx.A;
 const ROWS = {
   'GET /': { who: 'none', path: () => '/', ok: 200 },
@@ -165,7 +134,9 @@ const ROWS = {
       ['model not in the catalog', { body: { name: 'x', model: 'nope' } }, 400, 'model_not_found'],
       ['malformed JSON', { raw: '{"name": ' }, 400, 'invalid_json'],
       ['duplicate key', { raw: '{"name":"a","name":"b","model":"demo-tiny"}' }, 400, 'invalid_json'],
-      ['an array body', { raw: '[]' }, 400, 'invalid_json']],
+      ['an array body', { raw: '[]' }, 400, 'invalid_json'],
+      ['host_selector not an object', { body: { name: 'x', model: 'demo-tiny', host_selector: ['zone=eu'] } }, 400, 'invalid_parameter'],
+      ['host_selector value too long', { body: { name: 'x', model: 'demo-tiny', host_selector: { zone: 'e'.repeat(64) } } }, 400, 'invalid_parameter']],
     strs: ['name', 'model', 'pool', 'device_kind', 'billing_mode'],
   },
   'GET /v1/endpoints': {
@@ -193,7 +164,8 @@ const ROWS = {
     bad: [['missing replicas', { body: {} }, 400, 'missing_parameter'],
       ['replicas of the wrong type', { body: { replicas: '2' } }, 400, 'invalid_parameter'],
       ['replicas out of range', { body: { replicas: 0 } }, 400, 'invalid_parameter'],
-      ['unknown field', { body: { replicas: 1, name: 'x' } }, 400, 'unknown_parameter']],
+      ['unknown field', { body: { replicas: 1, name: 'x' } }, 400, 'unknown_parameter'],
+      ['host_selector with a bad name', { body: { host_selector: { '-zone': 'eu' } } }, 400, 'invalid_parameter']],
   },
   'POST /v1/endpoints/{id}/stop': { who: 'key', path: () => `/v1/endpoints/${A().spare.id}/stop`, ok: 200, foreign: () => `/v1/endpoints/${A().spare.id}/stop` },
   'POST /v1/endpoints/{id}/start': { who: 'key', path: () => `/v1/endpoints/${A().spare.id}/start`, ok: 200, foreign: () => `/v1/endpoints/${A().spare.id}/start` },
@@ -210,25 +182,18 @@ const ROWS = {
     qstrs: ['granularity'],
   },
   'GET /v1/endpoints/{id}/logs': {
-    who: 'key', path: () => `/v1/endpoints/${A().ep.id}/logs?tail=1`, ok: 200, foreign: () => `/v1/endpoints/${A().ep.id}/logs`,
-    bad: [['tail not a number', { path: `/v1/endpoints/${'0'.repeat(8)}-0000-0000-0000-${'0'.repeat(12)}/logs?tail=x` }, 400, 'invalid_parameter'],
-      ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/logs' }, 404, 'endpoint_not_found']],
-  },
-  'PUT /v1/admin/endpoints/{id}/shared': {
-    // One of the operator's endpoints, made once (and stopped: it needs no device), withdrawn.
-    who: 'admin', ok: 200, body: () => ({ shared: false }),
-    path: async () => {
-      if (!ctx.adminEp) {
-        const me = await call('GET', '/v1/auth/me', { key: P.adminKey });
-        await call('POST', `/v1/admin/accounts/${me.json.account.id}/credits`, { key: P.adminKey, body: { amount_micros: 1_000_000, idempotency_key: uniq('c') } });
-        ctx.adminEp = (await newEndpoint({ key: P.adminKey })).id;
-        await call('POST', `/v1/endpoints/${ctx.adminEp}/stop`, { key: P.adminKey });
-      }
-      return `/v1/admin/endpoints/${ctx.adminEp}/shared`;
-    },
-    bad: [['shared not a boolean', { body: { shared: 'yes' } }, 400, 'invalid_parameter'],
-      ['missing shared', { body: {} }, 400, 'missing_parameter'],
-      ['no such endpoint', { path: '/v1/admin/endpoints/00000000-0000-0000-0000-000000000000/shared', body: { shared: false } }, 404, 'not_found']],
+    who: 'key', path: () => `/v1/endpoints/${A().ep.id}/logs?tail=5`, ok: 200, foreign: () => `/v1/endpoints/${A().ep.id}/logs`,
+    expect: (r) => assert.match(r.text, /^id: \d+\nevent: log\ndata: \{.*\}\n\n/, 'a stored line first'),
+    bad: [['not a uuid', { path: '/v1/endpoints/123/logs' }, 404, 'endpoint_not_found'],
+      ['no such endpoint', { path: '/v1/endpoints/00000000-0000-0000-0000-000000000000/logs' }, 404, 'endpoint_not_found'],
+      ['tail 0', { path: () => `/v1/endpoints/${A().ep.id}/logs?tail=0` }, 400, 'invalid_parameter'],
+      ['tail over the cap', { path: () => `/v1/endpoints/${A().ep.id}/logs?tail=2001` }, 400, 'invalid_parameter'],
+      ['tail not a number', { path: () => `/v1/endpoints/${A().ep.id}/logs?tail=all` }, 400, 'invalid_parameter'],
+      ['after negative', { path: () => `/v1/endpoints/${A().ep.id}/logs?after=-1` }, 400, 'invalid_parameter'],
+      ['after past int64', { path: () => `/v1/endpoints/${A().ep.id}/logs?after=99999999999999999999` }, 400, 'invalid_parameter'],
+      ['Last-Event-ID not a number', { path: () => `/v1/endpoints/${A().ep.id}/logs`, headers: { 'Last-Event-ID': '1e3' } }, 400, 'invalid_parameter'],
+      ['replica not a uuid', { path: () => `/v1/endpoints/${A().ep.id}/logs?replica=1` }, 400, 'invalid_parameter']],
+    qstrs: ['after', 'tail', 'replica'],
   },
   'GET /v1/catalog/presets': { who: 'key', path: () => '/v1/catalog/presets', ok: 200, qstrs: ['pool'] },
   'GET /v1/quotas': { who: 'key', path: () => '/v1/quotas', ok: 200 },
@@ -267,6 +232,17 @@ const ROWS = {
       ['zero tokens per minute', { body: { tokens_per_min: 0 } }, 400, 'invalid_parameter'],
       ['unknown field', { body: { max_gpus: 1 } }, 400, 'unknown_parameter']],
   },
+  'PUT /v1/admin/endpoints/{id}/shared': {
+    who: 'admin', path: () => `/v1/admin/endpoints/${ctx.valueEp.id}/shared`, body: () => ({ shared: true }), ok: 200,
+    bad: [['missing shared', { body: {} }, 400, 'missing_parameter'],
+      ['shared of the wrong type', { body: { shared: 'yes' } }, 400, 'invalid_parameter'],
+      ['unknown field', { body: { shared: true, name: 'x' } }, 400, 'unknown_parameter'],
+      ['malformed JSON', { raw: '{"shared": ' }, 400, 'invalid_json'],
+      ['a time-billed endpoint', { path: () => `/v1/admin/endpoints/${ctx.timeEp.id}/shared`, body: { shared: true } }, 409, 'not_value_billed'],
+      ["a customer's endpoint", { path: () => `/v1/admin/endpoints/${A().spare.id}/shared`, body: { shared: true } }, 404, 'not_found'],
+      ['not a uuid', { path: '/v1/admin/endpoints/123/shared', body: { shared: true } }, 404, 'not_found'],
+      ['no such endpoint', { path: '/v1/admin/endpoints/00000000-0000-0000-0000-000000000000/shared', body: { shared: true } }, 404, 'not_found']],
+  },
   'GET /v1/admin/hosts': { who: 'admin', path: () => '/v1/admin/hosts', ok: 200 },
   'DELETE /v1/admin/hosts/{id}': {
     who: 'admin', path: async () => `/v1/admin/hosts/${await fakeHost()}`, ok: 200,
@@ -275,6 +251,16 @@ const ROWS = {
   'POST /v1/admin/hosts/{id}/cordon': { who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/cordon`, ok: 200, bad: [['no such host', { path: '/v1/admin/hosts/999999/cordon' }, 404, 'not_found']] },
   'POST /v1/admin/hosts/{id}/uncordon': { who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/uncordon`, ok: 200 },
   'POST /v1/admin/hosts/{id}/drain': { who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/drain`, ok: 200 },
+  'PUT /v1/admin/hosts/{id}/labels': {
+    who: 'admin', path: () => `/v1/admin/hosts/${ctx.host}/labels`, body: () => ({ labels: { zone: 'eu', 'example.com/rack': 'r1' } }), ok: 200,
+    bad: [['no such host', { path: '/v1/admin/hosts/999999/labels', body: { labels: {} } }, 404, 'not_found'],
+      ['missing labels', { body: {} }, 400, 'missing_parameter'],
+      ['labels not an object', { body: { labels: 'zone=eu' } }, 400, 'invalid_parameter'],
+      ['a value not a string', { body: { labels: { zone: 1 } } }, 400, 'invalid_parameter'],
+      ['a name with "="', { body: { labels: { 'zo=ne': 'eu' } } }, 400, 'invalid_parameter'],
+      ['17 labels', { body: { labels: Object.fromEntries([...Array(17).keys()].map((i) => [`k${i}`, 'v'])) } }, 400, 'invalid_parameter'],
+      ['unknown field', { body: { labels: {}, pool: 'x' } }, 400, 'unknown_parameter']],
+  },
   'POST /v1/admin/enrollment-tokens': {
     who: 'admin', path: () => '/v1/admin/enrollment-tokens', body: () => ({ ttl_s: 60 }), ok: 201,
     bad: [['ttl 0', { body: { ttl_s: 0 } }, 400, 'invalid_parameter'], ['ttl over a week', { body: { ttl_s: 604801 } }, 400, 'invalid_parameter'],
@@ -417,13 +403,6 @@ const ROWS = {
   'GET /v1/models': { who: 'key', gw: true, path: () => '/v1/models', ok: 200 },
 };
 
-function documented() {
-  const out = [];
-  for (const [p, item] of Object.entries(doc.paths))
-    for (const m of METHODS) if (item[m]) out.push({ route: p, method: m.toUpperCase(), key: `${m.toUpperCase()} ${p}` });
-  return out;
-}
-
 const resolve = async (v) => (typeof v === 'function' ? v() : v);
 const credential = (row, key) => (row.who === 'admin' ? key ?? P.adminKey : key ?? A().key);
 
@@ -449,6 +428,14 @@ before(async () => {
   assert.equal(g.status, 201, g.text);
   ctx.gpuType = 'taken-type';
   ctx.model = await newModel();
+  // The operator's own endpoints (stopped: they hold no device), one billed by value (shareable)
+  // and one by time.
+  const ac = await call('POST', `/v1/admin/accounts/${ctx.adminAcct}/credits`, { key: P.adminKey, body: { amount_micros: 100_000_000, idempotency_key: uniq('c') } });
+  assert.equal(ac.status, 201, ac.text);
+  const admin = { key: P.adminKey };
+  ctx.valueEp = await newEndpoint(admin, { billing_mode: 'value' });
+  ctx.timeEp = await newEndpoint(admin);
+  for (const ep of [ctx.valueEp, ctx.timeEp]) assert.equal((await call('POST', `/v1/endpoints/${ep.id}/stop`, { key: P.adminKey })).status, 200);
   ctx.user = await signup();
   await sleep(1600); // the expired key's time runs out
 }, { timeout: 180000 });
@@ -464,9 +451,10 @@ test('every documented route has a row in this table, and every row a documented
 async function happy(d, row) {
   const p = await resolve(row.path);
   const session = row.session ? await row.session() : undefined;
-  const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw });
+  const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: row.body?.(), gw: row.gw, stream: row.stream });
   assert.equal(r.status, row.ok, `${d.key}: ${r.text.slice(0, 500)}`);
   check(d.method, d.route, r);
+  row.expect?.(r);
   return r;
 }
 
@@ -481,7 +469,7 @@ test('each class of bad input gets its 4xx with the error shape, on every route 
     for (const [label, spec, status, code] of row.bad ?? []) {
       const p = spec.path ? await resolve(spec.path) : await resolve(row.path);
       const session = row.session ? await row.session() : undefined;
-      const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: await resolve(spec.body), raw: spec.raw, gw: row.gw });
+      const r = await call(d.method, p, { key: row.who === 'none' || session ? undefined : credential(row), session, body: await resolve(spec.body), raw: spec.raw, headers: spec.headers, gw: row.gw });
       err(r, status, code, `${d.key} ${label}`);
       check(d.method, d.route, r);
     }

@@ -4,7 +4,7 @@
  * FAKE_NVML_STATE at every call): at the next inventory (--inventory-interval-s 1) the agent
  * registers again, with its host key rather than the token, listing GPU 0 unhealthy, and goes on
  * heartbeating with the rotated key. An unchanged inventory registers nothing. SIGTERM ends it
- * with status 0. */
+ * with status 0. The heartbeats carry the fake's GPU readings ("gpus"). */
 #include "tmpdir.h"
 
 #include <arpa/inet.h>
@@ -28,6 +28,7 @@ static char reg_bearer[8][64]; /* the credential each registration presented */
 static json_t *reg_gpu0[8];    /* devices[0] of each registration */
 static char current_key[64];
 static int heartbeats_current_key; /* heartbeats with the key of the latest registration */
+static json_t *last_gpus;          /* the latest heartbeat's "gpus" */
 
 static void on_register(struct httpd_req *req)
 {
@@ -55,6 +56,13 @@ static void on_heartbeat(struct httpd_req *req)
     snprintf(want, sizeof want, "Bearer %s", current_key);
     int ok = h && !strcmp(h, want);
     if (ok) heartbeats_current_key++;
+    json_t *b = json_loadb(req->body.data, req->body.len, 0, NULL);
+    json_t *g = json_object_get(b, "gpus");
+    if (g) {
+        json_decref(last_gpus);
+        last_gpus = json_incref(g);
+    }
+    json_decref(b);
     pthread_mutex_unlock(&mu);
     if (!ok) {
         httpd_error(req, 401, "unauthorized", NULL, "unknown host key");
@@ -139,6 +147,18 @@ int main(void)
     CHECK_STR_EQ(reg_bearer[0], "Bearer enroll-tok");
     CHECK_STR_EQ(json_string_value(json_object_get(reg_gpu0[0], "uuid")), "GPU-fake-0");
     CHECK(json_is_true(json_object_get(reg_gpu0[0], "healthy")));
+    /* The heartbeats carry the fake's readings: what NVML cannot give is left out. */
+    CHECK(json_array_size(last_gpus) == 3);
+    json_t *g0 = json_array_get(last_gpus, 0), *g1 = json_array_get(last_gpus, 1),
+           *g2 = json_array_get(last_gpus, 2);
+    CHECK_STR_EQ(json_string_value(json_object_get(g0, "uuid")), "GPU-fake-0");
+    CHECK_INT_EQ(json_integer_value(json_object_get(g0, "utilization_percent")), 37);
+    CHECK_INT_EQ(json_integer_value(json_object_get(g0, "memory_used_mib")), 1024);
+    CHECK_INT_EQ(json_integer_value(json_object_get(g0, "temperature_c")), 45);
+    CHECK_INT_EQ(json_integer_value(json_object_get(g1, "utilization_percent")), 5);
+    CHECK(!json_object_get(g1, "memory_used_mib"));
+    CHECK_INT_EQ(json_integer_value(json_object_get(g2, "memory_used_mib")), 0);
+    CHECK(!json_object_get(g2, "temperature_c"));
     pthread_mutex_unlock(&mu);
 
     /* /metrics, served by the running agent from its loop's snapshot. */
@@ -177,6 +197,7 @@ int main(void)
     CHECK_INT_EQ(WEXITSTATUS(status), 0);
 
     httpd_stop(srv);
+    json_decref(last_gpus);
     for (int i = 0; i < registrations; i++)
         json_decref(reg_gpu0[i]);
     tmpdir_remove(root);

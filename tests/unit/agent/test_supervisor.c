@@ -26,6 +26,7 @@ static char root[256], flags[320], script[320];
 static const char script_text[] =
     "#!/bin/sh\n"
     "F='%s'\n"
+    "echo \"$*\" > \"$F/args\"\n"
     "while [ $# -gt 0 ]; do case \"$1\" in --port) PORT=\"$2\"; shift;; esac; shift; done\n"
     "echo \"$ORP_REPLICA_SECRET\" > \"$F/secret\"\n"
     "echo \"${CUDA_VISIBLE_DEVICES-unset}\" > \"$F/cvd\"\n"
@@ -149,7 +150,15 @@ static void test_start_ready_stop(struct sup *s, int have_python)
     char *port = wait_flag_file("port"); /* written after the other two */
     char *sec = read_flag_file("secret"), *cvd = read_flag_file("cvd");
     CHECK_STR_EQ(sec, "s3cret-rep-a");
-    CHECK_STR_EQ(cvd, ""); /* a CPU replica sees no GPU */
+    CHECK_STR_EQ(cvd, "");               /* a CPU replica sees no GPU */
+    char *args = read_flag_file("args"); /* the CPU backend: no --device */
+    char want_args[PATH_MAX + 256];
+    snprintf(want_args, sizeof want_args,
+             "serve --model /models/demo tiny --port %d --host 127.0.0.1 --name ep-rep-a "
+             "--usage-log %s/usage.jsonl --tp 1",
+             r->port, r->dir);
+    CHECK_STR_EQ(args, want_args);
+    free(args);
     CHECK_INT_EQ(atoi(port), r->port);
     free(sec);
     free(cvd);
@@ -234,6 +243,7 @@ static void test_restart_backoff_and_kill(struct sup *s)
 {
     flag("crash", 1);
     struct sup_spec b = spec("rep-b", 1, "gpu", "GPU-aaa,GPU-bbb");
+    b.tp = 2;
     sup_apply_desired(s, &b, 1);
     struct sup_replica *r = sup_find(s, "rep-b", 1);
     CHECK(r != NULL);
@@ -244,6 +254,14 @@ static void test_restart_backoff_and_kill(struct sup *s)
     char *cvd = read_flag_file("cvd");
     CHECK_STR_EQ(cvd, "GPU-aaa,GPU-bbb");
     free(cvd);
+    char *args = read_flag_file("args"); /* GPUs: the CUDA backend over both, one rank each */
+    char want_args[PATH_MAX + 256];
+    snprintf(want_args, sizeof want_args,
+             "serve --model /models/demo tiny --port %d --host 127.0.0.1 --name ep-rep-b "
+             "--usage-log %s/usage.jsonl --tp 2 --device cuda",
+             r->port, r->dir);
+    CHECK_STR_EQ(args, want_args);
+    free(args);
     json_t *rep = sup_report(s);
     CHECK_STR_EQ(json_string_value(json_object_get(find_report(rep, "rep-b"), "state")), "failed");
     CHECK_STR_EQ(json_string_value(json_object_get(find_report(rep, "rep-b"), "reason")),

@@ -15,6 +15,7 @@
 #include "httpc.h"
 #include "httpd.h"
 #include "jsonx.h"
+#include "labels.h"
 #include "log.h"
 #include "util.h"
 
@@ -346,6 +347,62 @@ static void test_text_checks(void)
     CHECK(!jsonx_printable("del\x7f"));
 }
 
+/* Label sets (labels.h): what a host may carry and an endpoint may select by. */
+static int label_ok(const char *json)
+{
+    json_error_t e;
+    json_t *v = json_loads(json, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+    struct jsonx_err je = {0};
+    CHECK(v != NULL);
+    int ok = labels_check(v, "host_selector", &je) == 0;
+    if (!ok) CHECK_STR_EQ(je.param, "host_selector");
+    json_decref(v);
+    return ok;
+}
+
+static void test_labels(void)
+{
+    CHECK(label_ok("{}"));
+    CHECK(label_ok("{\"zone\":\"eu\",\"gpu-class\":\"premium\",\"example.com/rack\":\"r1_a\"}"));
+    CHECK(label_ok("{\"empty\":\"\"}"));
+    CHECK(!label_ok("[]"));
+    CHECK(!label_ok("\"zone=eu\""));
+    CHECK(!label_ok("{\"zone\":1}"));
+    CHECK(!label_ok("{\"\":\"eu\"}"));
+    CHECK(!label_ok("{\"-zone\":\"eu\"}"));
+    CHECK(!label_ok("{\"zo=ne\":\"eu\"}"));
+    CHECK(!label_ok("{\"zone\":\"e,u\"}"));
+    CHECK(!label_ok("{\"zone\":\"e\\nu\"}"));
+    CHECK(!label_ok("{\"zone\":\"e\\u0000u\"}"));
+    CHECK(!label_ok("{\"zone\":\"-eu\"}"));
+    char big[512];
+    snprintf(big, sizeof big, "{\"%063d\":\"%063d\"}", 1, 2); /* 63 and 63: the limits */
+    CHECK(label_ok(big));
+    snprintf(big, sizeof big, "{\"%064d\":\"v\"}", 1);
+    CHECK(!label_ok(big));
+    snprintf(big, sizeof big, "{\"k\":\"%064d\"}", 2);
+    CHECK(!label_ok(big));
+    size_t n = (size_t)snprintf(big, sizeof big, "{");
+    for (int i = 0; i < 17; i++)
+        n += (size_t)snprintf(big + n, sizeof big - n, "%s\"k%d\":\"v\"", i ? "," : "", i);
+    snprintf(big + n, sizeof big - n, "}");
+    CHECK(!label_ok(big)); /* 17 pairs */
+
+    struct jsonx_err je = {0};
+    json_t *o = labels_parse("zone=eu,gpu-class=premium", &je);
+    CHECK(o != NULL);
+    CHECK_STR_EQ(json_string_value(json_object_get(o, "gpu-class")), "premium");
+    CHECK_INT_EQ((int)json_object_size(o), 2);
+    json_decref(o);
+    o = labels_parse("", &je);
+    CHECK(o != NULL && json_object_size(o) == 0);
+    json_decref(o);
+    CHECK(labels_parse("zone", &je) == NULL);
+    CHECK_STR_EQ(je.param, "labels");
+    CHECK(labels_parse("zone=eu,=x", &je) == NULL);
+    CHECK(labels_parse("zone=e u", &je) == NULL);
+}
+
 int main(void)
 {
     log_init("test", "error");
@@ -357,6 +414,7 @@ int main(void)
     test_json_depth();
     test_per_ip_limit();
     test_text_checks();
+    test_labels();
     curl_global_cleanup();
     printf("test_common: ok\n");
     return 0;

@@ -287,6 +287,62 @@ static void test_disk(void)
     CHECK(sched_place(&h[2], 1, &local, chosen, why, sizeof why) == 0);
 }
 
+/* Host labels and an endpoint's host selector: every pair must be on the host, by equality (no
+ * prefix or substring match); the reason names the labels; the per-host memo is shared by every
+ * selector without letting one selector's result leak into another's choice. */
+static void test_selector(void)
+{
+    static struct sched_host h[3];
+    int chosen[8];
+    char why[300];
+    gpu_host(&h[0], 1, "a", NVSWITCH, 0x3f); /* 2 free: the best fit for 2 */
+    gpu_host(&h[1], 2, "b", NVSWITCH, 0);
+    gpu_host(&h[2], 3, "c", NVSWITCH, 0);
+    snprintf(h[0].labels, sizeof h[0].labels, "\nzone=eu\ngpu-class=premium\n");
+    snprintf(h[1].labels, sizeof h[1].labels, "\nzone=us\nxzone=eu\n");
+    /* h[2] has no labels. */
+    struct sched_req rq = {.kind = "gpu", .n = 2, .selector = "zone=us"};
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), 1);
+    rq.selector = "zone=eu\ngpu-class=premium";
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), 0);
+    CHECK_STR_EQ(idxs(&h[0], chosen, 2), "6,7");
+    for (int i = 6; i < 8; i++)
+        h[0].devices[i].free = 1; /* as before: h[0] is the best fit again */
+    /* No selector: the best fit, h[0]; its memo is now filled for width 2. */
+    rq.selector = NULL;
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), 0);
+    for (int i = 6; i < 8; i++)
+        h[0].devices[i].free = 1;
+    /* The memo of h[0] (a fitting set) must not make it a candidate for a selector it fails. */
+    rq.selector = "zone=us";
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), 1);
+    rq.selector = "";
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), 0);
+    for (int i = 6; i < 8; i++)
+        h[0].devices[i].free = 1;
+    /* Equality only: a prefix of a value, or a key that ends another key, is no match. */
+    rq.selector = "zone=e";
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), -1);
+    CHECK_STR_EQ(why, "no capacity: no host has labels zone=e");
+    rq.selector = "zone=eu\ngpu-class=standard";
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), -1);
+    CHECK_STR_EQ(why, "no capacity: no host has labels zone=eu, gpu-class=standard");
+    /* A matching host that is full: the usual reason, naming the labels. */
+    rq.selector = "zone=eu";
+    rq.n = 4;
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), -1);
+    CHECK_STR_EQ(why, "no capacity: needs 4\u00d7GPU on one host with labels zone=eu; largest free "
+                      "block is 2");
+    /* With a pool, the reason names it; a cordoned match is no match. */
+    rq.n = 1;
+    rq.pool = "default";
+    h[0].cordoned = 1;
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), -1);
+    CHECK_STR_EQ(why, "no capacity: no host in pool 'default' has labels zone=eu");
+    h[0].cordoned = 0;
+    CHECK_INT_EQ(sched_place(h, 3, &rq, chosen, why, sizeof why), 0);
+}
+
 int main(void)
 {
     test_gpu_type();
@@ -297,6 +353,7 @@ int main(void)
     test_unhealthy();
     test_pools_and_cordon();
     test_disk();
+    test_selector();
 
     CHECK(api_is_uuid("5f92d1d8-aa16-41bb-93b4-a72c51180ba0"));
     CHECK(!api_is_uuid("5f92d1d8-aa16-41bb-93b4-a72c51180ba"));

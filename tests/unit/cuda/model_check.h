@@ -27,6 +27,7 @@
 #define MARGIN 0.2
 
 static int rows_checked, top1_total, top1_same;
+static int sampled_runs, sampled_off_argmax; /* check_device_sampling's, over every model */
 
 static void make(const char *dir, const char *arch)
 {
@@ -102,8 +103,8 @@ static void run_pair(const char *what, struct model *a, struct model *b, double 
     for (int i = 0; i < 60; i++, n++) {
         int c = i >= 20 && i < 27 ? 1 : 0, tok = (i * 37 + 11) % (vocab - 10) + 3;
         int last = i == 26 || i == 59;
-        ra[n] = (struct model_row){ca[c], tok, last ? la + (size_t)c * vocab : NULL};
-        rb[n] = (struct model_row){cb[c], tok, last ? lb + (size_t)c * vocab : NULL};
+        ra[n] = (struct model_row){ca[c], tok, last ? la + (size_t)c * vocab : NULL, NULL, NULL};
+        rb[n] = (struct model_row){cb[c], tok, last ? lb + (size_t)c * vocab : NULL, NULL, NULL};
     }
     CHECK(model_forward_batch(a, ra, n) == 0);
     CHECK(model_forward_batch(b, rb, n) == 0);
@@ -116,8 +117,8 @@ static void run_pair(const char *what, struct model *a, struct model *b, double 
         /* Teacher-forced: both run the reference's argmax. */
         for (int c = 0; c < 2; c++) {
             int tok = sampler_argmax(lb + (size_t)c * vocab, vocab);
-            ra[c] = (struct model_row){ca[c], tok, la + (size_t)c * vocab};
-            rb[c] = (struct model_row){cb[c], tok, lb + (size_t)c * vocab};
+            ra[c] = (struct model_row){ca[c], tok, la + (size_t)c * vocab, NULL, NULL};
+            rb[c] = (struct model_row){cb[c], tok, lb + (size_t)c * vocab, NULL, NULL};
         }
         CHECK(model_forward_batch(a, ra, 2) == 0);
         CHECK(model_forward_batch(b, rb, 2) == 0);
@@ -180,7 +181,7 @@ static void test_hf(struct model *(*open)(const char *dir))
                 CHECK(n <= 64);
                 for (int i = 0; i < n; i++)
                     rows[i] = (struct model_row){c, (int)json_integer_value(json_array_get(p, i)),
-                                                 got + (size_t)i * vocab};
+                                                 got + (size_t)i * vocab, NULL, NULL};
                 if (mode == 0) {
                     CHECK(model_forward_batch(m, rows, n) == 0);
                 } else {
@@ -208,11 +209,104 @@ static void test_hf(struct model *(*open)(const char *dir))
 }
 
 /* The top-1 agreement over every row compared so far (>= 99 %). */
+/* Sampling on the device (model.h's sample rows) against sampling on the host, for a model that
+ * samples on its device (the GPU backend, or its CPU twin). Three contexts run the same tokens
+ * with samplers of the same parameters and seed: A the host path (logits back, sampler_sample),
+ * B the device path (only a token back, its u from B's own generator: gen_device_sample's
+ * contract), C both (logits and the device's token, which must be sampler_pick of those logits
+ * with C's u). A, B and C must pick the same tokens at every step, for greedy and for
+ * temperature, top-k and top-p (the host's and the device's rules agree away from exact ties and
+ * rounding, see sampler.h; these logits have neither), and their generators end in the same
+ * state. Rows are rotated in the batch so the plan's logit rows (host rows first) are reordered.
+ * check_top1 then checks that some sampled tokens were not the argmax (the draw is not vacuous;
+ * tied-embedding models have peaked logits, so it is counted over every model). Returns the
+ * tokens compared. */
+static int check_device_sampling(const char *what, struct model *m)
+{
+    CHECK(model_samples_on_device(m));
+    const struct model_config *c = model_cfg(m);
+    int vocab = c->vocab, compared = 0, off_argmax = 0;
+    const struct sampler_params sets[] = {{0, 1, 0, 0, 0, 0},        {0.9f, 1, 0, 0, 0, 0},
+                                          {1.0f, 1, 8, 0, 0, 0},     {0.8f, 0.9f, 0, 0, 0, 0},
+                                          {1.3f, 0.7f, 40, 0, 0, 0}, {1.0f, 0.5f, 3, 0, 0, 0},
+                                          {6.0f, 0.95f, 0, 0, 0, 0}, {6.0f, 1, 0, 0, 0, 0}};
+    float *la = malloc((size_t)vocab * sizeof *la), *lc = malloc((size_t)vocab * sizeof *lc);
+    CHECK(la && lc);
+    struct model_kv *kv = model_kv_new(m, 9); /* three contexts of 40 positions */
+    CHECK(kv != NULL);
+    for (size_t k = 0; k < sizeof sets / sizeof sets[0]; k++)
+        for (uint64_t seed = 1; seed <= 2; seed++) {
+            struct sampler_params p = sets[k];
+            p.seed = seed * 1000 + k;
+            struct sampler sa, sb, sc, chk;
+            CHECK(sampler_init(&sa, vocab, &p) == 0 && sampler_init(&sb, vocab, &p) == 0);
+            CHECK(sampler_init(&sc, vocab, &p) == 0 && sampler_init(&chk, vocab, &p) == 0);
+            struct model_ctx *ca = model_ctx_new_in(m, kv, 40), *cb = model_ctx_new_in(m, kv, 40),
+                             *cc = model_ctx_new_in(m, kv, 40);
+            CHECK(ca && cb && cc);
+            struct model_row rows[24];
+            struct model_sample mb, mc;
+            int tb = -1, tc = -1, next = -1;
+            for (int step = 0; step < 10; step++) {
+                int plen = step == 0 ? 6 : 1, n = 0;
+                /* u for B and C drawn as the engine does (temperature > 0 only). */
+                mb = (struct model_sample){p.temperature, p.top_p, p.top_k,
+                                           p.temperature > 0 ? sampler_next_u(&sb) : 0.0f};
+                mc = (struct model_sample){p.temperature, p.top_p, p.top_k,
+                                           p.temperature > 0 ? sampler_next_u(&sc) : 0.0f};
+                for (int q = 0; q < 3; q++) {
+                    int who = (q + step) % 3; /* 0 A, 1 B, 2 C */
+                    for (int i = 0; i < plen; i++) {
+                        int tok = step == 0
+                                      ? (int)((seed * 131 + (uint64_t)i * 37) % (vocab - 8)) + 3
+                                      : next;
+                        int last = i == plen - 1;
+                        struct model_row r = {who == 0   ? ca
+                                              : who == 1 ? cb
+                                                         : cc,
+                                              tok, NULL, NULL, NULL};
+                        if (last && who == 0) r.logits = la;
+                        if (last && who == 1) r.sample = &mb, r.token_out = &tb;
+                        if (last && who == 2) r.logits = lc, r.sample = &mc, r.token_out = &tc;
+                        rows[n++] = r;
+                    }
+                }
+                CHECK(model_forward_batch(m, rows, n) == 0);
+                int ta = sampler_sample(&sa, la);
+                int want_c = sampler_pick(&chk, lc, mc.u);
+                if (ta != tb || tb != tc || tc != want_c)
+                    fprintf(stderr,
+                            "%s: params %zu seed %llu step %d: host %d, device %d, "
+                            "device+logits %d (host pick %d)\n",
+                            what, k, (unsigned long long)seed, step, ta, tb, tc, want_c);
+                CHECK_INT_EQ(tb, ta);
+                CHECK_INT_EQ(tc, ta);
+                CHECK_INT_EQ(want_c, ta);
+                off_argmax += p.temperature > 0 && ta != sampler_argmax(la, vocab);
+                compared++;
+                next = ta;
+            }
+            CHECK(sa.rng == sb.rng && sb.rng == sc.rng);
+            model_ctx_free(ca), model_ctx_free(cb), model_ctx_free(cc);
+            sampler_free(&sa), sampler_free(&sb), sampler_free(&sc), sampler_free(&chk);
+        }
+    sampled_runs++, sampled_off_argmax += off_argmax;
+    model_kv_free(kv);
+    free(la), free(lc);
+    printf("%s: %d tokens sampled on the device = on the host (%d not the argmax)\n", what,
+           compared, off_argmax);
+    return compared;
+}
+
 static void check_top1(const char *test)
 {
     printf("%s: top-1 agreement %d / %d rows with a clear reference margin (%d rows compared)\n",
            test, top1_same, top1_total, rows_checked);
     CHECK(top1_total > 0 && top1_same * 100 >= top1_total * 99);
+    if (sampled_runs) {
+        printf("%s: %d sampled tokens were not the argmax\n", test, sampled_off_argmax);
+        CHECK(sampled_off_argmax > 0);
+    }
 }
 
 #endif

@@ -518,10 +518,10 @@ static void test_attention_paged(void)
         bb[0] = 3, bb[1] = 1, bc[0] = 6;
         char A, B, C;
         struct model_dev_row rows[9];
-        rows[0] = (struct model_dev_row){1, 390, ba, 25, &A, NULL};
+        rows[0] = (struct model_dev_row){1, 390, ba, 25, &A, NULL, NULL, NULL};
         for (int i = 0; i < 7; i++)
-            rows[1 + i] = (struct model_dev_row){1, 10 + i, bb, 2, &B, NULL};
-        rows[8] = (struct model_dev_row){1, 5, bc, 1, &C, NULL};
+            rows[1 + i] = (struct model_dev_row){1, 10 + i, bb, 2, &B, NULL, NULL, NULL};
+        rows[8] = (struct model_dev_row){1, 5, bc, 1, &C, NULL, NULL, NULL};
         int32_t buf[8192];
         struct rtc_step st;
         size_t cap = rtc_plan_step_words(n, nblocks, heads / kvh);

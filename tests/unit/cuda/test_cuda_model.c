@@ -3,9 +3,11 @@
  * architecture a small random checkpoint from make-model (Llama with llama3 rope scaling, Qwen2's
  * QKV bias, Qwen3's QK norm, Mistral's sliding window), two contexts from one paged pool, a
  * prompt chunk and a prompt in one batch, then decode steps of both, teacher-forced with the
- * CPU's argmax. Then TP 2 and 4 over the in-process device collective against TP 1, the
- * watchdog on a stuck rank, that no step allocates device memory, and, when present, the Hugging
- * Face goldens (tests/golden/hf or ORP_HF_GOLDEN_DIR).
+ * CPU's argmax; sampling on the GPU (greedy, temperature, top-k, top-p) against the host's
+ * sampler with the same uniforms (model_check.h check_device_sampling). Then TP 2 and 4 over the
+ * in-process device collective against TP 1, the watchdog on a stuck rank, that no step allocates
+ * device memory, and, when present, the Hugging Face goldens (tests/golden/hf or
+ * ORP_HF_GOLDEN_DIR).
  *
  * Tolerances: model_check.h.
  *
@@ -43,10 +45,16 @@ static void test_arch(const char *tmp, const char *arch)
     struct model *g1 = open_cuda(dir, 1, 40);
     snprintf(what, sizeof what, "%s: cuda tp 1 vs cpu", arch);
     run_pair(what, g1, cpu, TOL_ABS, TOL_REL);
+    snprintf(what, sizeof what, "%s: cuda tp 1 sampling on the GPU vs the host", arch);
+    check_device_sampling(what, g1);
     for (int tp = 2; tp <= 4; tp *= 2) {
         struct model *gt = open_cuda(dir, tp, 40);
         snprintf(what, sizeof what, "%s: cuda tp %d (device coll.) vs tp 1", arch, tp);
         run_pair(what, gt, g1, 0.02, 0.01);
+        if (tp == 2) {
+            snprintf(what, sizeof what, "%s: cuda tp 2 sampling on the GPU vs the host", arch);
+            check_device_sampling(what, gt);
+        }
         model_free(gt);
     }
     model_free(g1);

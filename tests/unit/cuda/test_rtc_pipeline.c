@@ -10,6 +10,7 @@
  * here as a whole, and kernel by kernel against the same twins by test_cuda_kernels; only the
  * CUDA code itself is not. Needs no GPU. */
 #include "cpu_ref.h"
+#include "engine.h"
 #include "model_check.h"
 #include "rtc_plan.h"
 
@@ -213,11 +214,30 @@ static void twin_step(struct twin *tw, const struct model_dev_row *rows, int n)
             ref_add_rmsnorm(x[r], o[r], next, xb[r], n, dim, c->eps);
         }
     }
-    /* Rank 0's logits for the rows that want them. */
+    /* Rank 0's logits for the logit rows; the sampled ones drawn by rtc_sample's twin with the
+     * parameters the plan packed (as rank_step does), only the first nhost rows' logits kept. */
+    float *lg = malloc((size_t)st.nlogits * c->vocab * sizeof *lg + 1);
+    int32_t *tok_out = malloc((size_t)st.nlogits * sizeof *tok_out + 1);
+    CHECK(lg && tok_out);
     for (int i = 0; i < st.nlogits; i++) {
         int t = buf[st.off_logit_idx + i];
-        gemm(rows[t].logits, tw->lm_head, xb[0] + (size_t)t * dim, 1, c->vocab, dim);
+        gemm(lg + (size_t)i * c->vocab, tw->lm_head, xb[0] + (size_t)t * dim, 1, c->vocab, dim);
     }
+    if (st.nsample > 0) {
+        struct ref_sample_param *sp = malloc((size_t)st.nlogits * sizeof *sp);
+        CHECK(sp != NULL);
+        CHECK(sizeof *sp == sizeof(struct rtc_sample_param));
+        memcpy(sp, buf + st.off_sample, (size_t)st.nlogits * sizeof *sp);
+        ref_sample(tok_out, lg, sp, st.nlogits, c->vocab);
+        free(sp);
+    }
+    for (int i = 0; i < st.nlogits; i++) {
+        const struct model_dev_row *row = &rows[buf[st.off_logit_idx + i]];
+        CHECK((i < st.nhost) == (row->logits != NULL));
+        if (row->logits) memcpy(row->logits, lg + (size_t)i * c->vocab, c->vocab * sizeof *lg);
+        if (row->sample) *row->token_out = tok_out[i];
+    }
+    free(lg), free(tok_out);
     for (int r = 0; r < tp; r++)
         free(x[r]), free(o[r]), free(xb[r]);
     free(buf);
@@ -248,25 +268,105 @@ static void twin_release(void *self)
     free(self);
 }
 
-static const struct model_dev_ops twin_ops = {"cpu-twin", twin_block_bytes, twin_blocks,
-                                              twin_forward, twin_release};
+/* Samples like the GPU backend; twin_host_ops leaves sampling to the host (as the CPU does), so
+ * the engine over each shows the two paths' tokens for the same seeds. */
+static const struct model_dev_ops twin_ops = {"cpu-twin",   twin_block_bytes, twin_blocks,
+                                              twin_forward, twin_release,     1};
+static const struct model_dev_ops twin_host_ops = {"cpu-twin-host", twin_block_bytes, twin_blocks,
+                                                   twin_forward,    twin_release,     0};
 
-static struct model *twin_open(const char *dir, int tp)
+static struct model *twin_open_ops(const char *dir, int tp, const struct model_dev_ops *ops)
 {
     struct twin *tw = calloc(1, sizeof *tw);
     CHECK(tw != NULL);
     twin_load(tw, dir, tp);
     char err[256];
-    struct model *m = model_new_dev(&tw->c, tp, &twin_ops, tw, err, sizeof err);
+    struct model *m = model_new_dev(&tw->c, tp, ops, tw, err, sizeof err);
     CHECK(m != NULL);
     CHECK_INT_EQ(model_kv_blocks_max(m), NBLOCKS);
     CHECK(model_kv_new(m, NBLOCKS + 1) == NULL); /* more than the backend holds */
     return m;
 }
 
+static struct model *twin_open(const char *dir, int tp)
+{
+    return twin_open_ops(dir, tp, &twin_ops);
+}
+
 static struct model *twin_open_hf(const char *dir)
 {
     return twin_open(dir, 1);
+}
+
+/* The engine over a twin that samples (device path) and over one that does not (host path):
+ * the same requests with the same seeds give the same text, and the device sampled what it may
+ * (not the requests with penalties or logprobs, which the host samples on both). */
+static void engine_text(struct model *m, const struct tok *t, struct buf *texts, int nreq,
+                        uint64_t *dev_sampled)
+{
+    char err[256];
+    struct eng_config ec = {
+        .max_batch = 8, .queue_limit = 16, .prefill_chunk = 32, .kv_blocks = NBLOCKS};
+    struct engine *e = eng_new(m, &ec, err, sizeof err);
+    CHECK(e != NULL);
+    struct eng_req *r[8];
+    for (int i = 0; i < nreq; i++) {
+        int prompt[5] = {3 + i, 10 + 2 * i, 20, 31 + i, 7};
+        struct gen_params p = {.max_new = 14,
+                               .temperature = i == 0 ? 0.0f : 0.6f + 0.15f * i,
+                               .top_p = i % 3 == 1 ? 0.85f : 1.0f,
+                               .top_k = i % 2 ? 12 : 0,
+                               .ignore_eos = 1,
+                               .seed = (uint64_t)i + 11};
+        if (i == 5) p.presence_penalty = 0.5f; /* the host samples these two */
+        if (i == 6) p.logprobs = 1, p.top_logprobs = 2;
+        struct gen g;
+        CHECK(gen_init(&g, m, t, prompt, 5, &p) == 0);
+        CHECK(eng_submit(e, &g, 1, &r[i]) == ENG_OK);
+    }
+    for (int i = 0; i < nreq; i++) {
+        texts[i] = (struct buf){0};
+        CHECK_INT_EQ(eng_wait(r[i], &texts[i]), 1);
+        CHECK_INT_EQ(eng_gen(r[i])->produced, 14);
+    }
+    struct buf met = {0};
+    CHECK(eng_metrics(e, &met) == 0);
+    const char *k = strstr(met.data, "\norp_runtime_device_sampled_tokens_total ");
+    CHECK(k != NULL);
+    *dev_sampled = strtoull(k + strlen("\norp_runtime_device_sampled_tokens_total "), NULL, 10);
+    buf_free(&met);
+    eng_stop(e);
+    for (int i = 0; i < nreq; i++)
+        eng_release(r[i]);
+    eng_free(e);
+}
+
+static void test_engine_sampling(const char *dir)
+{
+    char path[800], err[512];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    struct tok *t = tok_load(path, err, sizeof err);
+    CHECK(t != NULL);
+    enum { NREQ = 7 };
+    struct buf dev[NREQ], host[NREQ];
+    uint64_t ndev = 0, nhost = 0;
+    struct model *md = twin_open_ops(dir, 1, &twin_ops),
+                 *mh = twin_open_ops(dir, 1, &twin_host_ops);
+    engine_text(md, t, dev, NREQ, &ndev);
+    engine_text(mh, t, host, NREQ, &nhost);
+    for (int i = 0; i < NREQ; i++) {
+        CHECK(dev[i].len > 0);
+        CHECK_INT_EQ((int)dev[i].len, (int)host[i].len);
+        CHECK(memcmp(dev[i].data, host[i].data, dev[i].len) == 0);
+        buf_free(&dev[i]), buf_free(&host[i]);
+    }
+    CHECK_INT_EQ((int)nhost, 0);
+    CHECK_INT_EQ((int)ndev, (NREQ - 2) * 14); /* all but the penalties' and the logprobs' */
+    model_free(md), model_free(mh);
+    tok_free(t);
+    printf("test_rtc_pipeline: the engine's text with device sampling = host sampling (%d "
+           "requests, %llu tokens sampled on the device)\n",
+           NREQ, (unsigned long long)ndev);
 }
 
 int main(void)
@@ -286,8 +386,21 @@ int main(void)
             snprintf(what, sizeof what, "%s: the step on the CPU, tp %d, vs model.c", archs[a], tp);
             run_pair(what, tw, cpu, TOL_ABS, TOL_REL);
             model_free(tw);
+            /* The draw follows the logits whatever the architecture, and is rank 0's: Llama at
+             * TP 1 and 2, Qwen3 (its own head_dim) at TP 1 (ref_sample is slow under ASan). */
+            if ((a == 0 && tp <= 2) || (a == 2 && tp == 1)) {
+                tw = twin_open(dir, tp);
+                snprintf(what, sizeof what, "%s: sampling in the step, tp %d", archs[a], tp);
+                check_device_sampling(what, tw);
+                model_free(tw);
+            }
         }
         model_free(cpu);
+    }
+    {
+        char dir[700];
+        snprintf(dir, sizeof dir, "%s/llama", tmp);
+        test_engine_sampling(dir);
     }
     test_hf(twin_open_hf);
     check_top1("test_rtc_pipeline");

@@ -115,9 +115,10 @@ static void test_step(void)
     char A, B, C; /* the sequences' identities */
     struct model_dev_row rows[7];
     for (int i = 0; i < 5; i++) /* A: a prompt chunk, positions 0..4, logits on the last */
-        rows[i] = (struct model_dev_row){100 + i, i, ba, 1, &A, i == 4 ? &lg[0] : NULL};
-    rows[5] = (struct model_dev_row){200, 20, bb, 2, &B, &lg[1]}; /* decode at 20: page 1 */
-    rows[6] = (struct model_dev_row){300, 0, bc, 1, &C, &lg[2]};
+        rows[i] = (struct model_dev_row){100 + i, i, ba, 1, &A, i == 4 ? &lg[0] : NULL, NULL, NULL};
+    rows[5] =
+        (struct model_dev_row){200, 20, bb, 2, &B, &lg[1], NULL, NULL}; /* decode at 20: page 1 */
+    rows[6] = (struct model_dev_row){300, 0, bc, 1, &C, &lg[2], NULL, NULL};
     size_t cap = rtc_plan_step_words(7, 8, 4);
     CHECK(cap <= sizeof buf / sizeof buf[0]);
     CHECK(rtc_plan_step(rows, 7, 4, 2, 264, 2048, buf, cap, &st) == 0);
@@ -139,12 +140,36 @@ static void test_step(void)
     CHECK(it[8] == 5 && it[9] == 1 && it[12] == 6 && it[13] == 1);
     CHECK_INT_EQ(st.nsplit, 1); /* 2 pages: too short to split */
     CHECK(st.words <= cap);
+    CHECK_INT_EQ(st.nhost, 3);
+    CHECK_INT_EQ(st.nsample, 0);
+
+    /* Sampled rows: the host's logit rows first (only they are copied back), then the rows only
+     * sampled, each with its parameters (greedy for a host row); B wants both. */
+    const struct model_sample sb = {0.7f, 0.9f, 40, 0.25f}, sc = {0.0f, 1.0f, 0, 0.0f};
+    int tb, tc;
+    rows[4].logits = NULL, rows[4].sample = &sb, rows[4].token_out = &tb; /* A: sampled only */
+    rows[5].sample = &sb, rows[5].token_out = &tb;                        /* B: both */
+    rows[6].logits = NULL, rows[6].sample = &sc, rows[6].token_out = &tc; /* C: greedy, sampled */
+    CHECK(rtc_plan_step(rows, 7, 4, 2, 264, 2048, buf, cap, &st) == 0);
+    CHECK(st.words <= cap);
+    CHECK_INT_EQ(st.nlogits, 3);
+    CHECK_INT_EQ(st.nhost, 1);
+    CHECK_INT_EQ(st.nsample, 3);
+    lidx = at(buf, st.off_logit_idx);
+    CHECK(lidx[0] == 5 && lidx[1] == 4 && lidx[2] == 6);
+    struct rtc_sample_param sp[3];
+    memcpy(sp, at(buf, st.off_sample), sizeof sp);
+    CHECK(sp[0].temperature == 0.7f && sp[0].top_p == 0.9f && sp[0].u == 0.25f &&
+          sp[0].top_k == 40);
+    CHECK(sp[1].temperature == 0.7f && sp[2].temperature == 0.0f && sp[2].top_p == 1.0f);
+    rows[4].sample = rows[5].sample = rows[6].sample = NULL;
+    rows[4].logits = &lg[0], rows[6].logits = &lg[2];
 
     /* One long decode row (position 4000, 251 pages): few blocks, so split, at most 32. */
     static int many[300];
     for (int i = 0; i < 300; i++)
         many[i] = i;
-    struct model_dev_row one = {5, 4000, many, 300, &A, &lg[0]};
+    struct model_dev_row one = {5, 4000, many, 300, &A, &lg[0], NULL, NULL};
     cap = rtc_plan_step_words(1, 300, 4);
     CHECK(rtc_plan_step(&one, 1, 4, 8, 264, 2048, buf, cap, &st) == 0);
     CHECK_INT_EQ(st.qpw, 1);
@@ -156,8 +181,9 @@ static void test_step(void)
     CHECK_INT_EQ(st.nsplit, 10);
 
     /* Interleaved rows of one sequence are found again; not consecutive in the batch: no run. */
-    struct model_dev_row mix[3] = {
-        {1, 0, ba, 1, &A, NULL}, {2, 5, bc, 1, &B, NULL}, {3, 1, ba, 1, &A, &lg[0]}};
+    struct model_dev_row mix[3] = {{1, 0, ba, 1, &A, NULL, NULL, NULL},
+                                   {2, 5, bc, 1, &B, NULL, NULL, NULL},
+                                   {3, 1, ba, 1, &A, &lg[0], NULL, NULL}};
     cap = rtc_plan_step_words(3, 8, 8);
     CHECK(rtc_plan_step(mix, 3, 8, 1, 264, 2048, buf, cap, &st) == 0);
     CHECK_INT_EQ(st.nseq, 2);
@@ -167,7 +193,7 @@ static void test_step(void)
     CHECK_INT_EQ(st.nitems, 6);
 
     /* A position past the context's blocks, or too small a buffer, is refused. */
-    struct model_dev_row bad = {1, 16, ba, 1, &A, NULL};
+    struct model_dev_row bad = {1, 16, ba, 1, &A, NULL, NULL, NULL};
     CHECK(rtc_plan_step(&bad, 1, 4, 2, 264, 2048, buf, rtc_plan_step_words(1, 8, 4), &st) == -1);
     CHECK(rtc_plan_step(rows, 7, 4, 2, 264, 2048, buf, 10, &st) == -1);
 }

@@ -227,10 +227,11 @@ static void test_batch(const char *mdir)
             CHECK(model_forward(m, c[i], toks[i][t]) != NULL);
     struct model_row rows[8];
     int n = 0;
-    rows[n++] = (struct model_row){c[0], toks[0][5], got};
+    rows[n++] = (struct model_row){c[0], toks[0][5], got, NULL, NULL};
     for (int t = 0; t < 6; t++)
-        rows[n++] = (struct model_row){c[2], toks[2][t], t == 5 ? got + 2 * (size_t)v : NULL};
-    rows[n++] = (struct model_row){c[1], toks[1][5], got + (size_t)v};
+        rows[n++] =
+            (struct model_row){c[2], toks[2][t], t == 5 ? got + 2 * (size_t)v : NULL, NULL, NULL};
+    rows[n++] = (struct model_row){c[1], toks[1][5], got + (size_t)v, NULL, NULL};
     CHECK(model_forward_batch(m, rows, n) == 0);
     CHECK(memcmp(got, want, 3 * (size_t)v * sizeof *got) == 0);
     CHECK_INT_EQ(model_ctx_pos(c[2]), 6);

@@ -351,6 +351,17 @@ static json_t *journal_line(const char *rid)
     exit(1);
 }
 
+/* A request that produced a token has a first-token time, after its start and before its end,
+ * and both are numbers of milliseconds (with microsecond digits). */
+static void check_times(json_t *j)
+{
+    json_t *ttft = json_object_get(j, "ttft_ms"), *dur = json_object_get(j, "duration_ms");
+    CHECK(json_is_number(ttft) && json_is_number(dur));
+    double t = json_number_value(ttft), d = json_number_value(dur);
+    if (!(t > 0 && t <= d && d < 600000)) fprintf(stderr, "ttft_ms %g, duration_ms %g\n", t, d);
+    CHECK(t > 0 && t <= d && d < 600000);
+}
+
 static void test_journal(void)
 {
     json_t *j = journal_line("test-1");
@@ -359,11 +370,14 @@ static void test_journal(void)
     CHECK(json_integer_value(json_object_get(j, "at_ms")) > 1600000000000);
     const char *f = jstr(j, "finish_reason");
     CHECK(f && (!strcmp(f, "length") || !strcmp(f, "stop")));
+    check_times(j);
     json_decref(j);
     j = journal_line("test-stream");
+    check_times(j);
     json_decref(j);
     j = journal_line("test-cancel");
     CHECK_STR_EQ(jstr(j, "finish_reason"), "cancelled");
+    check_times(j); /* it streamed tokens before the hang-up */
     json_decref(j);
     /* Every line is one JSON object; bad requests left no line (test_chat's two sampling
      * requests did). */

@@ -38,8 +38,10 @@ static void batch_of(const struct model *m, float *out)
     for (int i = 0; i < 3; i++)
         CHECK(model_forward(m, a, ta[i]) != NULL);
     int v = model_cfg(m)->vocab;
-    struct model_row rows[] = {
-        {a, ta[3], out}, {b, tb[0], NULL}, {b, tb[1], NULL}, {b, tb[2], out + v}};
+    struct model_row rows[] = {{a, ta[3], out, NULL, NULL},
+                               {b, tb[0], NULL, NULL, NULL},
+                               {b, tb[1], NULL, NULL, NULL},
+                               {b, tb[2], out + v, NULL, NULL}};
     CHECK(model_forward_batch(m, rows, 4) == 0);
     model_ctx_free(a);
     model_ctx_free(b);
