@@ -339,12 +339,13 @@ void ctl_reply_free(struct ctl_reply *r)
 }
 
 enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, json_t *logs,
-                          struct ctl_reply *out)
+                          json_t *disk, struct ctl_reply *out)
 {
     memset(out, 0, sizeof *out);
     json_t *body =
         json_pack("{s:s, s:O, s:O}", "host_id", c->host_id, "replicas", replicas, "usage", usage);
     if (body && logs && json_array_size(logs)) json_object_set(body, "logs", logs);
+    if (body && disk) json_object_set(body, "disk", disk);
     if (!body) {
         log_error("cannot build the heartbeat");
         return CTL_BAD_REPLY;

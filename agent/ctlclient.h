@@ -60,10 +60,11 @@ enum ctl_rc ctl_register(struct ctl *c, json_t *register_body, const char *finge
  * presents the host key we hold (no enrollment token needed). Clears c->registered. */
 void ctl_reregister(struct ctl *c);
 
-/* POSTs a heartbeat with replicas, usage and logs (all borrowed; logs may be NULL: none). On
- * CTL_OK, out is filled (free with ctl_reply_free()). CTL_UNAUTHORIZED clears c->registered. */
+/* POSTs a heartbeat with replicas, usage, logs and disk (all borrowed; logs and disk may be NULL:
+ * none). On CTL_OK, out is filled (free with ctl_reply_free()). CTL_UNAUTHORIZED clears
+ * c->registered. */
 enum ctl_rc ctl_heartbeat(struct ctl *c, json_t *replicas, json_t *usage, json_t *logs,
-                          struct ctl_reply *out);
+                          json_t *disk, struct ctl_reply *out);
 
 /* Parses and validates a heartbeat reply. 0, or -1 with a message in err. Exposed for tests. */
 int ctl_parse_reply(const char *body, size_t len, struct ctl_reply *out, char *err, size_t errlen);

@@ -69,6 +69,8 @@ struct agent_config {
     int64_t runtime_cpu_millis;
     int64_t log_max_bytes;
     int stop_runtimes_on_exit;
+    int64_t completion_probe_s;
+    int64_t unready_restart_s;
     int print_config;
 };
 
@@ -119,6 +121,13 @@ static const struct cfg_opt options[] = {
         "each runtime's cgroup cpu.max in thousandths of a CPU (0: none)", runtime_cpu_millis),
     OPT("log-max-bytes", CFG_INT, "8388608",
         "a runtime's stdout.log / runtime.log is cut back to empty past this size", log_max_bytes),
+    OPT("completion-probe-s", CFG_INT, "15",
+        "a one-token completion must pass before a replica is ready, and runs this often while "
+        "it is (0: /health only)",
+        completion_probe_s),
+    OPT("unready-restart-s", CFG_INT, "30",
+        "a replica that was ready and is not ready again for this long is restarted",
+        unready_restart_s),
     OPT("stop-runtimes-on-exit", CFG_BOOL, "true",
         "stop every runtime on SIGTERM; false leaves them for the next run to adopt (upgrades)",
         stop_runtimes_on_exit),
@@ -178,6 +187,8 @@ static int check_config(const struct agent_config *c, char *err, size_t n)
         snprintf(err, n, "--start-timeout-s must be positive");
     else if (c->runtime_memory_max < 0 || c->runtime_cpu_millis < 0)
         snprintf(err, n, "--runtime-memory-max and --runtime-cpu-millis must not be negative");
+    else if (c->completion_probe_s < 0 || c->completion_probe_s > 3600 || c->unready_restart_s < 1)
+        snprintf(err, n, "--completion-probe-s must be 0..3600 and --unready-restart-s positive");
     else if (c->log_max_bytes < 65536)
         snprintf(err, n, "--log-max-bytes must be at least 65536");
     else if (c->metrics_port < 0 || c->metrics_port > 65535)
@@ -253,8 +264,16 @@ static int inventory_changed(const struct agent_config *cfg, struct inv *inv, js
 
 /* One heartbeat: report, receive the desired list, apply it, advance the usage journals. */
 static enum ctl_rc heartbeat_once(struct ctl *ctl, struct sup *sup, const char *replicas_dir,
-                                  int64_t log_max_bytes, int64_t *heartbeat_ms)
+                                  int64_t log_max_bytes, struct weights *weights,
+                                  int64_t *heartbeat_ms)
 {
+    /* Room for weights, and which models are cached: the scheduler places no replica on a host
+     * that could not hold its model. */
+    json_t *cached = json_array();
+    int64_t free_bytes;
+    weights_disk(weights, &free_bytes, cached);
+    json_t *disk =
+        json_pack("{s:I, s:o}", "free_bytes", (json_int_t)free_bytes, "cached_models", cached);
     json_t *replicas = sup_report(sup);
     json_t *usage = json_array();
     struct usage_batch batch;
@@ -263,7 +282,8 @@ static enum ctl_rc heartbeat_once(struct ctl *ctl, struct sup *sup, const char *
     struct logship_batch lbatch;
     logship_collect(replicas_dir, log_max_bytes, LOGSHIP_MAX_ITEMS, logs, &lbatch);
     struct ctl_reply reply;
-    enum ctl_rc rc = ctl_heartbeat(ctl, replicas, usage, logs, &reply);
+    enum ctl_rc rc = ctl_heartbeat(ctl, replicas, usage, logs, disk, &reply);
+    json_decref(disk);
     json_decref(replicas);
     json_decref(usage);
     json_decref(logs);
@@ -356,6 +376,8 @@ int main(int argc, char **argv)
     scfg.state_dir = cfg.state_dir;
     scfg.port_base = (int)cfg.port_base;
     scfg.start_timeout_ms = cfg.start_timeout_s * 1000;
+    scfg.completion_interval_ms = cfg.completion_probe_s * 1000;
+    scfg.unready_restart_ms = cfg.unready_restart_s * 1000;
     struct cg cg;
     char scope[65], *state_real = realpath(cfg.state_dir, NULL);
     const char *sd = state_real ? state_real : cfg.state_dir;
@@ -458,8 +480,8 @@ int main(int argc, char **argv)
                 revoked = rc == CTL_REVOKED;
             }
             if (ctl.registered) {
-                if (heartbeat_once(&ctl, sup, replicas_dir, cfg.log_max_bytes, &heartbeat_ms) ==
-                    CTL_OK) {
+                if (heartbeat_once(&ctl, sup, replicas_dir, cfg.log_max_bytes, weights,
+                                   &heartbeat_ms) == CTL_OK) {
                     snap.heartbeat_ok++;
                     snap.last_heartbeat_ms = util_now_ms();
                 } else {

@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -48,13 +49,22 @@ extern char **environ;
  * host can run (8 GPUs + CPU slots) many times over, while a misconfigured base fails quickly. */
 #define SUP_PORT_SPAN 1000
 /* Consecutive failed probes before a ready replica counts as not ready: one slow answer under
- * load must not take it out of routing. */
-#define SUP_HEALTH_FAIL_LIMIT 3
+ * load must not take it out of routing. Five (about 7 s of silence with the 1 s timeout and 0.5 s
+ * interval): since the controller honours "not ready" (routing and time billing stop), a runtime
+ * starved of CPU for a few seconds on a loaded host must not flap. */
+#define SUP_HEALTH_FAIL_LIMIT 5
+/* Consecutive failed completion probes before a ready replica counts as not ready: they run 15 s
+ * apart, so two is half a minute of a runtime that answers /health but cannot generate. */
+#define SUP_COMPLETION_FAIL_LIMIT 2
+/* While a loaded runtime has not passed its first completion probe, it is tried this often. */
+#define SUP_COMPLETION_RETRY_MS 1000
 /* A runtime that ran this long before exiting was healthy: its next restart waits only the initial
  * backoff again, instead of the doubled delay earned by a crash loop. */
 #define SUP_BACKOFF_RESET_MS 60000
 /* How long sup_stop_all waits past the SIGKILL for the kernel to let processes go. */
 #define SUP_STOP_ALL_EXTRA_MS 5000
+
+static void cprobe_drop(struct sup_replica *r);
 
 void sup_config_defaults(struct sup_config *cfg)
 {
@@ -71,6 +81,9 @@ void sup_config_defaults(struct sup_config *cfg)
     cfg->probe_timeout_ms = 1000;
     cfg->runtime_uid = -1;
     cfg->runtime_gid = -1;
+    cfg->completion_interval_ms = 15000;
+    cfg->completion_timeout_ms = 10000;
+    cfg->unready_restart_ms = 30000;
 }
 
 static const char *const state_names[] = {
@@ -138,6 +151,7 @@ void sup_free(struct sup *s)
     while (r) {
         struct sup_replica *next = r->next;
         json_decref(r->spec.manifest);
+        cprobe_drop(r);
         free(r);
         r = next;
     }
@@ -553,6 +567,10 @@ static void spawn(struct sup *s, struct sup_replica *r)
     r->kill_reason[0] = '\0';
     r->health_failures = 0;
     r->ready_once = 0;
+    r->was_ready = 0;
+    r->cprobe_failures = 0;
+    r->next_cprobe_ms = 0;
+    cprobe_drop(r);
     r->log_start = log_start;
     r->started_ms = util_now_ms();
     r->adopted = 0;
@@ -869,6 +887,126 @@ static void reap(struct sup *s)
 
 /* ---- probes and timers ---- */
 
+/* A completion probe: POST /v1/completions for one token with the replica's secret, on a thread of
+ * its own (a busy runtime may take seconds, and the agent's loop must not wait on it). The replica
+ * and the thread each hold a reference; whoever lets go last frees it, so a replica that is
+ * stopped or forgotten meanwhile simply abandons its probe. Its request id starts with "probe-":
+ * the usage journal's line for it is not shipped (usage.c), so nobody is billed for probes. */
+struct sup_cprobe {
+    pthread_mutex_t lock;
+    int refs;
+    int done;
+    long status; /* 0: no HTTP answer */
+    char err[160];
+    char url[160];
+    char auth[SUP_SECRET_MAX + 32];
+    char rid[64];
+    long timeout_ms;
+};
+
+static void cprobe_unref(struct sup_cprobe *p)
+{
+    if (!p) return;
+    pthread_mutex_lock(&p->lock);
+    int left = --p->refs;
+    pthread_mutex_unlock(&p->lock);
+    if (left) return;
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static void *cprobe_run(void *arg)
+{
+    struct sup_cprobe *p = arg;
+    static const char body[] = "{\"prompt\":\"ping\",\"max_tokens\":1,\"temperature\":0}";
+    const char *headers[] = {p->auth, p->rid, "Content-Type: application/json", NULL};
+    struct httpc_resp resp;
+    char err[160] = "";
+    int rc = httpc_request("POST", p->url, headers, body, sizeof body - 1, p->timeout_ms, 65536,
+                           &resp, err, sizeof err);
+    pthread_mutex_lock(&p->lock);
+    p->status = rc == 0 ? resp.status : 0;
+    snprintf(p->err, sizeof p->err, "%s", err);
+    p->done = 1;
+    pthread_mutex_unlock(&p->lock);
+    if (rc == 0) buf_free(&resp.body);
+    cprobe_unref(p);
+    return NULL;
+}
+
+/* Starts a completion probe of r unless one is in flight. */
+static void cprobe_start(struct sup *s, struct sup_replica *r)
+{
+    if (r->cprobe) return;
+    struct sup_cprobe *p = calloc(1, sizeof *p);
+    char hex[17];
+    if (!p || util_random_hex(hex, 8) != 0) {
+        free(p);
+        return;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    p->refs = 2;
+    p->timeout_ms = s->cfg.completion_timeout_ms;
+    char health[128];
+    probe_url(s, r->port, health, sizeof health);
+    snprintf(p->url, sizeof p->url, "%.*s/v1/completions", (int)(strlen(health) - 7), health);
+    snprintf(p->auth, sizeof p->auth, "Authorization: Bearer %s", r->spec.secret);
+    snprintf(p->rid, sizeof p->rid, "X-ORP-Request-Id: probe-%s", hex);
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &at, cprobe_run, p) != 0) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        p = NULL;
+    }
+    pthread_attr_destroy(&at);
+    r->cprobe = p;
+}
+
+/* Lets go of r's probe in flight, if any (its answer no longer matters). */
+static void cprobe_drop(struct sup_replica *r)
+{
+    cprobe_unref(r->cprobe);
+    r->cprobe = NULL;
+}
+
+/* Takes the answer of r's completion probe when it came: READY after the first one that passed;
+ * after SUP_COMPLETION_FAIL_LIMIT failures in a row, a ready replica is no longer ready. */
+static void cprobe_check(struct sup *s, struct sup_replica *r, int64_t now)
+{
+    if (!r->cprobe) return;
+    pthread_mutex_lock(&r->cprobe->lock);
+    int done = r->cprobe->done;
+    long status = r->cprobe->status;
+    char err[160];
+    snprintf(err, sizeof err, "%s", r->cprobe->err);
+    pthread_mutex_unlock(&r->cprobe->lock);
+    if (!done) return;
+    cprobe_drop(r);
+    if (status == 200) {
+        r->cprobe_failures = 0;
+        r->next_cprobe_ms = now + s->cfg.completion_interval_ms;
+        if (r->state == SUP_STARTING) {
+            r->was_ready = 1;
+            set_state(r, SUP_READY, "completion probe passed");
+        }
+        return;
+    }
+    r->cprobe_failures++;
+    r->next_cprobe_ms =
+        now + (r->state == SUP_READY ? s->cfg.completion_interval_ms : SUP_COMPLETION_RETRY_MS);
+    if (r->state == SUP_READY && r->cprobe_failures >= SUP_COMPLETION_FAIL_LIMIT) {
+        int n = r->cprobe_failures;
+        r->cprobe_failures = 0;
+        if (status)
+            set_state(r, SUP_STARTING, "completion probe failed %d times (HTTP %ld)", n, status);
+        else
+            set_state(r, SUP_STARTING, "completion probe failed %d times (%s)", n, err);
+    }
+}
+
 static void probe(struct sup *s, struct sup_replica *r, int64_t now)
 {
     if (now < r->next_probe_ms) return;
@@ -883,7 +1021,14 @@ static void probe(struct sup *s, struct sup_replica *r, int64_t now)
     if (status == 200) {
         r->health_failures = 0;
         r->ready_once = 1;
-        if (r->state == SUP_STARTING) set_state(r, SUP_READY, "health check passed");
+        if (r->state != SUP_STARTING) return;
+        if (s->cfg.completion_interval_ms <= 0) {
+            r->was_ready = 1;
+            set_state(r, SUP_READY, "health check passed");
+        } else if (now >= r->next_cprobe_ms) {
+            cprobe_start(s, r); /* ready once a completion passes (cprobe_check) */
+            r->next_cprobe_ms = now + SUP_COMPLETION_RETRY_MS;
+        }
         return;
     }
     if (r->state != SUP_READY) return; /* still loading: the start timeout bounds this */
@@ -908,19 +1053,29 @@ void sup_tick(struct sup *s)
         case SUP_NEW:
             if (r->desired) spawn_when_free(s, r);
             break;
-        case SUP_STARTING:
-            if (r->kill_at_ms == 0 && now - r->state_since_ms > s->cfg.start_timeout_ms) {
-                snprintf(r->kill_reason, sizeof r->kill_reason, "not ready within %.1f s",
-                         (double)s->cfg.start_timeout_ms / 1000.0);
+        case SUP_STARTING: {
+            /* A replica that was ready and is not ready again gets less time than a first load:
+             * it is not serving, and a restart is what usually brings it back. */
+            int64_t limit = r->was_ready ? s->cfg.unready_restart_ms : s->cfg.start_timeout_ms;
+            if (r->kill_at_ms == 0 && now - r->state_since_ms > limit) {
+                snprintf(r->kill_reason, sizeof r->kill_reason, "%s within %.1f s",
+                         r->was_ready ? "not ready again" : "not ready", (double)limit / 1000.0);
                 log_warn("replica %s/%lld: %s: SIGKILL", r->spec.replica_id,
                          (long long)r->spec.epoch, r->kill_reason);
                 signal_group(r, SIGKILL);
                 r->kill_at_ms = now;
+                cprobe_drop(r);
                 break;
             }
+        }
             /* fall through */
         case SUP_READY:
-            if (r->kill_at_ms == 0) probe(s, r, now);
+            if (r->kill_at_ms) break;
+            cprobe_check(s, r, now);
+            if (r->state == SUP_READY && s->cfg.completion_interval_ms > 0 &&
+                now >= r->next_cprobe_ms)
+                cprobe_start(s, r);
+            probe(s, r, now);
             break;
         case SUP_BACKOFF:
             if (!r->desired)
@@ -1043,6 +1198,7 @@ void sup_report_delivered(struct sup *s)
                       (long long)r->spec.epoch);
             *pp = r->next;
             json_decref(r->spec.manifest);
+            cprobe_drop(r);
             free(r);
         } else {
             pp = &r->next;

@@ -12,9 +12,13 @@
  *   NEW       [—]        just created from the desired list; started at once, unless one of its
  *                        devices is still held by a replica being stopped (then at the tick after
  *                        that one is gone).
- *   STARTING  [starting] the process runs; /health has not answered 200 yet (or stopped answering
- *                        for a while after being ready: not routable until it answers again).
- *   READY     [ready]    /health answered 200.
+ *   STARTING  [starting] the process runs; /health has not answered 200 yet, or a completion
+ *                        probe has not passed yet (or it stopped answering either for a while
+ *                        after being ready: not routable until it does again, and killed and
+ *                        restarted when that lasts unready_restart_ms).
+ *   READY     [ready]    /health answered 200 and a one-token completion succeeded; /health is
+ *                        probed every probe_interval_ms and a completion every
+ *                        completion_interval_ms while it runs.
  *   BACKOFF   [failed]   no process: it exited, was killed or could not be spawned; it is started
  *                        again at next_start_ms (1 s doubling to 30 s).
  *   STOPPING  [—]        no longer desired; SIGTERM sent, SIGKILL follows after the grace time.
@@ -102,9 +106,13 @@ struct sup_replica {
     int64_t exit_ms[SUP_EXIT_HISTORY]; /* monotonic times of the latest exits, a ring */
     int nexits;                        /* exits recorded so far (the ring holds the last 16) */
     int ready_once;                    /* the current process has answered /health */
-    int64_t log_start;                 /* runtime.log's size when the current process started */
-    int64_t started_ms;                /* monotonic: when the current process was started */
-    int adopted; /* pid was started by a previous run of the agent, see below */
+    int was_ready;                     /* the current process has been READY */
+    struct sup_cprobe *cprobe;         /* a completion probe in flight (shared with its thread) */
+    int64_t next_cprobe_ms;
+    int cprobe_failures; /* consecutive failed completion probes */
+    int64_t log_start;   /* runtime.log's size when the current process started */
+    int64_t started_ms;  /* monotonic: when the current process was started */
+    int adopted;         /* pid was started by a previous run of the agent, see below */
     unsigned long long
         starttime;             /* adopted: pid's start time in /proc, to tell it from a stranger */
     enum sup_state fetch_from; /* FETCHING: the state it came from */
@@ -122,14 +130,21 @@ struct sup_config {
     int64_t backoff_max_ms;
     int64_t probe_interval_ms;
     long probe_timeout_ms;
-    const struct cg *cg; /* borrowed, may be NULL: runtimes get no cgroup */
-    int64_t memory_max;  /* each runtime's memory.max in bytes (0: no limit) */
-    int64_t cpu_millis;  /* each runtime's cpu.max in thousandths of a CPU (0: no limit) */
-    int64_t runtime_uid; /* runtimes run as this user (-1: as the agent) */
+    /* Completion probes (a one-token completion, on a thread of its own): one must pass before a
+     * replica is ready, and one runs every completion_interval_ms while it is; 0: /health only. */
+    int64_t completion_interval_ms;
+    long completion_timeout_ms;
+    int64_t unready_restart_ms; /* a replica that was ready and is not ready again within this
+                                   long is killed and restarted */
+    const struct cg *cg;        /* borrowed, may be NULL: runtimes get no cgroup */
+    int64_t memory_max;         /* each runtime's memory.max in bytes (0: no limit) */
+    int64_t cpu_millis;         /* each runtime's cpu.max in thousandths of a CPU (0: no limit) */
+    int64_t runtime_uid;        /* runtimes run as this user (-1: as the agent) */
     int64_t runtime_gid;
 };
 
 struct sup_leftover;
+struct sup_cprobe;
 struct weights;
 
 struct sup {

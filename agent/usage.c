@@ -136,10 +136,16 @@ int usage_read_dir(const char *dir, const char *replica_id, int64_t epoch, size_
         if (line[n - 1] != '\n') break; /* still being written: left for a later read */
         struct jsonx_err err = {{0}, {0}};
         json_t *item = parse_line(line, (size_t)n - 1, replica_id, epoch, &err);
+        if (item && !strncmp(json_string_value(json_object_get(item, "request_id")), "probe-", 6)) {
+            /* The agent's own completion probe (supervisor.c): nobody's usage, never billed. */
+            json_decref(item);
+            item = NULL;
+            err.message[0] = '\0';
+        }
         if (item) {
             json_array_append_new(arr, item);
             count++;
-        } else if (n > 1) {
+        } else if (n > 1 && err.message[0]) {
             log_warn("%s: skipping malformed line at byte %lld: %s", p, (long long)off,
                      err.message);
         }

@@ -23,7 +23,7 @@
 #define USAGE_MAX_ITEMS 500
 
 /* Reads complete lines of dir/usage.jsonl from the acknowledged offset and appends up to max_items
- * items to arr, each with replica_id and epoch added (finish_reason is passed on when present).
+ * items to arr (lines of the agent's own completion probes, request ids "probe-…", are skipped), each with replica_id and epoch added (finish_reason is passed on when present).
  * Malformed lines are skipped with a warning (and count as read); a last line without '\n' is
  * left for later. *start_off gets the acknowledged offset, *end_off the offset just past the last
  * line consumed. Returns the number of items appended (0 when the journal does not exist yet), or

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -324,6 +325,46 @@ static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 static void rm_rf(const char *path)
 {
     nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void weights_disk(struct weights *w, int64_t *free_bytes, json_t *cached)
+{
+    struct statvfs sv;
+    *free_bytes = -1;
+    if (statvfs(w->dir, &sv) != 0) return;
+    int64_t fs = (int64_t)sv.f_bavail * (int64_t)sv.f_frsize, used = 0, unused = 0;
+    DIR *d = opendir(w->dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        char p[PATH_MAX + 300];
+        struct stat st;
+        fmt(p, sizeof p, "%s/%s", w->dir, de->d_name);
+        if (de->d_name[0] == '.' || stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+        int64_t bytes = du(p);
+        if (in_use(w, de->d_name))
+            used += bytes;
+        else
+            unused += bytes;
+        /* "<model>-<16 hex>": the model's name is what comes before the digest. */
+        char name[256];
+        fmt(name, sizeof name, "%s", de->d_name);
+        char *dash = strrchr(name, '-');
+        if (!dash || strlen(dash + 1) != 16) continue;
+        *dash = '\0';
+        size_t i;
+        json_t *v;
+        int seen = 0;
+        json_array_foreach(cached, i, v) seen |= !strcmp(json_string_value(v), name);
+        if (!seen) json_array_append_new(cached, json_string(name));
+    }
+    if (d) closedir(d);
+    int64_t room = fs;
+    if (w->max_bytes > 0) {
+        room = fs + unused;
+        if (w->max_bytes - used < room) room = w->max_bytes - used;
+        if (room < 0) room = 0;
+    }
+    *free_bytes = room;
 }
 
 /* Evicts least recently used entries nobody uses until need more bytes fit. */

@@ -78,6 +78,13 @@ enum weights_status weights_ensure(struct weights *w, const char *model, const c
                                    json_t *manifest, char *path, size_t pathlen, int *percent,
                                    char *err, size_t errlen);
 
+/* What the scheduler needs to know of this cache (sent with each heartbeat): *free_bytes, the room
+ * for a new model (the file system's free space; with --cache-max-bytes, at most the limit minus
+ * the entries in use, counting unused entries as room since they would be evicted), -1 when the
+ * cache directory cannot be examined; and in cached (an array, appended to) the names of the models
+ * whose entries are complete here, each once. */
+void weights_disk(struct weights *w, int64_t *free_bytes, json_t *cached);
+
 /* Eviction protects the entries marked in use since the last weights_begin_uses(): call it, then
  * weights_use() for each model a desired replica needs, once per loop turn. */
 void weights_begin_uses(struct weights *w);

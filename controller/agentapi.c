@@ -15,11 +15,12 @@
 #include "replica.h"
 #include "util.h"
 
-#define AGENT_MAX_DEVICES 64    /* per host: an 8-GPU box, or CPU slots for development */
-#define AGENT_MAX_REPLICAS 128  /* reports per heartbeat */
-#define AGENT_MAX_USAGE 1000    /* usage items per heartbeat; the agent sends at most 500 */
-#define AGENT_MAX_LOGS 2000     /* log lines per heartbeat; the agent sends at most 1 000 */
-#define AGENT_LOG_LINE_MAX 4096 /* bytes of one log line; the agent cuts lines at 2 048 */
+#define AGENT_MAX_DEVICES 64        /* per host: an 8-GPU box, or CPU slots for development */
+#define AGENT_MAX_REPLICAS 128      /* reports per heartbeat */
+#define AGENT_MAX_USAGE 1000        /* usage items per heartbeat; the agent sends at most 500 */
+#define AGENT_MAX_LOGS 2000         /* log lines per heartbeat; the agent sends at most 1 000 */
+#define AGENT_LOG_LINE_MAX 4096     /* bytes of one log line; the agent cuts lines at 2 048 */
+#define AGENT_MAX_CACHED_MODELS 256 /* models named in one disk report */
 /* Log lines kept per replica: what a customer scrolls back through in the console; older lines
  * are deleted as new ones arrive, so the table stays bounded by live replicas × this. */
 #define LOGS_KEEP_PER_REPLICA 2000
@@ -332,8 +333,10 @@ out:
 struct beat {
     int64_t host_id;
     json_t *replicas, *usage;
-    json_t *logs;  /* the well-formed log lines, new reference */
-    char *log_ids; /* text[] literal of the replicas they belong to */
+    json_t *logs;        /* the well-formed log lines, new reference */
+    char disk_free[24];  /* "" when not reported */
+    char *cached_models; /* JSON array text, NULL when not reported */
+    char *log_ids;       /* text[] literal of the replicas they belong to */
     size_t logs_acked;
     json_t *desired; /* new reference, built inside the transaction */
     size_t usage_stored;
@@ -533,11 +536,17 @@ static enum db_status beat_txn(PGconn *c, void *arg)
     char hid[24];
     snprintf(hid, sizeof hid, "%lld", (long long)b->host_id);
     const char *p[] = {hid};
+    const char *ps[] = {hid, b->disk_free[0] ? b->disk_free : NULL, b->cached_models};
     enum db_status st =
         db_cmd(c,
-               "INSERT INTO host_seen (host_id, seen_at) VALUES ($1::bigint, now()) "
-               "ON CONFLICT (host_id) DO UPDATE SET seen_at = now()",
-               1, p);
+               "INSERT INTO host_seen (host_id, seen_at, disk_free_bytes, cached_models) "
+               "VALUES ($1::bigint, now(), $2::bigint, "
+               "  ARRAY(SELECT json_array_elements_text($3::json))) "
+               "ON CONFLICT (host_id) DO UPDATE SET seen_at = now(), "
+               "  disk_free_bytes = COALESCE($2::bigint, host_seen.disk_free_bytes), "
+               "  cached_models = CASE WHEN $3::json IS NULL THEN host_seen.cached_models "
+               "    ELSE ARRAY(SELECT json_array_elements_text($3::json)) END",
+               3, ps);
     if (st < 0) return st;
     /* A host that was declared lost and comes back is usable again; its old replicas were
      * already placed elsewhere with new epochs, so its stale reports match nothing. */
@@ -585,6 +594,31 @@ static int pick_logs(struct beat *b, json_t *logs)
     buf_append(&ids, "}", 1);
     b->log_ids = ids.data;
     return 0;
+}
+
+/* Takes the optional "disk" report {"free_bytes": N, "cached_models": ["name", …]} into b. A
+ * malformed one is ignored with a warning: the scheduler then keeps what it knew. */
+static void pick_disk(struct beat *b, json_t *disk)
+{
+    struct jsonx_err je = {0};
+    int64_t free_bytes = -1;
+    json_t *cached = json_object_get(disk, "cached_models"), *v;
+    size_t i;
+    int ok = json_is_object(disk) &&
+             jsonx_get_int(disk, "free_bytes", 1, -1, INT64_MAX, &free_bytes, &je) == JSONX_OK &&
+             json_is_array(cached) && json_array_size(cached) <= AGENT_MAX_CACHED_MODELS;
+    if (ok) json_array_foreach(cached, i, v)
+        {
+            const char *n = json_string_value(v);
+            ok &= n && n[0] && strlen(n) <= 200;
+        }
+    if (!ok) {
+        log_warn("host %lld: the disk report is malformed and was ignored: %s",
+                 (long long)b->host_id, je.message[0] ? je.message : "bad cached_models");
+        return;
+    }
+    if (free_bytes >= 0) snprintf(b->disk_free, sizeof b->disk_free, "%lld", (long long)free_bytes);
+    b->cached_models = jsonx_dump(cached);
 }
 
 /* Stores b->logs once each (a resent line is known by its position) and prunes every replica it
@@ -694,6 +728,8 @@ static void h_heartbeat(struct httpd_req *req)
     }
     b.host_id = db_int(r, 0, 0);
     PQclear(r);
+    json_t *disk = json_object_get(body, "disk");
+    if (disk) pick_disk(&b, disk);
     st = db_txn_run(c, beat_txn, &b);
     /* Logs in a transaction of their own, after the heartbeat's: a problem storing them must not
      * cost the heartbeat, and the heartbeat's locks are not held while they are written. */
@@ -720,6 +756,7 @@ out:
     json_decref(b.usage);
     json_decref(b.logs);
     free(b.log_ids);
+    free(b.cached_models);
     json_decref(body);
 }
 

@@ -334,7 +334,7 @@ static void echo_client_id(struct httpd_req *req)
     if (!id) id = httpd_header(req, "X-Request-Id");
     if (!id) return;
     size_t n = 0;
-    for (; id[n] && n <= GW_CLIENT_ID_MAX; n++)
+    for (; n <= GW_CLIENT_ID_MAX && id[n]; n++)
         if (id[n] < 0x21 || id[n] > 0x7e) return;
     if (n > 0 && n <= GW_CLIENT_ID_MAX) add_header(req, "X-Client-Request-Id", id);
 }

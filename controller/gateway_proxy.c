@@ -52,6 +52,7 @@
 /* Bytes buffered between the runtime and the client before the transfer is paused: enough for
  * thousands of SSE chunks, small enough that 10 000 slow streams fit in RAM. */
 #define PROXY_MAX_BUFFERED (256 * 1024)
+#define PROXY_COMPACT_AT (64 * 1024) /* read bytes dropped from the buffer's front past this */
 /* Non-streaming replies larger than this are refused: the runtime's replies are a few KB. */
 #define PROXY_MAX_REPLY (8 * 1024 * 1024)
 #define PROXY_PING_MS 10000
@@ -63,10 +64,9 @@
 #define GW_LOOP_IDLE_HANDLES 256
 /* Keep-alive connections a loop's cache may hold, over all runtimes. */
 #define GW_LOOP_MAX_CONNECTS 1024L
-/* Connections this gateway process opens to one runtime, over all its loops: the runtime serves
- * each connection with a thread and accepts 256 at most (runtime/server.c), and its agent's
- * probes need some. Requests beyond it wait inside curl for a connection, in order, under their
- * own deadline; the runtime's queue decides what waits longer. */
+/* Connections this gateway process opens to one runtime, over all its loops, when
+ * --replica-max-outstanding is 0: the runtime serves each connection with a thread and accepts
+ * 256 at most (runtime/server.c), and its agent's probes need some. */
 #define GW_REPLICA_CONNECTIONS 192
 #define GW_MAX_LOOPS 64
 #define GW_PARKED_POLL_MS                                                                          \
@@ -127,6 +127,7 @@ struct gw_loop {
     pthread_mutex_t mu;    /* guards inbox and poke */
     struct proxy *inbox;   /* newest first; started in arrival order */
     int poke;              /* a client left or drained a paused stream: look at the transfers */
+    int sleeping;          /* the loop is in (or entering) epoll_wait: new work must write evfd */
     struct proxy *active;  /* loop thread only */
     int64_t last_sweep_ms; /* loop thread only */
     /* Requests waiting because every replica they may use has --replica-max-outstanding
@@ -154,8 +155,12 @@ static void proxy_unref(struct proxy *p)
     free(p);
 }
 
+/* Called with lp->mu held, after adding work: wakes the loop if it sleeps (a busy loop finds the
+ * work on its next turn, and a write per request would cost a system call and an event). */
 static void loop_wake(struct gw_loop *lp)
 {
+    if (!lp->sleeping) return;
+    lp->sleeping = 0;
     uint64_t one = 1;
     if (write(lp->evfd, &one, sizeof one) < 0) { /* EAGAIN: a wake-up is pending anyway */
     }
@@ -166,8 +171,8 @@ static void poke_loop(struct gw_loop *lp)
 {
     pthread_mutex_lock(&lp->mu);
     lp->poke = 1;
-    pthread_mutex_unlock(&lp->mu);
     loop_wake(lp);
+    pthread_mutex_unlock(&lp->mu);
 }
 
 /* MHD side lets go (completion callback): the client is gone or was answered. */
@@ -302,7 +307,13 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
     }
     int ok = p->req != NULL && (p->streaming || p->data.len + n <= PROXY_MAX_REPLY);
     if (ok) {
-        if (p->data_off > 0 && p->data_off == p->data.len) p->data.len = p->data_off = 0;
+        /* What the client has read is dropped from the front, so a long stream read steadily
+         * holds only what is unread, not everything it ever carried. */
+        if (p->data_off > 0 && (p->data_off == p->data.len || p->data_off >= PROXY_COMPACT_AT)) {
+            memmove(p->data.data, p->data.data + p->data_off, p->data.len - p->data_off);
+            p->data.len -= p->data_off;
+            p->data_off = 0;
+        }
         ok = buf_append(&p->data, ptr, n) == 0;
         p->last_data_ms = util_now_ms();
         if (p->streaming) wake_client(p);
@@ -387,6 +398,21 @@ static void finish(struct proxy *p, CURLcode rc)
     proxy_unref(p);
 }
 
+/* A pooled easy handle, or a new one with the options every transfer shares (a reused handle
+ * keeps them: no curl_easy_reset per request). */
+static CURL *handle_get(struct gw_loop *lp)
+{
+    if (lp->nidle > 0) return lp->idle[--lp->nidle];
+    CURL *c = curl_easy_init();
+    if (!c) return NULL;
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    return c;
+}
+
 static void handle_put(struct gw_loop *lp, CURL *c)
 {
     if (lp->nidle < GW_LOOP_IDLE_HANDLES)
@@ -450,7 +476,7 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
         park(lp, p);
         return;
     }
-    CURL *c = i < 0 ? NULL : lp->nidle > 0 ? lp->idle[--lp->nidle] : curl_easy_init();
+    CURL *c = i < 0 ? NULL : handle_get(lp);
     if (!c) {
         finish(p, i < 0 ? last : CURLE_OUT_OF_MEMORY);
         return;
@@ -467,18 +493,14 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
     p->hl = curl_slist_append(p->hl, auth);
     p->hl = curl_slist_append(p->hl, rid);
     p->hl = curl_slist_append(p->hl, "Expect:");
-    curl_easy_reset(c);
+    /* The options every transfer shares were set when the handle was made (handle_get); these
+     * are the request's own. */
     curl_easy_setopt(c, CURLOPT_URL, p->url);
-    curl_easy_setopt(c, CURLOPT_POST, 1L);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, p->hl);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, p->timeout_s);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, p);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, p);
     curl_easy_setopt(c, CURLOPT_PRIVATE, p);
     p->easy = c;
@@ -494,6 +516,20 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
     p->prev = NULL;
     if (lp->active) lp->active->prev = p;
     lp->active = p;
+}
+
+/* A detached thread for the rare paths that block (a held request, a cut stream's reason): 0 or
+ * an errno. Small stacks: they only query and format. */
+static int spawn_detached(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_t th;
+    int err = pthread_create(&th, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return err;
 }
 
 /* ---- a stream cut mid-way ----
@@ -569,13 +605,7 @@ static int explain_cut(struct proxy *p, CURLcode rc)
     ct->p = p;
     ct->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
     snprintf(ct->error, sizeof ct->error, "%s", curl_easy_strerror(rc));
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    pthread_t th;
-    int err = pthread_create(&th, &attr, explain_thread, ct);
-    pthread_attr_destroy(&attr);
+    int err = spawn_detached(explain_thread, ct);
     if (err) free(ct);
     return err ? -1 : 0;
 }
@@ -602,8 +632,13 @@ static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
     }
     p->easy = NULL;
     p->paused = 0;
+    int left = p->req == NULL;
     pthread_mutex_unlock(&p->lock);
     handle_put(lp, c);
+    /* Found by the sweep, or by the write callback refusing bytes for nobody: either way the
+     * connection is closed now, and the runtime stops and meters what it made. */
+    if (left && rc != CURLE_OK)
+        log_info("request %s: the client left; cancelling it upstream", p->request_id);
     if (retry) {
         attempt(lp, p, rc);
         return;
@@ -636,7 +671,6 @@ static void sweep(struct gw_loop *lp)
         if (unpause) p->paused = 0;
         pthread_mutex_unlock(&p->lock);
         if (gone) {
-            log_info("request %s: the client left; cancelling it upstream", p->request_id);
             transfer_done(lp, p, CURLE_ABORTED_BY_CALLBACK);
         } else if (unpause) {
             curl_easy_pause(p->easy, CURLPAUSE_CONT); /* may call on_body at once */
@@ -700,7 +734,16 @@ static void *loop_main(void *arg)
         /* Parked requests: room may open at another loop's replica too; look again soon. */
         if (lp->parked && wait > GW_PARKED_POLL_MS) wait = GW_PARKED_POLL_MS;
         if (wait < 0) wait = 0;
+        pthread_mutex_lock(&lp->mu);
+        if (lp->inbox || lp->poke) wait = 0;
+        lp->sleeping = wait > 0;
+        pthread_mutex_unlock(&lp->mu);
         int n = epoll_wait(lp->epfd, evs, GW_LOOP_EVENTS, (int)wait);
+        if (wait > 0) {
+            pthread_mutex_lock(&lp->mu);
+            lp->sleeping = 0;
+            pthread_mutex_unlock(&lp->mu);
+        }
         for (int i = 0; i < n; i++) {
             if (evs[i].data.fd == lp->evfd) {
                 uint64_t v;
@@ -773,8 +816,12 @@ static int loops_init(struct ctl_listener *l)
             break;
         }
         curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, GW_LOOP_MAX_CONNECTS);
-        curl_multi_setopt(lp->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                          (long)(GW_REPLICA_CONNECTIONS / n > 0 ? GW_REPLICA_CONNECTIONS / n : 1));
+        /* With --replica-max-outstanding the gateway itself keeps requests waiting, in order,
+         * and curl never has to (a transfer curl keeps pending counts its wait against its
+         * deadlines); without it, curl's per-host limit bounds the connections. */
+        int64_t cap = l->ctl->cfg.replica_max_outstanding;
+        long per_host = cap > 0 ? (long)cap : GW_REPLICA_CONNECTIONS / n;
+        curl_multi_setopt(lp->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host > 0 ? per_host : 1L);
         curl_multi_setopt(lp->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
         curl_multi_setopt(lp->multi, CURLMOPT_SOCKETDATA, lp);
         curl_multi_setopt(lp->multi, CURLMOPT_TIMERFUNCTION, on_timer);
@@ -800,8 +847,8 @@ static void submit(struct proxy *p)
     pthread_mutex_lock(&lp->mu);
     p->next = lp->inbox;
     lp->inbox = p;
-    pthread_mutex_unlock(&lp->mu);
     loop_wake(lp);
+    pthread_mutex_unlock(&lp->mu);
 }
 
 /* While the endpoint has no ready replica: look again every GW_HOLD_POLL_MS (a pooled
@@ -871,14 +918,7 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
      * before. */
     pthread_mutex_lock(&p->lock);
     if (p->route.ncand == 0) {
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 256 * 1024);
-        pthread_t th;
-        int err = pthread_create(&th, &attr, hold_thread, p);
-        pthread_attr_destroy(&attr);
-        if (err != 0) {
+        if (spawn_detached(hold_thread, p) != 0) {
             pthread_mutex_unlock(&p->lock);
             pthread_mutex_destroy(&p->lock);
             free(p->body);

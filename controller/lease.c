@@ -389,15 +389,17 @@ static void *lease_thread(void *arg)
         struct lacct *head = l->accts; /* new accounts are pushed in front: this list is stable */
         pthread_mutex_unlock(&l->mu);
         for (struct lacct *a = head; a; a = a->next) {
+            /* Settling and refreshing exclude each other (db_mu): a refresh that read the usage
+             * events before a settle saw them must not then grant room the settle freed, or a
+             * request's cost would count neither in the hold nor in the database. */
+            pthread_mutex_lock(&l->db_mu);
             int dropped = settle(l, a);
             pthread_mutex_lock(&l->mu);
             int64_t now = util_now_ms();
             int idle = a->has_hold && a->npend == 0 && now - a->last_use_ms > LEASE_IDLE_MS;
             int due = a->want || (a->has_hold && now >= a->renew_at_ms) || (a->has_hold && dropped);
             pthread_mutex_unlock(&l->mu);
-            if (!idle && !due) continue;
-            pthread_mutex_lock(&l->db_mu);
-            refresh(l, a, 0, idle);
+            if (idle || due) refresh(l, a, 0, idle);
             pthread_mutex_unlock(&l->db_mu);
         }
         pthread_mutex_lock(&l->mu);

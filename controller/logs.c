@@ -91,7 +91,6 @@ static int append_rows(struct log_stream *ls, PGresult *r)
         free(txt);
         if (id > ls->last_id) ls->last_id = id;
     }
-    if (n) ls->next_keepalive_ms = util_now_ms() + LOGS_KEEPALIVE_MS;
     return n;
 }
 
@@ -167,12 +166,13 @@ static void poll_streams(PGconn *c)
         int wake = 0;
         if (st == DB_ROWS) wake = append_rows(ls, r) > 0;
         int64_t now = util_now_ms();
-        if (!gone && now >= ls->next_keepalive_ms) {
+        int live = ls->req && !ls->finished; /* again: the connection may have ended meanwhile */
+        if (live && now >= ls->next_keepalive_ms) {
             buf_printf(&ls->data, ": keepalive\n\n");
             ls->next_keepalive_ms = now + LOGS_KEEPALIVE_MS;
             wake = 1;
         }
-        if (!gone && (now >= ls->deadline_ms || client_left(ls))) ls->finished = wake = 1;
+        if (live && (now >= ls->deadline_ms || client_left(ls))) ls->finished = wake = 1;
         if (wake && ls->req) httpd_resume(ls->req);
         pthread_mutex_unlock(&ls->lock);
         if (r) PQclear(r);
@@ -347,6 +347,7 @@ static void h_logs(struct httpd_req *req)
     }
     pthread_mutex_init(&ls->lock, NULL);
     ls->refs = 1;
+    ls->fd = -1;
     ls->account = a.account_id;
     snprintf(ls->endpoint_id, sizeof ls->endpoint_id, "%.36s", id); /* a UUID */
     snprintf(ls->replica_id, sizeof ls->replica_id, "%.36s", rep ? rep : "");
@@ -363,10 +364,12 @@ static void h_logs(struct httpd_req *req)
     ctl_db_done(req, c);
     c = NULL;
     if (admit(req, ls, l->ctl->cfg.database_url) != 0) goto out;
-    ls->req = req;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    pthread_mutex_lock(&ls->lock); /* the poller sees it from now on */
+    ls->req = req;
     ls->fd = ci ? ci->connect_fd : -1;
+    pthread_mutex_unlock(&ls->lock);
     req->state = ls;
     req->state_free = stream_state_free;
     ls = NULL; /* the connection's reference now */

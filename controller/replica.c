@@ -14,7 +14,7 @@ static const struct {
 } legal[] = {
     {"assigned", "{pending}"},
     {"downloading", "{assigned,downloading,starting,failed}"},
-    {"starting", "{assigned,downloading,starting,failed}"},
+    {"starting", "{assigned,downloading,starting,ready,failed}"}, /* ready: probes failing */
     {"ready", "{assigned,downloading,starting,ready,failed}"},
     {"failed", "{assigned,downloading,starting,ready,failed}"},
     {"stopping", "{assigned,downloading,starting,ready,failed}"},

@@ -12,9 +12,17 @@
 #include "util.h"
 
 /* A device this request may use. */
+/* strcmp(a, b) == 0, inlined: this runs for every device of every host for every replica. */
+static inline int same_kind(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
 static int usable(const struct sched_device *d, const struct sched_req *rq)
 {
-    return d->free && d->healthy && !strcmp(d->kind, rq->kind) &&
+    return d->free && d->healthy && same_kind(d->kind, rq->kind) &&
            (!rq->gpu_type || !rq->gpu_type[0] || !strcmp(d->model, rq->gpu_type));
 }
 
@@ -90,16 +98,39 @@ static int best_on_host(const struct sched_host *h, const struct sched_req *rq, 
     return 0;
 }
 
+/* 1 when host h lists model among its cached ones. */
+static int has_cached(const struct sched_host *h, const char *model)
+{
+    if (!model || !model[0] || !h->cached[0]) return 0;
+    char key[300];
+    snprintf(key, sizeof key, "\n%s\n", model);
+    return strstr(h->cached, key) != NULL;
+}
+
+/* 1 when h can hold req's weights: nothing to fetch, an agent that does not say, the model already
+ * cached there, or room for it. */
+static int disk_ok(const struct sched_host *h, const struct sched_req *req)
+{
+    return req->bytes <= 0 || h->disk_free < 0 || h->disk_free >= req->bytes ||
+           has_cached(h, req->model);
+}
+
 int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *req, int *chosen,
                 char *why, size_t whylen)
 {
-    int best = -1, best_free = 0, largest = 0, eligible = 0;
+    int best = -1, best_free = 0, largest = 0, eligible = 0, disk_short = 0;
+    int64_t most_disk = 0;
     struct pick bp = {0}, p;
     const char *pool = req->pool && req->pool[0] ? req->pool : NULL;
     for (int h = 0; h < nhosts && req->n > 0 && req->n <= SCHED_MAX_DEVICES; h++) {
         struct sched_host *hh = &hosts[h];
         if (hh->cordoned || (pool && strcmp(pool, hh->pool) != 0)) continue;
         eligible++;
+        if (!disk_ok(hh, req)) {
+            disk_short++;
+            if (hh->disk_free > most_disk) most_disk = hh->disk_free;
+            continue;
+        }
         int nfree = 0;
         uint64_t mask = 0;
         for (int d = 0; d < hh->ndevices; d++)
@@ -142,7 +173,13 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
             const char *k = !strcmp(req->kind, "cpu")           ? "CPU"
                             : req->gpu_type && req->gpu_type[0] ? req->gpu_type
                                                                 : "GPU";
-            if (pool && !eligible)
+            if (disk_short && disk_short == eligible)
+                snprintf(why, whylen,
+                         "no capacity: needs %.1f GiB of free disk for the weights of %s; the "
+                         "hosts have at most %.1f GiB",
+                         (double)req->bytes / (1 << 30), req->model ? req->model : "the model",
+                         (double)most_disk / (1 << 30));
+            else if (pool && !eligible)
                 snprintf(why, whylen, "no capacity: no schedulable host in pool '%s'", pool);
             else
                 snprintf(
@@ -164,6 +201,14 @@ int sched_place(struct sched_host *hosts, int nhosts, const struct sched_req *re
         }
         chosen[j] = bp.dev[k];
         bh->devices[bp.dev[k]].free = 0;
+    }
+    /* The download to come takes its room; the next replica of the model finds it cached. */
+    if (req->bytes > 0 && bh->disk_free >= 0 && !has_cached(bh, req->model)) {
+        bh->disk_free -= req->bytes;
+        size_t len = strlen(bh->cached);
+        if (req->model && len + strlen(req->model) + 3 < sizeof bh->cached)
+            snprintf(bh->cached + len, sizeof bh->cached - len, "%s%s\n", len ? "" : "\n",
+                     req->model);
     }
     return best;
 }
@@ -211,15 +256,39 @@ static int grow_hosts(struct pass *p)
     return 0;
 }
 
+/* A host's device UUIDs by hash, so that reading its NVLink peers costs one comparison per peer
+ * rather than one per peer and device. */
+struct uuid_index {
+    uint64_t hash[SCHED_MAX_DEVICES];
+    size_t len[SCHED_MAX_DEVICES];
+};
+
+static uint64_t fnv1a(const char *s, size_t n)
+{
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * UINT64_C(1099511628211);
+    return h;
+}
+
+static void index_uuids(const struct sched_host *h, struct uuid_index *x)
+{
+    for (int d = 0; d < h->ndevices; d++) {
+        x->len[d] = strlen(h->devices[d].uuid);
+        x->hash[d] = fnv1a(h->devices[d].uuid, x->len[d]);
+    }
+}
+
 /* peers (comma-separated UUIDs of the same host) as a bitmask over h's devices. */
-static uint64_t peer_mask(const struct sched_host *h, const char *peers)
+static uint64_t peer_mask(const struct sched_host *h, const struct uuid_index *x, const char *peers)
 {
     uint64_t m = 0;
     while (*peers) {
         const char *end = strchr(peers, ',');
         size_t len = end ? (size_t)(end - peers) : strlen(peers);
+        uint64_t hv = fnv1a(peers, len);
         for (int d = 0; d < h->ndevices; d++)
-            if (strlen(h->devices[d].uuid) == len && !strncmp(h->devices[d].uuid, peers, len))
+            if (x->hash[d] == hv && x->len[d] == len && !memcmp(h->devices[d].uuid, peers, len))
                 m |= UINT64_C(1) << d;
         peers += len;
         if (*peers == ',') peers++;
@@ -237,8 +306,9 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         c,
         "SELECT g.host_id, g.uuid, g.kind, g.idx, held.uuid IS NULL, "
         "  g.healthy, g.numa_node, array_to_string(g.nvlink_peers, ','), h.pool, h.cordoned, "
-        "  g.model "
+        "  g.model, COALESCE(s.disk_free_bytes, -1), array_to_string(s.cached_models, E'\\n') "
         "FROM gpus g JOIN hosts h ON h.id = g.host_id "
+        "LEFT JOIN host_seen s ON s.host_id = g.host_id "
         "LEFT JOIN (SELECT DISTINCT r.host_id, unnest(r.devices) AS uuid FROM replicas r "
         "           WHERE r.state <> 'stopped' AND r.state <> 'pending') held "
         "  ON held.host_id = g.host_id AND held.uuid = g.uuid "
@@ -246,7 +316,14 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         0, NULL, &r, NULL);
     if (st < 0) return st;
     int rows = PQntuples(r);
+    /* Where each row went (host, device), for reading the peers below; -1: not loaded. */
+    int *where = malloc((size_t)(rows ? rows : 1) * 2 * sizeof *where);
+    if (!where) {
+        PQclear(r);
+        return DB_HARD;
+    }
     for (int i = 0; i < rows; i++) {
+        where[2 * i] = -1;
         int64_t hid = db_int(r, i, 0);
         int h = find_host(p, hid);
         if (h < 0) {
@@ -260,9 +337,15 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
             p->hosts[h].id = hid;
             snprintf(p->hosts[h].pool, sizeof p->hosts[h].pool, "%s", PQgetvalue(r, i, 8));
             p->hosts[h].cordoned = PQgetvalue(r, i, 9)[0] == 't';
+            p->hosts[h].disk_free = db_int(r, i, 11);
+            const char *cm = PQgetvalue(r, i, 12);
+            if (cm[0] && strlen(cm) + 3 < sizeof p->hosts[h].cached)
+                snprintf(p->hosts[h].cached, sizeof p->hosts[h].cached, "\n%s\n", cm);
         }
         struct sched_host *hh = &p->hosts[h];
         if (hh->ndevices == SCHED_MAX_DEVICES) continue;
+        where[2 * i] = h;
+        where[2 * i + 1] = hh->ndevices;
         struct sched_device *d = &hh->devices[hh->ndevices++];
         snprintf(d->uuid, sizeof d->uuid, "%s", PQgetvalue(r, i, 1));
         snprintf(d->kind, sizeof d->kind, "%s", PQgetvalue(r, i, 2));
@@ -274,14 +357,19 @@ static enum db_status load_fleet(PGconn *c, struct pass *p)
         d->peers = 0;
     }
     /* Peers name UUIDs, known only once every device of the host is loaded. */
+    struct uuid_index x;
+    int indexed = -1;
     for (int i = 0; i < rows; i++) {
-        int h = find_host(p, db_int(r, i, 0));
+        int h = where[2 * i];
         if (h < 0) continue;
         struct sched_host *hh = &p->hosts[h];
-        for (int d = 0; d < hh->ndevices; d++)
-            if (!strcmp(hh->devices[d].uuid, PQgetvalue(r, i, 1)))
-                hh->devices[d].peers = peer_mask(hh, PQgetvalue(r, i, 7));
+        if (h != indexed) {
+            index_uuids(hh, &x); /* rows come host by host */
+            indexed = h;
+        }
+        hh->devices[where[2 * i + 1]].peers = peer_mask(hh, &x, PQgetvalue(r, i, 7));
     }
+    free(where);
     PQclear(r);
     return DB_ROWS;
 }
@@ -295,8 +383,13 @@ static enum db_status pass_txn(PGconn *c, void *arg)
     /* SKIP LOCKED: a replica being changed by someone else is placed on the next pass. */
     enum db_status st = db_exec(c,
                                 "SELECT r.id, e.device_kind, e.gpus_per_replica, r.reason, "
-                                "  COALESCE(e.pool, ''), COALESCE(e.gpu_type, '') "
+                                "  COALESCE(e.pool, ''), COALESCE(e.gpu_type, ''), m.name, "
+                                "  CASE WHEN m.source ~ '^(file|https?)://' THEN COALESCE(("
+                                "    SELECT sum((f->>'size')::bigint) "
+                                "    FROM jsonb_array_elements(m.manifest->'files') f), 0) "
+                                "  ELSE 0 END "
                                 "FROM replicas r JOIN endpoints e ON e.id = r.endpoint_id "
+                                "JOIN models m ON m.id = e.model_id "
                                 "WHERE r.state = 'pending' ORDER BY r.created_at, r.ordinal "
                                 "FOR UPDATE OF r SKIP LOCKED",
                                 0, NULL, &pend, NULL);
@@ -318,7 +411,9 @@ static enum db_status pass_txn(PGconn *c, void *arg)
         struct sched_req rq = {.kind = PQgetvalue(pend, i, 1),
                                .n = (int)db_int(pend, i, 2),
                                .pool = PQgetvalue(pend, i, 4),
-                               .gpu_type = PQgetvalue(pend, i, 5)};
+                               .gpu_type = PQgetvalue(pend, i, 5),
+                               .model = PQgetvalue(pend, i, 6),
+                               .bytes = db_int(pend, i, 7)};
         int chosen[SCHED_MAX_DEVICES];
         char why[200];
         int h = p->place(p->hosts, p->nhosts, &rq, chosen, why, sizeof why);

@@ -3,7 +3,8 @@
  * assignments in one transaction. The only code that moves a replica out of 'pending'.
  *
  * Policy: a replica of width N needs N free healthy devices of the endpoint's kind on ONE host
- * that is not cordoned and, when the endpoint names a pool, is in that pool. Which N devices:
+ * that is not cordoned and, when the endpoint names a pool, is in that pool, and whose weights
+ * cache has the model or room for it (when the agent reports its disk). Which N devices:
  *
  *   tier 0  mutual NVLink peers that share a NUMA node
  *   tier 1  mutual NVLink peers
@@ -46,6 +47,8 @@ struct sched_device {
  * devices are exactly `mask` (so any change to a device's free or healthy flag, or another kind,
  * misses it). Zeroed memory is an empty memo. */
 #define SCHED_FIT_WIDTHS 8
+/* Room for the names of the models a host has cached: a few dozen at most on a real host. */
+#define SCHED_CACHED_MAX 2048
 struct sched_fit {
     uint64_t mask;
     char kind; /* the request kind's first letter; 0: empty */
@@ -61,14 +64,21 @@ struct sched_host {
     int ndevices;
     struct sched_device devices[SCHED_MAX_DEVICES];
     struct sched_fit fit[SCHED_FIT_WIDTHS]; /* by width - 1; see sched_fit */
+    int64_t disk_free; /* room for a new model in the agent's weights cache; -1 unknown */
+    char cached[SCHED_CACHED_MAX]; /* models cached there, each as "\n<name>\n" (joined) */
 };
 
-/* What one replica needs. pool NULL or "": any pool; gpu_type NULL or "": any model. */
+/* What one replica needs. pool NULL or "": any pool; gpu_type NULL or "": any model of GPU.
+ * model and bytes: the model's name and the size of its weights when they must be fetched into
+ * the host's cache (0: a local source, or unknown), so that only a host with that much room, or
+ * with the model cached, is chosen. */
 struct sched_req {
     const char *kind;
     int n;
     const char *pool;
     const char *gpu_type;
+    const char *model;
+    int64_t bytes;
 };
 
 /* Chooses a host for req. Returns the index into hosts and fills chosen[0..n) with device

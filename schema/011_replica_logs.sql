@@ -1,4 +1,4 @@
--- 011: the runtimes' log lines, and the replica state 'downloading'.
+-- 011: the runtimes' log lines, the replica state 'downloading', and hosts' free disk.
 --
 -- replica_logs keeps the last lines (LOGS_KEEP_PER_REPLICA in controller/agentapi.c, 2 000) of
 -- each replica's stdout and stderr, shipped by its agent with each heartbeat and streamed to the
@@ -27,3 +27,9 @@ ALTER TABLE replicas DROP CONSTRAINT replicas_state_check;
 ALTER TABLE replicas ADD CONSTRAINT replicas_state_check
     CHECK (state IN ('pending', 'assigned', 'downloading', 'starting', 'ready', 'failed',
                      'stopping', 'stopped'));
+
+-- What each host's agent says of its weights cache with every heartbeat (docs/contracts.md): the
+-- room for a new model, and the models already cached there. The scheduler places a replica whose
+-- model must be fetched only on a host with room for it. NULL: not reported (an older agent).
+ALTER TABLE host_seen ADD COLUMN disk_free_bytes bigint;
+ALTER TABLE host_seen ADD COLUMN cached_models text[] NOT NULL DEFAULT '{}';

@@ -229,6 +229,8 @@ static void run(PGconn *c, const struct opts *o, const struct arrival *a, const 
     res->policy = policy;
     res->first_fail_index = -1;
     sql(c, "DELETE FROM replicas");
+    sql(c,
+        "VACUUM ANALYZE replicas"); /* the second policy must not pay for the first's dead rows */
     rng_state = (uint64_t)o->seed * UINT64_C(0xD1B54A32D192ED03) + 7; /* random fit's own stream */
     struct live *lv = calloc((size_t)o->replicas, sizeof *lv);
     size_t nlive = 0;

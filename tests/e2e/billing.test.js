@@ -19,10 +19,7 @@ const OUT_PRICE = 3000000;
 before(async () => {
   await P.start({ cpuSlots: 2, controllerArgs: ['--billing-period-s', String(PERIOD_S)] });
   // New token prices for the demo model: the database versions them.
-  P.run(bin.controller, ['model', 'add', '--name', 'demo-tiny', '--source', P.modelDir,
-    '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu',
-    '--input-price-micros-per-mtok', String(IN_PRICE),
-    '--output-price-micros-per-mtok', String(OUT_PRICE), '--database-url', P.dbUrl]);
+  P.priceDemoModel(IN_PRICE, OUT_PRICE);
   // A second controller that meters too, without the leader election: only the idempotency
   // keys and row locks stand between the two and a double charge.
   P.spawn('controller2', bin.controller, ['serve', '--database-url', P.dbUrl, '--only', 'none',

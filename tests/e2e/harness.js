@@ -224,6 +224,15 @@ export class Platform {
     await gone;
   }
 
+  // New token prices (micro-units per million tokens) for the demo model, the way an operator
+  // sets them (the database versions them).
+  priceDemoModel(inPrice, outPrice) {
+    this.run(bin.controller, ['model', 'add', '--name', 'demo-tiny', '--source', this.modelDir,
+      '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu',
+      '--input-price-micros-per-mtok', String(inPrice),
+      '--output-price-micros-per-mtok', String(outPrice), '--database-url', this.dbUrl]);
+  }
+
   // Another customer account (its owner's key), made the way an operator does today.
   newAccountKey(email) {
     return this.run(bin.controller, ['account', 'create', '--email', email, '--database-url', this.dbUrl]);

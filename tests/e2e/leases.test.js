@@ -71,7 +71,7 @@ test('a balance that covers N requests admits exactly N of 1,000 concurrent ones
   assert.equal(by[200], N, JSON.stringify(by));
   assert.equal(by[402], TOTAL - N, JSON.stringify(by));
   const refused = results.find((r) => r.status === 402).json.error;
-  assert.equal(refused.code, 'insufficient_balance');
+  assert.equal(refused.code, 'insufficient_balance', JSON.stringify(refused));
   assert.match(refused.message, /balance cannot cover this request/);
 
   // Metering closes the periods: every admitted request is billed, the balance is not below zero.
@@ -86,7 +86,7 @@ test('a balance that covers N requests admits exactly N of 1,000 concurrent ones
     "SELECT COALESCE(-sum(amount_micros), 0)::bigint AS s FROM ledger_entries WHERE endpoint_id = $1 AND kind = 'usage_value'",
     [valueId])).rows[0].s);
   assert.ok(charged > 0n && charged <= BigInt(N) * M, `charged ${charged}`);
-  assert.equal(left, BigInt(N) * M - charged);
+  assert.equal(left, BigInt(N) * M - charged, `balance ${left}, charged ${charged}`);
 
   // The gateway lets go of its hold once nothing is pending (or it lapses after --lease-ttl-s).
   await waitFor('no live hold', async () => (await P.db.query(
@@ -96,7 +96,7 @@ test('a balance that covers N requests admits exactly N of 1,000 concurrent ones
   const more = Number(left / M);
   const again = await Promise.all([...Array(more + 3).keys()].map(() => post(P.adminKey, body)));
   assert.equal(again.filter((r) => r.status === 200).length, more, again.map((r) => r.status).join(','));
-  assert.equal(again.filter((r) => r.status === 402).length, 3);
+  assert.equal(again.filter((r) => r.status === 402).length, 3, again.map((r) => `${r.status} ${r.text}`).join('\n'));
 });
 
 test('time-billed endpoints are unaffected: balance > 0 admits, no hold is taken', { timeout: 180000 }, async () => {

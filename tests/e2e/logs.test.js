@@ -148,6 +148,14 @@ test('a live stream receives lines as they arrive', { timeout: 60000 }, async ()
     got.events.map((e) => e.data.line).join('\n'));
 });
 
+test('a `: keepalive` comment every 15 s', { timeout: 40000 }, async () => {
+  const t0 = Date.now();
+  const got = await readStream(`/v1/endpoints/${epId}/logs?tail=1`, { timeoutMs: 17000, stop: () => false });
+  assert.equal(got.status, 200);
+  assert.ok(got.comments.includes(': keepalive'), JSON.stringify(got.comments));
+  assert.ok(Date.now() - t0 >= 15000);
+});
+
 test('another account gets 404, by key and by session cookie; bad parameters get 400', { timeout: 30000 }, async () => {
   const otherKey = P.newAccountKey('logs-other@example.com');
   const byKey = await fetch(`${P.apiUrl}/v1/endpoints/${epId}/logs`, { headers: { Authorization: `Bearer ${otherKey}` } });

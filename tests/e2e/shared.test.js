@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { Platform, bin, waitFor } from './harness.js';
+import { Platform, waitFor } from './harness.js';
 
 const PERIOD_S = 1;
 const IN_PRICE = 3000000; // micros per million tokens
@@ -22,12 +22,18 @@ async function credit(acct, micros, key) {
   assert.equal(r.status, 201);
 }
 
+// A small chat request to the shared endpoint with key: { status, body }.
+async function callShared(key) {
+  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: 'community', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 }),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
 before(async () => {
   await P.start({ cpuSlots: 1, controllerArgs: ['--billing-period-s', String(PERIOD_S)] });
-  P.run(bin.controller, ['model', 'add', '--name', 'demo-tiny', '--source', P.modelDir,
-    '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu',
-    '--input-price-micros-per-mtok', String(IN_PRICE),
-    '--output-price-micros-per-mtok', String(OUT_PRICE), '--database-url', P.dbUrl]);
+  P.priceDemoModel(IN_PRICE, OUT_PRICE);
   epId = await P.deploy('community', { billing_mode: 'value' });
   adminAcct = await acctOf('admin@example.com');
 }, { timeout: 180000 });
@@ -109,12 +115,9 @@ test('a caller with no credit gets 402, and one at its spend cap gets 402 saying
   await P.db.query(
     "INSERT INTO ledger_entries (account_id, amount_micros, kind, idempotency_key) SELECT $1, -sum(amount_micros), 'adjustment', 'broke' FROM ledger_entries WHERE account_id = $1",
     [await acctOf('broke@example.com')]);
-  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
-    method: 'POST', headers: { Authorization: `Bearer ${broke}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: 'community', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 }),
-  });
+  const res = await callShared(broke);
   assert.equal(res.status, 402);
-  const e = await res.json();
+  const e = res.body;
   assert.equal(e.error.code, 'insufficient_balance');
   assert.equal(e.error.type, 'insufficient_quota');
   assert.match(e.error.message, /add credit/);
@@ -124,12 +127,9 @@ test('a caller with no credit gets 402, and one at its spend cap gets 402 saying
   await credit(acct, 50000000, 'capped-1');
   const q = await P.api('PUT', `/v1/admin/accounts/${acct}/quotas`, { body: { monthly_spend_cap_micros: 0 } });
   assert.equal(q.status, 200);
-  const res2 = await fetch(`${P.gatewayUrl}/chat/completions`, {
-    method: 'POST', headers: { Authorization: `Bearer ${capped}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: 'community', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 }),
-  });
+  const res2 = await callShared(capped);
   assert.equal(res2.status, 402);
-  const e2 = await res2.json();
+  const e2 = res2.body;
   assert.equal(e2.error.code, 'spend_cap_reached');
   assert.match(e2.error.message, /monthly spend cap of 0\.000000 USD is reached/);
 });
@@ -138,10 +138,7 @@ test('withdrawn, it is a 404 for callers again', async () => {
   const key = P.newAccountKey('late@example.com');
   assert.equal((await P.api('PUT', `/v1/admin/endpoints/${epId}/shared`, { body: { shared: false } })).status, 200);
   await new Promise((r) => setTimeout(r, 1100)); // the gateway's route cache
-  const res = await fetch(`${P.gatewayUrl}/chat/completions`, {
-    method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: 'community', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 }),
-  });
+  const res = await callShared(key);
   assert.equal(res.status, 404);
-  assert.equal((await res.json()).error.code, 'model_not_found');
+  assert.equal(res.body.error.code, 'model_not_found');
 });

@@ -86,6 +86,13 @@ before(async () => {
   for (const [name, kind] of [['web-tiny', 'good'], ['bad-tiny', 'bad']])
     P.run(bin.controller, ['model', 'add', '--name', name, '--source', `${base}/${kind}/`, '--manifest', man,
       '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu', '--database-url', P.dbUrl]);
+  // A model whose manifest says it is bigger than any disk (1 PB): never placed.
+  const huge = path.join(P.tmp, 'huge-manifest.json');
+  const hm = manifestOf(P.modelDir);
+  hm.files[0].size = 1e15;
+  fs.writeFileSync(huge, JSON.stringify(hm));
+  P.run(bin.controller, ['model', 'add', '--name', 'huge-tiny', '--source', `${base}/good/`, '--manifest', huge,
+    '--family', 'llama', '--context', '1024', '--device-kinds', 'cpu', '--database-url', P.dbUrl]);
 }, { timeout: 120000 });
 
 after(async () => {
@@ -163,3 +170,24 @@ test('a corrupted file: the replica fails with the sha256 mismatch reason', { ti
   assert.equal((await P.api('DELETE', `/v1/endpoints/${r.json.id}`)).status, 200);
   await sleep(10);
 });
+
+test('the agent reports its cache; a model too big for any host\'s disk stays pending, saying so', { timeout: 30000 }, async () => {
+  // After the test above, web-tiny is cached, and the agent says so with its room left.
+  const seen = await waitFor('the disk report', async () => {
+    const q = await P.db.query('SELECT disk_free_bytes::text AS free, cached_models FROM host_seen');
+    return q.rows[0]?.cached_models.includes('web-tiny') ? q.rows[0] : false;
+  }, 10000, 200);
+  assert.ok(Number(seen.free) > 0, JSON.stringify(seen));
+  assert.ok(!seen.cached_models.includes('bad-tiny'));
+
+  const r = await P.api('POST', '/v1/endpoints', { body: { name: 'huge', model: 'huge-tiny' } });
+  assert.equal(r.status, 201, r.text);
+  const rep = await waitFor('the disk reason', async () => {
+    const g = await P.api('GET', `/v1/endpoints/${r.json.id}`);
+    const s = g.json.replica_states?.[0];
+    return s?.state === 'pending' && /free disk/.test(s.reason) ? s : false;
+  }, 15000, 200);
+  assert.match(rep.reason, /^no capacity: needs 931322\.6 GiB of free disk for the weights of huge-tiny; the hosts have at most [\d.]+ GiB$/);
+  assert.equal((await P.api('DELETE', `/v1/endpoints/${r.json.id}`)).status, 200);
+});
+

@@ -190,7 +190,7 @@ int main(void)
                               "at_ms", (json_int_t)1763712000000);
     desired_reply = "[" GOOD_ENTRY "]";
     struct ctl_reply r;
-    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, &r), CTL_OK);
+    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, NULL, &r), CTL_OK);
     CHECK_INT_EQ(r.ndesired, 1);
     CHECK_STR_EQ(r.desired[0].served_name, "my-endpoint");
     CHECK_INT_EQ(r.usage_acked, 1);
@@ -204,24 +204,24 @@ int main(void)
 
     /* A contract-breaking reply is ignored whole. */
     desired_reply = "[{\"replica_id\":\"r-1\"}]";
-    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, &r), CTL_BAD_REPLY);
+    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, NULL, &r), CTL_BAD_REPLY);
     desired_reply = "[]";
 
     /* The controller forgot us (key rotated by another registration): 401, then register again. */
     pthread_mutex_lock(&mu);
     snprintf(current_key, sizeof current_key, "rotated");
     pthread_mutex_unlock(&mu);
-    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, &r), CTL_UNAUTHORIZED);
+    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, NULL, &r), CTL_UNAUTHORIZED);
     CHECK_INT_EQ(c.registered, 0);
     CHECK_INT_EQ(ctl_register(&c, reg, "fp1", &hb), CTL_OK);
     CHECK_STR_EQ(c.host_key, "key-2");
-    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, &r), CTL_OK);
+    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, NULL, &r), CTL_OK);
     ctl_reply_free(&r);
 
     httpd_stop(srv);
     /* Nobody listening (port 1 refuses): unreachable, not fatal, the key is kept. */
     c.base_url = "http://127.0.0.1:1";
-    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, &r), CTL_UNREACHABLE);
+    CHECK_INT_EQ(ctl_heartbeat(&c, replicas, usage, NULL, NULL, &r), CTL_UNREACHABLE);
     CHECK_INT_EQ(c.registered, 1);
 
     json_decref(replicas);

@@ -125,10 +125,8 @@ static void test_ship_ack_cap(const char *root)
 int main(void)
 {
     log_init("test_agent_logship", "error");
-    char root[256], rdir[300];
-    CHECK(tmpdir_make(root, sizeof root));
-    snprintf(rdir, sizeof rdir, "%s/replicas", root);
-    CHECK(mkdir(rdir, 0755) == 0);
+    char root[256];
+    tmpdir_make_state(root, sizeof root);
     test_times();
     test_ship_ack_cap(root);
     tmpdir_remove(root);

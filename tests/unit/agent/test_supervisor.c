@@ -1,6 +1,7 @@
 /* The supervisor with real child processes: a small shell script stands in for orp-runtime. It
  * records its arguments and environment, then (depending on flag files the test creates) exits
- * with status 3, ignores SIGTERM, serves GET /health with python3, or just sleeps. We check the
+ * with status 3, ignores SIGTERM, serves GET /health and POST /v1/completions (the completion
+ * probe; 500 while the flag nogen exists) with python3, or just sleeps. We check the
  * command line and environment contract, readiness, stopping and reaping, restart with doubling
  * backoff, SIGKILL after the grace time, the start timeout, killing leftovers of a previous
  * run, and adopting them: a runtime that outlives one supervisor is taken over by the next when
@@ -9,6 +10,7 @@
 #include "tmpdir.h"
 
 #include <errno.h>
+#include <curl/curl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -32,14 +34,23 @@ static const char script_text[] =
     "[ -e \"$F/crash\" ] && exit 3\n"
     "[ -e \"$F/ignore_term\" ] && trap '' TERM\n"
     "if [ -e \"$F/serve\" ]; then exec python3 -c '\n"
-    "import http.server, sys\n"
+    "import http.server, os, sys\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
     "    def do_GET(self):\n"
     "        self.send_response(200 if self.path == \"/health\" else 404)\n"
     "        self.end_headers()\n"
+    "    def do_POST(self):\n"
+    "        self.rfile.read(int(self.headers.get(\"Content-Length\", 0)))\n"
+    "        ok = self.path == \"/v1/completions\" and self.headers.get(\"Authorization\") == "
+    "\"Bearer \" + os.environ[\"ORP_REPLICA_SECRET\"]\n"
+    "        with open(sys.argv[2] + \"/probes\", \"a\") as f: "
+    "f.write(str(self.headers.get(\"X-ORP-Request-Id\")) + \"\\n\")\n"
+    "        self.send_response(500 if not ok or os.path.exists(sys.argv[2] + \"/nogen\") else "
+    "200)\n"
+    "        self.end_headers()\n"
     "    def log_message(self, *a): pass\n"
     "http.server.HTTPServer((\"127.0.0.1\", int(sys.argv[1])), H).serve_forever()\n"
-    "' \"$PORT\"; fi\n"
+    "' \"$PORT\" \"$F\"; fi\n"
     "exec sleep 1000\n";
 
 static void flag(const char *name, int on)
@@ -175,7 +186,10 @@ static void test_start_ready_stop(struct sup *s, int have_python)
 
     if (have_python) {
         CHECK(wait_state(s, r, SUP_READY, 10000));
-        CHECK_STR_EQ(r->reason, "health check passed");
+        CHECK_STR_EQ(r->reason, "completion probe passed");
+        char *probes = read_flag_file("probes");
+        CHECK(probes && !strncmp(probes, "probe-", 6)); /* its own request id: never billed */
+        free(probes);
     } else {
         fprintf(stderr, "python3 not found: readiness not tested\n");
     }
@@ -457,9 +471,39 @@ static void test_adopt_stranger(const struct sup_config *cfg)
     sup_free(s);
 }
 
+/* A replica that answers /health but cannot generate: its completion probes fail, it is no longer
+ * ready (so no longer routed or billed), it is killed and restarted after unready_restart_ms, and
+ * it is ready again once generation works. */
+static void test_completion_probe(struct sup *s)
+{
+    flag("serve", 1);
+    flag("nogen", 0);
+    struct sup_spec a = spec("rep-p", 9, "cpu", "CPU-h-0");
+    sup_apply_desired(s, &a, 1);
+    struct sup_replica *r = sup_find(s, "rep-p", 9);
+    CHECK(wait_state(s, r, SUP_READY, 10000));
+    pid_t pid = r->pid;
+    flag("nogen", 1);
+    CHECK(wait_state(s, r, SUP_STARTING, 5000));
+    CHECK_STR_EQ(r->reason, "completion probe failed 2 times (HTTP 500)");
+    CHECK(wait_state(s, r, SUP_BACKOFF, 5000));
+    CHECK(strstr(r->reason, "not ready again within 1.0 s") != NULL);
+    CHECK(process_gone(pid));
+    flag("nogen", 0);
+    CHECK(wait_state(s, r, SUP_READY, 10000));
+    CHECK_INT_EQ(r->restarts, 1);
+    CHECK(r->pid != pid);
+    sup_apply_desired(s, NULL, 0);
+    CHECK(wait_state(s, r, SUP_STOPPED, 3000));
+    json_decref(sup_report(s));
+    sup_report_delivered(s);
+    flag("serve", 0); /* the tests that follow need a runtime that never becomes ready */
+}
+
 int main(void)
 {
     log_init("test_agent_supervisor", "info");
+    curl_global_init(CURL_GLOBAL_DEFAULT); /* before the probe threads use libcurl */
     CHECK(tmpdir_make(root, sizeof root));
     snprintf(flags, sizeof flags, "%s/flags", root);
     snprintf(script, sizeof script, "%s/fake-runtime", root);
@@ -480,10 +524,13 @@ int main(void)
     cfg.stop_grace_ms = 500;
     cfg.probe_interval_ms = 50;
     cfg.probe_timeout_ms = 500;
+    cfg.completion_interval_ms = 100;
+    cfg.unready_restart_ms = 1000;
     struct sup *s = sup_new(&cfg);
     CHECK(s != NULL);
 
     test_start_ready_stop(s, have_python);
+    if (have_python) test_completion_probe(s);
     test_restart_backoff_and_kill(s);
     test_start_timeout(s);
     sup_free(s);

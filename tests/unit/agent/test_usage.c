@@ -160,16 +160,36 @@ static void test_dir_names(void)
     CHECK_INT_EQ(usage_parse_dir_name("x-4a", id, sizeof id, &epoch), -1);
 }
 
+/* The agent's own completion probes (request ids "probe-…") are read past, never shipped. */
+static void test_probes_skipped(const char *root)
+{
+    char dir[512], journal[600];
+    snprintf(dir, sizeof dir, "%s/replicas/rep-p-2", root);
+    CHECK(mkdir(dir, 0755) == 0);
+    snprintf(journal, sizeof journal, "%s/usage.jsonl", dir);
+    write_text(journal,
+               "{\"request_id\":\"probe-0123456789abcdef\",\"prompt_tokens\":2,"
+               "\"completion_tokens\":1,\"at_ms\":5}\n" L1,
+               "w");
+    json_t *arr = json_array();
+    int64_t start, end;
+    CHECK_INT_EQ(usage_read_dir(dir, "rep-p", 2, 500, arr, &start, &end), 1);
+    CHECK_STR_EQ(item_str(arr, 0, "request_id"), "r1");
+    struct stat st;
+    CHECK(stat(journal, &st) == 0);
+    CHECK_INT_EQ(end, st.st_size); /* read past, so acknowledged with the rest */
+    json_decref(arr);
+}
+
 int main(void)
 {
     log_init("test_agent_usage", "warn");
-    char root[256], rdir[300];
-    CHECK(tmpdir_make(root, sizeof root));
-    snprintf(rdir, sizeof rdir, "%s/replicas", root);
-    CHECK(mkdir(rdir, 0755) == 0);
+    char root[256];
+    tmpdir_make_state(root, sizeof root);
     test_dir_names();
     test_read_and_ack(root);
     test_limit_and_collect(root);
+    test_probes_skipped(root);
     tmpdir_remove(root);
     printf("ok\n");
     return 0;

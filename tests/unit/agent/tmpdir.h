@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static inline char *tmpdir_make(char *buf, size_t n)
@@ -13,6 +14,22 @@ static inline char *tmpdir_make(char *buf, size_t n)
     const char *base = getenv("TMPDIR");
     snprintf(buf, n, "%s/orp-agent-test-XXXXXX", base && base[0] ? base : "/tmp");
     return mkdtemp(buf);
+}
+
+/* A temporary directory with an empty replicas/ in it, as an agent's state directory has; exits
+ * the test when it cannot be made. */
+static inline void tmpdir_make_state(char *root, size_t n)
+{
+    char rdir[600];
+    if (!tmpdir_make(root, n)) {
+        fprintf(stderr, "mkdtemp failed\n");
+        exit(1);
+    }
+    snprintf(rdir, sizeof rdir, "%s/replicas", root);
+    if (mkdir(rdir, 0755) != 0) {
+        fprintf(stderr, "cannot create %s\n", rdir);
+        exit(1);
+    }
 }
 
 static int tmpdir_rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)

@@ -245,6 +245,48 @@ static void test_gpu_type(void)
                       "block is 2");
 }
 
+/* Disk: a replica whose weights must be fetched goes only where the weights cache has room or
+ * already holds the model; an agent that reports nothing is not held against; a placement takes
+ * its room, so the next replica of another model sees less; the reason says what is missing. */
+static void test_disk(void)
+{
+    static struct sched_host h[3];
+    int chosen[8];
+    char why[200];
+    const int64_t GiB = INT64_C(1) << 30;
+    gpu_host(&h[0], 1, "a", NVSWITCH, 0); /* best fit would pick it: 6 busy */
+    gpu_host(&h[1], 2, "b", NVSWITCH, 0);
+    for (int i = 2; i < 8; i++)
+        h[0].devices[i].free = 0;
+    h[0].disk_free = 10 * GiB;
+    h[1].disk_free = 200 * GiB;
+    struct sched_req rq = {.kind = "gpu", .n = 2, .model = "llama-70b", .bytes = 140 * GiB};
+    /* Too little room on the tighter host: the other one. */
+    CHECK_INT_EQ(sched_place(h, 2, &rq, chosen, why, sizeof why), 1);
+    CHECK_INT_EQ((int)(h[1].disk_free / GiB), 60);
+    /* The same model again on host 1 needs no more room (it is being fetched there already). */
+    CHECK_INT_EQ(sched_place(h, 2, &rq, chosen, why, sizeof why), 1);
+    CHECK_INT_EQ((int)(h[1].disk_free / GiB), 60);
+    /* Another big model fits nowhere now. */
+    struct sched_req other = {.kind = "gpu", .n = 1, .model = "qwen-72b", .bytes = 145 * GiB};
+    CHECK_INT_EQ(sched_place(h, 2, &other, chosen, why, sizeof why), -1);
+    CHECK_STR_EQ(why, "no capacity: needs 145.0 GiB of free disk for the weights of qwen-72b; the "
+                      "hosts have at most 60.0 GiB");
+    /* Cached on host 0: it goes there whatever the room. */
+    snprintf(h[0].cached, sizeof h[0].cached, "\nmistral\nqwen-72b\n");
+    CHECK_INT_EQ(sched_place(h, 2, &other, chosen, why, sizeof why), 0);
+    CHECK_INT_EQ((int)(h[0].disk_free / GiB), 10);
+    /* A host whose agent does not report its disk (-1), or a local source (0 bytes), is not held
+     * back by disk. */
+    gpu_host(&h[2], 3, "c", NVSWITCH, 0);
+    h[2].disk_free = -1;
+    h[0].cached[0] = '\0';
+    CHECK_INT_EQ(sched_place(h, 3, &other, chosen, why, sizeof why), 2);
+    struct sched_req local = {.kind = "gpu", .n = 1, .model = "demo", .bytes = 0};
+    h[2].disk_free = 0;
+    CHECK(sched_place(&h[2], 1, &local, chosen, why, sizeof why) == 0);
+}
+
 int main(void)
 {
     test_gpu_type();
@@ -254,6 +296,7 @@ int main(void)
     test_numa();
     test_unhealthy();
     test_pools_and_cordon();
+    test_disk();
 
     CHECK(api_is_uuid("5f92d1d8-aa16-41bb-93b4-a72c51180ba0"));
     CHECK(!api_is_uuid("5f92d1d8-aa16-41bb-93b4-a72c51180ba"));
