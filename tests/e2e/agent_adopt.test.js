@@ -123,5 +123,6 @@ test('a replica no longer desired when the agent comes back is stopped: no orpha
   await waitFor('the replica to be stopped', async () => (await replicaRow()).state === 'stopped', 20000, 200);
   assert.match(P.log('agent-back'), new RegExp(`killing runtime pid ${pid} left by a previous run`));
   const m = P.log('agent-back').match(/cgroups: runtimes in (\S+)\/<replica>-<epoch>/);
-  if (m) assert.ok(!fs.existsSync(`${m[1]}/${rep.id}-${rep.epoch}`), 'its cgroup is gone');
+  // The agent removes the cgroup once the killed runtime has left it, after the process is gone.
+  if (m) await waitFor('its cgroup to be gone', async () => !fs.existsSync(`${m[1]}/${rep.id}-${rep.epoch}`), 5000, 50);
 });

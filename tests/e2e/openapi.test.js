@@ -105,9 +105,12 @@ test('happy-path replies validate against the schemas', async () => {
   assert.equal(ledger.has_more, true);
   assert.ok(ledger.next_starting_after);
   assert.ok((await api('GET', '/v1/billing/usage', '/v1/billing/usage?granularity=minute')).data.length >= 1);
-  const stats = await api('GET', '/v1/endpoints/{id}/stats', `/v1/endpoints/${id}/stats?granularity=minute`);
+  // The chat request's usage event comes with an agent heartbeat, not with the charge above.
+  const stats = await waitFor('the chat request in the stats', async () => {
+    const s = await api('GET', '/v1/endpoints/{id}/stats', `/v1/endpoints/${id}/stats?granularity=minute`);
+    return s.data.reduce((n, p) => n + p.requests, 0) >= 1 ? s : false;
+  }, 30000, 300);
   assert.equal(stats.data.length, 60);
-  assert.ok(stats.data.reduce((n, p) => n + p.requests, 0) >= 1);
   const month = new Date().toISOString().slice(0, 7);
   const stmt = await api('GET', '/v1/billing/statements/{month}', `/v1/billing/statements/${month}`);
   assert.ok(stmt.lines.some((l) => l.kind === 'usage_time') && stmt.lines.some((l) => l.kind === 'credit'));
