@@ -282,6 +282,24 @@ static const struct {
     {"drain", "t", "t"},
 };
 
+/* Runs sql, an UPDATE of one host RETURNING its JSON, into *host (new reference). DB_NONE when no
+ * row matched (no such host, or a revoked one). */
+static enum db_status host_update(PGconn *c, const char *sql, int n, const char *const *p,
+                                  json_t **host)
+{
+    *host = NULL;
+    PGresult *r;
+    enum db_status st = db_exec(c, sql, n, p, &r, NULL);
+    if (st != DB_ROWS) {
+        if (st == DB_NONE) PQclear(r);
+        return st;
+    }
+    json_error_t je;
+    *host = json_loads(PQgetvalue(r, 0, 0), 0, &je);
+    PQclear(r);
+    return *host ? DB_ROWS : DB_HARD;
+}
+
 enum db_status hosts_set_schedulable(PGconn *c, const char *id, const char *action, json_t **host)
 {
     *host = NULL;
@@ -291,23 +309,15 @@ enum db_status hosts_set_schedulable(PGconn *c, const char *id, const char *acti
         k++;
     if (k == sizeof host_actions / sizeof host_actions[0]) return DB_HARD;
     const char *p[] = {id, host_actions[k].cordoned, host_actions[k].draining};
-    PGresult *r;
     /* A revoked host is not found: it schedules nothing either way. */
-    enum db_status st = db_exec(
+    enum db_status st = host_update(
         c,
         "UPDATE hosts SET cordoned = $2::boolean, draining = COALESCE($3::boolean, draining), "
         "  updated_at = now() WHERE id = $1::bigint AND state <> 'revoked' "
         "RETURNING json_build_object('object', 'host', 'id', id::text, 'name', name, "
         "  'state', state, 'cordoned', cordoned, 'draining', draining)",
-        3, p, &r, NULL);
-    if (st != DB_ROWS) {
-        if (st == DB_NONE) PQclear(r);
-        return st;
-    }
-    json_error_t je;
-    *host = json_loads(PQgetvalue(r, 0, 0), 0, &je);
-    PQclear(r);
-    if (!*host) return DB_HARD;
+        3, p, host);
+    if (st != DB_ROWS) return st;
     log_info("host %s: %s", id, action);
     return DB_ROWS;
 }
@@ -349,24 +359,14 @@ static void h_drain(struct httpd_req *req)
  * reference), DB_NONE when there is no such host or it was revoked. */
 static enum db_status set_labels(PGconn *c, const char *id, const char *labels, json_t **host)
 {
-    *host = NULL;
     const char *p[] = {id, labels};
-    PGresult *r;
-    enum db_status st =
-        db_exec(c,
-                "UPDATE hosts SET labels = $2::jsonb, updated_at = now() "
-                "WHERE id = $1::bigint AND state <> 'revoked' "
-                "RETURNING json_build_object('object', 'host', 'id', id::text, 'name', name, "
-                "  'state', state, 'labels', labels)",
-                2, p, &r, NULL);
-    if (st != DB_ROWS) {
-        if (st == DB_NONE) PQclear(r);
-        return st;
-    }
-    json_error_t je;
-    *host = json_loads(PQgetvalue(r, 0, 0), 0, &je);
-    PQclear(r);
-    if (!*host) return DB_HARD;
+    enum db_status st = host_update(c,
+                                    "UPDATE hosts SET labels = $2::jsonb, updated_at = now() "
+                                    "WHERE id = $1::bigint AND state <> 'revoked' "
+                                    "RETURNING json_build_object('object', 'host', 'id', id::text, "
+                                    "  'name', name, 'state', state, 'labels', labels)",
+                                    2, p, host);
+    if (st != DB_ROWS) return st;
     log_info("host %s: labels %s", id, labels);
     return DB_ROWS;
 }
