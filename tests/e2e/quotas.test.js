@@ -181,8 +181,11 @@ test('a scripted burst against a rate limit admits burst + rate × t (± 1)', as
   assert.ok(results.every((r) => r.status === 429 || r.status === 404), results.map((r) => r.status).join(','));
   // t as the limiter saw it: from the first request's arrival to the last one's, by the gateway's
   // own access log (a loaded machine delays some sends; the client's clock would misplace them).
-  const at = P.log('controller').slice(logFrom).split('\n')
-    .filter((l) => / gateway POST \/v1\/chat\/completions (404|429) /.test(l)).map((l) => Date.parse(l.slice(0, 24)));
+  // The access-log line is written after the reply is sent: wait until every one is there.
+  const lines = () => P.log('controller').slice(logFrom).split('\n')
+    .filter((l) => / gateway POST \/v1\/chat\/completions (404|429) /.test(l));
+  await waitFor('every request in the access log', async () => lines().length >= results.length, 10000, 50);
+  const at = lines().map((l) => Date.parse(l.slice(0, 24)));
   assert.equal(at.length, results.length);
   const t = (Math.max(...at) - Math.min(...at)) / 1000;
   const want = BURST + (RATE / 60) * t;
