@@ -259,15 +259,25 @@ static void add_header(struct httpd_req *req, const char *name, const char *valu
     if (w < 0 || (size_t)w >= sizeof req->extra_headers - n) req->extra_headers[n] = '\0';
 }
 
-static void rate_headers(struct httpd_req *req, const struct rl_result *r)
+/* A limiter's three headers: names[0..2] for the limit, what remains, and the reset (printed with
+ * reset_unit after the number: "" or OpenAI's "s"). */
+static void limit_headers(struct httpd_req *req, const struct rl_result *r,
+                          const char *const names[3], const char *reset_unit)
 {
     char v[24];
     snprintf(v, sizeof v, "%lld", (long long)r->limit);
-    add_header(req, "RateLimit-Limit", v);
+    add_header(req, names[0], v);
     snprintf(v, sizeof v, "%lld", (long long)r->remaining);
-    add_header(req, "RateLimit-Remaining", v);
-    snprintf(v, sizeof v, "%lld", (long long)r->reset_s);
-    add_header(req, "RateLimit-Reset", v);
+    add_header(req, names[1], v);
+    snprintf(v, sizeof v, "%lld%s", (long long)r->reset_s, reset_unit);
+    add_header(req, names[2], v);
+}
+
+static void rate_headers(struct httpd_req *req, const struct rl_result *r)
+{
+    static const char *const names[3] = {"RateLimit-Limit", "RateLimit-Remaining",
+                                          "RateLimit-Reset"};
+    limit_headers(req, r, names, "");
 }
 
 /* CORS for the console's playground, which runs on the API listener's origin and calls this
@@ -383,13 +393,9 @@ static int64_t max_cost(const struct httpd_req *req, json_t *body, const struct 
 /* OpenAI's token rate headers, on every reply of this request. */
 static void token_headers(struct httpd_req *req, const struct rl_result *r)
 {
-    char v[24];
-    snprintf(v, sizeof v, "%lld", (long long)r->limit);
-    add_header(req, "x-ratelimit-limit-tokens", v);
-    snprintf(v, sizeof v, "%lld", (long long)r->remaining);
-    add_header(req, "x-ratelimit-remaining-tokens", v);
-    snprintf(v, sizeof v, "%llds", (long long)r->reset_s);
-    add_header(req, "x-ratelimit-reset-tokens", v);
+    static const char *const names[3] = {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                                          "x-ratelimit-reset-tokens"};
+    limit_headers(req, r, names, "s");
 }
 
 /* The account's tokens per minute (quotas.tokens_per_min): the request's most tokens (body bytes
