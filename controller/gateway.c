@@ -276,7 +276,7 @@ static void limit_headers(struct httpd_req *req, const struct rl_result *r,
 static void rate_headers(struct httpd_req *req, const struct rl_result *r)
 {
     static const char *const names[3] = {"RateLimit-Limit", "RateLimit-Remaining",
-                                          "RateLimit-Reset"};
+                                         "RateLimit-Reset"};
     limit_headers(req, r, names, "");
 }
 
@@ -394,7 +394,7 @@ static int64_t max_cost(const struct httpd_req *req, json_t *body, const struct 
 static void token_headers(struct httpd_req *req, const struct rl_result *r)
 {
     static const char *const names[3] = {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
-                                          "x-ratelimit-reset-tokens"};
+                                         "x-ratelimit-reset-tokens"};
     limit_headers(req, r, names, "s");
 }
 
