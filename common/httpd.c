@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +25,25 @@
  * beyond it the connection is cut: reading more would let one client make us swallow gigabytes. */
 #define HTTPD_DISCARD_LIMIT (16u * 1024 * 1024)
 
+/* Connections per client address, for a listener driven by external loops: its daemons do not
+ * share MHD's own per-address counts, so the listener keeps them (a chained hash of IPv4
+ * addresses; an entry lives while the address holds a connection). */
+#define HTTPD_IP_BUCKETS 1024
+struct ip_count {
+    uint32_t ip;
+    unsigned n;
+    struct ip_count *next;
+};
+
 struct httpd_server {
     struct httpd_config cfg;
-    struct MHD_Daemon *d;
+    struct MHD_Daemon *d; /* internal mode: the one daemon (with its threads) */
+    /* External loops (cfg.external_loops): one daemon per loop, all on listen_fd. */
+    struct MHD_Daemon **loop_d;
+    int nloops;
+    int listen_fd;
+    pthread_mutex_t ip_lock;
+    struct ip_count *ips[HTTPD_IP_BUCKETS];
     int port;
     int stopping;
     pthread_mutex_t lock; /* guards the suspended list */
@@ -495,26 +513,191 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
     log_warn("%s listener: libmicrohttpd: %s", s->cfg.name, msg);
 }
 
+/* ---- per-address limits for external loops ---- */
+
+static struct ip_count **ip_slot(struct httpd_server *s, uint32_t ip)
+{
+    struct ip_count **pp = &s->ips[(ip * 2654435761u) >> 22];
+    while (*pp && (*pp)->ip != ip)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* MHD's accept policy: refuse an address that already holds per_ip_limit connections. Counted
+ * when MHD reports the connection started, so connections accepted at the same instant on two
+ * loops may pass the limit by the number of loops at most. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    struct httpd_server *s = cls;
+    if (!s->cfg.per_ip_limit || addr->sa_family != AF_INET || len < sizeof(struct sockaddr_in))
+        return MHD_YES;
+    uint32_t ip = ((const struct sockaddr_in *)addr)->sin_addr.s_addr;
+    pthread_mutex_lock(&s->ip_lock);
+    struct ip_count *e = *ip_slot(s, ip);
+    int ok = !e || e->n < s->cfg.per_ip_limit;
+    pthread_mutex_unlock(&s->ip_lock);
+    return ok ? MHD_YES : MHD_NO;
+}
+
+/* Counts a connection in when it starts and out when it closes (*socket_context marks one that
+ * was counted). */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct httpd_server *s = cls;
+    if (!s->cfg.per_ip_limit) return;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (!ci || !ci->client_addr || ci->client_addr->sa_family != AF_INET) return;
+        uint32_t ip = ((const struct sockaddr_in *)ci->client_addr)->sin_addr.s_addr;
+        pthread_mutex_lock(&s->ip_lock);
+        struct ip_count **pp = ip_slot(s, ip);
+        if (!*pp && (*pp = calloc(1, sizeof **pp)) != NULL) (*pp)->ip = ip;
+        if (*pp) {
+            (*pp)->n++;
+            *socket_context = (void *)(uintptr_t)((uint64_t)ip | (1ull << 32));
+        }
+        pthread_mutex_unlock(&s->ip_lock);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        uint32_t ip = (uint32_t)(uintptr_t)*socket_context;
+        *socket_context = NULL;
+        pthread_mutex_lock(&s->ip_lock);
+        struct ip_count **pp = ip_slot(s, ip), *e = *pp;
+        if (e && --e->n == 0) {
+            *pp = e->next;
+            free(e);
+        }
+        pthread_mutex_unlock(&s->ip_lock);
+    }
+}
+
+/* The listening socket that the daemons of external loops share (non-blocking: a loop that
+ * loses the race for a connection must not wait in accept). -1 with err set. */
+static int listen_socket(const struct sockaddr_in *sa, const struct httpd_config *cfg, char *err,
+                         size_t errlen)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, (const struct sockaddr *)sa, sizeof *sa) != 0 || listen(fd, SOMAXCONN) != 0) {
+        snprintf(err, errlen, "%s listener: cannot listen on %s:%d (in use?)", cfg->name, cfg->host,
+                 cfg->port);
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void server_free(struct httpd_server *s)
+{
+    for (int i = 0; i < HTTPD_IP_BUCKETS; i++)
+        for (struct ip_count *e = s->ips[i], *nx; e; e = nx) {
+            nx = e->next;
+            free(e);
+        }
+    free(s->loop_d);
+    pthread_mutex_destroy(&s->ip_lock);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* Resumes every suspended connection (their handlers see httpd_stopping and finish), giving
+ * them up to a second to be answered; run_daemons (external loops) drives the daemons meanwhile,
+ * the caller's loops having stopped. */
+static void resume_all(struct httpd_server *s, int run_daemons)
+{
+    for (int round = 0; round < 100; round++) {
+        pthread_mutex_lock(&s->lock);
+        struct httpd_req *r = s->suspended;
+        pthread_mutex_unlock(&s->lock);
+        if (!r) break;
+        httpd_resume(r);
+        for (int i = 0; run_daemons && i < s->nloops; i++)
+            MHD_run(s->loop_d[i]);
+        util_sleep_ms(10);
+    }
+}
+
+/* Stops the daemons of external loops (whose loops no longer run) and closes their socket. */
+static void stop_external(struct httpd_server *s)
+{
+    s->stopping = 1;
+    resume_all(s, 1);
+    for (int i = 0; i < s->nloops; i++) {
+        MHD_quiesce_daemon(s->loop_d[i]); /* the socket is shared: closed once, below */
+        MHD_stop_daemon(s->loop_d[i]);
+    }
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    server_free(s);
+}
+
+/* External loops: cfg.threads daemons without threads of their own, on one listening socket
+ * (each accepts from it; a connection stays with the daemon that accepted it), driven by the
+ * application's loops through httpd_loop_run. MHD's connection limit is per daemon, so each gets
+ * its share of cfg.conn_limit (as MHD's own thread pool divides it); the per-address limit is
+ * the server's (on_accept). */
+static struct httpd_server *start_external(struct httpd_server *s, unsigned flags,
+                                           const struct sockaddr_in *sa,
+                                           struct MHD_OptionItem *extra, char *err, size_t errlen)
+{
+    const struct httpd_config *cfg = &s->cfg;
+    flags &= ~(unsigned)MHD_USE_INTERNAL_POLLING_THREAD;
+    flags |= MHD_USE_EPOLL;
+    int n = cfg->threads > 0 ? cfg->threads : 1;
+    unsigned limit = cfg->conn_limit ? cfg->conn_limit : 1000u;
+    unsigned share = (limit + (unsigned)n - 1) / (unsigned)n;
+    s->listen_fd = listen_socket(sa, cfg, err, errlen);
+    s->loop_d = calloc((size_t)n, sizeof *s->loop_d);
+    if (s->listen_fd < 0 || !s->loop_d) {
+        if (s->listen_fd >= 0) close(s->listen_fd);
+        if (!err[0]) snprintf(err, errlen, "%s listener: out of memory", cfg->name);
+        server_free(s);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        s->loop_d[i] = MHD_start_daemon(
+            flags, 0, on_accept, s, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+            MHD_OPTION_LISTEN_SOCKET, s->listen_fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT, share,
+            MHD_OPTION_CONNECTION_TIMEOUT, cfg->conn_timeout_s ? cfg->conn_timeout_s : 60u,
+            MHD_OPTION_ARRAY, extra, MHD_OPTION_END);
+        if (!s->loop_d[i]) {
+            snprintf(err, errlen, "%s listener: cannot start loop %d of %d", cfg->name, i + 1, n);
+            s->nloops = i;
+            stop_external(s);
+            return NULL;
+        }
+    }
+    s->nloops = n;
+    struct sockaddr_in bound;
+    socklen_t bl = sizeof bound;
+    s->port = getsockname(s->listen_fd, (struct sockaddr *)&bound, &bl) == 0 ? ntohs(bound.sin_port)
+                                                                             : cfg->port;
+    return s;
+}
+
 struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size_t errlen)
 {
     struct httpd_server *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->cfg = *cfg;
+    s->listen_fd = -1;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->ip_lock, NULL);
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)cfg->port);
     if (inet_pton(AF_INET, cfg->host ? cfg->host : "127.0.0.1", &sa.sin_addr) != 1) {
         snprintf(err, errlen, "%s listener: bad bind address '%s'", cfg->name, cfg->host);
-        free(s);
+        server_free(s);
         return NULL;
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     int tls = cfg->tls_cert_pem && cfg->tls_key_pem;
     if (tls && !httpd_tls_supported()) {
         snprintf(err, errlen, "%s listener: this libmicrohttpd has no TLS support", cfg->name);
-        pthread_mutex_destroy(&s->lock);
-        free(s);
+        server_free(s);
         return NULL;
     }
     if (tls) flags |= MHD_USE_TLS;
@@ -527,6 +710,7 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
         {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cfg->tls_cert_pem},
         {MHD_OPTION_END, 0, NULL},
     };
+    if (cfg->external_loops) return start_external(s, flags, &sa, extra, err, errlen);
     if (cfg->thread_per_connection)
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
     else
@@ -548,8 +732,7 @@ struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size
     if (!s->d) {
         snprintf(err, errlen, "%s listener: cannot listen on %s:%d (in use?)", cfg->name, cfg->host,
                  cfg->port);
-        pthread_mutex_destroy(&s->lock);
-        free(s);
+        server_free(s);
         return NULL;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
@@ -575,19 +758,34 @@ int httpd_stopping(const struct httpd_server *s)
 void httpd_stop(struct httpd_server *s)
 {
     if (!s) return;
+    if (s->nloops) {
+        stop_external(s);
+        return;
+    }
     s->stopping = 1;
     /* MHD cannot stop with suspended connections: resume them all; their handlers see
      * httpd_stopping() and finish. */
     MHD_quiesce_daemon(s->d);
-    for (int round = 0; round < 100; round++) {
-        pthread_mutex_lock(&s->lock);
-        struct httpd_req *r = s->suspended;
-        pthread_mutex_unlock(&s->lock);
-        if (!r) break;
-        httpd_resume(r);
-        util_sleep_ms(10);
-    }
+    resume_all(s, 0);
     MHD_stop_daemon(s->d);
-    pthread_mutex_destroy(&s->lock);
-    free(s);
+    server_free(s);
+}
+
+int httpd_loops(const struct httpd_server *s)
+{
+    return s->nloops;
+}
+
+int httpd_loop_fd(const struct httpd_server *s, int i)
+{
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->loop_d[i], MHD_DAEMON_INFO_EPOLL_FD);
+    return info ? info->epoll_fd : -1;
+}
+
+int64_t httpd_loop_run(struct httpd_server *s, int i)
+{
+    MHD_run(s->loop_d[i]);
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(s->loop_d[i], &ms) != MHD_YES) return -1;
+    return ms > INT64_MAX ? INT64_MAX : (int64_t)ms;
 }

@@ -77,6 +77,11 @@ struct httpd_config {
     const struct httpd_route *routes;
     size_t nroutes;
     void *app;
+    /* 1: the listener has no threads of its own; `threads` loops of the application's drive it
+     * (httpd_loop_*), each with its own daemon on the one listening socket, so that a loop can
+     * serve its connections and do its own I/O (the gateway's upstream transfers) without
+     * handing work to another thread. */
+    int external_loops;
 };
 
 struct httpd_server *httpd_start(const struct httpd_config *cfg, char *err, size_t errlen);
@@ -85,6 +90,18 @@ int httpd_tls_supported(void);
 /* Resumes every suspended connection, then stops the daemon. Accepts NULL. */
 void httpd_stop(struct httpd_server *s);
 int httpd_port(const struct httpd_server *s);
+
+/* External loops (config.external_loops). Loop i (0 <= i < httpd_loops) watches
+ * httpd_loop_fd(s, i) for input and, on its own thread only, calls httpd_loop_run(s, i) when
+ * that fd is readable, after it resumed a connection, when another thread resumed one of its
+ * connections (which that thread must tell it of: no wake-up comes through the fd), and when the
+ * time httpd_loop_run last returned has passed. httpd_loop_run accepts, reads, calls handlers
+ * and writes without waiting, and returns the milliseconds until it must run again (0: at once;
+ * -1: not before the fd says so). httpd_stop must come after the loops stopped. httpd_loops is 0
+ * for a listener with threads of its own. */
+int httpd_loops(const struct httpd_server *s);
+int httpd_loop_fd(const struct httpd_server *s, int i);
+int64_t httpd_loop_run(struct httpd_server *s, int i);
 int httpd_stopping(const struct httpd_server *s);
 
 const char *httpd_header(struct httpd_req *req, const char *name); /* borrowed or NULL */

@@ -34,7 +34,8 @@ struct ctl_config {
     const char *tls_cert, *tls_key; /* PEM files: the api and gateway listeners speak HTTPS */
     int64_t connection_timeout_s;   /* idle connections close after this */
     int64_t connection_memory_kib;  /* MHD's memory per connection (headers and buffers) */
-    int64_t list_cache_ms;          /* how long a GET /v1/endpoints page is reused (0: never) */
+    int64_t gateway_connection_memory_kib; /* the same, on the gateway listener */
+    int64_t list_cache_ms; /* how long a GET /v1/endpoints page is reused (0: never) */
 };
 
 struct rl_table;

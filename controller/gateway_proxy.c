@@ -3,25 +3,28 @@
  * The task is to move bytes between a runtime and a client as cheaply as possible, without
  * buffering a stream and without letting either side make the gateway wait.
  *
- * Upstream loops: one thread per gateway thread (--threads), each an epoll loop driving a libcurl
- * multi handle (curl_multi_socket_action: only the sockets that are ready are looked at). A handler
- * hands its request to a loop (round robin) through the loop's inbox and suspends the client's
- * connection. The loop starts the transfer on a pooled easy handle; its connections to each runtime
- * stay open and are reused by later requests (the multi handle's own connection cache). Every curl
- * call on a transfer happens on its loop's thread. A thread per request (the first design) cost
- * more than the rest of a small request: creating it, and the scheduler round trips of a blocking
- * transfer (docs/benchmarks.md).
+ * Loops: the gateway listener's threads (--threads) are these loops, each an epoll loop over its
+ * own libmicrohttpd daemon (the listener runs in external-loop mode: httpd.h) and a libcurl multi
+ * handle (curl_multi_socket_action: only the sockets that are ready are looked at). A client's
+ * connection stays with the loop that accepted it; its handler runs on that loop, suspends the
+ * connection, and the same loop starts the transfer on a pooled easy handle right after the
+ * daemon's turn; its connections to each runtime stay open and are reused by later requests (the
+ * multi handle's own connection cache). Every curl call on a transfer, and every libmicrohttpd
+ * call on its connection, happens on its loop's thread. No request crosses threads on its way:
+ * a thread per request (the first design) cost more than the rest of a small request, and a
+ * handoff between a listener thread and an upstream thread (the second) cost a context switch
+ * and six system calls per request (docs/benchmarks.md).
  *
  * The life of a proxied request:
- *   1. gwp_start (MHD thread): the proxy is made (two references: the MHD side and the loop),
- *      queued to a loop, the connection suspended. With no ready replica yet it goes to a hold
- *      thread instead (rare: only while an endpoint is starting), which re-routes every 250 ms
- *      up to --hold-s and then queues it, or answers 503.
+ *   1. gwp_start (the loop, in its daemon's turn): the proxy is made (two references: the MHD
+ *      side and the loop), queued on the loop's own list, the connection suspended. With no
+ *      ready replica yet it goes to a hold thread instead (rare: only while an endpoint is
+ *      starting), which re-routes every 250 ms up to --hold-s and then queues it, or answers 503.
  *   2. the loop picks the untried candidate with the fewest requests outstanding from this
  *      gateway and POSTs to it with the replica secret and the request id. A refused connection,
  *      or a runtime 503 before any byte reached the client, moves on to the next candidate.
- *   3. bytes arrive (write callback, loop thread): a 200 event stream resumes the client, whose
- *      content reader (MHD thread) drains the buffer and suspends itself when it is empty; other
+ *   3. bytes arrive (write callback): a 200 event stream resumes the client, whose content reader
+ *      (the daemon's next turn) drains the buffer and suspends itself when it is empty; other
  *      replies are answered whole when the transfer ends.
  *   4. the client leaves (completion callback): the proxy's req is cleared and the loop poked; it
  *      removes the transfer, which closes the connection, and the runtime sees the disconnect
@@ -41,6 +44,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "db.h"
@@ -75,6 +79,7 @@
         */
 
 struct gw_loop;
+struct fd_reg;
 
 struct proxy {
     pthread_mutex_t lock;
@@ -128,6 +133,15 @@ struct proxy {
 
 struct gw_loop {
     pthread_t th;
+    struct httpd_server *srv; /* the gateway listener: this loop drives its daemon idx */
+    int idx;
+    int mhd_fd;        /* the daemon's epoll fd, watched here */
+    int64_t mhd_at_ms; /* when the daemon wants its next turn regardless of its fd; -1: never */
+    int mhd_due;       /* another thread resumed a connection of this loop (under mu) */
+    int resumed;       /* this loop resumed a connection: the daemon's turn is due (loop only) */
+    struct proxy *local, *local_tail; /* started by handlers in the daemon's turn (loop only) */
+    int quit;                         /* gwp_loops_stop: end the loop (under mu) */
+    struct fd_reg *regs;              /* per descriptor: what the epoll set holds (loop only) */
     CURLM *multi;
     int epfd;              /* the sockets curl asked us to watch, and evfd */
     int evfd;              /* written to wake the loop (new work, a poke) */
@@ -148,8 +162,7 @@ struct gw_loop {
 
 static struct gw_loop *gw_loops;
 static int gw_nloops;
-static unsigned gw_next_loop;
-static pthread_mutex_t gw_init_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local struct gw_loop *gw_self; /* the loop this thread runs, if any */
 
 static void proxy_unref(struct proxy *p)
 {
@@ -195,10 +208,21 @@ static void proxy_state_free(void *state)
     proxy_unref(p);
 }
 
-/* Called with p->lock held. */
+/* Called with p->lock held. The connection's daemon belongs to p's loop, which must run it
+ * next: told directly when it is this thread, woken otherwise (a hold or explain thread). */
 static void wake_client(struct proxy *p)
 {
-    if (p->req) httpd_resume(p->req);
+    if (!p->req) return;
+    httpd_resume(p->req);
+    struct gw_loop *lp = p->loop;
+    if (gw_self == lp) {
+        lp->resumed = 1;
+        return;
+    }
+    pthread_mutex_lock(&lp->mu);
+    lp->mhd_due = 1;
+    loop_wake(lp);
+    pthread_mutex_unlock(&lp->mu);
 }
 
 /* ---- least-outstanding routing ----
@@ -463,6 +487,9 @@ static void finish(struct proxy *p, CURLcode rc)
     proxy_unref(p);
 }
 
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a);
+static int on_close_socket(void *ud, curl_socket_t s);
+
 /* A pooled easy handle, or a new one with the options every transfer shares (a reused handle
  * keeps them: no curl_easy_reset per request). */
 static CURL *handle_get(struct gw_loop *lp)
@@ -475,6 +502,10 @@ static CURL *handle_get(struct gw_loop *lp)
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, lp);
+    curl_easy_setopt(c, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(c, CURLOPT_CLOSESOCKETDATA, lp);
     return c;
 }
 
@@ -743,23 +774,83 @@ static void sweep(struct gw_loop *lp)
     }
 }
 
+/* ---- the upstream sockets in the loop's epoll set ----
+ *
+ * curl says "watch this socket for input" when a transfer starts on a kept-alive connection and
+ * "stop watching" when it ends; followed to the letter that is two epoll_ctl calls per request.
+ * Instead a socket stays in the set while curl keeps its connection: "stop" only marks it idle,
+ * and "watch" again costs nothing when the interest is unchanged. An idle socket that becomes
+ * readable (the runtime closed the connection) is taken out then, and curl finds the connection
+ * dead when it next looks. What is in the set is tracked per descriptor, and reset when curl
+ * opens or closes a socket (CURLOPT_OPENSOCKETFUNCTION / CLOSESOCKETFUNCTION): a number reused
+ * for a new socket never inherits an old registration. */
+#define GW_FD_SLOTS 65536
+struct fd_reg {
+    uint32_t events; /* registered in the loop's epoll set; 0: not */
+    uint8_t idle;    /* curl no longer watches it */
+};
+
+static struct fd_reg *fd_reg_of(struct gw_loop *lp, curl_socket_t s)
+{
+    return s >= 0 && s < GW_FD_SLOTS && lp->regs ? &lp->regs[s] : NULL;
+}
+
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    (void)purpose;
+    curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    struct fd_reg *r = fd_reg_of(ud, s);
+    if (r) *r = (struct fd_reg){0};
+    return s;
+}
+
+static int on_close_socket(void *ud, curl_socket_t s)
+{
+    struct gw_loop *lp = ud;
+    struct fd_reg *r = fd_reg_of(lp, s);
+    if (r && r->events) epoll_ctl(lp->epfd, EPOLL_CTL_DEL, s, NULL);
+    if (r) *r = (struct fd_reg){0};
+    return close(s);
+}
+
 /* curl's socket callback: watch s for what curl waits for. */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sockp)
 {
     (void)e;
     struct gw_loop *lp = ud;
+    struct fd_reg *r = fd_reg_of(lp, s);
     if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(lp->epfd, EPOLL_CTL_DEL, s, NULL);
+        if (r && r->events == EPOLLIN)
+            r->idle = 1; /* kept in the set (above) */
+        else {
+            epoll_ctl(lp->epfd, EPOLL_CTL_DEL, s, NULL);
+            if (r) *r = (struct fd_reg){0};
+        }
         curl_multi_assign(lp->multi, s, NULL);
         return 0;
     }
     struct epoll_event ev = {0};
     ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
     ev.data.fd = s;
-    if (epoll_ctl(lp->epfd, sockp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev) != 0)
-        epoll_ctl(lp->epfd, sockp ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, s, &ev);
+    if (r && r->events) {
+        if (r->events != ev.events) epoll_ctl(lp->epfd, EPOLL_CTL_MOD, s, &ev);
+    } else if (epoll_ctl(lp->epfd, EPOLL_CTL_ADD, s, &ev) != 0) {
+        epoll_ctl(lp->epfd, EPOLL_CTL_MOD, s, &ev);
+    }
+    if (r) *r = (struct fd_reg){.events = ev.events};
     if (!sockp) curl_multi_assign(lp->multi, s, lp); /* any non-NULL: "watched" */
     return 0;
+}
+
+/* An event on a socket curl does not watch: an idle kept-alive connection that the runtime
+ * closed (or spoke on). Taken out of the set; curl notices when it next looks at it. */
+static int idle_event(struct gw_loop *lp, int fd)
+{
+    struct fd_reg *r = fd_reg_of(lp, fd);
+    if (!r || !r->idle) return 0;
+    epoll_ctl(lp->epfd, EPOLL_CTL_DEL, fd, NULL);
+    *r = (struct fd_reg){0};
+    return 1;
 }
 
 /* curl's timer callback: call socket_action(TIMEOUT) in timeout_ms (-1: no timer). */
@@ -786,21 +877,57 @@ static void reap(struct gw_loop *lp)
 
 #define GW_LOOP_EVENTS 256 /* events taken per epoll_wait: more simply wait for the next call */
 
+/* Starts the requests that handlers queued on this loop during the daemon's turn, and lets curl
+ * send them at once rather than on the next turn. */
+static void start_local(struct gw_loop *lp)
+{
+    struct proxy *p = lp->local;
+    lp->local = lp->local_tail = NULL;
+    if (!p) return;
+    while (p) {
+        struct proxy *nx = p->next;
+        p->next = NULL;
+        attempt(lp, p, CURLE_COULDNT_CONNECT);
+        p = nx;
+    }
+    if (lp->timer_at_ms >= 0 && util_now_ms() >= lp->timer_at_ms) {
+        int running;
+        lp->timer_at_ms = -1;
+        curl_multi_socket_action(lp->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        reap(lp); /* a reply already waiting was read at once: its transfer may be over */
+    }
+}
+
+/* The daemon's turn: accepts, reads requests, runs handlers, writes replies (httpd.h). */
+static void run_daemon(struct gw_loop *lp)
+{
+    lp->resumed = 0;
+    int64_t t = httpd_loop_run(lp->srv, lp->idx);
+    lp->mhd_at_ms = t < 0 ? -1 : util_now_ms() + t;
+    start_local(lp);
+}
+
 static void *loop_main(void *arg)
 {
     struct gw_loop *lp = arg;
-    log_set_context("gateway-upstream");
+    gw_self = lp;
+    log_set_context("gateway-loop");
     struct epoll_event evs[GW_LOOP_EVENTS];
     int running;
     for (;;) {
         int64_t now = util_now_ms();
         int64_t wait = GW_LOOP_TICK_MS - (now - lp->last_sweep_ms);
         if (lp->timer_at_ms >= 0 && lp->timer_at_ms - now < wait) wait = lp->timer_at_ms - now;
+        if (lp->mhd_at_ms >= 0 && lp->mhd_at_ms - now < wait) wait = lp->mhd_at_ms - now;
         /* Parked requests: room may open at another loop's replica too; look again soon. */
         if (lp->parked && wait > GW_PARKED_POLL_MS) wait = GW_PARKED_POLL_MS;
-        if (wait < 0) wait = 0;
+        if (lp->resumed || wait < 0) wait = 0;
         pthread_mutex_lock(&lp->mu);
-        if (lp->inbox || lp->poke) wait = 0;
+        if (lp->quit) {
+            pthread_mutex_unlock(&lp->mu);
+            break;
+        }
+        if (lp->inbox || lp->poke || lp->mhd_due) wait = 0;
         lp->sleeping = wait > 0;
         pthread_mutex_unlock(&lp->mu);
         int n = epoll_wait(lp->epfd, evs, GW_LOOP_EVENTS, (int)wait);
@@ -809,6 +936,7 @@ static void *loop_main(void *arg)
             lp->sleeping = 0;
             pthread_mutex_unlock(&lp->mu);
         }
+        int daemon_due = 0;
         for (int i = 0; i < n; i++) {
             if (evs[i].data.fd == lp->evfd) {
                 uint64_t v;
@@ -816,6 +944,11 @@ static void *loop_main(void *arg)
                 }
                 continue;
             }
+            if (evs[i].data.fd == lp->mhd_fd) {
+                daemon_due = 1;
+                continue;
+            }
+            if (idle_event(lp, evs[i].data.fd)) continue;
             int fl = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
                      (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
                      (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
@@ -832,8 +965,11 @@ static void *loop_main(void *arg)
         lp->inbox = NULL;
         int poke = lp->poke;
         lp->poke = 0;
+        if (lp->mhd_due) daemon_due = 1;
+        lp->mhd_due = 0;
         pthread_mutex_unlock(&lp->mu);
-        /* The inbox is newest first: start them oldest first. */
+        /* The inbox (requests that were held: hold_thread) is newest first: start them oldest
+         * first. */
         struct proxy *rev = NULL;
         while (in) {
             struct proxy *nx = in->next;
@@ -846,6 +982,8 @@ static void *loop_main(void *arg)
             attempt(lp, rev, CURLE_COULDNT_CONNECT);
             rev = nx;
         }
+        if (daemon_due || lp->resumed || (lp->mhd_at_ms >= 0 && util_now_ms() >= lp->mhd_at_ms))
+            run_daemon(lp);
         if (lp->parked && (lp->unpark_due || n == 0)) unpark(lp);
         if (poke || util_now_ms() - lp->last_sweep_ms >= GW_LOOP_TICK_MS) {
             sweep(lp);
@@ -855,30 +993,30 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
-/* Starts the loops on first use: as many as the listener has threads. 0 or -1. */
-static int loops_init(struct ctl_listener *l)
+int gwp_loops_start(struct ctl_listener *l, struct httpd_server *srv)
 {
-    if (__atomic_load_n(&gw_nloops, __ATOMIC_ACQUIRE) > 0) return 0;
-    pthread_mutex_lock(&gw_init_lock);
-    int n = (int)l->ctl->cfg.threads;
-    if (n < 1) n = 1;
-    if (n > GW_MAX_LOOPS) n = GW_MAX_LOOPS;
-    if (!gw_loops) gw_loops = calloc((size_t)n, sizeof *gw_loops);
-    int started = 0;
-    for (int i = 0; gw_loops && gw_nloops == 0 && i < n; i++) {
+    int n = httpd_loops(srv);
+    if (n < 1 || n > GW_MAX_LOOPS || gw_loops) return -1;
+    gw_loops = calloc((size_t)n, sizeof *gw_loops);
+    if (!gw_loops) return -1;
+    for (int i = 0; i < n; i++) {
         struct gw_loop *lp = &gw_loops[i];
         pthread_mutex_init(&lp->mu, NULL);
-        lp->timer_at_ms = -1;
+        lp->srv = srv;
+        lp->idx = i;
+        lp->timer_at_ms = lp->mhd_at_ms = -1;
+        lp->mhd_fd = httpd_loop_fd(srv, i);
+        lp->regs = calloc(GW_FD_SLOTS, sizeof *lp->regs);
         lp->epfd = epoll_create1(EPOLL_CLOEXEC);
         lp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         lp->multi = curl_multi_init();
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = lp->evfd};
-        if (!lp->multi || lp->epfd < 0 || lp->evfd < 0 ||
-            epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->evfd, &ev) != 0) {
-            if (lp->multi) curl_multi_cleanup(lp->multi);
-            if (lp->epfd >= 0) close(lp->epfd);
-            if (lp->evfd >= 0) close(lp->evfd);
-            break;
+        struct epoll_event mev = {.events = EPOLLIN, .data.fd = lp->mhd_fd};
+        if (!lp->multi || !lp->regs || lp->epfd < 0 || lp->evfd < 0 || lp->mhd_fd < 0 ||
+            epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->evfd, &ev) != 0 ||
+            epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->mhd_fd, &mev) != 0) {
+            log_error("gateway: cannot set up loop %d", i);
+            return -1; /* the caller stops: what was made here lives until the process ends */
         }
         curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, GW_LOOP_MAX_CONNECTS);
         /* With --replica-max-outstanding the gateway itself keeps requests waiting, in order,
@@ -891,19 +1029,32 @@ static int loops_init(struct ctl_listener *l)
         curl_multi_setopt(lp->multi, CURLMOPT_SOCKETDATA, lp);
         curl_multi_setopt(lp->multi, CURLMOPT_TIMERFUNCTION, on_timer);
         curl_multi_setopt(lp->multi, CURLMOPT_TIMERDATA, lp);
-        if (pthread_create(&lp->th, NULL, loop_main, lp) != 0) {
-            curl_multi_cleanup(lp->multi);
-            close(lp->epfd);
-            close(lp->evfd);
-            break;
-        }
-        started++;
     }
-    if (gw_nloops == 0 && started > 0) __atomic_store_n(&gw_nloops, started, __ATOMIC_RELEASE);
-    int rc = gw_nloops > 0 ? 0 : -1;
-    pthread_mutex_unlock(&gw_init_lock);
-    if (rc) log_error("gateway: cannot start the upstream loops");
-    return rc;
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&gw_loops[i].th, NULL, loop_main, &gw_loops[i]) != 0) {
+            log_error("gateway: cannot start loop %d", i);
+            gw_nloops = i;
+            gwp_loops_stop();
+            return -1;
+        }
+        gw_nloops = i + 1;
+    }
+    return 0;
+}
+
+void gwp_loops_stop(void)
+{
+    for (int i = 0; i < gw_nloops; i++) {
+        struct gw_loop *lp = &gw_loops[i];
+        pthread_mutex_lock(&lp->mu);
+        lp->quit = 1;
+        lp->sleeping = 1;
+        loop_wake(lp);
+        pthread_mutex_unlock(&lp->mu);
+    }
+    for (int i = 0; i < gw_nloops; i++)
+        pthread_join(gw_loops[i].th, NULL);
+    gw_nloops = 0;
 }
 
 static void submit(struct proxy *p)
@@ -951,7 +1102,8 @@ static void *hold_thread(void *arg)
 int gwp_start(struct httpd_req *req, const struct gwp_request *r)
 {
     struct ctl_listener *l = req->app;
-    if (loops_init(l) != 0) return -1;
+    struct gw_loop *self = gw_self;
+    if (!self) return -1; /* only a gateway loop runs this listener's handlers */
     struct proxy *p = calloc(1, sizeof *p);
     char *body = malloc(req->body.len + 1);
     if (!p || !body) {
@@ -979,8 +1131,7 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
     p->hold_until_ms = util_now_ms() + l->ctl->cfg.hold_s * 1000;
     p->timeout_s = l->ctl->cfg.stream_timeout_s;
     p->last_data_ms = util_now_ms();
-    unsigned k = __atomic_fetch_add(&gw_next_loop, 1, __ATOMIC_RELAXED);
-    p->loop = &gw_loops[k % (unsigned)gw_nloops];
+    p->loop = self; /* the loop whose daemon holds the connection */
 
     /* The lock is held until the connection is suspended, so that the loop cannot resume it
      * before. */
@@ -993,8 +1144,13 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
             free(p);
             return -1;
         }
-    } else {
-        submit(p);
+    } else { /* started right after the daemon's turn (start_local) */
+        p->next = NULL;
+        if (self->local_tail)
+            self->local_tail->next = p;
+        else
+            self->local = p;
+        self->local_tail = p;
     }
     req->state = p;
     req->state_free = proxy_state_free;

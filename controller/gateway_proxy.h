@@ -48,9 +48,14 @@ struct gwp_request {
     int64_t tokens_per_min; /* the limit they were charged under */
 };
 
-/* Hands the request to an upstream loop and suspends the client's connection: 0; or -1 when it
- * could not (out of memory), with nothing started and nothing answered (the caller answers and
- * returns the lease reservation). */
+/* Starts the gateway's loops, one per daemon of srv (the gateway listener, started with
+ * external_loops): 0, or -1 after logging. gwp_loops_stop ends them (before httpd_stop(srv)). */
+int gwp_loops_start(struct ctl_listener *l, struct httpd_server *srv);
+void gwp_loops_stop(void);
+
+/* Hands the request to its loop's upstream side and suspends the client's connection: 0; or -1
+ * when it could not (out of memory, or not on a gateway loop), with nothing started and nothing
+ * answered (the caller answers and returns the lease reservation). */
 int gwp_start(struct httpd_req *req, const struct gwp_request *r);
 
 /* The handler's re-entry after a resume (req->state is the proxy): answers, or suspends again. */

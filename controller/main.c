@@ -33,6 +33,7 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "gateway.h"
+#include "gateway_proxy.h"
 #include "lease.h"
 #include "hosts_api.h"
 #include "leader.h"
@@ -122,6 +123,14 @@ static const struct cfg_opt serve_opts[] = {
     {"connection-memory-kib", CFG_INT, "64",
      "memory per connection for its request line, headers and buffers (larger headers: 431)",
      O(connection_memory_kib)},
+    /* The gateway's clients are API clients and the console's playground: their headers are a
+     * key or a session cookie, and libmicrohttpd clears a connection's whole memory between two
+     * requests (9 % of the gateway's throughput at 64 KiB, docs/benchmarks.md). 16 KiB holds
+     * about 8 KiB of request line and headers. */
+    {"gateway-connection-memory-kib", CFG_INT, "16",
+     "memory per gateway connection for its request line, headers and buffers (larger headers: "
+     "431)",
+     O(gateway_connection_memory_kib)},
     {"list-cache-ms", CFG_INT, "250",
      "reuse an account's GET /v1/endpoints page this long (0: off); this API's own changes "
      "empty it at once",
@@ -176,9 +185,10 @@ static int parse(struct ctl_config *cfg, int argc, char **argv, int first, const
         return -1;
     }
     if (cfg->tls_cert) cfg->cookie_secure = 1; /* served over TLS: cookies never travel in clear */
-    if (cfg->connection_timeout_s < 1 || cfg->connection_memory_kib < 16) {
-        fprintf(stderr, "orp-controller: --connection-timeout-s must be >= 1 and "
-                        "--connection-memory-kib >= 16\n");
+    if (cfg->connection_timeout_s < 1 || cfg->connection_memory_kib < 16 ||
+        cfg->gateway_connection_memory_kib < 16) {
+        fprintf(stderr, "orp-controller: --connection-timeout-s must be >= 1, and "
+                        "--connection-memory-kib and --gateway-connection-memory-kib >= 16\n");
         return -1;
     }
     log_init("controller", cfg->log_level);
@@ -473,12 +483,11 @@ struct listener_spec {
 };
 
 static const struct route_table api_tables[] = {
-    {presets_routes, &presets_nroutes},   {console_routes, &console_nroutes},
-    {logs_routes, &logs_nroutes},
-    {hosts_routes, &hosts_nroutes},       {billing_routes, &billing_nroutes},
-    {accounts_routes, &accounts_nroutes}, {audit_routes, &audit_nroutes},
-    {openapi_routes, &openapi_nroutes},   {admin_routes, &admin_nroutes},
-    {api_routes, &api_nroutes}};
+    {presets_routes, &presets_nroutes}, {console_routes, &console_nroutes},
+    {logs_routes, &logs_nroutes},       {hosts_routes, &hosts_nroutes},
+    {billing_routes, &billing_nroutes}, {accounts_routes, &accounts_nroutes},
+    {audit_routes, &audit_nroutes},     {openapi_routes, &openapi_nroutes},
+    {admin_routes, &admin_nroutes},     {api_routes, &api_nroutes}};
 static const struct route_table gateway_tables[] = {{gateway_routes, &gateway_nroutes}};
 static const struct route_table agent_tables[] = {{agentapi_routes, &agentapi_nroutes}};
 #define NTABLES(t) (sizeof(t) / sizeof((t)[0]))
@@ -556,16 +565,27 @@ static int cmd_serve(struct ctl_config *cfg)
             .per_ip_limit = (unsigned)cfg->per_ip_connections,
             .conn_timeout_s = (unsigned)cfg->connection_timeout_s,
             .max_body = (size_t)cfg->max_body,
-            .conn_memory_limit = (size_t)cfg->connection_memory_kib * 1024,
+            .conn_memory_limit =
+                (size_t)(i == 1 ? cfg->gateway_connection_memory_kib : cfg->connection_memory_kib) *
+                1024,
             /* Agents talk to the agent listener on the operators' own network (docs). */
             .tls_cert_pem = i < 2 ? tls_cert : NULL,
             .tls_key_pem = i < 2 ? tls_key : NULL,
             .routes = routes[i],
             .nroutes = nroutes,
             .app = &lis[i],
+            /* The gateway's threads are its loops (gateway_proxy.c): each serves its clients and
+             * their upstream transfers without handing a request to another thread. */
+            .external_loops = i == 1,
         };
         char err[256];
         srv[i] = httpd_start(&hc, err, sizeof err);
+        if (srv[i] && i == 1 && gwp_loops_start(&lis[i], srv[i]) != 0) {
+            snprintf(err, sizeof err, "gateway listener: cannot start its loops");
+            gwp_loops_stop();
+            httpd_stop(srv[i]);
+            srv[i] = NULL;
+        }
         if (!srv[i]) {
             log_error("%s", err);
             for (int j = 0; j < i; j++)
@@ -585,6 +605,7 @@ static int cmd_serve(struct ctl_config *cfg)
         util_sleep_ms(200);
     log_info("stopping");
     leader_stop();
+    if (srv[1]) gwp_loops_stop(); /* before its listener stops (httpd.h) */
     for (int i = 0; i < 3; i++) {
         httpd_stop(srv[i]);
         db_pool_free(lis[i].pool);

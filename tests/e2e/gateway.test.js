@@ -112,6 +112,19 @@ test('the request id is the server\'s; the client\'s own id is only echoed', asy
   assert.equal(forged.rows[0].n, 0);
 });
 
+test('the gateway takes ordinary headers and refuses oversized ones (--gateway-connection-memory-kib 16)', async () => {
+  const call = (extra) => fetch(`${P.gatewayUrl}/chat/completions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${P.adminKey}`, 'Content-Type': 'application/json', ...extra },
+    body: JSON.stringify({ model: 'fresh', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+  }).then((r) => r.status, () => 'closed');
+  // A browser's cookies for the host and a few long headers: about 6 KiB in all.
+  assert.equal(await call({ Cookie: 'a=' + 'x'.repeat(4000), 'X-Trace': 'y'.repeat(2000) }), 200);
+  // Beyond the connection's memory: refused (431), never buffered; the gateway serves on.
+  assert.ok([413, 431, 'closed'].includes(await call({ 'X-Big': 'x'.repeat(64 * 1024) })));
+  assert.equal(await call({}), 200);
+});
+
 test('the runtime\'s fingerprint header and body pass through unchanged', async () => {
   const body = JSON.stringify({ model: 'fresh', messages: [{ role: 'user', content: 'same' }], max_tokens: 3, temperature: 0 });
   const rt = await runtimeOf('fresh');

@@ -1,12 +1,15 @@
 /* Unit tests of common/: hashing and randomness, the JSON input getters and error shape, the
  * configuration table, and httpd + httpc talking to each other over loopback (routing, 404, 405,
- * 413, the error funnel, the JSON depth cap, the per-address connection limit). */
+ * 413, the error funnel, the JSON depth cap, the per-address connection limit, with the
+ * listener's own threads and with external loops). */
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -228,7 +231,37 @@ static int request_on(int fd)
     return sscanf(buf, "HTTP/1.1 %d", &status) == 1 ? status : -1;
 }
 
-static void test_per_ip_limit(void)
+/* A loop of the application's driving one daemon of an external-loops listener (httpd.h): its
+ * fd, or at the latest the time httpd_loop_run asked for (20 ms at most: this loop has nothing
+ * else to wake it). */
+struct test_loop {
+    struct httpd_server *s;
+    int i;
+    volatile int quit;
+    int runs;
+    pthread_t th;
+};
+
+static void *test_loop_main(void *arg)
+{
+    struct test_loop *t = arg;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN};
+    CHECK(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, httpd_loop_fd(t->s, t->i), &ev) == 0);
+    int64_t next = 0;
+    while (!t->quit) {
+        struct epoll_event got;
+        epoll_wait(ep, &got, 1, next < 0 || next > 20 ? 20 : (int)next);
+        next = httpd_loop_run(t->s, t->i);
+        t->runs++;
+    }
+    close(ep);
+    return NULL;
+}
+
+/* The per-address limit, on a listener with threads of its own (MHD counts) and on one driven by
+ * two external loops (the listener counts, over both daemons). */
+static void test_per_ip_limit(int external)
 {
     enum { LIMIT = 3 };
     static const struct httpd_route routes[] = {{"GET", "/things/{}/fail", h_fail}};
@@ -238,10 +271,15 @@ static void test_per_ip_limit(void)
                               .per_ip_limit = LIMIT,
                               .max_body = 64,
                               .routes = routes,
-                              .nroutes = 1};
+                              .nroutes = 1,
+                              .external_loops = external};
     char err[256];
     struct httpd_server *s = httpd_start(&hc, err, sizeof err);
     CHECK(s);
+    struct test_loop loops[2] = {{s, 0, 0, 0, 0}, {s, 1, 0, 0, 0}};
+    CHECK_INT_EQ(httpd_loops(s), external ? 2 : 0);
+    for (int i = 0; external && i < 2; i++)
+        CHECK(pthread_create(&loops[i].th, NULL, test_loop_main, &loops[i]) == 0);
     int port = httpd_port(s), fds[LIMIT + 1];
     for (int i = 0; i < LIMIT; i++) {
         fds[i] = connect_to(port);
@@ -264,6 +302,21 @@ static void test_per_ip_limit(void)
     CHECK_INT_EQ(again, 409);
     for (int i = 1; i < LIMIT; i++)
         close(fds[i]);
+    /* Many connections at once, each answered, whichever loop accepted it. */
+    if (external) {
+        util_sleep_ms(200); /* the loops notice the closes above and count them out */
+        for (int round = 0; round < 10; round++) {
+            int fd = connect_to(httpd_port(s));
+            CHECK_INT_EQ(request_on(fd), 409);
+            CHECK_INT_EQ(request_on(fd), 409); /* kept alive on its loop */
+            close(fd);
+        }
+        for (int i = 0; i < 2; i++) {
+            loops[i].quit = 1;
+            pthread_join(loops[i].th, NULL);
+            CHECK(loops[i].runs > 0);
+        }
+    }
     httpd_stop(s);
 }
 
@@ -412,7 +465,8 @@ int main(void)
     test_cfg();
     test_httpd();
     test_json_depth();
-    test_per_ip_limit();
+    test_per_ip_limit(0);
+    test_per_ip_limit(1);
     test_text_checks();
     test_labels();
     curl_global_cleanup();
