@@ -6,6 +6,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,27 +50,64 @@ static void hex_encode(const unsigned char *in, size_t n, char *out)
 
 /* RAND_bytes costs about a microsecond a call (OpenSSL's locked DRBG), and the gateway draws two
  * ids per request: small draws come from a per-thread buffer filled by one RAND_bytes call,
- * each byte handed out once and wiped. A forked child refills first (the pid check), so it never
- * repeats its parent's bytes. */
+ * each byte handed out once and wiped. A forked child empties its buffer first (a pthread_atfork
+ * handler: the child has only the thread that forked, and only its buffer), so it never repeats
+ * its parent's bytes; a getpid() per draw did the same at a system call each. */
 #define UTIL_RAND_BUF 512
 static _Thread_local unsigned char rand_buf[UTIL_RAND_BUF];
 static _Thread_local size_t rand_left;
-static _Thread_local pid_t rand_pid;
+static pthread_once_t rand_once = PTHREAD_ONCE_INIT;
+
+static void rand_forget(void)
+{
+    OPENSSL_cleanse(rand_buf, sizeof rand_buf);
+    rand_left = 0;
+}
+
+static void rand_init(void)
+{
+    pthread_atfork(NULL, NULL, rand_forget);
+}
 
 static int rand_take(unsigned char *out, size_t n)
 {
     if (n > UTIL_RAND_BUF / 4) return RAND_bytes(out, (int)n) == 1 ? 0 : -1;
-    pid_t pid = getpid();
-    if (rand_left < n || rand_pid != pid) {
+    pthread_once(&rand_once, rand_init);
+    if (rand_left < n) {
         if (RAND_bytes(rand_buf, UTIL_RAND_BUF) != 1) return -1;
         rand_left = UTIL_RAND_BUF;
-        rand_pid = pid;
     }
     unsigned char *from = rand_buf + UTIL_RAND_BUF - rand_left;
     memcpy(out, from, n);
     OPENSSL_cleanse(from, n);
     rand_left -= n;
     return 0;
+}
+
+size_t util_strlcpy(char *dst, const char *src, size_t size)
+{
+    if (size == 0) return 0;
+    size_t n = strnlen(src, size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
+size_t util_i64toa(char *out, int64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    size_t len = 0;
+    if (v < 0) out[len++] = '-';
+    while (n)
+        out[len++] = tmp[--n];
+    out[len] = '\0';
+    return len;
 }
 
 int util_random_hex(char *out, size_t nbytes)

@@ -80,8 +80,10 @@ static int gw_authenticate(struct httpd_req *req, struct auth_ctx *a)
         if (hit) *a = sl->a;
         pthread_mutex_unlock(&gw_cache_lock);
         if (hit) {
-            char ctx[128];
-            snprintf(ctx, sizeof ctx, "req=%s acct=%lld", req->id, (long long)a->account_id);
+            char ctx[128] = "req=";
+            size_t n = 4 + util_strlcpy(ctx + 4, req->id, sizeof ctx - 4 - 28);
+            memcpy(ctx + n, " acct=", 6);
+            util_i64toa(ctx + n + 6, a->account_id);
             log_set_context(ctx);
             return 0;
         }
@@ -253,10 +255,14 @@ static int resolve(struct httpd_req *req, const struct auth_ctx *a, const char *
 /* Appends one "Name: value" line to the reply's extra headers (dropped if it does not fit). */
 static void add_header(struct httpd_req *req, const char *name, const char *value)
 {
-    size_t n = strlen(req->extra_headers);
-    int w = snprintf(req->extra_headers + n, sizeof req->extra_headers - n, "%s%s: %s",
-                     n ? "\r\n" : "", name, value);
-    if (w < 0 || (size_t)w >= sizeof req->extra_headers - n) req->extra_headers[n] = '\0';
+    size_t n = strlen(req->extra_headers), nl = strlen(name), vl = strlen(value);
+    size_t sep = n ? 2 : 0;
+    if (n + sep + nl + 2 + vl >= sizeof req->extra_headers) return; /* does not fit: dropped */
+    char *o = req->extra_headers + n;
+    memcpy(o, "\r\n", sep);
+    memcpy(o + sep, name, nl);
+    memcpy(o + sep + nl, ": ", 2);
+    memcpy(o + sep + nl + 2, value, vl + 1);
 }
 
 /* A limiter's three headers: names[0..2] for the limit, what remains, and the reset (printed with
@@ -264,12 +270,12 @@ static void add_header(struct httpd_req *req, const char *name, const char *valu
 static void limit_headers(struct httpd_req *req, const struct rl_result *r,
                           const char *const names[3], const char *reset_unit)
 {
-    char v[24];
-    snprintf(v, sizeof v, "%lld", (long long)r->limit);
+    char v[32];
+    util_i64toa(v, r->limit);
     add_header(req, names[0], v);
-    snprintf(v, sizeof v, "%lld", (long long)r->remaining);
+    util_i64toa(v, r->remaining);
     add_header(req, names[1], v);
-    snprintf(v, sizeof v, "%lld%s", (long long)r->reset_s, reset_unit);
+    util_strlcpy(v + util_i64toa(v, r->reset_s), reset_unit, 8);
     add_header(req, names[2], v);
 }
 
@@ -498,8 +504,10 @@ static void proxy_generation(struct httpd_req *req, const char *path)
      * is charged to it (schema/010's trigger). */
     if (rt.shared)
         snprintf(request_id, sizeof request_id, "req_%s_a%lld", hex, (long long)a.account_id);
-    else
-        snprintf(request_id, sizeof request_id, "req_%s", hex);
+    else {
+        memcpy(request_id, "req_", 4);
+        util_strlcpy(request_id + 4, hex, sizeof request_id - 4);
+    }
     struct gwp_request pr = {&rt,        path, a.account_id_str, a.account_id,    model,
                              request_id, 0,    tokens,           a.tokens_per_min};
     if (rt.value) {
@@ -526,7 +534,7 @@ static void proxy_generation(struct httpd_req *req, const char *path)
         }
         pr.leased = 1;
     }
-    snprintf(req->id, sizeof req->id, "%s", request_id);
+    util_strlcpy(req->id, request_id, sizeof req->id);
     log_info("request %s -> endpoint %s (%d ready replica%s)", request_id, rt.endpoint_id, rt.ncand,
              rt.ncand == 1 ? "" : "s");
     int started = gwp_start(req, &pr);

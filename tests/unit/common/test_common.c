@@ -8,9 +8,11 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cfg.h"
@@ -31,6 +33,40 @@ static void test_util(void)
     CHECK(util_random_hex(a, 16) == 0 && util_random_hex(b, 16) == 0);
     CHECK_INT_EQ(strlen(a), 32);
     CHECK(strcmp(a, b) != 0);
+    char small[6];
+    CHECK_INT_EQ(util_strlcpy(small, "abc", sizeof small), 3);
+    CHECK_STR_EQ(small, "abc");
+    CHECK_INT_EQ(util_strlcpy(small, "abcdefgh", sizeof small), 5); /* truncated */
+    CHECK_STR_EQ(small, "abcde");
+    CHECK_INT_EQ(util_strlcpy(small, "", sizeof small), 0);
+    CHECK_STR_EQ(small, "");
+    char num[24];
+    const int64_t nums[] = {0, 7, -1, 1234567890123LL, INT64_MAX, INT64_MIN};
+    const char *texts[] = {
+        "0", "7", "-1", "1234567890123", "9223372036854775807", "-9223372036854775808"};
+    for (int i = 0; i < 6; i++) {
+        CHECK_INT_EQ(util_i64toa(num, nums[i]), strlen(texts[i]));
+        CHECK_STR_EQ(num, texts[i]);
+    }
+    /* A forked child never hands out the bytes its parent hands out next (util.c keeps a
+     * per-thread buffer of random bytes, which the child must not reuse). */
+    int pfd[2];
+    CHECK(pipe(pfd) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char c[33] = "";
+        ssize_t w = util_random_hex(c, 16) == 0 ? write(pfd[1], c, 32) : -1;
+        _exit(w == 32 ? 0 : 1);
+    }
+    char from_child[33] = "";
+    CHECK(util_random_hex(b, 16) == 0);
+    CHECK_INT_EQ(read(pfd[0], from_child, 32), 32);
+    CHECK(strcmp(from_child, b) != 0);
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(pfd[0]);
+    close(pfd[1]);
     CHECK(util_ct_streq("secret", "secret"));
     CHECK(!util_ct_streq("secret", "secreT"));
     CHECK(!util_ct_streq("secret", "secret2"));
