@@ -73,7 +73,6 @@
  * --replica-max-outstanding is 0: the runtime serves each connection with a thread and accepts
  * 256 at most (runtime/server.c), and its agent's probes need some. */
 #define GW_REPLICA_CONNECTIONS 192
-#define GW_MAX_LOOPS 64
 #define GW_PARKED_POLL_MS                                                                          \
     10 /* how often parked requests look for room at other loops' replicas                         \
         */
@@ -1030,7 +1029,7 @@ static void *loop_main(void *arg)
 int gwp_loops_start(struct ctl_listener *l, struct httpd_server *srv)
 {
     int n = httpd_loops(srv);
-    if (n < 1 || n > GW_MAX_LOOPS || gw_loops) return -1;
+    if (n < 1 || gw_loops) return -1;
     gw_loops = calloc((size_t)n, sizeof *gw_loops);
     if (!gw_loops) return -1;
     for (int i = 0; i < n; i++) {
