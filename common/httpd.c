@@ -46,15 +46,12 @@ struct httpd_server {
     struct ip_count *ips[HTTPD_IP_BUCKETS];
     int port;
     int stopping;
-    pthread_mutex_t lock; /* guards the suspended list and the spares */
+    pthread_mutex_t lock; /* guards the suspended list */
     struct httpd_req *suspended;
-    /* Finished requests kept for reuse (linked by susp_next): a request is a few KiB, past
-     * malloc's per-thread cache, and its slow path showed in the gateway's profile. */
-    struct httpd_req *spare;
-    int nspare;
 };
 
-#define HTTPD_SPARE_REQS 256
+/* Finished requests kept for reuse, over all servers: a request is a few KiB (util_spares). */
+static struct util_spares httpd_spare_reqs = UTIL_SPARES_INIT(256);
 
 int httpd_match_route(const char *pattern, const char *path, struct httpd_req *req)
 {
@@ -401,17 +398,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct httpd_server *s = cls;
     struct httpd_req *req = *con_cls;
     if (!req) {
-        pthread_mutex_lock(&s->lock);
-        req = s->spare;
-        if (req) {
-            s->spare = req->susp_next;
-            s->nspare--;
-        }
-        pthread_mutex_unlock(&s->lock);
-        if (req)
-            memset(req, 0, sizeof *req);
-        else if (!(req = calloc(1, sizeof *req)))
-            return MHD_NO;
+        req = util_spare_take(&httpd_spare_reqs, sizeof *req);
+        if (!req) return MHD_NO;
         req->conn = conn;
         req->srv = s;
         req->app = s->cfg.app;
@@ -512,16 +500,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     access_log(cls, req, toe);
     if (req->state_free) req->state_free(req->state);
     buf_free(&req->body);
-    struct httpd_server *s = cls;
-    pthread_mutex_lock(&s->lock);
-    int keep = UTIL_KEEP_FREED && s->nspare < HTTPD_SPARE_REQS;
-    if (keep) {
-        req->susp_next = s->spare;
-        s->spare = req;
-        s->nspare++;
-    }
-    pthread_mutex_unlock(&s->lock);
-    if (!keep) free(req);
+    util_spare_give(&httpd_spare_reqs, req);
     *con_cls = NULL;
 }
 
@@ -615,10 +594,6 @@ static int listen_socket(const struct sockaddr_in *sa, const struct httpd_config
 
 static void server_free(struct httpd_server *s)
 {
-    for (struct httpd_req *r = s->spare, *nx; r; r = nx) {
-        nx = r->susp_next;
-        free(r);
-    }
     for (int i = 0; i < HTTPD_IP_BUCKETS; i++)
         for (struct ip_count *e = s->ips[i], *nx; e; e = nx) {
             nx = e->next;

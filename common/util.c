@@ -84,6 +84,46 @@ static int rand_take(unsigned char *out, size_t n)
     return 0;
 }
 
+/* Under AddressSanitizer nothing is kept, so that it still sees every use after free. */
+#if defined(__SANITIZE_ADDRESS__)
+#define UTIL_KEEP_FREED 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UTIL_KEEP_FREED 0
+#endif
+#endif
+#ifndef UTIL_KEEP_FREED
+#define UTIL_KEEP_FREED 1
+#endif
+
+void *util_spare_take(struct util_spares *s, size_t size)
+{
+    pthread_mutex_lock(&s->mu);
+    void *obj = s->head;
+    if (obj) {
+        memcpy(&s->head, obj, sizeof s->head);
+        s->n--;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!obj) return calloc(1, size);
+    memset(obj, 0, size);
+    return obj;
+}
+
+void util_spare_give(struct util_spares *s, void *obj)
+{
+    if (!obj) return;
+    pthread_mutex_lock(&s->mu);
+    int keep = UTIL_KEEP_FREED && s->n < s->max;
+    if (keep) {
+        memcpy(obj, &s->head, sizeof s->head);
+        s->head = obj;
+        s->n++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!keep) free(obj);
+}
+
 size_t util_strlcpy(char *dst, const char *src, size_t size)
 {
     if (size == 0) return 0;

@@ -3,18 +3,7 @@
 #ifndef ORP_UTIL_H
 #define ORP_UTIL_H
 
-/* Free lists that keep freed objects for reuse keep none under AddressSanitizer, which then still
- * sees every use after free. */
-#if defined(__SANITIZE_ADDRESS__)
-#define UTIL_KEEP_FREED 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UTIL_KEEP_FREED 0
-#endif
-#endif
-#ifndef UTIL_KEEP_FREED
-#define UTIL_KEEP_FREED 1
-#endif
+#include <pthread.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -22,6 +11,23 @@
 int64_t util_now_ms(void);  /* CLOCK_MONOTONIC, for timeouts */
 int64_t util_wall_ms(void); /* CLOCK_REALTIME, for timestamps */
 void util_sleep_ms(int64_t ms);
+
+/* Freed objects of one size kept for reuse, for the per-request structs of a few KiB whose
+ * allocation goes past malloc's per-thread cache into its slow path (3 % of the gateway's time):
+ * util_spare_take returns a zeroed object (a kept one, or calloc's), util_spare_give keeps it (its
+ * first bytes become the list's link) or frees it past max, or always under AddressSanitizer.
+ * Thread-safe; initialize with UTIL_SPARES_INIT(max). */
+struct util_spares {
+    pthread_mutex_t mu;
+    void *head;
+    int n, max;
+};
+#define UTIL_SPARES_INIT(max_)                                                                     \
+    {                                                                                              \
+        PTHREAD_MUTEX_INITIALIZER, NULL, 0, (max_)                                                 \
+    }
+void *util_spare_take(struct util_spares *s, size_t size);
+void util_spare_give(struct util_spares *s, void *obj);
 
 /* Copies src into dst[size] (truncated, NUL-terminated when size > 0) and returns the length
  * written: snprintf(dst, size, "%s", src) without the format machinery, for the per-request

@@ -160,32 +160,14 @@ struct gw_loop {
     int unpark_due; /* a transfer ended here: a parked request may go now */
     CURL *idle[GW_LOOP_IDLE_HANDLES];
     int nidle;
-    /* Freed proxies kept for reuse (under mu): a proxy is several KiB, past malloc's per-thread
-     * cache, and a fresh one per request cost 3 % of the gateway's time in malloc's slow path. */
-    struct proxy *spare;
-    int nspare;
 };
 
 static struct gw_loop *gw_loops;
 static int gw_nloops;
 static _Thread_local struct gw_loop *gw_self; /* the loop this thread runs, if any */
 
-#define GW_LOOP_SPARE 256 /* freed proxies a loop keeps */
-
-/* A zeroed proxy for loop lp: a spare one, or a new one. NULL when out of memory. */
-static struct proxy *proxy_new(struct gw_loop *lp)
-{
-    pthread_mutex_lock(&lp->mu);
-    struct proxy *p = lp->spare;
-    if (p) {
-        lp->spare = p->next;
-        lp->nspare--;
-    }
-    pthread_mutex_unlock(&lp->mu);
-    if (!p) return calloc(1, sizeof *p);
-    memset(p, 0, sizeof *p);
-    return p;
-}
+/* Freed proxies kept for reuse: a proxy is several KiB (util_spares). */
+static struct util_spares gw_spare_proxies = UTIL_SPARES_INIT(1024);
 
 static void proxy_unref(struct proxy *p)
 {
@@ -196,16 +178,7 @@ static void proxy_unref(struct proxy *p)
     pthread_mutex_destroy(&p->lock);
     buf_free(&p->data);
     free(p->body);
-    struct gw_loop *lp = p->loop;
-    pthread_mutex_lock(&lp->mu);
-    int keep = UTIL_KEEP_FREED && lp->nspare < GW_LOOP_SPARE;
-    if (keep) {
-        p->next = lp->spare;
-        lp->spare = p;
-        lp->nspare++;
-    }
-    pthread_mutex_unlock(&lp->mu);
-    if (!keep) free(p);
+    util_spare_give(&gw_spare_proxies, p);
 }
 
 /* Called with lp->mu held, after adding work: wakes the loop if it sleeps (a busy loop finds the
@@ -549,6 +522,17 @@ static void handle_put(struct gw_loop *lp, CURL *c)
         curl_easy_cleanup(c);
 }
 
+/* Appends p to the list (head, tail) linked by next: a loop's parked or local requests. */
+static void proxy_append(struct proxy **head, struct proxy **tail, struct proxy *p)
+{
+    p->next = NULL;
+    if (*tail)
+        (*tail)->next = p;
+    else
+        *head = p;
+    *tail = p;
+}
+
 /* Every replica p may use is at --replica-max-outstanding: p waits, in order, until one has
  * room, or answers 503 once its hold deadline (arrival + --hold-s) passed. */
 static void park(struct gw_loop *lp, struct proxy *p)
@@ -563,12 +547,7 @@ static void park(struct gw_loop *lp, struct proxy *p)
         finish(p, CURLE_OK);
         return;
     }
-    p->next = NULL;
-    if (lp->parked_tail)
-        lp->parked_tail->next = p;
-    else
-        lp->parked = p;
-    lp->parked_tail = p;
+    proxy_append(&lp->parked, &lp->parked_tail, p);
 }
 
 static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last);
@@ -1137,7 +1116,7 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
     struct ctl_listener *l = req->app;
     struct gw_loop *self = gw_self;
     if (!self) return -1; /* only a gateway loop runs this listener's handlers */
-    struct proxy *p = proxy_new(self);
+    struct proxy *p = util_spare_take(&gw_spare_proxies, sizeof *p);
     if (!p) return -1;
     pthread_mutex_init(&p->lock, NULL);
     p->refs = 2;
@@ -1176,12 +1155,7 @@ int gwp_start(struct httpd_req *req, const struct gwp_request *r)
             return -1;
         }
     } else { /* started right after the daemon's turn (start_local) */
-        p->next = NULL;
-        if (self->local_tail)
-            self->local_tail->next = p;
-        else
-            self->local = p;
-        self->local_tail = p;
+        proxy_append(&self->local, &self->local_tail, p);
     }
     req->state = p;
     req->state_free = proxy_state_free;

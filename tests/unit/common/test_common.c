@@ -40,6 +40,25 @@ static void test_util(void)
     CHECK_STR_EQ(small, "abcde");
     CHECK_INT_EQ(util_strlcpy(small, "", sizeof small), 0);
     CHECK_STR_EQ(small, "");
+    /* Spares: what comes back is zeroed, kept or new; past max they are freed. */
+    static struct util_spares sp = UTIL_SPARES_INIT(2);
+    unsigned char *o[3];
+    for (int i = 0; i < 3; i++) {
+        o[i] = util_spare_take(&sp, 4096);
+        CHECK(o[i] != NULL);
+        memset(o[i], 0xab, 4096);
+    }
+    for (int i = 0; i < 3; i++)
+        util_spare_give(&sp, o[i]);
+    CHECK(sp.n <= 2);
+    for (int i = 0; i < 3; i++) {
+        o[i] = util_spare_take(&sp, 4096);
+        for (int k = 0; k < 4096; k++)
+            CHECK(o[i][k] == 0);
+    }
+    CHECK_INT_EQ(sp.n, 0);
+    for (int i = 0; i < 3; i++)
+        free(o[i]);
     char num[24];
     const int64_t nums[] = {0, 7, -1, 1234567890123LL, INT64_MAX, INT64_MIN};
     const char *texts[] = {
