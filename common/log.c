@@ -1,6 +1,8 @@
 /* log: see log.h. Writes whole lines with one fprintf so threads do not interleave mid-line. */
 #include "log.h"
 
+#include "util.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,7 +26,7 @@ void log_init(const char *program, const char *level_name)
 
 void log_set_context(const char *ctx)
 {
-    snprintf(log_context, sizeof log_context, "%s", ctx ? ctx : "");
+    util_strlcpy(log_context, ctx ? ctx : "", sizeof log_context);
 }
 
 void log_write(enum log_level level, const char *file, int line, const char *fmt, ...)

@@ -1230,9 +1230,21 @@ void gwp_respond(struct httpd_req *req)
         status = p->status ? p->status : 502;
         char ct[128];
         util_strlcpy(ct, p->content_type, sizeof ct);
-        r = MHD_create_response_from_buffer(p->data.len - p->data_off, p->data.data + p->data_off,
-                                            MHD_RESPMEM_MUST_COPY);
+        /* The transfer is over: the reply's buffer is handed to libmicrohttpd, not copied. */
+        size_t n = p->data.len - p->data_off;
+        char *d = p->data.data;
+        if (p->data_off == 0 && d) {
+            p->data = (struct buf){0};
+            r = MHD_create_response_from_buffer_with_free_callback(n, d, free);
+            if (!r) free(d);
+        } else {
+            r = MHD_create_response_from_buffer(n, d ? d + p->data_off : "", MHD_RESPMEM_MUST_COPY);
+        }
         pthread_mutex_unlock(&p->lock);
+        if (!r) {
+            httpd_error(req, 500, "internal_error", NULL, "out of memory");
+            return;
+        }
         MHD_add_response_header(r, "Content-Type", ct);
     }
     if (fp[0]) MHD_add_response_header(r, "OpenRunPod-Fingerprint", fp);
