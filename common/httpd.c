@@ -4,13 +4,13 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "httpd_internal.h"
 #include "jsonx.h"
@@ -50,7 +50,8 @@ struct httpd_server {
     struct httpd_req *suspended;
 };
 
-/* Finished requests kept for reuse, over all servers: a request is a few KiB (util_spares). */
+/* Finished requests kept for reuse by the thread that finished them: a request is a few KiB
+ * (util_spares). */
 static struct util_spares httpd_spare_reqs = UTIL_SPARES_INIT(256);
 
 int httpd_match_route(const char *pattern, const char *path, struct httpd_req *req)
@@ -650,11 +651,13 @@ static struct httpd_server *start_external(struct httpd_server *s, unsigned flag
     int n = cfg->threads > 0 ? cfg->threads : 1;
     unsigned limit = cfg->conn_limit ? cfg->conn_limit : 1000u;
     unsigned share = (limit + (unsigned)n - 1) / (unsigned)n;
-    s->listen_fd = listen_socket(sa, cfg, err, errlen);
-    s->loop_d = calloc((size_t)n, sizeof *s->loop_d);
-    if (s->listen_fd < 0 || !s->loop_d) {
-        if (s->listen_fd >= 0) close(s->listen_fd);
-        if (!err[0]) snprintf(err, errlen, "%s listener: out of memory", cfg->name);
+    s->listen_fd = listen_socket(sa, cfg, err, errlen); /* err set when it fails */
+    s->loop_d = s->listen_fd < 0 ? NULL : calloc((size_t)n, sizeof *s->loop_d);
+    if (!s->loop_d) {
+        if (s->listen_fd >= 0) {
+            snprintf(err, errlen, "%s listener: out of memory", cfg->name);
+            close(s->listen_fd);
+        }
         server_free(s);
         return NULL;
     }

@@ -96,16 +96,51 @@ static int rand_take(unsigned char *out, size_t n)
 #define UTIL_KEEP_FREED 1
 #endif
 
+/* One thread's list of a util_spares (its thread-specific value). */
+struct spare_list {
+    void *head;
+    int n;
+};
+
+static void spare_list_free(void *v)
+{
+    struct spare_list *l = v;
+    while (l->head) {
+        void *obj = l->head;
+        memcpy(&l->head, obj, sizeof l->head);
+        free(obj);
+    }
+    free(l);
+}
+
+static pthread_mutex_t spares_init_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* The calling thread's list, made when make is set; NULL when there is none. */
+static struct spare_list *spare_list(struct util_spares *s, int make)
+{
+    if (!__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE)) {
+        if (!make) return NULL;
+        pthread_mutex_lock(&spares_init_mu);
+        int ok = s->ready || pthread_key_create(&s->key, spare_list_free) == 0;
+        if (ok) __atomic_store_n(&s->ready, 1, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&spares_init_mu);
+        if (!ok) return NULL;
+    }
+    struct spare_list *l = pthread_getspecific(s->key);
+    if (!l && make && (l = calloc(1, sizeof *l)) != NULL && pthread_setspecific(s->key, l) != 0) {
+        free(l);
+        l = NULL;
+    }
+    return l;
+}
+
 void *util_spare_take(struct util_spares *s, size_t size)
 {
-    pthread_mutex_lock(&s->mu);
-    void *obj = s->head;
-    if (obj) {
-        memcpy(&s->head, obj, sizeof s->head);
-        s->n--;
-    }
-    pthread_mutex_unlock(&s->mu);
-    if (!obj) return calloc(1, size);
+    struct spare_list *l = spare_list(s, 0);
+    if (!l || !l->head) return calloc(1, size);
+    void *obj = l->head;
+    memcpy(&l->head, obj, sizeof l->head);
+    l->n--;
     memset(obj, 0, size);
     return obj;
 }
@@ -113,15 +148,20 @@ void *util_spare_take(struct util_spares *s, size_t size)
 void util_spare_give(struct util_spares *s, void *obj)
 {
     if (!obj) return;
-    pthread_mutex_lock(&s->mu);
-    int keep = UTIL_KEEP_FREED && s->n < s->max;
-    if (keep) {
-        memcpy(obj, &s->head, sizeof s->head);
-        s->head = obj;
-        s->n++;
+    struct spare_list *l = UTIL_KEEP_FREED ? spare_list(s, 1) : NULL;
+    if (!l || l->n >= s->max) {
+        free(obj);
+        return;
     }
-    pthread_mutex_unlock(&s->mu);
-    if (!keep) free(obj);
+    memcpy(obj, &l->head, sizeof l->head);
+    l->head = obj;
+    l->n++;
+}
+
+int util_spare_count(struct util_spares *s)
+{
+    struct spare_list *l = spare_list(s, 0);
+    return l ? l->n : 0;
 }
 
 size_t util_strlcpy(char *dst, const char *src, size_t size)

@@ -16,18 +16,21 @@ void util_sleep_ms(int64_t ms);
  * allocation goes past malloc's per-thread cache into its slow path (3 % of the gateway's time):
  * util_spare_take returns a zeroed object (a kept one, or calloc's), util_spare_give keeps it (its
  * first bytes become the list's link) or frees it past max, or always under AddressSanitizer.
- * Thread-safe; initialize with UTIL_SPARES_INIT(max). */
+ * Each thread keeps its own list (no lock on the request path; an object may be given back on
+ * another thread than it was taken on), freed when the thread exits. Initialize with
+ * UTIL_SPARES_INIT(max); util_spare_count: how many the calling thread keeps. */
 struct util_spares {
-    pthread_mutex_t mu;
-    void *head;
-    int n, max;
+    int max;
+    int ready; /* key made */
+    pthread_key_t key;
 };
 #define UTIL_SPARES_INIT(max_)                                                                     \
     {                                                                                              \
-        PTHREAD_MUTEX_INITIALIZER, NULL, 0, (max_)                                                 \
+        (max_), 0, 0                                                                               \
     }
 void *util_spare_take(struct util_spares *s, size_t size);
 void util_spare_give(struct util_spares *s, void *obj);
+int util_spare_count(struct util_spares *s);
 
 /* Copies src into dst[size] (truncated, NUL-terminated when size > 0) and returns the length
  * written: snprintf(dst, size, "%s", src) without the format machinery, for the per-request

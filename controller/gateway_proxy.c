@@ -166,7 +166,8 @@ static struct gw_loop *gw_loops;
 static int gw_nloops;
 static _Thread_local struct gw_loop *gw_self; /* the loop this thread runs, if any */
 
-/* Freed proxies kept for reuse: a proxy is several KiB (util_spares). */
+/* Freed proxies kept for reuse by the thread that freed them (mostly a loop): a proxy is several
+ * KiB (util_spares). */
 static struct util_spares gw_spare_proxies = UTIL_SPARES_INIT(1024);
 
 static void proxy_unref(struct proxy *p)
@@ -1060,7 +1061,7 @@ void gwp_loops_stop(void)
         struct gw_loop *lp = &gw_loops[i];
         pthread_mutex_lock(&lp->mu);
         lp->quit = 1;
-        lp->sleeping = 1;
+        lp->sleeping = 1; /* wake it whether or not it is in epoll_wait now */
         loop_wake(lp);
         pthread_mutex_unlock(&lp->mu);
     }

@@ -50,13 +50,13 @@ static void test_util(void)
     }
     for (int i = 0; i < 3; i++)
         util_spare_give(&sp, o[i]);
-    CHECK(sp.n <= 2);
+    CHECK(util_spare_count(&sp) <= 2);
     for (int i = 0; i < 3; i++) {
         o[i] = util_spare_take(&sp, 4096);
         for (int k = 0; k < 4096; k++)
             CHECK(o[i][k] == 0);
     }
-    CHECK_INT_EQ(sp.n, 0);
+    CHECK_INT_EQ(util_spare_count(&sp), 0);
     for (int i = 0; i < 3; i++)
         free(o[i]);
     char num[24];
