@@ -4,13 +4,13 @@
  * buffering a stream and without letting either side make the gateway wait.
  *
  * Loops: the gateway listener's threads (--threads) are these loops, each an epoll loop over its
- * own libmicrohttpd daemon (the listener runs in external-loop mode: httpd.h) and a libcurl multi
- * handle (curl_multi_socket_action: only the sockets that are ready are looked at). A client's
- * connection stays with the loop that accepted it; its handler runs on that loop, suspends the
- * connection, and the same loop starts the transfer on a pooled easy handle right after the
- * daemon's turn; its connections to each runtime stay open and are reused by later requests (the
- * multi handle's own connection cache). Every curl call on a transfer, and every libmicrohttpd
- * call on its connection, happens on its loop's thread. No request crosses threads on its way:
+ * own libmicrohttpd daemon (the listener runs in external-loop mode: httpd.h) and its own
+ * upstream client (upstream.h: keep-alive connections to each runtime, replies parsed by llhttp).
+ * A client's connection stays with the loop that accepted it; its handler runs on that loop,
+ * suspends the connection, and the same loop sends the request upstream right after the daemon's
+ * turn, on a kept-alive connection when one is idle. Every upstream call on a transfer, and every
+ * libmicrohttpd call on its connection, happens on its loop's thread. No request crosses threads
+ * on its way:
  * a thread per request (the first design) cost more than the rest of a small request, and a
  * handoff between a listener thread and an upstream thread (the second) cost a context switch
  * and six system calls per request (docs/benchmarks.md).
@@ -23,7 +23,7 @@
  *   2. the loop picks the untried candidate with the fewest requests outstanding from this
  *      gateway and POSTs to it with the replica secret and the request id. A refused connection,
  *      or a runtime 503 before any byte reached the client, moves on to the next candidate.
- *   3. bytes arrive (write callback): a 200 event stream resumes the client, whose content reader
+ *   3. bytes arrive (on_body): a 200 event stream resumes the client, whose content reader
  *      (the daemon's next turn) drains the buffer and suspends itself when it is empty; other
  *      replies are answered whole when the transfer ends.
  *   4. the client leaves (completion callback): the proxy's req is cleared and the loop poked; it
@@ -36,7 +36,6 @@
  * on the next write. */
 #include "gateway_proxy.h"
 
-#include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +51,7 @@
 #include "lease.h"
 #include "ratelimit.h"
 #include "log.h"
+#include "upstream.h"
 #include "util.h"
 
 /* Bytes buffered between the runtime and the client before the transfer is paused: enough for
@@ -65,10 +65,7 @@
 /* The longest a loop sleeps without looking at its transfers (pings, departed clients that
  * were not poked): short enough for a 10 s ping, long enough to cost nothing. */
 #define GW_LOOP_TICK_MS 1000
-/* Easy handles a loop keeps for reuse: creating one costs more than the rest of a small request. */
-#define GW_LOOP_IDLE_HANDLES 256
-/* Keep-alive connections a loop's cache may hold, over all runtimes. */
-#define GW_LOOP_MAX_CONNECTS 1024L
+#define GW_CONNECT_TIMEOUT_MS 3000
 /* Connections this gateway process opens to one runtime, over all its loops, when
  * --replica-max-outstanding is 0: the runtime serves each connection with a thread and accepts
  * 256 at most (runtime/server.c), and its agent's probes need some. */
@@ -78,7 +75,6 @@
         */
 
 struct gw_loop;
-struct fd_reg;
 
 struct proxy {
     pthread_mutex_t lock;
@@ -86,14 +82,11 @@ struct proxy {
     struct httpd_req *req; /* NULL once the client's request is gone */
     struct ctl_listener *lis;
     struct gw_loop *loop;
-    struct proxy *next; /* in the loop's inbox, then in its active list (loop thread only) */
-    struct proxy *prev; /* in the active list */
-    CURL *easy;         /* while a transfer runs (loop thread only) */
-    /* The request's headers to the runtime, as curl's list type but in the proxy's own memory
-     * (curl only reads the list): no allocation per request. */
-    struct curl_slist hl[4];
-    char auth_h[128], rid_h[96];
-    int cand; /* the candidate being tried */
+    struct proxy *next;   /* in the loop's inbox, then in its active list (loop thread only) */
+    struct proxy *prev;   /* in the active list */
+    struct up_xfer *xfer; /* while a transfer runs (loop thread only) */
+    char headers[256];    /* the request's own headers to the runtime: secret, request id */
+    int cand;             /* the candidate being tried */
 
     struct gw_route route; /* candidates; re-resolved while held */
     char account_id[24];
@@ -109,7 +102,6 @@ struct proxy {
     int sent; /* some runtime may have received the request */
     char model[208];
     int64_t hold_until_ms;
-    char url[320];    /* the candidate being tried: its base URL + path */
     const char *path; /* the runtime route (static) */
     char request_id[64];
     char *body;
@@ -122,7 +114,7 @@ struct proxy {
     int headers_done;      /* status and first bytes known */
     int streaming;         /* a 200 event stream: answered incrementally */
     int finished;          /* transfer over */
-    int failed;            /* transport error */
+    int failed;            /* transport error (error says which) */
     int swallow;           /* a runtime 503 that another candidate may still fix: not relayed */
     int paused;            /* the transfer waits for the client to drain the buffer */
     char error[256];
@@ -143,13 +135,11 @@ struct gw_loop {
     int resumed;       /* this loop resumed a connection: the daemon's turn is due (loop only) */
     struct proxy *local, *local_tail; /* started by handlers in the daemon's turn (loop only) */
     int quit;                         /* gwp_loops_stop: end the loop (under mu) */
-    struct fd_reg *regs;              /* per descriptor: what the epoll set holds (loop only) */
-    CURLM *multi;
-    int epfd;              /* the sockets curl asked us to watch, and evfd */
-    int evfd;              /* written to wake the loop (new work, a poke) */
-    int64_t timer_at_ms;   /* when curl wants curl_multi_socket_action(TIMEOUT); -1: never */
-    pthread_mutex_t mu;    /* guards inbox and poke */
-    struct proxy *inbox;   /* newest first; started in arrival order */
+    struct up_loop *up;               /* the connections to runtimes (loop only) */
+    int epfd;                         /* the daemon's fd, evfd and the upstream connections */
+    int evfd;                         /* written to wake the loop (new work, a poke) */
+    pthread_mutex_t mu;               /* guards inbox and poke */
+    struct proxy *inbox;              /* newest first; started in arrival order */
     int poke;              /* a client left or drained a paused stream: look at the transfers */
     int sleeping;          /* the loop is in (or entering) epoll_wait: new work must write evfd */
     struct proxy *active;  /* loop thread only */
@@ -158,8 +148,6 @@ struct gw_loop {
      * requests from this gateway (loop thread only; in arrival order, linked by next). */
     struct proxy *parked, *parked_tail;
     int unpark_due; /* a transfer ended here: a parked request may go now */
-    CURL *idle[GW_LOOP_IDLE_HANDLES];
-    int nidle;
 };
 
 static struct gw_loop *gw_loops;
@@ -304,26 +292,49 @@ static int untried_left(const struct gw_route *rt)
     return 0;
 }
 
-/* ---- curl callbacks (loop thread) ---- */
+/* ---- the upstream client's callbacks (loop thread) ---- */
 
-/* Called with p->lock held. */
-static void note_headers(struct proxy *p)
+/* The reply's status and headers are in. */
+static int on_headers(void *ud, int status)
 {
-    if (p->headers_done || p->swallow) return;
-    long status = 0;
-    curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &status);
+    struct proxy *p = ud;
+    pthread_mutex_lock(&p->lock);
     /* A busy or dying runtime says 503: another replica may serve it, and the client has seen
      * nothing yet. */
     if (status == 503 && untried_left(&p->route)) {
         p->swallow = 1;
+    } else {
+        p->status = status;
+        if (!p->content_type[0])
+            util_strlcpy(p->content_type, "application/json", sizeof p->content_type);
+        p->streaming = p->status == 200 && strstr(p->content_type, "text/event-stream") != NULL;
+        p->headers_done = 1;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+/* Keeps the reply headers that matter: its content type, and the runtime's fingerprint, which
+ * is passed through. */
+static void on_header(void *ud, const char *name, size_t nlen, const char *v, size_t vn)
+{
+    struct proxy *p = ud;
+    char *to;
+    size_t cap;
+    if (nlen == 12 && !strncasecmp(name, "content-type", 12)) {
+        to = p->content_type;
+        cap = sizeof p->content_type;
+    } else if (nlen == 22 && !strncasecmp(name, "openrunpod-fingerprint", 22)) {
+        to = p->fingerprint;
+        cap = sizeof p->fingerprint;
+    } else {
         return;
     }
-    p->status = status;
-    char *ct = NULL;
-    curl_easy_getinfo(p->easy, CURLINFO_CONTENT_TYPE, &ct);
-    util_strlcpy(p->content_type, ct ? ct : "application/json", sizeof p->content_type);
-    p->streaming = p->status == 200 && strstr(p->content_type, "text/event-stream") != NULL;
-    p->headers_done = 1;
+    if (vn >= cap) return;
+    pthread_mutex_lock(&p->lock);
+    memcpy(to, v, vn);
+    to[vn] = '\0';
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* The prompt and completion tokens of the OpenAI-shaped reply or chunk in s[0..n), when it has a
@@ -362,22 +373,13 @@ static void scan_usage(struct proxy *p, const char *s, size_t n)
     }
 }
 
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
+static int on_body(void *ud, const char *ptr, size_t n)
 {
     struct proxy *p = ud;
-    size_t n = size * nmemb;
     pthread_mutex_lock(&p->lock);
-    note_headers(p);
     if (p->swallow) {
         pthread_mutex_unlock(&p->lock);
-        return n;
-    }
-    /* A slow client: pause rather than buffer without bound (curl keeps these bytes and hands
-     * them over again once unpaused). */
-    if (p->req && p->streaming && p->data.len - p->data_off > PROXY_MAX_BUFFERED) {
-        p->paused = 1;
-        pthread_mutex_unlock(&p->lock);
-        return CURL_WRITEFUNC_PAUSE;
+        return 0;
     }
     int ok = p->req != NULL && (p->streaming || p->data.len + n <= PROXY_MAX_REPLY);
     if (ok) {
@@ -392,33 +394,25 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
         p->last_data_ms = util_now_ms();
         if (p->streaming && p->tokens > 0) scan_usage(p, ptr, n);
         if (p->streaming) wake_client(p);
+        /* A slow client: stop reading from the runtime rather than buffer without bound (the
+         * sweep resumes it when the client has drained half). */
+        if (ok && p->streaming && !p->paused && p->data.len - p->data_off > PROXY_MAX_BUFFERED) {
+            p->paused = 1;
+            up_pause(p->loop->up, p->xfer, 1);
+        }
     }
     pthread_mutex_unlock(&p->lock);
-    return ok ? n : 0; /* 0 aborts the transfer: the runtime sees the disconnect */
+    return ok ? 0 : -1; /* refused: the transfer ends and the runtime sees the disconnect */
 }
 
-/* Keeps the one response header that is passed through: the runtime's fingerprint. */
-static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
-{
-    struct proxy *p = ud;
-    size_t n = size * nmemb;
-    static const char name[] = "openrunpod-fingerprint:";
-    if (n > sizeof name - 1 && !strncasecmp(ptr, name, sizeof name - 1)) {
-        const char *v = ptr + sizeof name - 1;
-        size_t vn = n - (sizeof name - 1);
-        while (vn && (*v == ' ' || *v == '\t'))
-            v++, vn--;
-        while (vn && (v[vn - 1] == '\r' || v[vn - 1] == '\n' || v[vn - 1] == ' '))
-            vn--;
-        pthread_mutex_lock(&p->lock);
-        if (vn < sizeof p->fingerprint) {
-            memcpy(p->fingerprint, v, vn);
-            p->fingerprint[vn] = '\0';
-        }
-        pthread_mutex_unlock(&p->lock);
-    }
-    return n;
-}
+static void on_done(void *ud, enum up_rc rc, const char *why);
+
+static const struct up_handler gw_up_handler = {
+    .on_header = on_header,
+    .on_headers = on_headers,
+    .on_body = on_body,
+    .on_done = on_done,
+};
 
 /* ---- the loop ---- */
 
@@ -472,8 +466,8 @@ static void tokens_settle(struct proxy *p, int not_sent, int64_t pt, int64_t ct)
 }
 
 /* The transfer is over for good (loop thread, or the hold thread before any transfer): settle,
- * tell the client, let go. rc: the last transfer's result. */
-static void finish(struct proxy *p, CURLcode rc)
+ * tell the client, let go. rc, why: the last transfer's result. */
+static void finish(struct proxy *p, enum up_rc rc, const char *why)
 {
     if (p->leased || p->tokens > 0) {
         int64_t pt, ct;
@@ -482,45 +476,17 @@ static void finish(struct proxy *p, CURLcode rc)
         if (p->tokens > 0) tokens_settle(p, not_sent, pt, ct);
     }
     pthread_mutex_lock(&p->lock);
-    if (rc != CURLE_OK && !p->err_status) {
+    if (rc != UP_OK && !p->err_status) {
         p->failed = 1;
-        snprintf(p->error, sizeof p->error, "%s", curl_easy_strerror(rc));
-        if (p->req) log_warn("request %s: replica %s: %s", p->request_id, p->url, p->error);
+        util_strlcpy(p->error, why && why[0] ? why : up_strerror(rc), sizeof p->error);
+        if (p->req)
+            log_warn("request %s: replica %s: %s", p->request_id,
+                     p->route.ncand ? p->route.cand[p->cand].url : "-", p->error);
     }
     p->finished = 1;
     wake_client(p);
     pthread_mutex_unlock(&p->lock);
     proxy_unref(p);
-}
-
-static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a);
-static int on_close_socket(void *ud, curl_socket_t s);
-
-/* A pooled easy handle, or a new one with the options every transfer shares (a reused handle
- * keeps them: no curl_easy_reset per request). */
-static CURL *handle_get(struct gw_loop *lp)
-{
-    if (lp->nidle > 0) return lp->idle[--lp->nidle];
-    CURL *c = curl_easy_init();
-    if (!c) return NULL;
-    curl_easy_setopt(c, CURLOPT_POST, 1L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
-    curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, lp);
-    curl_easy_setopt(c, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-    curl_easy_setopt(c, CURLOPT_CLOSESOCKETDATA, lp);
-    return c;
-}
-
-static void handle_put(struct gw_loop *lp, CURL *c)
-{
-    if (lp->nidle < GW_LOOP_IDLE_HANDLES)
-        lp->idle[lp->nidle++] = c;
-    else
-        curl_easy_cleanup(c);
 }
 
 /* Appends p to the list (head, tail) linked by next: a loop's parked or local requests. */
@@ -545,13 +511,13 @@ static void park(struct gw_loop *lp, struct proxy *p)
         snprintf(p->err_msg, sizeof p->err_msg,
                  "every replica of endpoint '%.100s' is busy; retry shortly", p->model);
         pthread_mutex_unlock(&p->lock);
-        finish(p, CURLE_OK);
+        finish(p, UP_OK, "");
         return;
     }
     proxy_append(&lp->parked, &lp->parked_tail, p);
 }
 
-static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last);
+static void attempt(struct gw_loop *lp, struct proxy *p, enum up_rc last, const char *why);
 
 /* Tries every parked request again, in order (those still without room park again). */
 static void unpark(struct gw_loop *lp)
@@ -562,19 +528,20 @@ static void unpark(struct gw_loop *lp)
     while (list) {
         struct proxy *nx = list->next;
         list->next = NULL;
-        attempt(lp, list, CURLE_COULDNT_CONNECT);
+        attempt(lp, list, UP_CONNECT, "no replica could be reached");
         list = nx;
     }
 }
 
-/* Starts a transfer to the best untried candidate; finishes the proxy when none is left. */
-static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
+/* Starts a transfer to the best untried candidate; finishes the proxy when none is left (with
+ * the last candidate's failure: last, why). */
+static void attempt(struct gw_loop *lp, struct proxy *p, enum up_rc last, const char *why)
 {
     pthread_mutex_lock(&p->lock);
     int gone = p->req == NULL;
     pthread_mutex_unlock(&p->lock);
     if (gone) { /* the client left before a runtime was asked: nothing to cancel */
-        finish(p, CURLE_ABORTED_BY_CALLBACK);
+        finish(p, UP_ABORTED, "the client left");
         return;
     }
     int n = 0;
@@ -584,49 +551,43 @@ static void attempt(struct gw_loop *lp, struct proxy *p, CURLcode last)
         park(lp, p);
         return;
     }
-    CURL *c = i < 0 ? NULL : handle_get(lp);
-    if (!c) {
-        finish(p, i < 0 ? last : CURLE_OUT_OF_MEMORY);
+    if (i < 0) {
+        finish(p, last, why);
         return;
     }
     struct gw_candidate *cd = &p->route.cand[i];
     cd->tried = 1;
     p->cand = i;
-    size_t ul = util_strlcpy(p->url, cd->url, sizeof p->url);
-    util_strlcpy(p->url + ul, p->path, sizeof p->url - ul);
-    static const char auth_p[] = "Authorization: Bearer ", rid_p[] = "X-ORP-Request-Id: ";
-    memcpy(p->auth_h, auth_p, sizeof auth_p);
-    util_strlcpy(p->auth_h + sizeof auth_p - 1, cd->secret, sizeof p->auth_h - (sizeof auth_p - 1));
-    memcpy(p->rid_h, rid_p, sizeof rid_p);
-    util_strlcpy(p->rid_h + sizeof rid_p - 1, p->request_id, sizeof p->rid_h - (sizeof rid_p - 1));
-    static char ct_h[] = "Content-Type: application/json", expect_h[] = "Expect:";
-    p->hl[0] = (struct curl_slist){ct_h, &p->hl[1]};
-    p->hl[1] = (struct curl_slist){p->auth_h, &p->hl[2]};
-    p->hl[2] = (struct curl_slist){p->rid_h, &p->hl[3]};
-    p->hl[3] = (struct curl_slist){expect_h, NULL}; /* no "Expect: 100-continue" */
-    /* The options every transfer shares were set when the handle was made (handle_get); these
-     * are the request's own. */
-    curl_easy_setopt(c, CURLOPT_URL, p->url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, &p->hl[0]);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, p->timeout_s);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, p);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, p);
-    curl_easy_setopt(c, CURLOPT_PRIVATE, p);
-    p->easy = c;
+    char *h = p->headers, *end = p->headers + sizeof p->headers;
+    static const char auth_p[] = "Authorization: Bearer ", rid_p[] = "\r\nX-ORP-Request-Id: ";
+    memcpy(h, auth_p, sizeof auth_p - 1);
+    h += sizeof auth_p - 1;
+    h += util_strlcpy(h, cd->secret, (size_t)(end - h) - sizeof rid_p - 66);
+    memcpy(h, rid_p, sizeof rid_p - 1);
+    h += sizeof rid_p - 1;
+    h += util_strlcpy(h, p->request_id, 64);
+    memcpy(h, "\r\n", 3);
+    p->content_type[0] = p->fingerprint[0] = '\0';
+    struct up_request rq = {
+        .base_url = cd->url,
+        .path = p->path,
+        .headers = p->headers,
+        .body = p->body,
+        .body_len = p->body_len,
+        .timeout_ms = p->timeout_s * 1000,
+    };
     load_add(cd->replica_id, 1);
-    if (curl_multi_add_handle(lp->multi, c) != CURLM_OK) {
-        load_add(cd->replica_id, -1);
-        p->easy = NULL;
-        handle_put(lp, c);
-        finish(p, CURLE_FAILED_INIT);
-        return;
-    }
     p->next = lp->active;
     p->prev = NULL;
     if (lp->active) lp->active->prev = p;
     lp->active = p;
+    p->xfer = up_start(lp->up, &rq, &gw_up_handler, p);
+    if (!p->xfer) { /* an address that is no URL: as if it refused */
+        load_add(cd->replica_id, -1);
+        active_remove(lp, p);
+        log_warn("request %s: replica %s has no usable address", p->request_id, cd->url);
+        attempt(lp, p, UP_CONNECT, "the replica's address is not usable");
+    }
 }
 
 /* A detached thread for the rare paths that block (a held request, a cut stream's reason): 0 or
@@ -704,61 +665,66 @@ static void *explain_thread(void *arg)
     free(text);
     log_warn("request %s: stream cut mid-way: %s", p->request_id, msg);
     free(ct);
-    finish(p, CURLE_OK); /* the stream ends normally after that event */
+    finish(p, UP_OK, ""); /* the stream ends normally after that event */
     return NULL;
 }
 
 /* 0 when a thread took over p to end it with a final event; -1 to finish it as it is. */
-static int explain_cut(struct proxy *p, CURLcode rc)
+static int explain_cut(struct proxy *p, enum up_rc rc, const char *why)
 {
     struct cut *ct = calloc(1, sizeof *ct);
     if (!ct) return -1;
     ct->p = p;
-    ct->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
-    snprintf(ct->error, sizeof ct->error, "%s", curl_easy_strerror(rc));
+    ct->timed_out = rc == UP_TIMEOUT;
+    util_strlcpy(ct->error, why && why[0] ? why : up_strerror(rc), sizeof ct->error);
     int err = spawn_detached(explain_thread, ct);
     if (err) free(ct);
     return err ? -1 : 0;
 }
 
-/* A transfer ended (or was cancelled: rc CURLE_ABORTED_BY_CALLBACK). Retries another candidate
- * when nothing reached the client and the runtime never saw the request or refused it whole. */
-static void transfer_done(struct gw_loop *lp, struct proxy *p, CURLcode rc)
+/* A transfer ended (or was cancelled: rc UP_ABORTED, after up_cancel). Retries another
+ * candidate when nothing reached the client and the runtime never saw the request or refused it
+ * whole. */
+static void transfer_done(struct gw_loop *lp, struct proxy *p, enum up_rc rc, const char *why)
 {
-    CURL *c = p->easy;
-    curl_multi_remove_handle(lp->multi, c);
+    const char *url = p->route.cand[p->cand].url;
     load_add(p->route.cand[p->cand].replica_id, -1);
     lp->unpark_due = 1;
     active_remove(lp, p);
     pthread_mutex_lock(&p->lock);
-    if (rc == CURLE_OK) note_headers(p);
-    if (rc != CURLE_COULDNT_CONNECT && !p->swallow) p->sent = 1; /* it may have run */
-    int retry = p->req && !p->headers_done && untried_left(&p->route) &&
-                (p->swallow || rc == CURLE_COULDNT_CONNECT);
+    if (rc != UP_CONNECT && !p->swallow) p->sent = 1; /* it may have run */
+    int retry =
+        p->req && !p->headers_done && untried_left(&p->route) && (p->swallow || rc == UP_CONNECT);
     if (retry) {
-        log_warn("request %s: replica %s %s; trying another", p->request_id, p->url,
+        log_warn("request %s: replica %s %s; trying another", p->request_id, url,
                  p->swallow ? "is busy (503)" : "refused the connection");
         p->swallow = 0;
         p->data.len = p->data_off = 0;
     }
-    p->easy = NULL;
+    p->xfer = NULL;
     p->paused = 0;
     int left = p->req == NULL;
     pthread_mutex_unlock(&p->lock);
-    handle_put(lp, c);
-    /* Found by the sweep, or by the write callback refusing bytes for nobody: either way the
-     * connection is closed now, and the runtime stops and meters what it made. */
-    if (left && rc != CURLE_OK)
+    /* Found by the sweep, or by on_body refusing bytes for nobody: either way the connection
+     * is closed now, and the runtime stops and meters what it made. */
+    if (left && rc != UP_OK)
         log_info("request %s: the client left; cancelling it upstream", p->request_id);
     if (retry) {
-        attempt(lp, p, rc);
+        attempt(lp, p, rc, why);
         return;
     }
     pthread_mutex_lock(&p->lock);
-    int cut = rc != CURLE_OK && p->streaming && p->req != NULL;
+    int cut = rc != UP_OK && p->streaming && p->req != NULL;
     pthread_mutex_unlock(&p->lock);
-    if (cut && explain_cut(p, rc) == 0) return;
-    finish(p, rc);
+    if (cut && explain_cut(p, rc, why) == 0) return;
+    finish(p, rc, why);
+}
+
+/* The upstream client's end of a transfer (up_reap). */
+static void on_done(void *ud, enum up_rc rc, const char *why)
+{
+    struct proxy *p = ud;
+    transfer_done(p->loop, p, rc, why);
 }
 
 /* Looks at every transfer: cancels those whose client left, unpauses those whose client drained
@@ -780,118 +746,19 @@ static void sweep(struct gw_loop *lp)
         if (unpause) p->paused = 0;
         pthread_mutex_unlock(&p->lock);
         if (gone) {
-            transfer_done(lp, p, CURLE_ABORTED_BY_CALLBACK);
+            up_cancel(lp->up, p->xfer);
+            transfer_done(lp, p, UP_ABORTED, "the client left");
         } else if (unpause) {
-            curl_easy_pause(p->easy, CURLPAUSE_CONT); /* may call on_body at once */
+            up_pause(lp->up, p->xfer, 0);
         }
     }
-}
-
-/* ---- the upstream sockets in the loop's epoll set ----
- *
- * curl says "watch this socket for input" when a transfer starts on a kept-alive connection and
- * "stop watching" when it ends; followed to the letter that is two epoll_ctl calls per request.
- * Instead a socket stays in the set while curl keeps its connection: "stop" only marks it idle,
- * and "watch" again costs nothing when the interest is unchanged. An idle socket that becomes
- * readable (the runtime closed the connection) is taken out then, and curl finds the connection
- * dead when it next looks. What is in the set is tracked per descriptor, and reset when curl
- * opens or closes a socket (CURLOPT_OPENSOCKETFUNCTION / CLOSESOCKETFUNCTION): a number reused
- * for a new socket never inherits an old registration. */
-#define GW_FD_SLOTS 65536
-struct fd_reg {
-    uint32_t events; /* registered in the loop's epoll set; 0: not */
-    uint8_t idle;    /* curl no longer watches it */
-};
-
-static struct fd_reg *fd_reg_of(struct gw_loop *lp, curl_socket_t s)
-{
-    return s >= 0 && s < GW_FD_SLOTS && lp->regs ? &lp->regs[s] : NULL;
-}
-
-static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
-{
-    (void)purpose;
-    curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-    struct fd_reg *r = fd_reg_of(ud, s);
-    if (r) *r = (struct fd_reg){0};
-    return s;
-}
-
-static int on_close_socket(void *ud, curl_socket_t s)
-{
-    struct gw_loop *lp = ud;
-    struct fd_reg *r = fd_reg_of(lp, s);
-    if (r && r->events) epoll_ctl(lp->epfd, EPOLL_CTL_DEL, s, NULL);
-    if (r) *r = (struct fd_reg){0};
-    return close(s);
-}
-
-/* curl's socket callback: watch s for what curl waits for. */
-static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sockp)
-{
-    (void)e;
-    struct gw_loop *lp = ud;
-    struct fd_reg *r = fd_reg_of(lp, s);
-    if (what == CURL_POLL_REMOVE) {
-        if (r && r->events == EPOLLIN)
-            r->idle = 1; /* kept in the set (above) */
-        else {
-            epoll_ctl(lp->epfd, EPOLL_CTL_DEL, s, NULL);
-            if (r) *r = (struct fd_reg){0};
-        }
-        curl_multi_assign(lp->multi, s, NULL);
-        return 0;
-    }
-    struct epoll_event ev = {0};
-    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
-    ev.data.fd = s;
-    if (r && r->events) {
-        if (r->events != ev.events) epoll_ctl(lp->epfd, EPOLL_CTL_MOD, s, &ev);
-    } else if (epoll_ctl(lp->epfd, EPOLL_CTL_ADD, s, &ev) != 0) {
-        epoll_ctl(lp->epfd, EPOLL_CTL_MOD, s, &ev);
-    }
-    if (r) *r = (struct fd_reg){.events = ev.events};
-    if (!sockp) curl_multi_assign(lp->multi, s, lp); /* any non-NULL: "watched" */
-    return 0;
-}
-
-/* An event on a socket curl does not watch: an idle kept-alive connection that the runtime
- * closed (or spoke on). Taken out of the set; curl notices when it next looks at it. */
-static int idle_event(struct gw_loop *lp, int fd)
-{
-    struct fd_reg *r = fd_reg_of(lp, fd);
-    if (!r || !r->idle) return 0;
-    epoll_ctl(lp->epfd, EPOLL_CTL_DEL, fd, NULL);
-    *r = (struct fd_reg){0};
-    return 1;
-}
-
-/* curl's timer callback: call socket_action(TIMEOUT) in timeout_ms (-1: no timer). */
-static int on_timer(CURLM *m, long timeout_ms, void *ud)
-{
-    (void)m;
-    struct gw_loop *lp = ud;
-    lp->timer_at_ms = timeout_ms < 0 ? -1 : util_now_ms() + timeout_ms;
-    return 0;
-}
-
-/* Transfers that ended: retried or finished. */
-static void reap(struct gw_loop *lp)
-{
-    CURLMsg *m;
-    int q;
-    while ((m = curl_multi_info_read(lp->multi, &q))) {
-        if (m->msg != CURLMSG_DONE) continue;
-        char *priv = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
-        if (priv) transfer_done(lp, (struct proxy *)priv, m->data.result);
-    }
+    up_sweep(lp->up, now); /* deadlines; idle connections */
 }
 
 #define GW_LOOP_EVENTS 256 /* events taken per epoll_wait: more simply wait for the next call */
 
-/* Starts the requests that handlers queued on this loop during the daemon's turn, and lets curl
- * send them at once rather than on the next turn. */
+/* Starts the requests that handlers queued on this loop during the daemon's turn: each is sent
+ * at once on an idle connection. */
 static void start_local(struct gw_loop *lp)
 {
     struct proxy *p = lp->local;
@@ -900,15 +767,10 @@ static void start_local(struct gw_loop *lp)
     while (p) {
         struct proxy *nx = p->next;
         p->next = NULL;
-        attempt(lp, p, CURLE_COULDNT_CONNECT);
+        attempt(lp, p, UP_CONNECT, "no replica could be reached");
         p = nx;
     }
-    if (lp->timer_at_ms >= 0 && util_now_ms() >= lp->timer_at_ms) {
-        int running;
-        lp->timer_at_ms = -1;
-        curl_multi_socket_action(lp->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        reap(lp); /* a reply already waiting was read at once: its transfer may be over */
-    }
+    up_reap(lp->up); /* those that could not start at all */
 }
 
 /* The daemon's turn: accepts, reads requests, runs handlers, writes replies (httpd.h). */
@@ -926,11 +788,9 @@ static void *loop_main(void *arg)
     gw_self = lp;
     log_set_context("gateway-loop");
     struct epoll_event evs[GW_LOOP_EVENTS];
-    int running;
     for (;;) {
         int64_t now = util_now_ms();
         int64_t wait = GW_LOOP_TICK_MS - (now - lp->last_sweep_ms);
-        if (lp->timer_at_ms >= 0 && lp->timer_at_ms - now < wait) wait = lp->timer_at_ms - now;
         if (lp->mhd_at_ms >= 0 && lp->mhd_at_ms - now < wait) wait = lp->mhd_at_ms - now;
         /* Parked requests: room may open at another loop's replica too; look again soon. */
         if (lp->parked && wait > GW_PARKED_POLL_MS) wait = GW_PARKED_POLL_MS;
@@ -961,17 +821,9 @@ static void *loop_main(void *arg)
                 daemon_due = 1;
                 continue;
             }
-            if (idle_event(lp, evs[i].data.fd)) continue;
-            int fl = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
-                     (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-                     (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-            curl_multi_socket_action(lp->multi, evs[i].data.fd, fl, &running);
+            up_event(lp->up, evs[i].data.fd, evs[i].events);
         }
-        if (lp->timer_at_ms >= 0 && util_now_ms() >= lp->timer_at_ms) {
-            lp->timer_at_ms = -1;
-            curl_multi_socket_action(lp->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        }
-        reap(lp);
+        up_reap(lp->up);
 
         pthread_mutex_lock(&lp->mu);
         struct proxy *in = lp->inbox;
@@ -992,7 +844,7 @@ static void *loop_main(void *arg)
         }
         while (rev) {
             struct proxy *nx = rev->next;
-            attempt(lp, rev, CURLE_COULDNT_CONNECT);
+            attempt(lp, rev, UP_CONNECT, "no replica could be reached");
             rev = nx;
         }
         if (daemon_due || lp->resumed || (lp->mhd_at_ms >= 0 && util_now_ms() >= lp->mhd_at_ms))
@@ -1000,7 +852,7 @@ static void *loop_main(void *arg)
         if (lp->parked && (lp->unpark_due || n == 0)) unpark(lp);
         if (poke || util_now_ms() - lp->last_sweep_ms >= GW_LOOP_TICK_MS) {
             sweep(lp);
-            reap(lp); /* an unpaused transfer may have ended */
+            up_reap(lp->up); /* transfers past their deadline */
         }
     }
     return NULL;
@@ -1017,31 +869,25 @@ int gwp_loops_start(struct ctl_listener *l, struct httpd_server *srv)
         pthread_mutex_init(&lp->mu, NULL);
         lp->srv = srv;
         lp->idx = i;
-        lp->timer_at_ms = lp->mhd_at_ms = -1;
+        lp->mhd_at_ms = -1;
         lp->mhd_fd = httpd_loop_fd(srv, i);
-        lp->regs = calloc(GW_FD_SLOTS, sizeof *lp->regs);
         lp->epfd = epoll_create1(EPOLL_CLOEXEC);
         lp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        lp->multi = curl_multi_init();
+        /* With --replica-max-outstanding the gateway itself keeps requests waiting, in order;
+         * without it, the client's per-address limit bounds the connections (and queues). */
+        int64_t cap = l->ctl->cfg.replica_max_outstanding;
+        long per_host = cap > 0 ? (long)cap : GW_REPLICA_CONNECTIONS / n;
+        lp->up = lp->epfd < 0 ? NULL
+                              : up_loop_new(lp->epfd, per_host > 0 ? (int)per_host : 1,
+                                            GW_CONNECT_TIMEOUT_MS);
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = lp->evfd};
         struct epoll_event mev = {.events = EPOLLIN, .data.fd = lp->mhd_fd};
-        if (!lp->multi || !lp->regs || lp->epfd < 0 || lp->evfd < 0 || lp->mhd_fd < 0 ||
+        if (!lp->up || lp->epfd < 0 || lp->evfd < 0 || lp->mhd_fd < 0 ||
             epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->evfd, &ev) != 0 ||
             epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->mhd_fd, &mev) != 0) {
             log_error("gateway: cannot set up loop %d", i);
             return -1; /* the caller stops: what was made here lives until the process ends */
         }
-        curl_multi_setopt(lp->multi, CURLMOPT_MAXCONNECTS, GW_LOOP_MAX_CONNECTS);
-        /* With --replica-max-outstanding the gateway itself keeps requests waiting, in order,
-         * and curl never has to (a transfer curl keeps pending counts its wait against its
-         * deadlines); without it, curl's per-host limit bounds the connections. */
-        int64_t cap = l->ctl->cfg.replica_max_outstanding;
-        long per_host = cap > 0 ? (long)cap : GW_REPLICA_CONNECTIONS / n;
-        curl_multi_setopt(lp->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host > 0 ? per_host : 1L);
-        curl_multi_setopt(lp->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-        curl_multi_setopt(lp->multi, CURLMOPT_SOCKETDATA, lp);
-        curl_multi_setopt(lp->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-        curl_multi_setopt(lp->multi, CURLMOPT_TIMERDATA, lp);
     }
     for (int i = 0; i < n; i++) {
         if (pthread_create(&gw_loops[i].th, NULL, loop_main, &gw_loops[i]) != 0) {
@@ -1108,7 +954,7 @@ static void *hold_thread(void *arg)
     snprintf(p->err_msg, sizeof p->err_msg, "endpoint '%.100s' has no ready replica; retry shortly",
              p->model);
     pthread_mutex_unlock(&p->lock);
-    finish(p, CURLE_OK);
+    finish(p, UP_OK, "");
     return NULL;
 }
 

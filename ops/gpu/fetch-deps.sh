@@ -17,6 +17,6 @@ PKGS=(libjansson-dev libjansson4 libmicrohttpd-dev libmicrohttpd12 libpcre2-dev 
       libcurl4-openssl-dev libcurl4 libssl-dev libssl3 libgnutls30 libnghttp2-14 librtmp1
       libssh2-1 libpsl5 libldap-2.5-0 libsasl2-2 libbrotli1 libidn2-0 libunistring2
       libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1 libp11-kit0
-      libtasn1-6 libnettle8 libhogweed6 libgmp10 libffi8 libzstd1)
+      libtasn1-6 libnettle8 libhogweed6 libgmp10 libffi8 libzstd1 node-llhttp)
 apt-get download "${PKGS[@]}"
 du -sh .
