@@ -59,7 +59,9 @@ struct up_conn {
     int too_big;  /* its headers passed UP_MAX_HEADER_BYTES */
     size_t hbytes;
     size_t hn, hv;
-    int hover; /* the header being read overflowed name or value: not passed on */
+    int hover;
+    char *rest;      /* read but not parsed: the exchange was paused in the middle of a read */
+    size_t rest_len; /* the header being read overflowed name or value: not passed on */
     char hname[UP_NAME_MAX];
     char hval[UP_VALUE_MAX];
 };
@@ -183,6 +185,7 @@ static void conn_close(struct up_loop *ul, struct up_conn *c)
     ul->nconns--;
     if (c->fd >= 0 && c->fd < ul->nbyfd) ul->byfd[c->fd] = NULL;
     close(c->fd); /* also takes it out of the epoll set */
+    free(c->rest);
     free(c);
 }
 
@@ -286,6 +289,9 @@ static void conn_attach(struct up_conn *c, struct up_xfer *x)
     c->got = c->complete = c->aborted = c->too_big = 0;
     c->hbytes = c->hn = c->hv = 0;
     c->hover = 0;
+    free(c->rest);
+    c->rest = NULL;
+    c->rest_len = 0;
 }
 
 /* Sends x on the connected c. */
@@ -356,7 +362,7 @@ static int on_hdone(llhttp_t *p)
         c->aborted = 1;
         return -1;
     }
-    return 0;
+    return x->paused ? HPE_PAUSED : 0; /* up_pause from the callback: nothing more until resumed */
 }
 
 static int on_rbody(llhttp_t *p, const char *at, size_t n)
@@ -367,7 +373,7 @@ static int on_rbody(llhttp_t *p, const char *at, size_t n)
         c->aborted = 1;
         return -1;
     }
-    return 0;
+    return x->paused ? HPE_PAUSED : 0;
 }
 
 static int on_rdone(llhttp_t *p)
@@ -392,6 +398,20 @@ static int conn_parse(struct up_loop *ul, struct up_conn *c, const char *d, size
         return 1;
     }
     if (e == HPE_OK) return 0;
+    if (e == HPE_PAUSED) { /* by up_pause: what is left of d waits for the resume */
+        const char *at = llhttp_get_error_pos(&c->parser);
+        size_t left = at && at >= d && at < d + n ? (size_t)(d + n - at) : 0;
+        if (left) {
+            c->rest = malloc(left);
+            if (!c->rest) {
+                conn_finish(ul, c, 0, UP_NOMEM, "out of memory");
+                return 1;
+            }
+            memcpy(c->rest, at, left);
+            c->rest_len = left;
+        }
+        return 0;
+    }
     if (c->aborted) {
         conn_finish(ul, c, 0, UP_ABORTED, "the reply was refused");
     } else if (c->too_big) {
@@ -567,8 +587,12 @@ static struct up_pool *pool_of(struct up_loop *ul, const char *base_url)
     if (hl == 0 || hl >= UP_HOST_MAX || strlen(base_url) >= UP_KEY_MAX || strchr(hp, '/') ||
         !colon || colon == hp || !colon[1] || strchr(colon, ']'))
         return NULL;
-    for (const char *d = colon + 1; *d; d++)
-        if (*d < '0' || *d > '9') return NULL;
+    long port = 0;
+    for (const char *d = colon + 1; *d; d++) {
+        if (*d < '0' || *d > '9' || port > 65535) return NULL;
+        port = port * 10 + (*d - '0');
+    }
+    if (port < 1 || port > 65535) return NULL;
     struct up_pool *pl = calloc(1, sizeof *pl);
     if (!pl) return NULL;
     util_strlcpy(pl->key, base_url, sizeof pl->key);
@@ -657,6 +681,7 @@ static void xfer_end(struct up_loop *ul, struct up_xfer *x, enum up_rc rc, const
 /* Appends s (n bytes) at *at within [.., end); 0 or -1 when it does not fit. */
 static int put(char **at, const char *end, const char *s, size_t n)
 {
+    if (n == 0) return 0;
     if ((size_t)(end - *at) < n) return -1;
     memcpy(*at, s, n);
     *at += n;
@@ -732,10 +757,26 @@ void up_cancel(struct up_loop *ul, struct up_xfer *x)
 
 void up_pause(struct up_loop *ul, struct up_xfer *x, int paused)
 {
+    int was = x->paused;
     x->paused = paused != 0;
     struct up_conn *c = x->c;
     if (!c || c->state != C_RECEIVING) return; /* sending: conn_send decides when done */
-    conn_watch(ul, c, paused ? 0 : EPOLLIN);
+    if (paused || !was) {
+        conn_watch(ul, c, paused ? 0 : EPOLLIN);
+        return;
+    }
+    /* Resumed: first what was read but held back, then the socket again. */
+    if (llhttp_get_errno(&c->parser) == HPE_PAUSED) {
+        llhttp_resume(&c->parser);
+        char *rest = c->rest;
+        size_t n = c->rest_len;
+        c->rest = NULL;
+        c->rest_len = 0;
+        int ended = conn_parse(ul, c, rest ? rest : ul->rbuf, n);
+        free(rest);
+        if (ended || x->paused) return;
+    }
+    conn_watch(ul, c, EPOLLIN);
 }
 
 int up_sent(const struct up_xfer *x)

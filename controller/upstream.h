@@ -9,7 +9,8 @@
  * (docs/architecture.md, "Gateway upstream client"; docs/benchmarks.md).
  *
  * Everything here runs on the loop's thread. Callbacks: on_header, on_headers and on_body are
- * called from inside up_event (as bytes arrive); on_done is called only from up_reap, exactly
+ * called from inside up_event (as bytes arrive), and on_body also from inside up_pause (a resume
+ * passes on what was held back); on_done is called only from up_reap, exactly
  * once per exchange that up_start accepted and that was not cancelled (up_cancel), so the caller
  * may start or cancel other exchanges from inside it. */
 #ifndef ORP_UPSTREAM_H
@@ -71,7 +72,9 @@ struct up_xfer *up_start(struct up_loop *ul, const struct up_request *rq,
 /* Ends an exchange now without on_done; its connection is closed (the runtime sees the client
  * go) unless the reply was already whole. Must not be called after on_done. */
 void up_cancel(struct up_loop *ul, struct up_xfer *x);
-/* Stops (1) or resumes (0) reading the exchange's reply: the caller's buffer is full. */
+/* Stops (1) or resumes (0) reading the exchange's reply: the caller's buffer is full. Paused from
+ * inside on_headers or on_body, nothing more of the reply is passed on, not even the rest of
+ * what was already read; on resume that rest is passed on from inside up_pause itself. */
 void up_pause(struct up_loop *ul, struct up_xfer *x, int paused);
 /* Whether the request may have reached the runtime: some of it was written. */
 int up_sent(const struct up_xfer *x);
