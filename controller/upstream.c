@@ -53,10 +53,11 @@ struct up_conn {
     int served;                    /* replies read whole on it */
     int64_t since_ms;              /* connecting since, or idle since (coarse) */
     llhttp_t parser;
-    int got;      /* bytes of the current reply arrived */
-    int complete; /* the current reply is whole */
-    int aborted;  /* a callback refused it */
-    int too_big;  /* its headers passed UP_MAX_HEADER_BYTES */
+    int got;             /* bytes of the current reply arrived */
+    int complete;        /* the current reply is whole */
+    int aborted;         /* a callback refused it */
+    int too_big;         /* its headers passed UP_MAX_HEADER_BYTES */
+    const char *refused; /* why on_hdone refused it (llhttp keeps no reason of a callback's) */
     size_t hbytes;
     size_t hn, hv;
     int hover;
@@ -287,6 +288,7 @@ static void conn_attach(struct up_conn *c, struct up_xfer *x)
     llhttp_init(&c->parser, HTTP_RESPONSE, &up_settings);
     c->parser.data = c;
     c->got = c->complete = c->aborted = c->too_big = 0;
+    c->refused = NULL;
     c->hbytes = c->hn = c->hv = 0;
     c->hover = 0;
     free(c->rest);
@@ -354,8 +356,8 @@ static int on_hdone(llhttp_t *p)
     struct up_conn *c = p->data;
     struct up_xfer *x = c->x;
     int status = llhttp_get_status_code(p);
-    if (status < 200) { /* no 1xx is ever asked for (no Expect, no Upgrade) */
-        llhttp_set_error_reason(p, "unexpected 1xx reply");
+    if (status < 200 || status > 599) { /* no 1xx is ever asked for (no Expect, no Upgrade) */
+        c->refused = status < 200 ? "an unexpected 1xx status" : "a status code above 599";
         return -1;
     }
     if (x->h->on_headers && x->h->on_headers(x->ud, status) != 0) {
@@ -369,6 +371,7 @@ static int on_rbody(llhttp_t *p, const char *at, size_t n)
 {
     struct up_conn *c = p->data;
     struct up_xfer *x = c->x;
+    if (n == 0) return 0; /* llhttp ends a body span at each buffer's end, empty after a resume */
     if (x->h->on_body && x->h->on_body(x->ud, at, n) != 0) {
         c->aborted = 1;
         return -1;
@@ -416,6 +419,10 @@ static int conn_parse(struct up_loop *ul, struct up_conn *c, const char *d, size
         conn_finish(ul, c, 0, UP_ABORTED, "the reply was refused");
     } else if (c->too_big) {
         conn_finish(ul, c, 0, UP_PROTOCOL, "the reply's headers are larger than 64 KiB");
+    } else if (c->refused) {
+        char why[160];
+        snprintf(why, sizeof why, "invalid reply: %s", c->refused);
+        conn_finish(ul, c, 0, UP_PROTOCOL, why);
     } else {
         char why[160];
         snprintf(why, sizeof why, "invalid reply: %s (%s)", llhttp_get_error_reason(&c->parser),
