@@ -38,6 +38,8 @@
 #define UP_IDLE_MS 60000     /* an idle connection older than this is closed */
 #define UP_POOL_IDLE_MS 300000
 #define UP_BUCKETS 256
+#define UP_ADDRS 4                /* addresses of one host name tried in turn */
+#define UP_RESOLVE_RETRY_MS 10000 /* a name that did not resolve is not looked up again sooner */
 
 enum conn_state { C_CONNECTING, C_SENDING, C_RECEIVING, C_IDLE };
 
@@ -70,10 +72,13 @@ struct up_conn {
 struct up_pool {
     struct up_pool *hnext;
     char key[UP_KEY_MAX];
-    char host[UP_HOST_MAX]; /* host:port, the Host header */
-    struct sockaddr_storage addr;
-    socklen_t alen;
-    int resolved;
+    char host[UP_HOST_MAX];                 /* host:port, the Host header */
+    struct sockaddr_storage addr[UP_ADDRS]; /* what the host resolved to; addr[cur] is used */
+    socklen_t alen[UP_ADDRS];
+    int naddr, cur;
+    int resolved, named;      /* named: a host name, not an address literal */
+    int64_t resolve_again_ms; /* a failed lookup is not repeated before then */
+    char resolve_err[128];
     int nconns;
     struct up_conn *idle;             /* most recently used first */
     struct up_xfer *wait, *wait_tail; /* over the limit, in arrival order */
@@ -194,6 +199,7 @@ static void xfer_end(struct up_loop *ul, struct up_xfer *x, enum up_rc rc, const
 static void conn_begin(struct up_loop *ul, struct up_conn *c, struct up_xfer *x);
 static void pool_start(struct up_loop *ul, struct up_xfer *x);
 static void pool_kick(struct up_loop *ul, struct up_pool *pl);
+static void pool_connect_failed(struct up_pool *pl);
 
 /* The exchange on c is over: c goes back to its pool (or to the next waiting exchange) when
  * reusable, else it is closed; x ends with rc. */
@@ -477,6 +483,7 @@ static void conn_connected(struct up_loop *ul, struct up_conn *c)
     if (err) {
         char why[160];
         snprintf(why, sizeof why, "connect to %.100s: %s", c->pool->host, strerror(err));
+        pool_connect_failed(c->pool);
         conn_finish(ul, c, 0, UP_CONNECT, why);
         return;
     }
@@ -484,15 +491,20 @@ static void conn_connected(struct up_loop *ul, struct up_conn *c)
     conn_send(ul, c);
 }
 
-/* Resolves pl's address (once: a name blocks this loop while it is looked up, so runtimes are
- * best registered by address). 0 or -1 with why. */
+/* Resolves pl's host, once: an address literal costs nothing, a host name blocks this loop while
+ * it is looked up (runtimes are best registered by address; agents send --advertise-addr). A
+ * name that does not resolve fails fast for UP_RESOLVE_RETRY_MS instead of blocking every
+ * request. 0 or -1 with why. */
 static int pool_resolve(struct up_pool *pl, char *why, size_t whyn)
 {
     if (pl->resolved) return 0;
+    if (pl->resolve_again_ms && util_now_ms() < pl->resolve_again_ms) {
+        util_strlcpy(why, pl->resolve_err, whyn);
+        return -1;
+    }
     char host[UP_HOST_MAX];
     util_strlcpy(host, pl->host, sizeof host);
-    char *colon = strrchr(host, ':');
-    if (!colon) return snprintf(why, whyn, "no port in %.100s", pl->key), -1;
+    char *colon = strrchr(host, ':'); /* pool_of checked there is one, and a port after it */
     *colon = '\0';
     const char *port = colon + 1, *name = host;
     size_t hl = strlen(host);
@@ -504,19 +516,37 @@ static int pool_resolve(struct up_pool *pl, char *why, size_t whyn)
                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(name, port, &hints, &res);
-    if (rc == EAI_NONAME) {
+    pl->named = rc == EAI_NONAME;
+    if (pl->named) {
         hints.ai_flags = AI_NUMERICSERV;
         rc = getaddrinfo(name, port, &hints, &res);
     }
     if (rc != 0 || !res) {
-        snprintf(why, whyn, "cannot resolve %.100s: %s", pl->host, gai_strerror(rc));
+        snprintf(pl->resolve_err, sizeof pl->resolve_err, "cannot resolve %.80s: %s", pl->host,
+                 gai_strerror(rc));
+        pl->resolve_again_ms = util_now_ms() + UP_RESOLVE_RETRY_MS;
+        util_strlcpy(why, pl->resolve_err, whyn);
         return -1;
     }
-    memcpy(&pl->addr, res->ai_addr, res->ai_addrlen);
-    pl->alen = res->ai_addrlen;
-    pl->resolved = 1;
+    pl->naddr = 0;
+    for (struct addrinfo *a = res; a && pl->naddr < UP_ADDRS; a = a->ai_next) {
+        if (a->ai_addrlen > sizeof pl->addr[0]) continue;
+        memcpy(&pl->addr[pl->naddr], a->ai_addr, a->ai_addrlen);
+        pl->alen[pl->naddr++] = a->ai_addrlen;
+    }
     freeaddrinfo(res);
-    return 0;
+    pl->cur = 0;
+    pl->resolved = pl->naddr > 0;
+    pl->resolve_again_ms = 0;
+    return pl->resolved ? 0 : (util_strlcpy(why, "no usable address", whyn), -1);
+}
+
+/* A connect to pl failed: the next time, its host's next address; after the last, a name is
+ * looked up again (it may have moved). */
+static void pool_connect_failed(struct up_pool *pl)
+{
+    if (pl->naddr > 0) pl->cur = (pl->cur + 1) % pl->naddr;
+    if (pl->named && pl->cur == 0) pl->resolved = 0;
 }
 
 /* Opens a new connection for x (the pool has room). */
@@ -527,7 +557,7 @@ static void conn_open(struct up_loop *ul, struct up_pool *pl, struct up_xfer *x)
         xfer_end(ul, x, UP_CONNECT, why);
         return;
     }
-    int fd = socket(pl->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(pl->addr[pl->cur].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct up_conn *c = fd < 0 ? NULL : calloc(1, sizeof *c);
     if (fd >= 0 && fd >= ul->nbyfd) {
         int n = ul->nbyfd ? ul->nbyfd : 1024;
@@ -558,14 +588,14 @@ static void conn_open(struct up_loop *ul, struct up_pool *pl, struct up_xfer *x)
     conn_attach(c, x);
     c->state = C_CONNECTING;
     c->since_ms = util_now_ms();
-    if (connect(fd, (struct sockaddr *)&pl->addr, pl->alen) == 0) {
+    if (connect(fd, (struct sockaddr *)&pl->addr[pl->cur], pl->alen[pl->cur]) == 0) {
         c->state = C_SENDING;
         conn_send(ul, c);
     } else if (errno == EINPROGRESS || errno == EINTR) {
         conn_watch(ul, c, EPOLLOUT);
     } else {
         snprintf(why, sizeof why, "connect to %.100s: %s", pl->host, strerror(errno));
-        if (errno != ECONNREFUSED) pl->resolved = 0; /* a name may have moved */
+        pool_connect_failed(pl);
         conn_finish(ul, c, 0, UP_CONNECT, why);
     }
 }
@@ -852,6 +882,7 @@ void up_sweep(struct up_loop *ul, int64_t now_ms)
             char why[160];
             snprintf(why, sizeof why, "connect to %.100s timed out after %lld ms", c->pool->host,
                      (long long)ul->connect_timeout_ms);
+            pool_connect_failed(c->pool);
             conn_finish(ul, c, 0, UP_CONNECT, why);
             next = ul->live;
         }

@@ -689,6 +689,32 @@ static void test_close_delimited(void)
     fx_stop(&f);
 }
 
+/* 4b. A runtime registered by host name: "localhost" is looked up (from /etc/hosts) and reached.
+ * Where it also names ::1, which nothing here listens on, a refused connect moves the address
+ * on: one of the first two exchanges gets through, and every one after it. */
+static void test_host_name(void)
+{
+    struct fx f;
+    fx_start(&f, script_json, 4, 3000);
+    char named[64];
+    snprintf(named, sizeof named, "http://localhost:%d", f.s->port);
+    f.rq.base_url = named;
+    int ok = 0;
+    for (int i = 0; i < 4; i++) {
+        struct ex e = {0};
+        fx_run(&f, &e);
+        if (e.rc != UP_OK) {
+            CHECK(i == 0 && !ok);
+            CHECK_INT_EQ(e.rc, UP_CONNECT);
+            continue;
+        }
+        check_ok(&e, 200, reply_body);
+        ok++;
+    }
+    CHECK(ok >= 3);
+    fx_stop(&f);
+}
+
 /* 5. Nothing listens: UP_CONNECT, the request not sent, the reason in the detail. */
 static void test_refused(void)
 {
@@ -1111,6 +1137,7 @@ static const struct {
     {"chunked", test_chunked},
     {"close_delimited", test_close_delimited},
     {"refused", test_refused},
+    {"host_name", test_host_name},
     {"garbage", test_garbage},
     {"bad_status", test_bad_status},
     {"cut_mid_body", test_cut_mid_body},
