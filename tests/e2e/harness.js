@@ -170,16 +170,25 @@ export class Platform {
   async start({ cpuSlots = 2, controllerArgs = [] } = {}) {
     const db = await this.startDatabase();
 
-    this.ports = { api: await freePort(), gateway: await freePort(), agent: await freePort() };
-    this.agentToken = 'e2e-agent-token';
-    this.controllerArgs = ['serve', ...db,
-      '--api-port', String(this.ports.api), '--gateway-port', String(this.ports.gateway),
-      '--agent-port', String(this.ports.agent), '--agent-token', this.agentToken,
-      '--heartbeat-ms', '500', '--scheduler-interval-ms', '300', '--liveness-timeout-ms', '5000',
-      '--log-level', 'debug', ...controllerArgs];
-    this.apiUrl = `http://127.0.0.1:${this.ports.api}`;
-    this.gatewayUrl = `http://127.0.0.1:${this.ports.gateway}/v1`;
-    await this.startController();
+    for (let attempt = 0; ; attempt++) {
+      this.ports = { api: await freePort(), gateway: await freePort(), agent: await freePort() };
+      this.agentToken = 'e2e-agent-token';
+      this.controllerArgs = ['serve', ...db,
+        '--api-port', String(this.ports.api), '--gateway-port', String(this.ports.gateway),
+        '--agent-port', String(this.ports.agent), '--agent-token', this.agentToken,
+        '--heartbeat-ms', '500', '--scheduler-interval-ms', '300', '--liveness-timeout-ms', '5000',
+        '--log-level', 'debug', ...controllerArgs];
+      this.apiUrl = `http://127.0.0.1:${this.ports.api}`;
+      this.gatewayUrl = `http://127.0.0.1:${this.ports.gateway}/v1`;
+      try {
+        await this.startController();
+        break;
+      } catch (e) {
+        // A port freePort() found free was taken before the controller bound it (by another
+        // process's outgoing connection): new ports, once. Any other failure is the test's.
+        if (attempt > 0 || !/cannot listen on/.test(this.log('controller'))) throw e;
+      }
+    }
 
     this.spawn('agent', bin.agent, ['--controller', `http://127.0.0.1:${this.ports.agent}`,
       '--token', this.agentToken, '--name', 'e2e-host', '--cpu-slots', String(cpuSlots),
@@ -211,9 +220,19 @@ export class Platform {
     return db;
   }
 
+  // Starts the controller and waits for its /healthz; when it exits or does not answer, the
+  // error carries its exit status and the end of its log.
   async startController() {
-    this.controller = this.spawn('controller', bin.controller, this.controllerArgs);
-    await waitFor('controller /healthz', async () => (await fetch(`${this.apiUrl}/healthz`)).ok, 20000, 100);
+    const p = this.spawn('controller', bin.controller, this.controllerArgs);
+    this.controller = p;
+    const exited = () => p.exitCode !== null || p.signalCode !== null;
+    try {
+      await waitFor('controller /healthz', async () => exited() || (await fetch(`${this.apiUrl}/healthz`)).ok, 20000, 100);
+      if (exited()) throw new Error(`the controller exited (${p.exitCode ?? p.signalCode}) before answering /healthz`);
+    } catch (e) {
+      const tail = this.log('controller').split('\n').slice(-15).join('\n');
+      throw new Error(`${e.message}\ncontroller log, last lines:\n${tail}`);
+    }
   }
 
   // Kills the controller the hard way (no cleanup of any kind) and waits until it is gone.
