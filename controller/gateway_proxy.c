@@ -561,10 +561,12 @@ static void attempt(struct gw_loop *lp, struct proxy *p, enum up_rc last, const 
     static const char auth_p[] = "Authorization: Bearer ", rid_p[] = "\r\nX-ORP-Request-Id: ";
     memcpy(h, auth_p, sizeof auth_p - 1);
     h += sizeof auth_p - 1;
-    h += util_strlcpy(h, cd->secret, (size_t)(end - h) - sizeof rid_p - 66);
+    /* The secret gets what the request id's line leaves of the buffer. */
+    size_t id_line = (sizeof rid_p - 1) + sizeof p->request_id + sizeof "\r\n";
+    h += util_strlcpy(h, cd->secret, (size_t)(end - h) - id_line);
     memcpy(h, rid_p, sizeof rid_p - 1);
     h += sizeof rid_p - 1;
-    h += util_strlcpy(h, p->request_id, 64);
+    h += util_strlcpy(h, p->request_id, sizeof p->request_id);
     memcpy(h, "\r\n", 3);
     p->content_type[0] = p->fingerprint[0] = '\0';
     struct up_request rq = {

@@ -82,6 +82,7 @@ struct up_pool {
     int nconns;
     struct up_conn *idle;             /* most recently used first */
     struct up_xfer *wait, *wait_tail; /* over the limit, in arrival order */
+    int kicking;                      /* pool_kick is running */
     int64_t used_ms;                  /* coarse */
 };
 
@@ -196,6 +197,7 @@ static void conn_close(struct up_loop *ul, struct up_conn *c)
 }
 
 static void xfer_end(struct up_loop *ul, struct up_xfer *x, enum up_rc rc, const char *why);
+static void wait_remove(struct up_xfer *x);
 static void conn_begin(struct up_loop *ul, struct up_conn *c, struct up_xfer *x);
 static void pool_start(struct up_loop *ul, struct up_xfer *x);
 static void pool_kick(struct up_loop *ul, struct up_pool *pl);
@@ -214,10 +216,7 @@ static void conn_finish(struct up_loop *ul, struct up_conn *c, int reusable, enu
         c->served++;
         if (pl->wait) { /* the next in line takes it as it is */
             struct up_xfer *w = pl->wait;
-            pl->wait = w->wnext;
-            if (!pl->wait) pl->wait_tail = NULL;
-            w->wnext = NULL;
-            w->waiting = 0;
+            wait_remove(w);
             conn_begin(ul, c, w);
         } else {
             c->state = C_IDLE;
@@ -450,11 +449,9 @@ static void conn_read(struct up_loop *ul, struct up_conn *c)
             continue;
         }
         if (n == 0) { /* the runtime closed: the end of a close-delimited reply, or a failure */
-            llhttp_errno_t e = llhttp_finish(&c->parser);
+            llhttp_finish(&c->parser); /* completes a close-delimited reply */
             if (c->complete) {
                 conn_finish(ul, c, 0, UP_OK, "");
-            } else if (e != HPE_OK && c->aborted) {
-                conn_finish(ul, c, 0, UP_ABORTED, "the reply was refused");
             } else {
                 conn_fail(ul, c, UP_BROKEN,
                           c->got ? "the runtime closed the connection before the reply's end"
@@ -662,17 +659,20 @@ static void pool_start(struct up_loop *ul, struct up_xfer *x)
     }
 }
 
-/* A connection of pl closed: waiting exchanges may open new ones. */
+/* A connection of pl closed: waiting exchanges may open new ones. A connect that fails at once
+ * (an unreachable network) closes its connection and kicks the pool again from inside this
+ * loop: that inner call returns, and this loop goes on, so the stack does not grow with the
+ * queue. */
 static void pool_kick(struct up_loop *ul, struct up_pool *pl)
 {
+    if (pl->kicking) return;
+    pl->kicking = 1;
     while (pl->wait && pl->nconns < ul->max_per) {
         struct up_xfer *w = pl->wait;
-        pl->wait = w->wnext;
-        if (!pl->wait) pl->wait_tail = NULL;
-        w->wnext = NULL;
-        w->waiting = 0;
+        wait_remove(w);
         conn_open(ul, pl, w);
     }
+    pl->kicking = 0;
 }
 
 static void wait_remove(struct up_xfer *x)
